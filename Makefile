@@ -1,0 +1,32 @@
+# SIPEdge: two commands for people (`make run`, `make test`), and targets for benchmarks and fuzzing.
+SWIFT ?= swift
+CONFIG ?= conf/sipedge.toml
+SECONDS ?= 600
+
+.PHONY: run build test deps bench bench-parser fuzz clean
+
+run: build
+	.build/release/sipedge run --config $(CONFIG)
+
+build:
+	$(SWIFT) build -c release --product sipedge
+
+deps:
+	scripts/install-deps.sh test
+
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+bench: bench-parser
+
+bench-parser:
+	scripts/install-deps.sh bench
+	Benchmarks/parser-bench.sh
+
+# libFuzzer over parse + typed access + serialize, seeded from ../shared/corpus: make fuzz SECONDS=600
+fuzz:
+	Fuzz/run.sh $(SECONDS)
+
+clean:
+	rm -rf .build Benchmarks/.build .build-fuzz

@@ -1,0 +1,38 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "sipedge",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "SIPParser", targets: ["SIPParser"]),
+        .executable(name: "sipedge", targets: ["sipedge"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // Bytes -> message views, typed header access, edit lists, stream framing. Standard library only.
+        .target(name: "SIPParser"),
+        // Event loops, sockets, timers (issue 3). Knows nothing of SIP.
+        .target(name: "Transport"),
+        // Transactions, dialogs, B2BUA legs, dialog records (issue 4).
+        .target(name: "Dialog", dependencies: ["SIPParser", "Transport"]),
+        // Membership, replication, sharing tags, re-homing.
+        .target(name: "Cluster", dependencies: ["Dialog"]),
+        // The edge: config, routing, dispatcher, MI; the composition root.
+        .target(name: "Proxy", dependencies: ["SIPParser", "Transport", "Dialog", "Cluster", "TOMLKit"]),
+        .executableTarget(
+            name: "sipedge",
+            dependencies: [
+                "SIPParser", "Proxy",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "SIPParserTests", dependencies: ["SIPParser"]),
+        .testTarget(name: "ProxyTests", dependencies: ["Proxy"]),
+        .testTarget(name: "SipedgeCommandTests", dependencies: ["sipedge"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,169 @@
+import SIPParser
+import TOMLKit
+
+/// SIPEdge's configuration, read from one TOML file (`conf/sipedge.toml`).
+public struct EdgeConfig: Sendable, Equatable {
+    /// One SIP listening socket.
+    public struct Listener: Sendable, Equatable {
+        public enum Proto: String, Sendable, CaseIterable { case udp, tcp, tls, sctp }
+        public var proto: Proto
+        public var address: String
+        public var port: Int
+        /// Address/port written into Via/Contact/Record-Route when behind NAT or a cloud public IP.
+        public var advertise: String?
+        /// Listeners with the same purpose share a tag on every node (DESIGN.md, Cluster).
+        public var tag: String
+    }
+
+    public var workers: Int
+    public var listeners: [Listener]
+    public var parserLimits: SIPParserLimits
+    public var logLevel: String
+
+    public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+}
+
+/// A configuration problem, with the file's line and the key it concerns.
+public struct ConfigError: Error, Sendable, CustomStringConvertible {
+    public let line: Int?
+    public let key: String
+    public let message: String
+
+    public var description: String {
+        let place = line.map { "line \($0)" } ?? "file"
+        return key.isEmpty ? "\(place): \(message)" : "\(place): \(key): \(message)"
+    }
+}
+
+extension EdgeConfig {
+    /// Parses and checks `text`; every key is known, typed and in range, or this throws.
+    public static func parse(_ text: String) throws(ConfigError) -> EdgeConfig {
+        let root: TOMLTable
+        do {
+            root = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ConfigError(line: Int(error.source.begin.line), key: "", message: error.description)
+        } catch {
+            throw ConfigError(line: nil, key: "", message: "\(error)")
+        }
+        var reader = TableReader(root, path: "", text: text)
+        let workers = try reader.int("workers", default: 2, range: 1...256)
+        let logLevel = try reader.table("log") { (log: inout TableReader) throws(ConfigError) in
+            let level = try log.string("level", default: "info")
+            guard EdgeConfig.logLevels.contains(level) else {
+                throw log.error("level", "must be one of \(EdgeConfig.logLevels.joined(separator: ", "))")
+            }
+            return level
+        } ?? "info"
+        let limits = try reader.table("limits") { (t: inout TableReader) throws(ConfigError) in
+            SIPParserLimits(
+                maxMessageBytes: try t.int("max_message_bytes", default: 65_535, range: 512...SIPParserLimits.hardMaxMessageBytes),
+                maxHeaders: try t.int("max_headers", default: 256, range: 8...4_096),
+                maxHeaderBytes: try t.int("max_header_bytes", default: 8_192, range: 64...65_535),
+                maxVias: try t.int("max_vias", default: 70, range: 1...1_000))
+        } ?? .default
+        let listeners = try reader.tableArray("listener") { (t: inout TableReader) throws(ConfigError) in
+            let protoText = try t.string("proto", default: nil)
+            guard let proto = Listener.Proto(rawValue: protoText.lowercased()) else {
+                throw t.error("proto", "must be one of udp, tcp, tls, sctp")
+            }
+            return Listener(
+                proto: proto,
+                address: try t.string("address", default: nil),
+                port: try t.int("port", default: 5060, range: 1...65_535),
+                advertise: try t.optionalString("advertise"),
+                tag: try t.string("tag", default: "default"))
+        }
+        guard !listeners.isEmpty else { throw ConfigError(line: nil, key: "listener", message: "at least one [[listener]] is required") }
+        try reader.finish()
+        return EdgeConfig(workers: workers, listeners: listeners, parserLimits: limits, logLevel: logLevel)
+    }
+}
+
+/// Reads typed keys from a TOML table and notices the keys nobody read (typos are errors).
+struct TableReader {
+    let table: TOMLTable
+    let path: String
+    let text: String
+    private var read: Set<String> = []
+
+    init(_ table: TOMLTable, path: String, text: String) {
+        self.table = table
+        self.path = path
+        self.text = text
+    }
+
+    func error(_ key: String, _ message: String) -> ConfigError {
+        ConfigError(line: line(of: key), key: path.isEmpty ? key : "\(path).\(key)", message: message)
+    }
+
+    /// The first line that assigns `key` (or opens a table of that name), for error messages.
+    func line(of key: String) -> Int? {
+        var n = 0
+        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            n += 1
+            let line = raw.trimmingPrefix(while: { $0 == " " || $0 == "\t" })
+            if line.hasPrefix("\(key) ") || line.hasPrefix("\(key)=") || line.hasPrefix("[\(key)]") || line.hasPrefix("[[\(key)]]") {
+                return n
+            }
+        }
+        return nil
+    }
+
+    mutating func int(_ key: String, default value: Int?, range: ClosedRange<Int>) throws(ConfigError) -> Int {
+        read.insert(key)
+        guard let v = table[key] else {
+            guard let value else { throw error(key, "is required") }
+            return value
+        }
+        guard let n = v.tomlValue.int else { throw error(key, "must be an integer") }
+        guard range.contains(n) else { throw error(key, "must be in \(range.lowerBound)...\(range.upperBound), not \(n)") }
+        return n
+    }
+
+    mutating func string(_ key: String, default value: String?) throws(ConfigError) -> String {
+        guard let s = try optionalString(key) else {
+            guard let value else { throw error(key, "is required") }
+            return value
+        }
+        return s
+    }
+
+    mutating func optionalString(_ key: String) throws(ConfigError) -> String? {
+        read.insert(key)
+        guard let v = table[key] else { return nil }
+        guard let s = v.tomlValue.string else { throw error(key, "must be a string") }
+        return s
+    }
+
+    mutating func table<T>(_ key: String, _ body: (inout TableReader) throws(ConfigError) -> T) throws(ConfigError) -> T? {
+        read.insert(key)
+        guard let v = table[key] else { return nil }
+        guard let t = v.tomlValue.table else { throw error(key, "must be a table ([\(key)])") }
+        var sub = TableReader(t, path: path.isEmpty ? key : "\(path).\(key)", text: text)
+        let result = try body(&sub)
+        try sub.finish()
+        return result
+    }
+
+    mutating func tableArray<T>(_ key: String, _ body: (inout TableReader) throws(ConfigError) -> T) throws(ConfigError) -> [T] {
+        read.insert(key)
+        guard let v = table[key] else { return [] }
+        guard let array = v.tomlValue.array else { throw error(key, "must be an array of tables ([[\(key)]])") }
+        var out: [T] = []
+        for (i, element) in array.enumerated() {
+            guard let t = element.tomlValue.table else { throw error(key, "element \(i + 1) must be a table") }
+            var sub = TableReader(t, path: "\(path.isEmpty ? key : "\(path).\(key)")[\(i + 1)]", text: text)
+            out.append(try body(&sub))
+            try sub.finish()
+        }
+        return out
+    }
+
+    /// Fails on the first key that no reader asked for.
+    func finish() throws(ConfigError) {
+        for key in table.keys.sorted() where !read.contains(key) {
+            throw error(key, "unknown key")
+        }
+    }
+}

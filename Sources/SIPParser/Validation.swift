@@ -1,0 +1,95 @@
+// Receive-time checks of a UAS or proxy (RFC 3261 §8.2, §16.3, RFC 4475) beyond what indexing
+// already enforced: mandatory headers, single-valued headers, numbers in range, CSeq agreeing with
+// the method, and the syntax of the headers a proxy acts on.
+
+extension SIPMessage {
+    /// Checks the message as a receiving proxy must before acting on it. A thrown error carries the
+    /// status to answer a request with (responses that fail are dropped: `status` is nil).
+    public func validate(limits: SIPParserLimits = .default) throws(SIPParseError) {
+        do {
+            try validateRequestOrResponse(limits)
+        } catch {
+            if isRequestFlag { throw error }
+            throw SIPParseError(error.code, at: error.offset, status: nil, header: error.header)
+        }
+    }
+
+    private func validateRequestOrResponse(_ limits: SIPParserLimits) throws(SIPParseError) {
+        for kind in [HeaderKind.via, .from, .to, .callID, .cseq] where headers.firstPosition(of: kind) == nil {
+            throw SIPParseError(.missingHeader, at: headersEnd, header: kind)
+        }
+        // Single-valued headers appear once (RFC 4475 §3.3.8).
+        var seen = InlineArray<64, Bool>(repeating: false)
+        for i in 0..<headers.count {
+            let e = headers[i]
+            guard e.kind.isSingleton else { continue }
+            let k = Int(e.kind.rawValue)
+            if seen[k] { throw SIPParseError(.duplicateHeader, at: Int(e.lineStart), header: e.kind) }
+            seen[k] = true
+        }
+
+        let cseq = try cseq()
+        if isRequestFlag {
+            let methodMatches = bytes.withUnsafeBytes { raw in
+                guard let csm = cseqMethodBytes else { return false }
+                return methodEnd - startLineStart == csm.count
+                    && memoryEqual(raw, startLineStart, csm.start, csm.count)
+            }
+            if !methodMatches {
+                // RFC 4475 §3.1.2.18: for a method we do not implement, 501 is the better answer.
+                throw SIPParseError(.cseqMethodMismatch, at: startLineStart, status: methodCode == 0 ? 501 : 400, header: .cseq)
+            }
+            let uri = try requestURI()
+            // RFC 3261 §19.1.1: a Request-URI never carries URI headers (RFC 4475 §3.1.2.11).
+            if uri.headersText != nil { throw SIPParseError(.badRequestURI, at: uri.headersStart, header: nil) }
+        }
+        _ = cseq
+
+        guard let callID, !callID.isEmpty, isValidCallID(callID) else {
+            throw SIPParseError(.badCallID, at: callID?.start ?? headersEnd, header: .callID)
+        }
+        _ = try from()
+        _ = try to()
+
+        var vias = 0
+        for v in values(.via) {
+            vias += 1
+            guard vias <= limits.maxVias else { throw SIPParseError(.tooManyVias, at: v.start, header: .via) }
+            _ = try ViaValue(bytes, v.start, v.end)
+        }
+        _ = try maxForwards()
+        _ = try expires()
+        _ = try contact()
+        _ = try optionTags(.require)
+        _ = try optionTags(.proxyRequire)
+        _ = try sessionExpires()
+        _ = try minSE()
+        for kind in [HeaderKind.route, .recordRoute] { _ = try addresses(kind) }
+    }
+
+    /// `word [ "@" word ]` (RFC 3261 §25.1).
+    private func isValidCallID(_ id: ByteView) -> Bool {
+        bytes.withUnsafeBytes { raw in
+            var c = Cursor(raw.baseAddress!, id.start, id.end)
+            let s = c.pos
+            c.skip(.word)
+            guard c.pos > s else { return false }
+            if c.eat(UInt8(ascii: "@")) {
+                let s2 = c.pos
+                c.skip(.word)
+                guard c.pos > s2 else { return false }
+            }
+            return c.atEnd
+        }
+    }
+}
+
+@inline(__always)
+package func memoryEqual(_ raw: UnsafeRawBufferPointer, _ a: Int, _ b: Int, _ count: Int) -> Bool {
+    var i = 0
+    while i < count {
+        if raw[a + i] != raw[b + i] { return false }
+        i += 1
+    }
+    return true
+}
