@@ -25,6 +25,8 @@ package struct ByteClass: Sendable {
     package static let paramChar = ByteClass(w0: 0x07FF_EFF2_0000_0000, w1: 0x47FF_FFFE_AFFF_FFFE)
     /// RFC 3261 `hname`/`hvalue` characters: hnv-unreserved / unreserved / escaped.
     package static let headerChar = ByteClass(w0: 0x87FF_EFB2_0000_0000, w1: 0x47FF_FFFE_AFFF_FFFE)
+    /// What a header parameter's unquoted value may hold: token and host characters ("[", "]", ":").
+    package static let paramValue = ByteClass(w0: 0x07FF_6CA2_0000_0000, w1: 0x47FF_FFFF_AFFF_FFFE)
     /// Hostname characters: alphanum / "-" / ".".
     package static let hostChar = ByteClass(w0: 0x03FF_6000_0000_0000, w1: 0x07FF_FFFE_07FF_FFFE)
 }
@@ -58,6 +60,21 @@ private let highBits: UInt64 = 0x8080_8080_8080_8080
 @inline(__always)
 package func firstControlByte(_ base: UnsafeRawPointer, from: Int, end: Int) -> Int {
     var i = from
+    // Sixteen bytes per step (SSE2 on x86-64); the lane mask, seen as two words, gives the offset.
+    let del = SIMD16<UInt8>(repeating: 0x7F), space = SIMD16<UInt8>(repeating: 0x20)
+    let tab = SIMD16<UInt8>(repeating: 0x09)
+    while i &+ 16 <= end {
+        let v = base.loadUnaligned(fromByteOffset: i, as: SIMD16<UInt8>.self)
+        let hit = ((v .< space) .& (v .!= tab)) .| (v .== del)
+        if any(hit) {
+            let lanes = SIMD16<UInt8>(repeating: 0).replacing(with: 0xFF, where: hit)
+            let words = unsafeBitCast(lanes, to: SIMD2<UInt64>.self)
+            let low = UInt64(littleEndian: words[0])
+            if low != 0 { return i &+ low.trailingZeroBitCount >> 3 }
+            return i &+ 8 &+ UInt64(littleEndian: words[1]).trailingZeroBitCount >> 3
+        }
+        i &+= 16
+    }
     while i &+ 8 <= end {
         let w = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: i, as: UInt64.self))
         let below20 = (w &- lowBits &* 0x20) & ~w & highBits
@@ -93,9 +110,11 @@ package func firstControlByte(_ base: UnsafeRawPointer, from: Int, end: Int) -> 
     return end
 }
 
-/// The first offset in `from..<end` holding `byte`, or `end`.
+/// The first offset in `from..<end` holding `byte`, or `end`. `readable` (at least `end`) is how
+/// far the buffer may be read: the last word is then loaded whole and its extra bytes ignored,
+/// which keeps short ranges (a header's parameters) off the byte-at-a-time tail.
 @inline(__always)
-package func firstIndex(of byte: UInt8, _ base: UnsafeRawPointer, from: Int, end: Int) -> Int {
+package func firstIndex(of byte: UInt8, _ base: UnsafeRawPointer, from: Int, end: Int, readable: Int = 0) -> Int {
     var i = from
     let pattern = lowBits &* UInt64(byte)
     while i &+ 8 <= end {
@@ -104,9 +123,42 @@ package func firstIndex(of byte: UInt8, _ base: UnsafeRawPointer, from: Int, end
         if hits != 0 { return i &+ hits.trailingZeroBitCount >> 3 }
         i &+= 8
     }
+    if i < end && i &+ 8 <= readable {
+        let w = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: i, as: UInt64.self)) ^ pattern
+        let hits = (w &- lowBits) & ~w & highBits
+        // Only the lowest flagged byte is exact; it counts if it lies before `end`.
+        if hits != 0 {
+            let at = i &+ hits.trailingZeroBitCount >> 3
+            return at < end ? at : end
+        }
+        return end
+    }
     while i < end {
         if base.load(fromByteOffset: i, as: UInt8.self) == byte { return i }
         i &+= 1
+    }
+    return end
+}
+
+/// The first offset in `from..<end` holding `a` or `b`, or `end`; `readable` as for `firstIndex`.
+@inline(__always)
+package func firstIndex(of a: UInt8, or b: UInt8, _ base: UnsafeRawPointer, from: Int, end: Int, readable: Int) -> Int {
+    var i = from
+    let pa = lowBits &* UInt64(a), pb = lowBits &* UInt64(b)
+    while i < end {
+        let w: UInt64
+        if i &+ 8 <= readable {
+            w = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+        } else {
+            return Swift.min(firstIndex(of: a, base, from: i, end: end), firstIndex(of: b, base, from: i, end: end))
+        }
+        let xa = w ^ pa, xb = w ^ pb
+        let hits = ((xa &- lowBits) & ~xa | (xb &- lowBits) & ~xb) & highBits
+        if hits != 0 {
+            let at = i &+ hits.trailingZeroBitCount >> 3
+            return at < end ? at : end
+        }
+        i &+= 8
     }
     return end
 }

@@ -22,19 +22,20 @@ package struct HeaderEntry: Sendable {
 
 /// The flat index of a message's header lines: the first `inlineCapacity` live inside the value
 /// (no allocation for ordinary messages), the rest spill into an array bounded by the parser limits.
-/// `first[kind]` is the position of the first header of each known kind, plus one (0: absent).
+/// `first[kind]` is the position of the first header of each known kind, plus one (0: absent);
+/// 255 means "at 254 or later", found by a scan from there (messages that long are rare).
 package struct HeaderIndex: Sendable {
-    package static let inlineCapacity = 32
-    private var inline = InlineArray<32, HeaderEntry>(repeating: .empty)
+    package static let inlineCapacity = 24
+    private var inline = InlineArray<24, HeaderEntry>(repeating: .empty)
     private var overflow: [HeaderEntry] = []
-    private var first = InlineArray<64, UInt16>(repeating: 0)
+    private var first = InlineArray<64, UInt8>(repeating: 0)
     package private(set) var count = 0
 
     package init() {}
 
     @inline(__always)
     package subscript(_ i: Int) -> HeaderEntry {
-        i < Self.inlineCapacity ? inline[i] : overflow[i &- Self.inlineCapacity]
+        i < Self.inlineCapacity ? inline.span[i] : overflow[i &- Self.inlineCapacity]
     }
 
     @inline(__always)
@@ -42,17 +43,23 @@ package struct HeaderIndex: Sendable {
         if count < Self.inlineCapacity {
             inline[count] = entry
         } else {
+            // One allocation covers the usual spill; a longer message grows it (bounded by the limits).
+            if overflow.isEmpty { overflow.reserveCapacity(40) }
             overflow.append(entry)
         }
         let k = Int(entry.kind.rawValue)
-        if k != 0 && first[k] == 0 { first[k] = UInt16(truncatingIfNeeded: count &+ 1) }
+        if k != 0 && first[k] == 0 { first[k] = UInt8(truncatingIfNeeded: Swift.min(count &+ 1, 255)) }
         count &+= 1
     }
 
     /// Position of the first header of `kind`, if any.
     @inline(__always)
     package func firstPosition(of kind: HeaderKind) -> Int? {
-        let p = first[Int(kind.rawValue)]
-        return p == 0 ? nil : Int(p) &- 1
+        let p = first.span[Int(kind.rawValue)]
+        if p == 0 { return nil }
+        if p < 255 { return Int(p) &- 1 }
+        var i = 254
+        while i < count && self[i].kind != kind { i &+= 1 }
+        return i < count ? i : nil
     }
 }

@@ -110,10 +110,15 @@ extension HeaderKind {
         @inline(__always) func matches(_ name: StaticString) -> Bool {
             // `name` is lowercase ASCII; OR-ing 0x20 folds A-Z onto it. The caller has already
             // checked that the name is a token, so no other byte can fold onto a letter or '-'.
-            let p = name.utf8Start
+            let p = UnsafeRawPointer(name.utf8Start)
             var i = 1
+            while i &+ 8 <= length {
+                let a = base.loadUnaligned(fromByteOffset: start &+ i, as: UInt64.self) | 0x2020_2020_2020_2020
+                if a != p.loadUnaligned(fromByteOffset: i, as: UInt64.self) { return false }
+                i &+= 8
+            }
             while i < length {
-                if base.load(fromByteOffset: start &+ i, as: UInt8.self) | 0x20 != p[i] { return false }
+                if base.load(fromByteOffset: start &+ i, as: UInt8.self) | 0x20 != p.load(fromByteOffset: i, as: UInt8.self) { return false }
                 i &+= 1
             }
             return true

@@ -24,33 +24,11 @@ public struct HeaderValues: Sequence, IteratorProtocol, Sendable {
             guard e.kind == kind else { line += 1; continue }
             if pos < 0 { pos = Int(e.valueStart); lineEnd = Int(e.valueEnd) }
             if pos > lineEnd { pos = -1; line += 1; continue }
-            let (s, t) = message.bytes.withUnsafeBytes { raw in splitOne(raw.baseAddress!, pos, lineEnd) }
+            let (s, t) = message.bytes.withUnsafeBytes { raw in splitListValue(raw.baseAddress!, pos, lineEnd) }
             pos = t + 1
             return ByteView(message.bytes, s.0, s.1)
         }
         return nil
-    }
-
-    /// One value from `from`: returns its trimmed range and the offset of the comma (or end).
-    private func splitOne(_ base: UnsafeRawPointer, _ from: Int, _ end: Int) -> ((Int, Int), Int) {
-        var i = from
-        var quoted = false, angle = false
-        while i < end {
-            let b = base.load(fromByteOffset: i, as: UInt8.self)
-            if quoted {
-                if b == UInt8(ascii: "\\") { i += 2; continue }
-                if b == UInt8(ascii: "\"") { quoted = false }
-            } else if b == UInt8(ascii: "\"") { quoted = true }
-            else if b == UInt8(ascii: "<") { angle = true }
-            else if b == UInt8(ascii: ">") { angle = false }
-            else if b == UInt8(ascii: ","), !angle { break }
-            i += 1
-        }
-        let stop = Swift.min(i, end)
-        var s = from, e = stop
-        while s < e, isLWSByte(base.load(fromByteOffset: s, as: UInt8.self)) { s += 1 }
-        while e > s, isLWSByte(base.load(fromByteOffset: e - 1, as: UInt8.self)) { e -= 1 }
-        return ((s, e), stop)
     }
 }
 
@@ -60,12 +38,52 @@ extension SIPMessage {
 
     /// Number of values of `kind` (e.g. Via values across every Via line).
     public func valueCount(_ kind: HeaderKind) -> Int {
-        var n = 0
-        var it = values(kind)
-        while it.next() != nil { n += 1 }
-        return n
+        guard let first = headers.firstPosition(of: kind) else { return 0 }
+        return bytes.withUnsafeBytes { raw in
+            var n = 0
+            for i in first..<headers.count where headers[i].kind == kind {
+                var pos = Int(headers[i].valueStart)
+                let end = Int(headers[i].valueEnd)
+                repeat {
+                    pos = splitListValue(raw.baseAddress!, pos, end).1 + 1
+                    n += 1
+                } while pos <= end
+            }
+            return n
+        }
+    }
+
+    /// The first value of list header `kind` (the top Via, the first Route...), without copying the index.
+    public func topValue(_ kind: HeaderKind) -> ByteView? {
+        guard let p = headers.firstPosition(of: kind) else { return nil }
+        let e = headers[p]
+        let r = bytes.withUnsafeBytes { raw in splitListValue(raw.baseAddress!, Int(e.valueStart), Int(e.valueEnd)).0 }
+        return ByteView(bytes, r.0, r.1)
     }
 }
+
+/// One value of a list header from `from`: returns its trimmed range and the offset of the comma (or end).
+package func splitListValue(_ base: UnsafeRawPointer, _ from: Int, _ end: Int) -> ((Int, Int), Int) {
+    var i = from
+    var quoted = false, angle = false
+    while i < end {
+        let b = base.load(fromByteOffset: i, as: UInt8.self)
+        if quoted {
+            if b == UInt8(ascii: "\\") { i += 2; continue }
+            if b == UInt8(ascii: "\"") { quoted = false }
+        } else if b == UInt8(ascii: "\"") { quoted = true }
+        else if b == UInt8(ascii: "<") { angle = true }
+        else if b == UInt8(ascii: ">") { angle = false }
+        else if b == UInt8(ascii: ","), !angle { break }
+        i += 1
+    }
+    let stop = Swift.min(i, end)
+    var s = from, e = stop
+    while s < e, isLWSByte(base.load(fromByteOffset: s, as: UInt8.self)) { s += 1 }
+    while e > s, isLWSByte(base.load(fromByteOffset: e - 1, as: UInt8.self)) { e -= 1 }
+    return ((s, e), stop)
+}
+
 
 // MARK: - name-addr / addr-spec
 
@@ -156,7 +174,7 @@ public struct NameAddress: Sendable {
     }
 
     /// The `tag` parameter (From/To).
-    public var tag: ByteView? { parameter("tag") ?? nil }
+    public var tag: ByteView? { headerParameter(base, paramsStart, paramsEnd, "tag" as StaticString) ?? nil }
 }
 
 package func headerParameters(_ base: [UInt8], _ start: Int, _ end: Int) -> [(name: ByteView, value: ByteView?)] {
@@ -166,6 +184,50 @@ package func headerParameters(_ base: [UInt8], _ start: Int, _ end: Int) -> [(na
         _ = c.headerParameters { ranges.append($0) }
     }
     return ranges.map { (ByteView(base, $0.nameStart, $0.nameEnd), $0.valueStart < 0 ? nil : ByteView(base, $0.valueStart, $0.valueEnd)) }
+}
+
+/// Finds one header parameter by a lowercase constant name, without allocating (the hot path:
+/// From/To tags, Via branch). Jumps from ';' to ';' and falls back to the full parameter scanner
+/// only where a quoted string could hide a ';'. The syntax of the whole list is `validate()`'s
+/// business; on valid input both ways give the same answer.
+package func headerParameter(_ base: [UInt8], _ start: Int, _ end: Int, _ name: StaticString) -> ByteView?? {
+    // (-2, _) : not found; (-1, _): present without a value; otherwise the value's range.
+    let found: (Int, Int) = base.withUnsafeBytes { raw in
+        let p = raw.baseAddress!
+        let n = raw.count
+        let nameLength = name.utf8CodeUnitCount
+        @inline(__always) func byte(_ i: Int) -> UInt8 { p.load(fromByteOffset: i, as: UInt8.self) }
+        var i = start
+        while true {
+            let j = firstIndex(of: UInt8(ascii: ";"), or: UInt8(ascii: "\""), p, from: i, end: end, readable: n)
+            guard j < end else { return (-2, 0) }
+            guard byte(j) == UInt8(ascii: ";") else { break }
+            i = j &+ 1
+            while i < end, isLWSByte(byte(i)) { i &+= 1 }
+            let ne = i &+ nameLength
+            guard ne <= end, bytesEqualLowercase(p, i, ne, name), ne == end || !ByteClass.token.contains(byte(ne)) else { continue }
+            i = ne
+            while i < end, isLWSByte(byte(i)) { i &+= 1 }
+            guard i < end, byte(i) == UInt8(ascii: "=") else { return (-1, 0) }
+            i &+= 1
+            while i < end, isLWSByte(byte(i)) { i &+= 1 }
+            let vs = i
+            while i < end, ByteClass.paramValue.contains(byte(i)) { i &+= 1 }
+            return (vs, i)
+        }
+        var c = Cursor(p, start, end)
+        var hit: ParameterRange?
+        _ = c.headerParameters { r in
+            if hit == nil && bytesEqualLowercase(p, r.nameStart, r.nameEnd, name) { hit = r }
+        }
+        guard let hit else { return (-2, 0) }
+        return (hit.valueStart < 0 ? -1 : hit.valueStart, hit.valueEnd)
+    }
+    switch found.0 {
+    case -2: return nil
+    case -1: return .some(nil)
+    default: return .some(ByteView(base, found.0, found.1))
+    }
 }
 
 /// Finds one header parameter by name without allocating.
@@ -253,7 +315,7 @@ public struct ViaValue: Sendable {
     /// The value of parameter `name`: nil if absent, `.some(nil)` if valueless.
     public func parameter(_ name: String) -> ByteView?? { headerParameter(base, paramsStart, paramsEnd, name) }
 
-    public var branch: ByteView? { parameter("branch") ?? nil }
+    public var branch: ByteView? { headerParameter(base, paramsStart, paramsEnd, "branch" as StaticString) ?? nil }
     public var received: ByteView? { parameter("received") ?? nil }
     public var maddr: ByteView? { parameter("maddr") ?? nil }
     /// `rport` is present (with or without a value).

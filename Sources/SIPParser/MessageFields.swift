@@ -70,17 +70,16 @@ extension SIPMessage {
         let range: (Int, Int) = bytes.withUnsafeBytes { raw in
             let p = raw.baseAddress!
             let vs = Int(e.valueStart), ve = Int(e.valueEnd)
-            let close = firstIndex(of: UInt8(ascii: ">"), p, from: vs, end: ve)
-            let from = close < ve ? close + 1 : firstIndex(of: UInt8(ascii: ";"), p, from: vs, end: ve)
+            let close = firstIndex(of: UInt8(ascii: ">"), p, from: vs, end: ve, readable: raw.count)
+            let from = close < ve ? close + 1 : firstIndex(of: UInt8(ascii: ";"), p, from: vs, end: ve, readable: raw.count)
             return (from, ve)
         }
-        return headerParameter(bytes, range.0, range.1, "tag") ?? nil
+        return headerParameter(bytes, range.0, range.1, "tag" as StaticString) ?? nil
     }
 
     /// The top Via value.
     public func topVia() throws(SIPParseError) -> ViaValue {
-        var it = values(.via)
-        guard let v = it.next() else { throw SIPParseError(.missingHeader, at: headersEnd, header: .via) }
+        guard let v = topValue(.via) else { throw SIPParseError(.missingHeader, at: headersEnd, header: .via) }
         return try ViaValue(bytes, v.start, v.end)
     }
 
@@ -98,11 +97,11 @@ extension SIPMessage {
             let p = raw.baseAddress!
             let vs = Int(e.valueStart), ve = Int(e.valueEnd)
             // Parameters start at the first ';'; the top value ends at the first ',' after it.
-            let semi = firstIndex(of: UInt8(ascii: ";"), p, from: vs, end: ve)
-            let comma = firstIndex(of: UInt8(ascii: ","), p, from: vs, end: ve)
+            let semi = firstIndex(of: UInt8(ascii: ";"), p, from: vs, end: ve, readable: raw.count)
+            let comma = firstIndex(of: UInt8(ascii: ","), p, from: vs, end: ve, readable: raw.count)
             return semi < comma ? (semi, comma) : (comma, comma)
         }
-        return headerParameter(bytes, r.0, r.1, "branch") ?? nil
+        return headerParameter(bytes, r.0, r.1, "branch" as StaticString) ?? nil
     }
 
     /// Max-Forwards (0-255); nil if absent.

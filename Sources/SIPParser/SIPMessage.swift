@@ -9,18 +9,23 @@ public struct SIPMessage: Sendable {
     package var methodCode: UInt8 = 0
     package var isRequestFlag = false
     package var statusCodeValue: UInt16 = 0
-    /// Request: method / Request-URI ranges. Response: reason phrase range in `uriStart..<uriEnd`.
-    package var methodEnd = 0
-    package var uriStart = 0
-    package var uriEnd = 0
-    package var startLineStart = 0
-    package var startLineEnd = 0
-    /// Offset of the empty line that ends the headers.
-    package var headersEnd = 0
-    package var bodyStart = 0
-    package var endOffset = 0
+    // Offsets are kept in 16 bits (messages are at most 65,535 bytes) so that the whole message
+    // value stays small: it is returned, and so copied, by every parse.
+    private var offsets = InlineArray<9, UInt16>(repeating: 0)
     /// Content-Length as declared, or -1 when the header is absent.
-    package var declaredContentLength = -1
+    package var declaredContentLength: Int32 = -1
+
+    /// Request: end of the method. Response: unused.
+    package var methodEnd: Int { get { Int(offsets[0]) } set { offsets[0] = UInt16(truncatingIfNeeded: newValue) } }
+    /// Request: Request-URI range. Response: reason phrase range.
+    package var uriStart: Int { get { Int(offsets[1]) } set { offsets[1] = UInt16(truncatingIfNeeded: newValue) } }
+    package var uriEnd: Int { get { Int(offsets[2]) } set { offsets[2] = UInt16(truncatingIfNeeded: newValue) } }
+    package var startLineStart: Int { get { Int(offsets[3]) } set { offsets[3] = UInt16(truncatingIfNeeded: newValue) } }
+    package var startLineEnd: Int { get { Int(offsets[4]) } set { offsets[4] = UInt16(truncatingIfNeeded: newValue) } }
+    /// Offset of the empty line that ends the headers.
+    package var headersEnd: Int { get { Int(offsets[5]) } set { offsets[5] = UInt16(truncatingIfNeeded: newValue) } }
+    package var bodyStart: Int { get { Int(offsets[6]) } set { offsets[6] = UInt16(truncatingIfNeeded: newValue) } }
+    package var endOffset: Int { get { Int(offsets[7]) } set { offsets[7] = UInt16(truncatingIfNeeded: newValue) } }
 
     // MARK: - Parsing
 
@@ -131,7 +136,7 @@ public struct SIPMessage: Sendable {
             pos = next
         }
         bodyStart = pos
-        declaredContentLength = contentLength
+        declaredContentLength = Int32(contentLength)
         if contentLength >= 0 {
             guard bodyStart + contentLength <= count else {
                 return SIPParseError(.bodyBeyondMessage, at: bodyStart, header: .contentLength)
@@ -294,7 +299,7 @@ extension SIPMessage {
     public var messageLength: Int { endOffset }
 
     /// The declared Content-Length, if the header is present.
-    public var contentLength: Int? { declaredContentLength >= 0 ? declaredContentLength : nil }
+    public var contentLength: Int? { declaredContentLength >= 0 ? Int(declaredContentLength) : nil }
 
     /// Name, kind and value of header line `i` (0-based, in message order).
     public func header(at i: Int) -> (name: ByteView, kind: HeaderKind, value: ByteView) {

@@ -15,9 +15,11 @@ extension SIPMessage {
     }
 
     private func validateRequestOrResponse(_ limits: SIPParserLimits) throws(SIPParseError) {
-        for kind in [HeaderKind.via, .from, .to, .callID, .cseq] where headers.firstPosition(of: kind) == nil {
-            throw SIPParseError(.missingHeader, at: headersEnd, header: kind)
-        }
+        try require(.via)
+        try require(.from)
+        try require(.to)
+        try require(.callID)
+        try require(.cseq)
         // Single-valued headers appear once (RFC 4475 §3.3.8).
         var seen = InlineArray<64, Bool>(repeating: false)
         for i in 0..<headers.count {
@@ -59,12 +61,39 @@ extension SIPMessage {
         }
         _ = try maxForwards()
         _ = try expires()
-        _ = try contact()
-        _ = try optionTags(.require)
-        _ = try optionTags(.proxyRequire)
+        if let first = topValue(.contact), first.equals("*") {
+            guard valueCount(.contact) == 1 else { throw SIPParseError(.badNameAddress, at: first.start, header: .contact) }
+        } else {
+            try checkAddresses(.contact)
+        }
+        try checkOptionTags(.require)
+        try checkOptionTags(.proxyRequire)
         _ = try sessionExpires()
         _ = try minSE()
-        for kind in [HeaderKind.route, .recordRoute] { _ = try addresses(kind) }
+        try checkAddresses(.route)
+        try checkAddresses(.recordRoute)
+    }
+
+    // Checks without building arrays: validation runs on every message and allocates nothing.
+
+    private func require(_ kind: HeaderKind) throws(SIPParseError) {
+        if headers.firstPosition(of: kind) == nil { throw SIPParseError(.missingHeader, at: headersEnd, header: kind) }
+    }
+
+    private func checkAddresses(_ kind: HeaderKind) throws(SIPParseError) {
+        guard headers.firstPosition(of: kind) != nil else { return }
+        for v in values(kind) { _ = try NameAddress(bytes, v.start, v.end, header: kind) }
+    }
+
+    private func checkOptionTags(_ kind: HeaderKind) throws(SIPParseError) {
+        guard headers.firstPosition(of: kind) != nil else { return }
+        for v in values(kind) {
+            let ok = bytes.withUnsafeBytes { raw in
+                var c = Cursor(raw.baseAddress!, v.start, v.end)
+                return c.token() != nil && c.atEnd
+            }
+            guard ok else { throw SIPParseError(.badOptionTag, at: v.start, header: kind) }
+        }
     }
 
     /// `word [ "@" word ]` (RFC 3261 §25.1).
