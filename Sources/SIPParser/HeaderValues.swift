@@ -15,12 +15,12 @@ public struct HeaderValues: Sequence, IteratorProtocol, Sendable {
     init(_ message: SIPMessage, _ kind: HeaderKind) {
         self.message = message
         self.kind = kind
-        self.line = message.headers.firstPosition(of: kind) ?? message.headers.count
+        self.line = message.firstPosition(of: kind) ?? message.headerCount
     }
 
     public mutating func next() -> ByteView? {
-        while line < message.headers.count {
-            let e = message.headers[line]
+        while line < message.headerCount {
+            let e = message.entry(line)
             guard e.kind == kind else { line += 1; continue }
             if pos < 0 { pos = Int(e.valueStart); lineEnd = Int(e.valueEnd) }
             if pos > lineEnd { pos = -1; line += 1; continue }
@@ -38,12 +38,12 @@ extension SIPMessage {
 
     /// Number of values of `kind` (e.g. Via values across every Via line).
     public func valueCount(_ kind: HeaderKind) -> Int {
-        guard let first = headers.firstPosition(of: kind) else { return 0 }
+        guard let first = firstPosition(of: kind) else { return 0 }
         return bytes.withUnsafeBytes { raw in
             var n = 0
-            for i in first..<headers.count where headers[i].kind == kind {
-                var pos = Int(headers[i].valueStart)
-                let end = Int(headers[i].valueEnd)
+            for i in first..<headerCount where entry(i).kind == kind {
+                var pos = Int(entry(i).valueStart)
+                let end = Int(entry(i).valueEnd)
                 repeat {
                     pos = splitListValue(raw.baseAddress!, pos, end).1 + 1
                     n += 1
@@ -55,8 +55,8 @@ extension SIPMessage {
 
     /// The first value of list header `kind` (the top Via, the first Route...), without copying the index.
     public func topValue(_ kind: HeaderKind) -> ByteView? {
-        guard let p = headers.firstPosition(of: kind) else { return nil }
-        let e = headers[p]
+        guard let p = firstPosition(of: kind) else { return nil }
+        let e = entry(p)
         let r = bytes.withUnsafeBytes { raw in splitListValue(raw.baseAddress!, Int(e.valueStart), Int(e.valueEnd)).0 }
         return ByteView(bytes, r.0, r.1)
     }

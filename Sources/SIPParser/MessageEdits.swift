@@ -37,19 +37,19 @@ public struct MessageEdits: Sendable {
 
     /// Removes header line `i` (CRLF and folds included).
     public mutating func removeHeader(at i: Int) {
-        let e = message.headers[i]
+        let e = message.entry(i)
         remove(Int(e.lineStart)..<Int(e.lineEnd))
     }
 
     /// Removes every header line of `kind`.
     public mutating func removeHeaders(_ kind: HeaderKind) {
-        guard let first = message.headers.firstPosition(of: kind) else { return }
-        for i in first..<message.headers.count where message.headers[i].kind == kind { removeHeader(at: i) }
+        guard let first = message.firstPosition(of: kind) else { return }
+        for i in first..<message.headerCount where message.entry(i).kind == kind { removeHeader(at: i) }
     }
 
     /// Replaces the value of header line `i`, keeping its name as written.
     public mutating func replaceHeaderValue(at i: Int, with value: some Collection<UInt8>) {
-        let e = message.headers[i]
+        let e = message.entry(i)
         replace(Int(e.valueStart)..<Int(e.valueEnd), with: value)
     }
 
@@ -65,16 +65,16 @@ public struct MessageEdits: Sendable {
 
     /// Adds a new top Via (before the first Via line, or at the top if there is none).
     public mutating func addTopVia(_ value: some Collection<UInt8>) {
-        let at = message.headers.firstPosition(of: .via).map { Int(message.headers[$0].lineStart) } ?? message.startLineEnd + 2
+        let at = message.firstPosition(of: .via).map { Int(message.entry($0).lineStart) } ?? message.startLineEnd + 2
         insertLine("Via", value, at: at)
     }
 
     /// Removes the top Via value: the whole line if it holds one value, else just that value.
     public mutating func removeTopVia() {
-        guard let p = message.headers.firstPosition(of: .via) else { return }
+        guard let p = message.firstPosition(of: .via) else { return }
         var it = message.values(.via)
         guard let top = it.next() else { return }
-        let e = message.headers[p]
+        let e = message.entry(p)
         let second = it.next()
         if let second, second.start < Int(e.valueEnd) {
             remove(Int(e.valueStart)..<second.start)
@@ -121,9 +121,9 @@ public struct MessageEdits: Sendable {
             let digitsFrom = scratch.count
             appendDecimal(bodyLength, to: &scratch)
             let digitsTo = scratch.count
-            if let first = message.headers.firstPosition(of: .contentLength) {
-                for i in first..<message.headers.count where message.headers[i].kind == .contentLength {
-                    let e = message.headers[i]
+            if let first = message.firstPosition(of: .contentLength) {
+                for i in first..<message.headerCount where message.entry(i).kind == .contentLength {
+                    let e = message.entry(i)
                     if ops.contains(where: { $0.start == Int(e.lineStart) && $0.end == Int(e.lineEnd) && $0.from == $0.to }) { continue }
                     ops.append(Operation(start: Int(e.valueStart), end: Int(e.valueEnd), from: digitsFrom, to: digitsTo, order: ops.count))
                 }

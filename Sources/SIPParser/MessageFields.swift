@@ -3,9 +3,9 @@
 
 extension SIPMessage {
     @inline(__always)
-    private func entry(_ kind: HeaderKind) -> HeaderEntry? {
-        guard let p = headers.firstPosition(of: kind) else { return nil }
-        return headers[p]
+    private func firstEntry(_ kind: HeaderKind) -> HeaderEntry? {
+        guard let p = firstPosition(of: kind) else { return nil }
+        return entry(p)
     }
 
     /// The Request-URI, parsed.
@@ -18,13 +18,13 @@ extension SIPMessage {
 
     /// Call-ID as written (`word ["@" word]`); nil if absent.
     public var callID: ByteView? {
-        guard let e = entry(.callID) else { return nil }
+        guard let e = firstEntry(.callID) else { return nil }
         return ByteView(bytes, Int(e.valueStart), Int(e.valueEnd))
     }
 
     /// CSeq: number and method.
     public func cseq() throws(SIPParseError) -> CSeqValue {
-        guard let e = entry(.cseq) else { throw SIPParseError(.missingHeader, at: headersEnd, header: .cseq) }
+        guard let e = firstEntry(.cseq) else { throw SIPParseError(.missingHeader, at: headersEnd, header: .cseq) }
         let r: (Int, Int, Int)? = bytes.withUnsafeBytes { raw in
             var c = Cursor(raw.baseAddress!, Int(e.valueStart), Int(e.valueEnd))
             guard let n = c.decimal(max: Int(UInt32.max)) else { return nil }
@@ -42,7 +42,7 @@ extension SIPMessage {
 
     /// The CSeq method's bytes, without building a `SIPMethod` (cheap, for matching).
     public var cseqMethodBytes: ByteView? {
-        guard let e = entry(.cseq) else { return nil }
+        guard let e = firstEntry(.cseq) else { return nil }
         let r: (Int, Int)? = bytes.withUnsafeBytes { raw in
             var c = Cursor(raw.baseAddress!, Int(e.valueStart), Int(e.valueEnd))
             while let b = c.peek(), isDigit(b) { c.pos += 1 }
@@ -59,13 +59,13 @@ extension SIPMessage {
     public func to() throws(SIPParseError) -> NameAddress { try singleAddress(.to) }
 
     private func singleAddress(_ kind: HeaderKind) throws(SIPParseError) -> NameAddress {
-        guard let e = entry(kind) else { throw SIPParseError(.missingHeader, at: headersEnd, header: kind) }
+        guard let e = firstEntry(kind) else { throw SIPParseError(.missingHeader, at: headersEnd, header: kind) }
         return try NameAddress(bytes, Int(e.valueStart), Int(e.valueEnd), header: kind)
     }
 
     /// The `tag` of From or To, found without parsing the whole address (the hot path).
     public func tag(of kind: HeaderKind) -> ByteView? {
-        guard let e = entry(kind) else { return nil }
+        guard let e = firstEntry(kind) else { return nil }
         // The header parameters begin after '>' in name-addr form, or at the first ';' otherwise.
         let range: (Int, Int) = bytes.withUnsafeBytes { raw in
             let p = raw.baseAddress!
@@ -92,7 +92,7 @@ extension SIPMessage {
 
     /// The top Via's branch, found without building the whole Via (the hot path).
     public var topViaBranch: ByteView? {
-        guard let e = entry(.via) else { return nil }
+        guard let e = firstEntry(.via) else { return nil }
         let r: (Int, Int) = bytes.withUnsafeBytes { raw in
             let p = raw.baseAddress!
             let vs = Int(e.valueStart), ve = Int(e.valueEnd)
@@ -116,7 +116,7 @@ extension SIPMessage {
 
     /// Min-SE (RFC 4028) in seconds; nil if absent.
     public func minSE() throws(SIPParseError) -> UInt32? {
-        guard let e = entry(.minSE) else { return nil }
+        guard let e = firstEntry(.minSE) else { return nil }
         let n: Int? = bytes.withUnsafeBytes { raw in
             var c = Cursor(raw.baseAddress!, Int(e.valueStart), Int(e.valueEnd))
             guard let n = c.decimal(max: Int(UInt32.max)), c.headerParameters({ _ in }) else { return nil }
@@ -129,7 +129,7 @@ extension SIPMessage {
 
     /// Session-Expires (RFC 4028): seconds and refresher; nil if absent.
     public func sessionExpires() throws(SIPParseError) -> SessionExpiresValue? {
-        guard let e = entry(.sessionExpires) else { return nil }
+        guard let e = firstEntry(.sessionExpires) else { return nil }
         let r: (Int, Int, Int)? = bytes.withUnsafeBytes { raw in
             var c = Cursor(raw.baseAddress!, Int(e.valueStart), Int(e.valueEnd))
             guard let n = c.decimal(max: Int(UInt32.max)) else { return nil }
@@ -150,7 +150,7 @@ extension SIPMessage {
     }
 
     private func smallNumber(_ kind: HeaderKind, max: Int, code: SIPParseError.Code) throws(SIPParseError) -> Int? {
-        guard let e = entry(kind) else { return nil }
+        guard let e = firstEntry(kind) else { return nil }
         let n = bytes.withUnsafeBytes { raw in
             SIPMessage.parseDecimal(raw.baseAddress!, Int(e.valueStart), Int(e.valueEnd), max: max)
         }
@@ -160,7 +160,7 @@ extension SIPMessage {
 
     /// Content-Type's media type (`type/subtype`, parameters excluded); nil if absent.
     public var contentType: ByteView? {
-        guard let e = entry(.contentType) else { return nil }
+        guard let e = firstEntry(.contentType) else { return nil }
         let end = bytes.withUnsafeBytes { raw in
             var i = Int(e.valueStart)
             while i < Int(e.valueEnd), raw[i] != UInt8(ascii: ";"), !isLWSByte(raw[i]) { i += 1 }
@@ -178,7 +178,7 @@ extension SIPMessage {
 
     /// The Contact header: `*`, or the list of addresses; nil if absent.
     public func contact() throws(SIPParseError) -> ContactValue? {
-        guard headers.firstPosition(of: .contact) != nil else { return nil }
+        guard firstPosition(of: .contact) != nil else { return nil }
         var it = values(.contact)
         if let first = it.next(), first.equals("*") {
             guard it.next() == nil else { throw SIPParseError(.badNameAddress, at: first.start, header: .contact) }

@@ -4,7 +4,12 @@
 public struct SIPMessage: Sendable {
     /// The bytes the message was parsed from; the message is `bytes[0..<endOffset]`.
     public let bytes: [UInt8]
-    package var headers: HeaderIndex
+    /// Number of header lines.
+    public package(set) var headerCount = 0
+    package var inlineEntries: InlineHeaderEntries = SIPMessage.emptyInlineEntries
+    package var firstOfKind: FirstOfKindTable = (0, 0, 0, 0, 0, 0, 0, 0)
+    /// Header lines beyond the inline capacity (empty, and unallocated, for most messages).
+    package var spill: [HeaderEntry] = []
     /// Request: method code (0 = extension). Response: unused.
     package var methodCode: UInt8 = 0
     package var isRequestFlag = false
@@ -33,7 +38,6 @@ public struct SIPMessage: Sendable {
     /// message's body (RFC 3261 §18.3) are ignored; without Content-Length the body runs to the end.
     public init(parsing bytes: [UInt8], limits: SIPParserLimits = .default) throws(SIPParseError) {
         self.bytes = bytes
-        self.headers = HeaderIndex()
         guard bytes.count <= limits.maxMessageBytes else {
             throw SIPParseError(.messageTooLarge, at: limits.maxMessageBytes, status: 513)
         }
@@ -72,7 +76,7 @@ public struct SIPMessage: Sendable {
                 pos += 2
                 break
             }
-            guard headers.count < limits.maxHeaders else {
+            guard headerCount < limits.maxHeaders else {
                 return SIPParseError(.tooManyHeaders, at: pos)
             }
             let lineStart = pos
@@ -131,8 +135,8 @@ public struct SIPMessage: Sendable {
                 viaLines += 1
                 guard viaLines <= limits.maxVias else { return SIPParseError(.tooManyVias, at: lineStart, header: .via) }
             }
-            headers.append(HeaderEntry(lineStart: lineStart, nameEnd: nameEnd, valueStart: valueStart,
-                                       valueEnd: ve, lineEnd: next, kind: kind))
+            appendEntry(HeaderEntry(lineStart: lineStart, nameEnd: nameEnd, valueStart: valueStart,
+                                    valueEnd: ve, lineEnd: next, kind: kind))
             pos = next
         }
         bodyStart = pos
@@ -289,9 +293,6 @@ extension SIPMessage {
     /// The Request-URI as written.
     public var requestURIBytes: ByteView? { isRequestFlag ? ByteView(bytes, uriStart, uriEnd) : nil }
 
-    /// Number of header lines.
-    public var headerCount: Int { headers.count }
-
     /// The body (empty if there is none).
     public var body: ByteView { ByteView(bytes, bodyStart, endOffset) }
 
@@ -303,21 +304,21 @@ extension SIPMessage {
 
     /// Name, kind and value of header line `i` (0-based, in message order).
     public func header(at i: Int) -> (name: ByteView, kind: HeaderKind, value: ByteView) {
-        let e = headers[i]
+        let e = entry(i)
         return (ByteView(bytes, Int(e.lineStart), Int(e.nameEnd)), e.kind,
                 ByteView(bytes, Int(e.valueStart), Int(e.valueEnd)))
     }
 
     /// The value of the first header of `kind` (the whole line's value, not split at commas).
     public func firstValue(_ kind: HeaderKind) -> ByteView? {
-        guard let p = headers.firstPosition(of: kind) else { return nil }
-        let e = headers[p]
+        guard let p = firstPosition(of: kind) else { return nil }
+        let e = entry(p)
         return ByteView(bytes, Int(e.valueStart), Int(e.valueEnd))
     }
 
     /// The value of the first header called `name` (case-insensitive), known or not.
     public func firstValue(named name: String) -> ByteView? {
-        for i in 0..<headers.count {
+        for i in 0..<headerCount {
             let h = header(at: i)
             if h.name.equalsIgnoringCase(name) { return h.value }
         }
@@ -326,9 +327,9 @@ extension SIPMessage {
 
     /// How many header lines of `kind` the message has.
     public func lineCount(_ kind: HeaderKind) -> Int {
-        guard let p = headers.firstPosition(of: kind) else { return 0 }
+        guard let p = firstPosition(of: kind) else { return 0 }
         var n = 0
-        for i in p..<headers.count where headers[i].kind == kind { n += 1 }
+        for i in p..<headerCount where entry(i).kind == kind { n += 1 }
         return n
     }
 }

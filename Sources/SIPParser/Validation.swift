@@ -22,8 +22,8 @@ extension SIPMessage {
         try require(.cseq)
         // Single-valued headers appear once (RFC 4475 §3.3.8).
         var seen = InlineArray<64, Bool>(repeating: false)
-        for i in 0..<headers.count {
-            let e = headers[i]
+        for i in 0..<headerCount {
+            let e = entry(i)
             guard e.kind.isSingleton else { continue }
             let k = Int(e.kind.rawValue)
             if seen[k] { throw SIPParseError(.duplicateHeader, at: Int(e.lineStart), header: e.kind) }
@@ -77,16 +77,16 @@ extension SIPMessage {
     // Checks without building arrays: validation runs on every message and allocates nothing.
 
     private func require(_ kind: HeaderKind) throws(SIPParseError) {
-        if headers.firstPosition(of: kind) == nil { throw SIPParseError(.missingHeader, at: headersEnd, header: kind) }
+        if firstPosition(of: kind) == nil { throw SIPParseError(.missingHeader, at: headersEnd, header: kind) }
     }
 
     private func checkAddresses(_ kind: HeaderKind) throws(SIPParseError) {
-        guard headers.firstPosition(of: kind) != nil else { return }
+        guard firstPosition(of: kind) != nil else { return }
         for v in values(kind) { _ = try NameAddress(bytes, v.start, v.end, header: kind) }
     }
 
     private func checkOptionTags(_ kind: HeaderKind) throws(SIPParseError) {
-        guard headers.firstPosition(of: kind) != nil else { return }
+        guard firstPosition(of: kind) != nil else { return }
         for v in values(kind) {
             let ok = bytes.withUnsafeBytes { raw in
                 var c = Cursor(raw.baseAddress!, v.start, v.end)
