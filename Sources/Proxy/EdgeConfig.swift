@@ -60,7 +60,8 @@ extension EdgeConfig {
                 maxMessageBytes: try t.int("max_message_bytes", default: 65_535, range: 512...SIPParserLimits.hardMaxMessageBytes),
                 maxHeaders: try t.int("max_headers", default: 256, range: 8...4_096),
                 maxHeaderBytes: try t.int("max_header_bytes", default: 8_192, range: 64...65_535),
-                maxVias: try t.int("max_vias", default: 70, range: 1...1_000))
+                maxVias: try t.int("max_vias", default: 70, range: 1...1_000),
+                maxBodyBytes: try t.int("max_body_bytes", default: 65_535, range: 0...SIPParserLimits.hardMaxMessageBytes))
         } ?? .default
         let listeners = try reader.tableArray("listener") { (t: inout TableReader) throws(ConfigError) in
             let protoText = try t.string("proto", default: nil)

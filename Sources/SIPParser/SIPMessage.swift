@@ -130,6 +130,9 @@ public struct SIPMessage: Sendable {
                 if contentLength >= 0 && contentLength != value {
                     return SIPParseError(.conflictingContentLength, at: lineStart, header: .contentLength)
                 }
+                guard value <= limits.maxBodyBytes else {
+                    return SIPParseError(.bodyTooLarge, at: valueStart, status: 413, header: .contentLength)
+                }
                 contentLength = value
             } else if kind == .via {
                 viaLines += 1

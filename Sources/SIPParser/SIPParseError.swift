@@ -20,6 +20,7 @@ public struct SIPParseError: Error, Sendable, CustomStringConvertible {
         public static let tooManyVias = Code("too many Via values")
         public static let badContentLength = Code("bad Content-Length")
         public static let conflictingContentLength = Code("conflicting Content-Length values")
+        public static let bodyTooLarge = Code("body too large")
         public static let bodyBeyondMessage = Code("Content-Length beyond the end of the message")
         public static let missingContentLength = Code("Content-Length required on a stream")
         public static let missingHeader = Code("missing mandatory header")
@@ -77,15 +78,19 @@ public struct SIPParserLimits: Sendable, Equatable {
     public var maxHeaderBytes: Int
     /// Most Via values (across all Via lines).
     public var maxVias: Int
+    /// Largest body (Content-Length); a larger one is refused with 413.
+    public var maxBodyBytes: Int
 
     /// Absolute ceiling of `maxMessageBytes`: header offsets are kept in 16 bits.
     public static let hardMaxMessageBytes = 65_535
 
-    public init(maxMessageBytes: Int = 65_535, maxHeaders: Int = 256, maxHeaderBytes: Int = 8_192, maxVias: Int = 70) {
+    public init(maxMessageBytes: Int = 65_535, maxHeaders: Int = 256, maxHeaderBytes: Int = 8_192, maxVias: Int = 70,
+                maxBodyBytes: Int = 65_535) {
         self.maxMessageBytes = min(max(maxMessageBytes, 64), Self.hardMaxMessageBytes)
         self.maxHeaders = min(max(maxHeaders, 8), 4_096)
         self.maxHeaderBytes = max(maxHeaderBytes, 64)
         self.maxVias = max(maxVias, 1)
+        self.maxBodyBytes = max(maxBodyBytes, 0)
     }
 
     public static let `default` = SIPParserLimits()

@@ -113,6 +113,18 @@ extension SIPMessage {
     }
 }
 
+extension SIPMessage {
+    /// RFC 3261 §16.3 step 2: a proxy refuses a Request-URI scheme it does not understand with 416.
+    /// (Not part of `validate()`: a UAS or a registrar may answer such requests differently, and
+    /// RFC 4475 §3.3.2 counts them as well-formed.)
+    public func checkRequestURIScheme() throws(SIPParseError) {
+        guard isRequestFlag else { return }
+        if try requestURI().scheme == .other {
+            throw SIPParseError(.unsupportedURIScheme, at: uriStart, status: 416)
+        }
+    }
+}
+
 @inline(__always)
 package func memoryEqual(_ raw: UnsafeRawBufferPointer, _ a: Int, _ b: Int, _ count: Int) -> Bool {
     var i = 0

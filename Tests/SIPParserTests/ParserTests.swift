@@ -136,6 +136,21 @@ import Testing
         #expect(throws: SIPParseError(.badContentLength, at: 0)) { try self.msg(bigCL) }
     }
 
+    @Test func rfc3261_16_3_unsupported_scheme_is_416_and_big_body_413() throws {
+        let unkscm = try SIPMessage(parsing: try Corpus.bytes("rfc4475/unkscm.dat"))
+        let e = #expect(throws: SIPParseError.self) { try unkscm.checkRequestURIScheme() }
+        #expect(e?.code == .unsupportedURIScheme && e?.status == 416)
+        for file in ["rfc4475/novelsc.dat"] {
+            #expect(throws: SIPParseError(.unsupportedURIScheme, at: 0)) { try SIPMessage(parsing: try Corpus.bytes(file)).checkRequestURIScheme() }
+        }
+        try SIPMessage(parsing: try Corpus.bytes("realistic/invite_sdp.sip")).checkRequestURIScheme()
+        let limits = SIPParserLimits(maxBodyBytes: 100)
+        let big = try #require(#expect(throws: SIPParseError.self) {
+            try SIPMessage(parsing: try Corpus.bytes("realistic/invite_sdp.sip"), limits: limits)
+        })
+        #expect(big.code == .bodyTooLarge && big.status == 413)
+    }
+
     @Test func many_headers_spill_past_the_inline_index() throws {
         let text = "OPTIONS sip:a@b SIP/2.0\r\n" + Self.base + "CSeq: 1 OPTIONS\r\n" +
             (0..<100).map { "X-H\($0): \($0)\r\n" }.joined() + "Content-Length: 0\r\n\r\n"
