@@ -73,7 +73,7 @@ public struct MessageEdits: Sendable {
     public mutating func removeTopVia() {
         guard let p = message.firstPosition(of: .via) else { return }
         var it = message.values(.via)
-        guard let top = it.next() else { return }
+        guard it.next() != nil else { return }
         let e = message.entry(p)
         let second = it.next()
         if let second, second.start < Int(e.valueEnd) {
@@ -81,7 +81,6 @@ public struct MessageEdits: Sendable {
         } else {
             removeHeader(at: p)
         }
-        _ = top
     }
 
     /// Replaces the Request-URI.

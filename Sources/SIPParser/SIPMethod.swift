@@ -6,12 +6,9 @@ public enum SIPMethod: Hashable, Sendable, CustomStringConvertible {
     case other(String)
 
     public init?(_ text: String) {
-        var bytes = Array(text.utf8)
-        let count = bytes.count
-        guard count > 0, bytes.allSatisfy({ ByteClass.token.contains($0) }) else { return nil }
-        self = bytes.withUnsafeMutableBytes { raw in
-            SIPMethod.known(UnsafeRawPointer(raw.baseAddress!), 0, count) ?? .other(text)
-        }
+        let bytes = Array(text.utf8)
+        guard !bytes.isEmpty, bytes.allSatisfy({ ByteClass.token.contains($0) }) else { return nil }
+        self = bytes.withUnsafeBytes { raw in SIPMethod.known(raw.baseAddress!, 0, raw.count) } ?? .other(text)
     }
 
     public var description: String {

@@ -30,7 +30,7 @@ extension SIPMessage {
             seen[k] = true
         }
 
-        let cseq = try cseq()
+        _ = try cseq()
         if isRequestFlag {
             let methodMatches = bytes.withUnsafeBytes { raw in
                 guard let csm = cseqMethodBytes else { return false }
@@ -45,7 +45,6 @@ extension SIPMessage {
             // RFC 3261 §19.1.1: a Request-URI never carries URI headers (RFC 4475 §3.1.2.11).
             if uri.headersText != nil { throw SIPParseError(.badRequestURI, at: uri.headersStart, header: nil) }
         }
-        _ = cseq
 
         guard let callID, !callID.isEmpty, isValidCallID(callID) else {
             throw SIPParseError(.badCallID, at: callID?.start ?? headersEnd, header: .callID)

@@ -7,6 +7,13 @@ import Testing
 
     static let base = "Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\n"
 
+    @Test func rfc3261_7_1_methods_are_case_sensitive_tokens() {
+        #expect(SIPMethod("INVITE") == .invite && SIPMethod("PUBLISH") == .publish)
+        #expect(SIPMethod("invite") == .other("invite") && SIPMethod("NEWMETHOD") == .other("NEWMETHOD"))
+        #expect(SIPMethod("") == nil && SIPMethod("A B") == nil && SIPMethod("X:") == nil)
+        #expect(SIPMethod.invite.description == "INVITE")
+    }
+
     @Test func header_kinds_fit_their_table() {
         #expect(HeaderKind.allCases.count <= HeaderKind.tableSize)
     }
