@@ -15,8 +15,10 @@ let package = Package(
     targets: [
         // Bytes -> message views, typed header access, edit lists, stream framing. Standard library only.
         .target(name: "SIPParser"),
-        // Event loops, sockets, timers (issue 3). Knows nothing of SIP.
-        .target(name: "Transport"),
+        // Linux interfaces Glibc does not import (epoll, eventfd, recvmmsg/sendmmsg, error queues).
+        .target(name: "CTransportShim"),
+        // Event loops, sockets, timers. Knows nothing of SIP.
+        .target(name: "Transport", dependencies: ["CTransportShim"]),
         // Transactions, dialogs, B2BUA legs, dialog records (issue 4).
         .target(name: "Dialog", dependencies: ["SIPParser", "Transport"]),
         // Membership, replication, sharing tags, re-homing.
@@ -32,6 +34,7 @@ let package = Package(
         ),
         .testTarget(name: "SIPParserTests", dependencies: ["SIPParser"]),
         .testTarget(name: "ProxyTests", dependencies: ["Proxy"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "SipedgeCommandTests", dependencies: ["sipedge"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,69 @@
+// Linux interfaces Swift's Glibc module does not give us (epoll, eventfd, recvmmsg/sendmmsg, the
+// socket error queue), behind plain functions and plain structs. No _GNU_SOURCE here: it is set in
+// the .c file only (defining it in a header Swift imports breaks the Glibc module).
+#ifndef SIPEDGE_TRANSPORT_SHIM_H
+#define SIPEDGE_TRANSPORT_SHIM_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+/// One epoll event, unpacked (the kernel's struct is packed on x86-64).
+typedef struct {
+    uint32_t events;
+    uint64_t data;
+} sipedge_epoll_event;
+
+enum {
+    SIPEDGE_EPOLLIN = 0x001,
+    SIPEDGE_EPOLLOUT = 0x004,
+    SIPEDGE_EPOLLERR = 0x008,
+    SIPEDGE_EPOLLHUP = 0x010,
+    SIPEDGE_EPOLLRDHUP = 0x2000,
+    SIPEDGE_EPOLLET = (int)(1u << 31),
+};
+
+int sipedge_epoll_create(void);
+int sipedge_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
+int sipedge_epoll_wait(int epfd, sipedge_epoll_event *events, int max, int timeout_ms);
+int sipedge_epoll_op_add(void);
+int sipedge_epoll_op_mod(void);
+int sipedge_epoll_op_del(void);
+
+int sipedge_eventfd(void);
+int sipedge_eventfd_signal(int fd);
+int sipedge_eventfd_drain(int fd);
+
+/// One datagram of a batch: the buffer, its length (in: capacity for receive, length for send;
+/// out: bytes received or sent) and the peer address.
+typedef struct {
+    void *base;
+    size_t length;
+    struct sockaddr_storage address;
+    socklen_t address_length;
+    int truncated;
+} sipedge_datagram;
+
+/// recvmmsg over `count` datagrams (at most 64); returns how many arrived, or -1 with errno.
+int sipedge_receive_batch(int fd, sipedge_datagram *datagrams, unsigned count);
+/// sendmmsg over `count` datagrams (at most 64); returns how many were sent, or -1 with errno.
+int sipedge_send_batch(int fd, sipedge_datagram *datagrams, unsigned count);
+
+/// Turns on IP_RECVERR / IPV6_RECVERR so ICMP errors are queued on the socket.
+int sipedge_enable_receive_errors(int fd, int family);
+/// Reads one queued socket error: returns 1 and fills errno_out and the destination address the
+/// failed datagram was sent to, 0 if the queue is empty, -1 with errno otherwise.
+int sipedge_read_socket_error(int fd, int *errno_out, struct sockaddr_storage *destination, socklen_t *destination_length);
+
+/// accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC.
+int sipedge_accept(int fd, struct sockaddr *address, socklen_t *length);
+
+/// Writes one line to standard error (2) in one write call.
+void sipedge_log_line(const char *line);
+
+/// SCTP one-to-many socket (RFC 4168); -1 with errno where the kernel has no SCTP.
+int sipedge_sctp_socket(int family);
+
+#endif

@@ -1,0 +1,141 @@
+#define _GNU_SOURCE
+#include "CTransportShim.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+#include <linux/errqueue.h>
+#include <netinet/ip.h>
+
+int sipedge_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+int sipedge_epoll_op_add(void) { return EPOLL_CTL_ADD; }
+int sipedge_epoll_op_mod(void) { return EPOLL_CTL_MOD; }
+int sipedge_epoll_op_del(void) { return EPOLL_CTL_DEL; }
+
+int sipedge_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data) {
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = events;
+    ev.data.u64 = data;
+    return epoll_ctl(epfd, op, fd, &ev);
+}
+
+int sipedge_epoll_wait(int epfd, sipedge_epoll_event *events, int max, int timeout_ms) {
+    struct epoll_event raw[256];
+    if (max > 256) max = 256;
+    int n = epoll_wait(epfd, raw, max, timeout_ms);
+    for (int i = 0; i < n; i++) {
+        events[i].events = raw[i].events;
+        events[i].data = raw[i].data.u64;
+    }
+    return n;
+}
+
+int sipedge_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
+
+int sipedge_eventfd_signal(int fd) {
+    uint64_t one = 1;
+    return write(fd, &one, sizeof one) == sizeof one ? 0 : -1;
+}
+
+int sipedge_eventfd_drain(int fd) {
+    uint64_t value;
+    return read(fd, &value, sizeof value) == sizeof value ? 0 : -1;
+}
+
+/* Points each mmsghdr at its datagram's buffer and address (receive: room for any address). */
+static void fill_headers(struct mmsghdr *msgs, struct iovec *iov, sipedge_datagram *d, unsigned count, int receiving) {
+    memset(msgs, 0, sizeof(struct mmsghdr) * count);
+    for (unsigned i = 0; i < count; i++) {
+        iov[i].iov_base = d[i].base;
+        iov[i].iov_len = d[i].length;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = &d[i].address;
+        msgs[i].msg_hdr.msg_namelen = receiving ? sizeof d[i].address : d[i].address_length;
+    }
+}
+
+int sipedge_receive_batch(int fd, sipedge_datagram *d, unsigned count) {
+    struct mmsghdr msgs[64];
+    struct iovec iov[64];
+    if (count > 64) count = 64;
+    fill_headers(msgs, iov, d, count, 1);
+    int n;
+    do { n = recvmmsg(fd, msgs, count, MSG_DONTWAIT, NULL); } while (n < 0 && errno == EINTR);
+    for (int i = 0; i < n; i++) {
+        d[i].length = msgs[i].msg_len;
+        d[i].address_length = msgs[i].msg_hdr.msg_namelen;
+        d[i].truncated = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+    }
+    return n;
+}
+
+int sipedge_send_batch(int fd, sipedge_datagram *d, unsigned count) {
+    struct mmsghdr msgs[64];
+    struct iovec iov[64];
+    if (count > 64) count = 64;
+    fill_headers(msgs, iov, d, count, 0);
+    int n;
+    do { n = sendmmsg(fd, msgs, count, MSG_DONTWAIT); } while (n < 0 && errno == EINTR);
+    for (int i = 0; i < n; i++) d[i].length = msgs[i].msg_len;
+    return n;
+}
+
+int sipedge_enable_receive_errors(int fd, int family) {
+    int on = 1;
+    if (family == AF_INET6) {
+        if (setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &on, sizeof on) != 0) return -1;
+        /* A dual-stack socket also receives IPv4 errors. */
+        (void)setsockopt(fd, IPPROTO_IP, IP_RECVERR, &on, sizeof on);
+        return 0;
+    }
+    return setsockopt(fd, IPPROTO_IP, IP_RECVERR, &on, sizeof on);
+}
+
+int sipedge_read_socket_error(int fd, int *errno_out, struct sockaddr_storage *destination, socklen_t *destination_length) {
+    char control[512];
+    char payload[1];
+    struct iovec iov = { payload, sizeof payload };
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_name = destination;
+    msg.msg_namelen = sizeof *destination;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    ssize_t n;
+    do { n = recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT); } while (n < 0 && errno == EINTR);
+    if (n < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+    *destination_length = msg.msg_namelen;
+    *errno_out = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if ((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_RECVERR) ||
+            (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR)) {
+            struct sock_extended_err *e = (struct sock_extended_err *)CMSG_DATA(c);
+            *errno_out = (int)e->ee_errno;
+        }
+    }
+    return 1;
+}
+
+int sipedge_sctp_socket(int family) {
+    return socket(family, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_SCTP);
+}
+
+int sipedge_accept(int fd, struct sockaddr *address, socklen_t *length) {
+    return accept4(fd, address, length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+
+void sipedge_log_line(const char *line) {
+    size_t n = strlen(line);
+    char buffer[4096];
+    if (n > sizeof buffer - 1) n = sizeof buffer - 1;
+    memcpy(buffer, line, n);
+    buffer[n] = '\n';
+    ssize_t r = write(2, buffer, n + 1);
+    (void)r;
+}

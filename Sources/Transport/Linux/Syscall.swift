@@ -1,0 +1,50 @@
+import Glibc
+
+/// A failed system call: which call, and the errno it left.
+public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
+    public let call: String
+    public let errno: Int32
+
+    public init(_ call: String, errno: Int32) {
+        self.call = call
+        self.errno = errno
+    }
+
+    public var description: String { "\(call): \(String(cString: strerror(errno))) (errno \(errno))" }
+
+    /// ENOPROTOOPT / EPROTONOSUPPORT / ESOCKTNOSUPPORT: the kernel lacks the protocol (e.g. SCTP).
+    public var isUnsupportedProtocol: Bool { errno == EPROTONOSUPPORT || errno == ESOCKTNOSUPPORT || errno == ENOPROTOOPT }
+}
+
+/// What a non-blocking call did: done (with a value), or it would have blocked.
+public enum IOResult<T>: Sendable where T: Sendable {
+    case processed(T)
+    case wouldBlock
+}
+
+/// Runs a system call under the one errno policy: EINTR is retried, EAGAIN is `.wouldBlock`
+/// (a result, not an error), anything else throws `SystemError`.
+@inline(__always)
+func nonBlocking<T: FixedWidthInteger & Sendable>(_ name: String, _ call: () -> T) throws(SystemError) -> IOResult<T> {
+    while true {
+        let r = call()
+        if r >= 0 { return .processed(r) }
+        let e = Glibc.errno
+        if e == EINTR { continue }
+        if e == EAGAIN || e == EWOULDBLOCK { return .wouldBlock }
+        throw SystemError(name, errno: e)
+    }
+}
+
+/// Runs a system call that must not block: EINTR is retried, any failure throws.
+@inline(__always)
+@discardableResult
+func blocking<T: FixedWidthInteger>(_ name: String, _ call: () -> T) throws(SystemError) -> T {
+    while true {
+        let r = call()
+        if r >= 0 { return r }
+        let e = Glibc.errno
+        if e == EINTR { continue }
+        throw SystemError(name, errno: e)
+    }
+}
