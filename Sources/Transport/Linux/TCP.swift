@@ -1,0 +1,372 @@
+import CTransportShim
+import Glibc
+
+/// Where TCP connections hand what they frame, and tell that they closed. Loop thread only.
+public protocol StreamReceiver: AnyObject {
+    /// A whole frame arrived (its own bytes: keep them as long as needed).
+    func received(_ frame: [UInt8], on connection: TCPConnection)
+    /// The connection closed; `reason` is nil for an orderly close by the peer or by us.
+    func closed(_ connection: TCPConnection, reason: String?)
+}
+
+/// Bounds on what TCP peers can make a loop hold.
+public struct StreamLimits: Sendable, Equatable {
+    /// Most connections at once on one loop.
+    public var maxConnections: Int
+    /// Most connections from one source address (all ports).
+    public var maxConnectionsPerSource: Int
+    /// Most bytes buffered while waiting for the end of a frame; more closes the connection.
+    public var maxBufferedBytes: Int
+    /// Most bytes queued for writing; past it `send` refuses (back-pressure).
+    public var maxQueuedBytes: Int
+    /// A connection silent this long is closed (milliseconds; 0: never).
+    public var idleTimeoutMilliseconds: UInt64
+
+    public init(maxConnections: Int = 65_536, maxConnectionsPerSource: Int = 1_024, maxBufferedBytes: Int = 131_072,
+                maxQueuedBytes: Int = 1 << 20, idleTimeoutMilliseconds: UInt64 = 300_000) {
+        self.maxConnections = maxConnections
+        self.maxConnectionsPerSource = maxConnectionsPerSource
+        self.maxBufferedBytes = maxBufferedBytes
+        self.maxQueuedBytes = maxQueuedBytes
+        self.idleTimeoutMilliseconds = idleTimeoutMilliseconds
+    }
+}
+
+/// The TCP connections of one loop, keyed by remote address, so that responses and requests
+/// toward a peer reuse its connection (RFC 3261 §18, RFC 5923 aliases). It owns the read scratch
+/// buffer every connection of the loop shares and sweeps idle connections once a second.
+public final class TCPConnectionTable {
+    public let loop: EventLoop
+    public let limits: StreamLimits
+    public let framer: any StreamFramer
+    public weak var receiver: (any StreamReceiver)?
+    private var byAddress: [SocketAddress: TCPConnection] = [:]
+    private var perSource: [SocketAddress: Int] = [:]
+    private var all: Set<ObjectIdentifier> = []
+    fileprivate let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 65_536, alignment: 16)
+    private var sweepTimer: TimerID?
+    /// Where refusals and cut-offs are reported (a log line each).
+    public var log: (String) -> Void
+
+    public init(loop: EventLoop, framer: any StreamFramer, limits: StreamLimits = StreamLimits(), receiver: any StreamReceiver) {
+        self.loop = loop
+        self.framer = framer
+        self.limits = limits
+        self.receiver = receiver
+        let loopLog = loop.log
+        self.log = { loopLog($0) }
+    }
+
+    deinit { scratch.deallocate() }
+
+    /// Open connections on this loop.
+    public var count: Int { all.count }
+
+    /// The connection to `remote`, if one is open (or an alias points there).
+    public func connection(to remote: SocketAddress) -> TCPConnection? { byAddress[remote] }
+
+    /// Makes `connection` also answer for `address` (RFC 5923: the Via sent-by of a client).
+    public func alias(_ address: SocketAddress, to connection: TCPConnection) {
+        byAddress[address] = connection
+        connection.aliases.append(address)
+    }
+
+    /// The open connection to `remote`, or a new outgoing one (bytes sent before it is up are queued).
+    public func connect(to remote: SocketAddress) throws(SystemError) -> TCPConnection {
+        loop.assertInLoop()
+        if let existing = byAddress[remote], existing.isOpen { return existing }
+        let socket = try Socket(family: remote.kernelFamily, type: Int32(SOCK_STREAM.rawValue))
+        try socket.setOption(Int32(IPPROTO_TCP), TCP_NODELAY, Int32(1), "TCP_NODELAY")
+        let done = try socket.connect(to: remote)
+        let c = try TCPConnection(table: self, socket: socket, remote: remote, connecting: !done)
+        adopt(c)
+        return c
+    }
+
+    /// Takes an accepted socket, within the limits; nil (and closed) when over them.
+    func accept(_ accepted: AcceptedSocket) -> TCPConnection? {
+        let socket = Socket(adopting: accepted.descriptor)
+        guard let peer = accepted.peer else { return nil }
+        let source = peer.with(port: 0)
+        if all.count >= limits.maxConnections {
+            log("TCP: refused \(peer): \(limits.maxConnections) connections open on this loop")
+            return nil
+        }
+        if perSource[source, default: 0] >= limits.maxConnectionsPerSource {
+            log("TCP: refused \(peer): \(limits.maxConnectionsPerSource) connections from that source already")
+            return nil
+        }
+        try? socket.setOption(Int32(IPPROTO_TCP), TCP_NODELAY, Int32(1), "TCP_NODELAY")
+        do {
+            let c = try TCPConnection(table: self, socket: socket, remote: peer, connecting: false)
+            adopt(c)
+            return c
+        } catch {
+            log("TCP: cannot take \(peer): \(error)")
+            return nil
+        }
+    }
+
+    private func adopt(_ c: TCPConnection) {
+        byAddress[c.remote] = c
+        perSource[c.remote.with(port: 0), default: 0] += 1
+        all.insert(ObjectIdentifier(c))
+        if sweepTimer == nil, limits.idleTimeoutMilliseconds > 0 { armSweep() }
+        retained[ObjectIdentifier(c)] = c
+    }
+
+    /// The table keeps every open connection alive; the registration with the loop does too.
+    private var retained: [ObjectIdentifier: TCPConnection] = [:]
+
+    fileprivate func forget(_ c: TCPConnection) {
+        guard all.remove(ObjectIdentifier(c)) != nil else { return }
+        retained[ObjectIdentifier(c)] = nil
+        for address in [c.remote] + c.aliases where byAddress[address] === c { byAddress[address] = nil }
+        let source = c.remote.with(port: 0)
+        let left = perSource[source, default: 1] - 1
+        perSource[source] = left > 0 ? left : nil
+    }
+
+    private func armSweep() {
+        sweepTimer = loop.schedule(afterMilliseconds: 1_000) { [weak self] in
+            guard let self else { return }
+            self.sweepTimer = nil
+            let now = self.loop.now
+            for c in self.retained.values where now &- c.lastActivity > self.limits.idleTimeoutMilliseconds {
+                c.close(reason: "idle for \(self.limits.idleTimeoutMilliseconds / 1_000) s")
+            }
+            if !self.all.isEmpty { self.armSweep() }
+        }
+    }
+
+    /// Closes every connection (shutdown).
+    public func closeAll() {
+        for c in Array(retained.values) { c.close(reason: nil) }
+    }
+}
+
+/// One TCP connection on one loop: frames what it reads with the table's framer, queues what it
+/// cannot write at once (bounded), answers keep-alives the framer asks for, and closes on garbage,
+/// oversized streams, errors and idleness.
+public final class TCPConnection: EventHandler {
+    public let remote: SocketAddress
+    public private(set) var local: SocketAddress?
+    public let loop: EventLoop
+    private unowned let table: TCPConnectionTable
+    private var socket: Socket?
+    private var registration: RegistrationID?
+    private var buffered: [UInt8] = []
+    private var queue: [[UInt8]] = []
+    private var queueHead = 0
+    private var queuedBytes = 0
+    private var connecting: Bool
+    private var watchingWritable = false
+    fileprivate var aliases: [SocketAddress] = []
+    fileprivate var lastActivity: UInt64
+    public private(set) var isOpen = true
+
+    fileprivate init(table: TCPConnectionTable, socket: consuming Socket, remote: SocketAddress, connecting: Bool) throws(SystemError) {
+        self.table = table
+        self.loop = table.loop
+        self.remote = remote
+        self.connecting = connecting
+        self.lastActivity = table.loop.now
+        self.local = try? socket.localAddress()
+        let fd = socket.descriptor
+        self.socket = consume socket
+        registration = try loop.register(fd, for: connecting ? [.readable, .writable] : .readable, handler: self)
+        watchingWritable = connecting
+    }
+
+    /// Bytes waiting to be written.
+    public var pendingBytes: Int { queuedBytes }
+
+    // MARK: - Writing
+
+    /// Writes `bytes`, or queues what the kernel will not take yet. False, and nothing queued,
+    /// when the queue is over its bound (the peer does not read: back-pressure) or the connection is closed.
+    @discardableResult
+    public func send(_ bytes: [UInt8]) -> Bool {
+        loop.assertInLoop()
+        guard isOpen, !bytes.isEmpty else { return isOpen }
+        guard queuedBytes + bytes.count <= table.limits.maxQueuedBytes else { return false }
+        if queuedBytes == 0 && !connecting {
+            let written = writeNow(bytes, from: 0)
+            guard isOpen else { return false }
+            if written == bytes.count { return true }
+            queue.append(bytes)
+            queueHead = written
+            queuedBytes = bytes.count - written
+        } else {
+            queue.append(bytes)
+            queuedBytes += bytes.count
+        }
+        watchWritable(true)
+        return true
+    }
+
+    /// Writes from `offset`; returns how many bytes the kernel took (closes on a hard error).
+    private func writeNow(_ bytes: [UInt8], from offset: Int) -> Int {
+        guard let fd = socket?.descriptor else { return 0 }
+        var done = offset
+        while done < bytes.count {
+            let r = bytes.withUnsafeBytes { raw in Glibc.send(fd, raw.baseAddress! + done, raw.count - done, Int32(MSG_NOSIGNAL)) }
+            if r > 0 { done += r; continue }
+            let e = Glibc.errno
+            if r < 0 && e == EINTR { continue }
+            if r < 0 && (e == EAGAIN || e == EWOULDBLOCK) { break }
+            close(reason: "write: \(SystemError("send", errno: e))")
+            break
+        }
+        return done - offset
+    }
+
+    private func flushQueue() {
+        while !queue.isEmpty {
+            let first = queue[0]
+            let written = writeNow(first, from: queueHead)
+            guard isOpen else { return }
+            queuedBytes -= written
+            queueHead += written
+            if queueHead < first.count { return }
+            queue.removeFirst()
+            queueHead = 0
+        }
+        watchWritable(false)
+    }
+
+    private func watchWritable(_ on: Bool) {
+        guard on != watchingWritable, let registration else { return }
+        watchingWritable = on
+        try? loop.modify(registration, for: on ? [.readable, .writable] : .readable)
+    }
+
+    // MARK: - Events
+
+    public func handle(_ events: IOEvents, on loop: EventLoop) throws {
+        if connecting, events.contains(.writable) || events.contains(.error) || events.contains(.hangUp) {
+            let error = socket?.pendingError() ?? 0
+            if error != 0 {
+                close(reason: "connect: \(SystemError("connect", errno: error))")
+                return
+            }
+            connecting = false
+            local = try? socket?.localAddress()
+        }
+        if events.contains(.readable) || events.contains(.readHangUp) || events.contains(.hangUp) {
+            readAvailable()
+        }
+        if isOpen, events.contains(.writable), !connecting { flushQueue() }
+        if isOpen, events.contains(.error) {
+            close(reason: "socket error: \(SystemError("SO_ERROR", errno: socket?.pendingError() ?? 0))")
+        }
+    }
+
+    private func readAvailable() {
+        guard let fd = socket?.descriptor else { return }
+        let scratch = table.scratch
+        while isOpen {
+            let r = Glibc.read(fd, scratch.baseAddress!, scratch.count)
+            if r > 0 {
+                lastActivity = loop.now
+                buffered.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[0..<r]))
+                deliverFrames()
+                guard isOpen else { return }
+                if buffered.count > table.limits.maxBufferedBytes {
+                    close(reason: "more than \(table.limits.maxBufferedBytes) bytes without a complete frame")
+                    return
+                }
+                if r < scratch.count { return }
+                continue
+            }
+            if r == 0 {
+                close(reason: nil)
+                return
+            }
+            let e = Glibc.errno
+            if e == EINTR { continue }
+            if e == EAGAIN || e == EWOULDBLOCK { return }
+            close(reason: "read: \(SystemError("read", errno: e))")
+            return
+        }
+    }
+
+    private func deliverFrames() {
+        var start = 0
+        while isOpen && start < buffered.count {
+            let decision = buffered.withUnsafeBytes { raw in
+                table.framer.decide(UnsafeRawBufferPointer(rebasing: raw[start...]))
+            }
+            switch decision {
+            case .frame(let n):
+                let frame = Array(buffered[start..<start + n])
+                start += n
+                table.receiver?.received(frame, on: self)
+            case .reply(let n, let answer):
+                start += n
+                send(answer)
+            case .skip(let n):
+                start += n
+            case .needMore:
+                buffered.removeFirst(start)
+                return
+            case .invalid(let why):
+                table.log("TCP \(remote): closing: \(why)")
+                close(reason: why)
+                return
+            }
+        }
+        if start > 0 { buffered.removeFirst(min(start, buffered.count)) }
+    }
+
+    /// Closes the connection (idempotent) and tells the receiver.
+    public func close(reason: String?) {
+        guard isOpen else { return }
+        isOpen = false
+        if let registration { loop.deregister(registration) }
+        registration = nil
+        socket = nil
+        queue.removeAll()
+        queuedBytes = 0
+        buffered = []
+        table.forget(self)
+        table.receiver?.closed(self, reason: reason)
+    }
+}
+
+/// A listening TCP socket: accepts on its loop, hands each connection to the loop's table.
+public final class TCPListener: EventHandler {
+    public let localAddress: SocketAddress
+    public let table: TCPConnectionTable
+    private let socket: Socket
+    private var registration: RegistrationID?
+
+    public init(table: TCPConnectionTable, bindTo address: SocketAddress, reusePort: Bool = true, backlog: Int32 = 4_096) throws(SystemError) {
+        self.table = table
+        let s = try Socket(family: address.kernelFamily, type: Int32(SOCK_STREAM.rawValue))
+        try s.setOption(SOL_SOCKET, SO_REUSEADDR, Int32(1), "SO_REUSEADDR")
+        if reusePort { try s.setOption(SOL_SOCKET, SO_REUSEPORT, Int32(1), "SO_REUSEPORT") }
+        if address.family == .inet6 { try s.setOption(Int32(IPPROTO_IPV6), IPV6_V6ONLY, Int32(1), "IPV6_V6ONLY") }
+        try s.bind(to: address)
+        try s.listen(backlog: backlog)
+        localAddress = try s.localAddress()
+        socket = s
+        registration = try table.loop.register(socket.descriptor, for: .readable, handler: self)
+    }
+
+    public func handle(_ events: IOEvents, on loop: EventLoop) throws {
+        // Bounded per wake-up so that a connection storm cannot starve established traffic.
+        for _ in 0..<256 {
+            switch try socket.accept() {
+            case .wouldBlock: return
+            case .processed(let accepted):
+                if table.accept(accepted) == nil { continue }
+            }
+        }
+    }
+
+    public func close() {
+        if let registration { table.loop.deregister(registration) }
+        registration = nil
+    }
+}
