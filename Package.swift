@@ -35,6 +35,7 @@ let package = Package(
         .testTarget(name: "SIPParserTests", dependencies: ["SIPParser"]),
         .testTarget(name: "ProxyTests", dependencies: ["Proxy"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
+        .testTarget(name: "DialogTests", dependencies: ["Dialog", "SIPParser", "Transport"]),
         .testTarget(name: "SipedgeCommandTests", dependencies: ["sipedge"]),
     ],
     swiftLanguageModes: [.v6]
