@@ -9,6 +9,7 @@ run: build
 	.build/release/sipedge run --config $(CONFIG)
 
 build:
+	scripts/install-deps.sh build
 	$(SWIFT) build -c release --product sipedge
 
 deps:

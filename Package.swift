@@ -16,7 +16,7 @@ let package = Package(
         // Bytes -> message views, typed header access, edit lists, stream framing. Standard library only.
         .target(name: "SIPParser"),
         // Linux interfaces Glibc does not import (epoll, eventfd, recvmmsg/sendmmsg, error queues).
-        .target(name: "CTransportShim"),
+        .target(name: "CTransportShim", linkerSettings: [.linkedLibrary("sctp")]),
         // Event loops, sockets, timers. Knows nothing of SIP.
         .target(name: "Transport", dependencies: ["CTransportShim"]),
         // Transactions, dialogs, B2BUA legs, dialog records (issue 4).

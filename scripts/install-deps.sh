@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Installs the Debian packages SIPEdge's tests and benchmarks need, only those missing.
-# Usage: scripts/install-deps.sh [test|bench]   (default: test)
+# Installs the Debian packages SIPEdge needs, only those missing.
+# Usage: scripts/install-deps.sh [build|test|bench]   (default: test)
+#   build: what compiling needs (C libraries SIPEdge links)
+#   test:  build + the real peers the tests drive
+#   bench: test + the reference implementations and tools the benchmarks measure against
 set -euo pipefail
 
-packages=(libssl-dev libsctp-dev libsqlite3-dev sip-tester)
-if [ "${1:-test}" = bench ]; then
-    packages+=(libosip2-dev valgrind)
-fi
+packages=(libssl-dev libsctp-dev libsqlite3-dev)
+case "${1:-test}" in
+    build) ;;
+    test) packages+=(sip-tester) ;;
+    bench) packages+=(sip-tester libosip2-dev valgrind) ;;
+    *) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${packages[@]}"; do

@@ -8,6 +8,8 @@
 #include <unistd.h>
 #include <linux/errqueue.h>
 #include <netinet/ip.h>
+#include <netinet/sctp.h>
+#include <sys/random.h>
 
 int sipedge_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
 int sipedge_epoll_op_add(void) { return EPOLL_CTL_ADD; }
@@ -138,4 +140,28 @@ void sipedge_log_line(const char *line) {
     buffer[n] = '\n';
     ssize_t r = write(2, buffer, n + 1);
     (void)r;
+}
+
+ssize_t sipedge_sctp_send(int fd, const void *bytes, size_t length, const struct sockaddr *address, socklen_t address_length) {
+    ssize_t n;
+    do {
+        n = sctp_sendmsg(fd, bytes, length, (struct sockaddr *)address, address_length, 0, 0, 0, 0, 0);
+    } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+ssize_t sipedge_sctp_receive(int fd, void *buffer, size_t capacity, struct sockaddr_storage *from, socklen_t *from_length, int *notification) {
+    struct sctp_sndrcvinfo info;
+    int flags = 0;
+    ssize_t n;
+    *from_length = sizeof *from;
+    do {
+        n = sctp_recvmsg(fd, buffer, capacity, (struct sockaddr *)from, from_length, &info, &flags);
+    } while (n < 0 && errno == EINTR);
+    *notification = (flags & MSG_NOTIFICATION) != 0;
+    return n;
+}
+
+int sipedge_random_bytes(void *buffer, size_t length) {
+    return getrandom(buffer, length, 0) == (ssize_t)length ? 0 : -1;
 }

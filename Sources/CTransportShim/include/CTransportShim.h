@@ -60,10 +60,18 @@ int sipedge_read_socket_error(int fd, int *errno_out, struct sockaddr_storage *d
 /// accept4 with SOCK_NONBLOCK | SOCK_CLOEXEC.
 int sipedge_accept(int fd, struct sockaddr *address, socklen_t *length);
 
+/// Fills `buffer` with random bytes from the kernel (getrandom); 0 on success.
+int sipedge_random_bytes(void *buffer, size_t length);
+
 /// Writes one line to standard error (2) in one write call.
 void sipedge_log_line(const char *line);
 
 /// SCTP one-to-many socket (RFC 4168); -1 with errno where the kernel has no SCTP.
 int sipedge_sctp_socket(int family);
+/// One SIP message to `address` on stream 0 (libsctp's sctp_sendmsg); bytes sent or -1 with errno.
+ssize_t sipedge_sctp_send(int fd, const void *bytes, size_t length, const struct sockaddr *address, socklen_t address_length);
+/// One SIP message from any association (libsctp's sctp_recvmsg); bytes or -1 with errno.
+/// *notification is 1 when what arrived is an SCTP notification rather than data.
+ssize_t sipedge_sctp_receive(int fd, void *buffer, size_t capacity, struct sockaddr_storage *from, socklen_t *from_length, int *notification);
 
 #endif

@@ -1,0 +1,94 @@
+import CTransportShim
+import Glibc
+
+/// A node's worker loops, one per core, each owning its shard of transactions, dialogs and
+/// connections. The layer above says which worker owns a message; `handOver` delivers it there.
+public final class WorkerGroup: Sendable {
+    public let loops: [EventLoop]
+
+    public init(count: Int) throws(SystemError) {
+        precondition(count >= 1, "at least one worker")
+        var loops: [EventLoop] = []
+        for i in 0..<count { loops.append(try EventLoop(index: i)) }
+        self.loops = loops
+    }
+
+    public var count: Int { loops.count }
+
+    public func start() throws(SystemError) {
+        for loop in loops { try loop.start() }
+    }
+
+    public func stop() {
+        for loop in loops { loop.stop() }
+    }
+
+    /// Runs `work` on worker `worker` (what it captures, received bytes included, moves with it:
+    /// no copy). Run at once when already on that worker.
+    public func handOver(to worker: Int, _ work: @escaping @Sendable () -> Void) {
+        let loop = loops[worker]
+        if loop.inLoop { work() } else { loop.execute(work) }
+    }
+
+    /// The worker that owns a new key (an initial request's Call-ID): FNV-1a over its bytes.
+    public func owner(of key: some Sequence<UInt8>) -> Int {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in key {
+            hash ^= UInt64(byte)
+            hash &*= 0x0000_0100_0000_01b3
+        }
+        return Int(hash % UInt64(loops.count))
+    }
+}
+
+/// Makes the identifiers a node generates (Via branches, tags, Call-IDs, Contact user parts) so
+/// that they carry the worker that owns them: `s<worker>x<random>`. A response or an in-dialog
+/// request then goes straight to its owner (DESIGN.md, Threads). One generator per loop; not
+/// cryptographic, but unpredictable enough (seeded from the kernel, 64 random bits per id).
+public struct ShardedIdentifiers: Sendable {
+    public let worker: Int
+    private var state: (UInt64, UInt64)
+
+    public init(worker: Int) {
+        self.worker = worker
+        var seed: (UInt64, UInt64) = (0, 0)
+        withUnsafeMutableBytes(of: &seed) { raw in
+            _ = sipedge_random_bytes(raw.baseAddress, raw.count)
+        }
+        if seed == (0, 0) { seed = (0x9E37_79B9_7F4A_7C15, 0xBF58_476D_1CE4_E5B9) }
+        state = seed
+    }
+
+    /// xorshift128+.
+    private mutating func next64() -> UInt64 {
+        var s1 = state.0
+        let s0 = state.1
+        state.0 = s0
+        s1 ^= s1 << 23
+        state.1 = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26)
+        return state.1 &+ s0
+    }
+
+    /// A new identifier, e.g. `s3x9f2k1c8d0a7b6e5`.
+    public mutating func make() -> String {
+        "s\(worker)x" + String(next64(), radix: 36)
+    }
+
+    /// The worker an identifier of ours names, if it is one (any prefix such as `z9hG4bK` removed).
+    public static func worker(of identifier: some Collection<UInt8>, workers: Int) -> Int? {
+        var it = identifier.makeIterator()
+        guard it.next() == UInt8(ascii: "s") else { return nil }
+        var value = 0
+        var digits = 0
+        while let b = it.next() {
+            if b == UInt8(ascii: "x") {
+                guard digits > 0, value < workers else { return nil }
+                return value
+            }
+            guard b &- 0x30 < 10, digits < 4 else { return nil }
+            value = value * 10 + Int(b &- 0x30)
+            digits += 1
+        }
+        return nil
+    }
+}
