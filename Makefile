@@ -3,7 +3,7 @@ SWIFT ?= swift
 CONFIG ?= conf/sipedge.toml
 SECONDS ?= 600
 
-.PHONY: run build test deps bench bench-parser fuzz clean
+.PHONY: run build test deps bench bench-parser bench-transport fuzz clean
 
 run: build
 	.build/release/sipedge run --config $(CONFIG)
@@ -19,11 +19,15 @@ test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 
-bench: bench-parser
+bench: bench-parser bench-transport
 
 bench-parser:
 	scripts/install-deps.sh bench
 	Benchmarks/parser-bench.sh
+
+bench-transport:
+	scripts/install-deps.sh bench
+	Benchmarks/transport-bench.sh
 
 # libFuzzer over parse + typed access + serialize, seeded from ../shared/corpus: make fuzz SECONDS=600
 fuzz:

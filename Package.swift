@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "SIPParser", targets: ["SIPParser"]),
+        .library(name: "Transport", targets: ["Transport"]),
         .executable(name: "sipedge", targets: ["sipedge"]),
     ],
     dependencies: [

@@ -28,6 +28,12 @@ let package = Package(
             dependencies: ["ParserWorkload"],
             path: "Sources/ParserThroughput"
         ),
+        // One worker forwarding UDP datagrams, for transport-bench.sh.
+        .executableTarget(
+            name: "TransportForwarder",
+            dependencies: [.product(name: "Transport", package: "sipedge")],
+            path: "Sources/TransportForwarder"
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

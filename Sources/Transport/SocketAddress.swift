@@ -127,7 +127,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
                 _ = inet_ntop(kernelFamily, bytes + offset, &text, socklen_t(text.count))
             }
         }
-        return String(cString: text)
+        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// `127.0.0.1:5060` or `[::1]:5060`.

@@ -22,7 +22,7 @@ public struct Socket: ~Copyable {
         // deinit does the work; consuming ends the value's life here.
     }
 
-    public func setOption<T>(_ level: Int32, _ name: Int32, _ value: T, _ label: String) throws(SystemError) {
+    public func setOption<T: BitwiseCopyable>(_ level: Int32, _ name: Int32, _ value: T, _ label: String) throws(SystemError) {
         var v = value
         try blocking("setsockopt(\(label))") {
             setsockopt(descriptor, level, name, &v, socklen_t(MemoryLayout<T>.size))

@@ -31,8 +31,9 @@ public final class UDPEndpoint: EventHandler {
     private weak var receiver: (any DatagramReceiver)?
     private var registration: RegistrationID?
 
-    /// Receive buffers: `batchSize` × 65,535 bytes, allocated once.
+    /// Receive and send buffers: `batchSize` × 65,535 bytes each, allocated once.
     private let receiveArena: UnsafeMutableRawPointer
+    private let sendArena: UnsafeMutableRawPointer
     private var receiveSlots: [sipedge_datagram]
     private var outgoing: [(bytes: [UInt8], to: SocketAddress)] = []
     private var sendSlots: [sipedge_datagram]
@@ -65,12 +66,16 @@ public final class UDPEndpoint: EventHandler {
         localAddress = try s.localAddress()
         socket = s
         receiveArena = UnsafeMutableRawPointer.allocate(byteCount: self.batchSize * Self.maxDatagram, alignment: 16)
+        sendArena = UnsafeMutableRawPointer.allocate(byteCount: self.batchSize * Self.maxDatagram, alignment: 16)
         receiveSlots = Array(repeating: sipedge_datagram(), count: self.batchSize)
         sendSlots = Array(repeating: sipedge_datagram(), count: self.batchSize)
         registration = try loop.register(socket.descriptor, for: .readable, handler: self)
     }
 
-    deinit { receiveArena.deallocate() }
+    deinit {
+        receiveArena.deallocate()
+        sendArena.deallocate()
+    }
 
     /// Stops receiving; the socket closes when the endpoint goes away.
     public func close() {
@@ -102,15 +107,18 @@ public final class UDPEndpoint: EventHandler {
         while done < outgoing.count {
             let n = min(batchSize, outgoing.count - done)
             let result: Int32 = sendSlots.withUnsafeMutableBufferPointer { slots in
-                // The byte arrays stay alive in `outgoing` for the whole call.
-                withPointers(to: outgoing, from: done, count: n) { pointers in
-                    for i in 0..<n {
-                        slots[i].base = UnsafeMutableRawPointer(mutating: pointers[i])
-                        slots[i].length = outgoing[done + i].bytes.count
-                        slots[i].address_length = outgoing[done + i].to.write(to: &slots[i].address)
-                    }
-                    return sipedge_send_batch(socket.descriptor, slots.baseAddress, UInt32(n))
+                // Each datagram is copied into the endpoint's own send buffers: no pinning of the
+                // callers' arrays, no allocation per batch.
+                for i in 0..<n {
+                    let item = outgoing[done + i]
+                    let base = sendArena + i * Self.maxDatagram
+                    let count = min(item.bytes.count, Self.maxDatagram)
+                    item.bytes.withUnsafeBytes { base.copyMemory(from: $0.baseAddress!, byteCount: count) }
+                    slots[i].base = base
+                    slots[i].length = count
+                    slots[i].address_length = item.to.write(to: &slots[i].address)
                 }
+                return sipedge_send_batch(socket.descriptor, slots.baseAddress, UInt32(n))
             }
             if result < 0 {
                 let e = Glibc.errno
@@ -126,7 +134,7 @@ public final class UDPEndpoint: EventHandler {
             sent += Int(result)
             done += Int(result)
         }
-        outgoing.removeFirst(done)
+        if done == outgoing.count { outgoing.removeAll(keepingCapacity: true) } else { outgoing.removeFirst(done) }
     }
 
     private func waitForWritable() {
@@ -190,19 +198,4 @@ public final class UDPEndpoint: EventHandler {
             receiver?.unreachable(destination, error: SystemError("ICMP", errno: code), on: self)
         }
     }
-}
-
-/// Calls `body` with the base addresses of `count` byte arrays starting at `from`, all pinned.
-private func withPointers<R>(to items: [(bytes: [UInt8], to: SocketAddress)], from: Int, count: Int,
-                             _ body: ([UnsafeRawPointer]) -> R) -> R {
-    var pointers: [UnsafeRawPointer] = []
-    pointers.reserveCapacity(count)
-    func pin(_ i: Int) -> R {
-        if i == count { return body(pointers) }
-        return items[from + i].bytes.withUnsafeBytes { raw in
-            pointers.append(raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!)
-            return pin(i + 1)
-        }
-    }
-    return pin(0)
 }
