@@ -18,8 +18,10 @@ let package = Package(
         .target(name: "SIPParser"),
         // Linux interfaces Glibc does not import (epoll, eventfd, recvmmsg/sendmmsg, error queues).
         .target(name: "CTransportShim", linkerSettings: [.linkedLibrary("sctp")]),
+        // OpenSSL's headers, and plain functions for its macros.
+        .target(name: "CTLSShim", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
         // Event loops, sockets, timers. Knows nothing of SIP.
-        .target(name: "Transport", dependencies: ["CTransportShim"]),
+        .target(name: "Transport", dependencies: ["CTransportShim", "CTLSShim"]),
         // Transactions, dialogs, B2BUA legs, dialog records (issue 4).
         .target(name: "Dialog", dependencies: ["SIPParser", "Transport"]),
         // Membership, replication, sharing tags, re-homing.

@@ -48,3 +48,16 @@ func blocking<T: FixedWidthInteger>(_ name: String, _ call: () -> T) throws(Syst
         throw SystemError(name, errno: e)
     }
 }
+
+/// A transport failure: the kernel's, or TLS's.
+public enum TransportError: Error, Sendable, CustomStringConvertible {
+    case system(SystemError)
+    case tls(TLSError)
+
+    public var description: String {
+        switch self {
+        case .system(let e): return e.description
+        case .tls(let e): return e.description
+        }
+    }
+}

@@ -39,6 +39,8 @@ public final class TCPConnectionTable {
     public let loop: EventLoop
     public let limits: StreamLimits
     public let framer: any StreamFramer
+    /// Set for a TLS table: a server context for accepted connections, a client one for `connect`.
+    public let tls: TLSContext?
     public weak var receiver: (any StreamReceiver)?
     private var byAddress: [SocketAddress: TCPConnection] = [:]
     private var perSource: [SocketAddress: Int] = [:]
@@ -48,9 +50,11 @@ public final class TCPConnectionTable {
     /// Where refusals and cut-offs are reported (a log line each).
     public var log: (String) -> Void
 
-    public init(loop: EventLoop, framer: any StreamFramer, limits: StreamLimits = StreamLimits(), receiver: any StreamReceiver) {
+    public init(loop: EventLoop, framer: any StreamFramer, limits: StreamLimits = StreamLimits(), tls: TLSContext? = nil,
+                receiver: any StreamReceiver) {
         self.loop = loop
         self.framer = framer
+        self.tls = tls
         self.limits = limits
         self.receiver = receiver
         let loopLog = loop.log
@@ -71,16 +75,29 @@ public final class TCPConnectionTable {
         connection.aliases.append(address)
     }
 
-    /// The open connection to `remote`, or a new outgoing one (bytes sent before it is up are queued).
-    public func connect(to remote: SocketAddress) throws(SystemError) -> TCPConnection {
+    /// The open connection to `remote`, or a new outgoing one (bytes sent before it is up are
+    /// queued). For TLS, `serverName` is sent as SNI and must be what the certificate names.
+    public func connect(to remote: SocketAddress, serverName: String? = nil) throws(TransportError) -> TCPConnection {
         loop.assertInLoop()
         if let existing = byAddress[remote], existing.isOpen { return existing }
-        let socket = try Socket(family: remote.kernelFamily, type: Int32(SOCK_STREAM.rawValue))
-        try socket.setOption(Int32(IPPROTO_TCP), TCP_NODELAY, Int32(1), "TCP_NODELAY")
-        let done = try socket.connect(to: remote)
-        let c = try TCPConnection(table: self, socket: socket, remote: remote, connecting: !done)
-        adopt(c)
-        return c
+        do {
+            let socket = try Socket(family: remote.kernelFamily, type: Int32(SOCK_STREAM.rawValue))
+            try socket.setOption(Int32(IPPROTO_TCP), TCP_NODELAY, Int32(1), "TCP_NODELAY")
+            let done = try socket.connect(to: remote)
+            let session = try tls.map { context throws(TLSError) in
+                try TLSSession(context: context, serverName: serverName ?? remote.ipString)
+            }
+            let c = try TCPConnection(table: self, socket: socket, remote: remote, connecting: !done, tls: session)
+            adopt(c)
+            if done { c.connected() }
+            return c
+        } catch let error as SystemError {
+            throw .system(error)
+        } catch let error as TLSError {
+            throw .tls(error)
+        } catch {
+            throw .system(SystemError("connect", errno: EIO))
+        }
     }
 
     /// Takes an accepted socket, within the limits; nil (and closed) when over them.
@@ -98,7 +115,8 @@ public final class TCPConnectionTable {
         }
         try? socket.setOption(Int32(IPPROTO_TCP), TCP_NODELAY, Int32(1), "TCP_NODELAY")
         do {
-            let c = try TCPConnection(table: self, socket: socket, remote: peer, connecting: false)
+            let session = try tls.map { context throws(TLSError) in try TLSSession(context: context, serverName: nil) }
+            let c = try TCPConnection(table: self, socket: socket, remote: peer, connecting: false, tls: session)
             adopt(c)
             return c
         } catch {
@@ -164,12 +182,17 @@ public final class TCPConnection: EventHandler {
     fileprivate var aliases: [SocketAddress] = []
     fileprivate var lastActivity: UInt64
     public private(set) var isOpen = true
+    /// The TLS session, for a TLS connection; plaintext waits in `pendingPlaintext` until the handshake is done.
+    private let tls: TLSSession?
+    private var pendingPlaintext: [[UInt8]] = []
 
-    fileprivate init(table: TCPConnectionTable, socket: consuming Socket, remote: SocketAddress, connecting: Bool) throws(SystemError) {
+    fileprivate init(table: TCPConnectionTable, socket: consuming Socket, remote: SocketAddress, connecting: Bool,
+                     tls: TLSSession?) throws(SystemError) {
         self.table = table
         self.loop = table.loop
         self.remote = remote
         self.connecting = connecting
+        self.tls = tls
         self.lastActivity = table.loop.now
         self.local = try? socket.localAddress()
         let fd = socket.descriptor
@@ -179,16 +202,50 @@ public final class TCPConnection: EventHandler {
     }
 
     /// Bytes waiting to be written.
-    public var pendingBytes: Int { queuedBytes }
+    public var pendingBytes: Int { queuedBytes + pendingPlaintext.reduce(0) { $0 + $1.count } }
+
+    /// Whether the connection runs TLS.
+    public var isSecure: Bool { tls != nil }
+
+    /// For a TLS server connection: the name the client asked for (SNI).
+    public var requestedServerName: String? { tls?.requestedServerName }
 
     // MARK: - Writing
 
-    /// Writes `bytes`, or queues what the kernel will not take yet. False, and nothing queued,
-    /// when the queue is over its bound (the peer does not read: back-pressure) or the connection is closed.
+    /// Sends `bytes` (encrypted first on a TLS connection), or queues what cannot go yet. False, and
+    /// nothing queued, when the queue is over its bound (the peer does not read: back-pressure) or
+    /// the connection is closed.
     @discardableResult
     public func send(_ bytes: [UInt8]) -> Bool {
         loop.assertInLoop()
         guard isOpen, !bytes.isEmpty else { return isOpen }
+        guard let tls else { return sendRaw(bytes) }
+        guard pendingBytes + bytes.count <= table.limits.maxQueuedBytes else { return false }
+        guard tls.handshakeDone else {
+            pendingPlaintext.append(bytes)
+            return true
+        }
+        if let failure = tls.write(bytes) {
+            close(reason: failure)
+            return false
+        }
+        return flushTLSOutput()
+    }
+
+    /// Sends whatever ciphertext the TLS session produced.
+    @discardableResult
+    private func flushTLSOutput() -> Bool {
+        while isOpen, let out = tls?.takeOutput() {
+            guard sendRaw(out) else {
+                close(reason: "TLS output over the write queue's bound")
+                return false
+            }
+        }
+        return isOpen
+    }
+
+    /// Writes bytes as they are to the socket, queueing what the kernel will not take yet.
+    private func sendRaw(_ bytes: [UInt8]) -> Bool {
         guard queuedBytes + bytes.count <= table.limits.maxQueuedBytes else { return false }
         if queuedBytes == 0 && !connecting {
             let written = writeNow(bytes, from: 0)
@@ -243,6 +300,16 @@ public final class TCPConnection: EventHandler {
 
     // MARK: - Events
 
+    /// The TCP connection is up: a TLS client starts its handshake, queued bytes go out.
+    fileprivate func connected() {
+        connecting = false
+        local = try? socket?.localAddress()
+        if let tls, !tls.handshakeDone {
+            if let failure = tls.advanceHandshake() { close(reason: failure); return }
+            flushTLSOutput()
+        }
+    }
+
     public func handle(_ events: IOEvents, on loop: EventLoop) throws {
         if connecting, events.contains(.writable) || events.contains(.error) || events.contains(.hangUp) {
             let error = socket?.pendingError() ?? 0
@@ -250,8 +317,8 @@ public final class TCPConnection: EventHandler {
                 close(reason: "connect: \(SystemError("connect", errno: error))")
                 return
             }
-            connecting = false
-            local = try? socket?.localAddress()
+            connected()
+            guard isOpen else { return }
         }
         if events.contains(.readable) || events.contains(.readHangUp) || events.contains(.hangUp) {
             readAvailable()
@@ -269,7 +336,11 @@ public final class TCPConnection: EventHandler {
             let r = Glibc.read(fd, scratch.baseAddress!, scratch.count)
             if r > 0 {
                 lastActivity = loop.now
-                buffered.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[0..<r]))
+                if let tls {
+                    guard decrypt(UnsafeRawBufferPointer(rebasing: scratch[0..<r]), with: tls) else { return }
+                } else {
+                    buffered.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[0..<r]))
+                }
                 deliverFrames()
                 guard isOpen else { return }
                 if buffered.count > table.limits.maxBufferedBytes {
@@ -289,6 +360,29 @@ public final class TCPConnection: EventHandler {
             close(reason: "read: \(SystemError("read", errno: e))")
             return
         }
+    }
+
+    /// Feeds ciphertext to the session, moves the handshake on, appends plaintext to `buffered`.
+    private func decrypt(_ ciphertext: UnsafeRawBufferPointer, with tls: TLSSession) -> Bool {
+        tls.feed(ciphertext)
+        if !tls.handshakeDone {
+            if let failure = tls.advanceHandshake() {
+                flushTLSOutput()   // the alert, so the peer learns why
+                close(reason: failure)
+                return false
+            }
+            flushTLSOutput()
+            if tls.handshakeDone {
+                let waiting = pendingPlaintext
+                pendingPlaintext.removeAll()
+                for bytes in waiting where !send(bytes) { return false }
+            }
+        }
+        if tls.handshakeDone, let failure = tls.read(into: &buffered) {
+            close(reason: failure == "TLS closed by peer" ? nil : failure)
+            return false
+        }
+        return flushTLSOutput()
     }
 
     private func deliverFrames() {

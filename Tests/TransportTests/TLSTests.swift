@@ -1,0 +1,152 @@
+import Foundation
+import Glibc
+import Synchronization
+import Testing
+@testable import Transport
+
+/// Certificates made for the tests with the `openssl` command: a CA, a server certificate for
+/// localhost / 127.0.0.1 / ::1 signed by it, a client certificate signed by it, and a rogue
+/// self-signed server certificate for the same names.
+struct TestCertificates {
+    let dir: String
+    var ca: String { dir + "/ca.pem" }
+    var serverCert: String { dir + "/server.pem" }
+    var serverKey: String { dir + "/server.key" }
+    var clientCert: String { dir + "/client.pem" }
+    var clientKey: String { dir + "/client.key" }
+    var rogueCert: String { dir + "/rogue.pem" }
+    var rogueKey: String { dir + "/rogue.key" }
+
+    static func make() throws -> TestCertificates {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-tls-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let script = """
+        set -e
+        cd '\(dir)'
+        key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:prime256v1 -out "$1" 2>/dev/null; }
+        key ca.key
+        openssl req -x509 -new -key ca.key -out ca.pem -days 2 -subj '/CN=SIPEdge test CA' 2>/dev/null
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\\n' > san.ext
+        for who in server client; do
+          key $who.key
+          openssl req -new -key $who.key -out $who.csr -subj "/CN=$who.localhost" 2>/dev/null
+          openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 2 -extfile san.ext 2>/dev/null
+        done
+        key rogue.key
+        openssl req -x509 -new -key rogue.key -out rogue.pem -days 2 -subj '/CN=localhost' -addext 'subjectAltName=DNS:localhost,IP:127.0.0.1' 2>/dev/null
+        """
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.arguments = ["-c", script]
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw TLSError(description: "openssl could not make the test certificates") }
+        return TestCertificates(dir: dir)
+    }
+}
+
+@Suite(.serialized) struct TLSTests {
+    /// A TLS server (echoing) on one loop and a TLS client table on another.
+    struct Setup {
+        let serverLoop: EventLoop, clientLoop: EventLoop
+        let serverTable: TCPConnectionTable, clientTable: TCPConnectionTable
+        let listener: TCPListener
+        let server: StreamCollector, client: StreamCollector
+
+        func stop() { clientLoop.stop(); serverLoop.stop() }
+
+        /// Connects, sends one frame, returns what came back (nil if the connection closed or 5 s passed).
+        func roundTrip(to address: SocketAddress, serverName: String?) throws -> [UInt8]? {
+            let bound = LoopBound(clientTable, on: clientLoop)
+            let frame = LengthPrefixFramer.encode(Array("REGISTER over TLS".utf8))
+            try clientLoop.submitAndWait {
+                let c = try bound.value.connect(to: address, serverName: serverName)
+                c.send(frame)
+            }
+            // Until an answer comes back or the client's connection closes (a refused handshake).
+            _ = LoopTests.eventually(5, { client.frames.withLock { !$0.isEmpty } || client.closes.withLock { !$0.isEmpty } })
+            return client.frames.withLock { $0.first }
+        }
+    }
+
+    static func setup(_ ip: String, server: TLSContext, client: TLSContext) throws -> Setup {
+        let serverLoop = try EventLoop(index: 0), clientLoop = try EventLoop(index: 1)
+        serverLoop.log = { _ in }
+        clientLoop.log = { _ in }
+        let s = StreamCollector(), c = StreamCollector()
+        s.echo = true
+        let framer = LengthPrefixFramer(maxFrame: 70_000)
+        let serverTable = TCPConnectionTable(loop: serverLoop, framer: framer, tls: server, receiver: s)
+        let clientTable = TCPConnectionTable(loop: clientLoop, framer: framer, tls: client, receiver: c)
+        serverTable.log = { _ in }
+        clientTable.log = { _ in }
+        let listener = try TCPListener(table: serverTable, bindTo: SocketAddress(ip: ip, port: 0)!, reusePort: false)
+        try serverLoop.start()
+        try clientLoop.start()
+        return Setup(serverLoop: serverLoop, clientLoop: clientLoop, serverTable: serverTable, clientTable: clientTable,
+                     listener: listener, server: s, client: c)
+    }
+
+    @Test(arguments: ["127.0.0.1", "::1"])
+    func a_verified_tls_connection_carries_frames_both_ways(_ ip: String) throws {
+        let certs = try TestCertificates.make()
+        let server = try TLSContext(role: .server, certificateFile: certs.serverCert, privateKeyFile: certs.serverKey, caFile: certs.ca, verifyPeer: false)
+        let client = try TLSContext(role: .client, caFile: certs.ca, verifyPeer: true)
+        let s = try Self.setup(ip, server: server, client: client)
+        defer { s.stop() }
+        let back = try s.roundTrip(to: s.listener.localAddress, serverName: "localhost")
+        #expect(back == LengthPrefixFramer.encode(Array("REGISTER over TLS".utf8)))
+        // The server saw the SNI name.
+        let table = LoopBound(s.serverTable, on: s.serverLoop)
+        let remote = try s.clientLoop.submitAndWait { [clientTable = LoopBound(s.clientTable, on: s.clientLoop), address = s.listener.localAddress] in
+            clientTable.value.connection(to: address)?.local
+        }
+        let sni = try s.serverLoop.submitAndWait { remote.flatMap { table.value.connection(to: $0)?.requestedServerName } }
+        #expect(sni == "localhost")
+    }
+
+    @Test func a_server_with_a_wrong_certificate_is_refused() throws {
+        let certs = try TestCertificates.make()
+        let rogue = try TLSContext(role: .server, certificateFile: certs.rogueCert, privateKeyFile: certs.rogueKey, verifyPeer: false)
+        let client = try TLSContext(role: .client, caFile: certs.ca, verifyPeer: true)
+        let s = try Self.setup("127.0.0.1", server: rogue, client: client)
+        defer { s.stop() }
+        #expect(try s.roundTrip(to: s.listener.localAddress, serverName: "localhost") == nil)
+        #expect(LoopTests.eventually { s.client.closes.withLock { $0.contains { $0?.contains("certificate verify failed") == true } } })
+        #expect(s.server.frames.withLock { $0.isEmpty })
+    }
+
+    @Test func a_certificate_for_another_name_is_refused() throws {
+        let certs = try TestCertificates.make()
+        let server = try TLSContext(role: .server, certificateFile: certs.serverCert, privateKeyFile: certs.serverKey, verifyPeer: false)
+        let client = try TLSContext(role: .client, caFile: certs.ca, verifyPeer: true)
+        let s = try Self.setup("127.0.0.1", server: server, client: client)
+        defer { s.stop() }
+        #expect(try s.roundTrip(to: s.listener.localAddress, serverName: "sip.example.com") == nil)
+        #expect(LoopTests.eventually { s.client.closes.withLock { $0.contains { $0?.contains("certificate verify failed") == true } } })
+    }
+
+    @Test func mutual_tls_needs_a_client_certificate() throws {
+        let certs = try TestCertificates.make()
+        let server = try TLSContext(role: .server, certificateFile: certs.serverCert, privateKeyFile: certs.serverKey, caFile: certs.ca, verifyPeer: true)
+        let anonymous = try TLSContext(role: .client, caFile: certs.ca, verifyPeer: true)
+        let s1 = try Self.setup("127.0.0.1", server: server, client: anonymous)
+        #expect(try s1.roundTrip(to: s1.listener.localAddress, serverName: "localhost") == nil)
+        #expect(LoopTests.eventually { s1.server.closes.withLock { !$0.isEmpty } })
+        s1.stop()
+
+        let withCertificate = try TLSContext(role: .client, certificateFile: certs.clientCert, privateKeyFile: certs.clientKey, caFile: certs.ca, verifyPeer: true)
+        let s2 = try Self.setup("127.0.0.1", server: server, client: withCertificate)
+        defer { s2.stop() }
+        #expect(try s2.roundTrip(to: s2.listener.localAddress, serverName: "127.0.0.1") != nil)
+    }
+
+    @Test func contexts_refuse_bad_files() throws {
+        #expect(throws: TLSError.self) { try TLSContext(role: .server) }
+        #expect(throws: TLSError.self) { try TLSContext(role: .server, certificateFile: "/nonexistent.pem") }
+        let certs = try TestCertificates.make()
+        #expect(throws: TLSError.self) {
+            try TLSContext(role: .server, certificateFile: certs.serverCert, privateKeyFile: certs.rogueKey)
+        }
+    }
+}
