@@ -86,6 +86,9 @@ final class TestClient {
         return try? table.loop.submitAndWait { bound.value.count }
     }
 
+    /// Log lines of the tables made by `server` (the test asserts that cut-offs are logged).
+    static let logs = Mutex<[String]>([])
+
     static func server(_ ip: String, limits: StreamLimits = StreamLimits(), echo: Bool = true)
         throws -> (EventLoop, TCPConnectionTable, TCPListener, StreamCollector) {
         let loop = try EventLoop()
@@ -93,8 +96,7 @@ final class TestClient {
         let collector = StreamCollector()
         collector.echo = echo
         let table = TCPConnectionTable(loop: loop, framer: LengthPrefixFramer(maxFrame: 70_000), limits: limits, receiver: collector)
-        let logs = Mutex<[String]>([])
-        table.log = { line in logs.withLock { $0.append(line) } }
+        table.log = { line in Self.logs.withLock { $0.append(line) } }
         let listener = try TCPListener(table: table, bindTo: SocketAddress(ip: ip, port: 0)!, reusePort: false)
         try loop.start()
         return (loop, table, listener, collector)
@@ -134,6 +136,7 @@ final class TestClient {
         good.write(frame)
         #expect(good.read(frame.count) == frame)
         #expect(LoopTests.eventually { collector.closes.withLock { $0.contains { $0?.contains("garbage") == true } } })
+        #expect(Self.logs.withLock { $0.contains { $0.hasPrefix("TCP 127.0.0.1:") && $0.contains("closing: garbage") } })
         withExtendedLifetime(table) {}
     }
 
@@ -145,6 +148,7 @@ final class TestClient {
         c.write(Array(LengthPrefixFramer.encode([UInt8](repeating: 1, count: 60_000))[0..<20_000]))
         #expect(c.isClosedByPeer())
         #expect(LoopTests.eventually { collector.closes.withLock { $0.contains { $0?.contains("without a complete frame") == true } } })
+        #expect(Self.logs.withLock { $0.contains { $0.contains("closing: more than 10000 bytes") } })
         withExtendedLifetime(table) {}
     }
 

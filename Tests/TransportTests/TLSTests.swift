@@ -105,6 +105,38 @@ struct TestCertificates {
         #expect(sni == "localhost")
     }
 
+    @Test(arguments: ["127.0.0.1", "::1"])
+    func frames_of_1_byte_to_64_KiB_cross_tls(_ ip: String) throws {
+        let certs = try TestCertificates.make()
+        let server = try TLSContext(role: .server, certificateFile: certs.serverCert, privateKeyFile: certs.serverKey, verifyPeer: false)
+        let client = try TLSContext(role: .client, caFile: certs.ca, verifyPeer: true)
+        let s = try Self.setup(ip, server: server, client: client)
+        defer { s.stop() }
+        let sizes = [1, 2, 100, 1_500, 16_383, 16_385, 65_536]
+        let frames = sizes.map { size in LengthPrefixFramer.encode((0..<size).map { UInt8(truncatingIfNeeded: $0 &* 13) }) }
+        let bound = LoopBound(s.clientTable, on: s.clientLoop)
+        let address = s.listener.localAddress
+        try s.clientLoop.submitAndWait {
+            let c = try bound.value.connect(to: address, serverName: "localhost")
+            for f in frames { c.send(f) }   // queued until the handshake is done, then sent in order
+        }
+        #expect(LoopTests.eventually { s.client.frames.withLock { $0.count } == sizes.count })
+        #expect(s.client.frames.withLock { $0 } == frames)
+    }
+
+    @Test func a_peer_that_does_not_speak_tls_is_cut_off_and_others_carry_on() throws {
+        let certs = try TestCertificates.make()
+        let server = try TLSContext(role: .server, certificateFile: certs.serverCert, privateKeyFile: certs.serverKey, verifyPeer: false)
+        let client = try TLSContext(role: .client, caFile: certs.ca, verifyPeer: true)
+        let s = try Self.setup("127.0.0.1", server: server, client: client)
+        defer { s.stop() }
+        let plain = try TestClient(to: s.listener.localAddress)
+        plain.write(Array("OPTIONS sip:a@b SIP/2.0\r\n\r\n".utf8))
+        #expect(plain.isClosedByPeer())
+        #expect(LoopTests.eventually { s.server.closes.withLock { $0.contains { $0?.contains("TLS handshake failed") == true } } })
+        #expect(try s.roundTrip(to: s.listener.localAddress, serverName: "localhost") != nil)
+    }
+
     @Test func a_server_with_a_wrong_certificate_is_refused() throws {
         let certs = try TestCertificates.make()
         let rogue = try TLSContext(role: .server, certificateFile: certs.rogueCert, privateKeyFile: certs.rogueKey, verifyPeer: false)

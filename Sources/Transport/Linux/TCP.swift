@@ -405,7 +405,6 @@ public final class TCPConnection: EventHandler {
                 buffered.removeFirst(start)
                 return
             case .invalid(let why):
-                table.log("TCP \(remote): closing: \(why)")
                 close(reason: why)
                 return
             }
@@ -413,10 +412,11 @@ public final class TCPConnection: EventHandler {
         if start > 0 { buffered.removeFirst(min(start, buffered.count)) }
     }
 
-    /// Closes the connection (idempotent) and tells the receiver.
+    /// Closes the connection (idempotent) and tells the receiver; a reason is also logged.
     public func close(reason: String?) {
         guard isOpen else { return }
         isOpen = false
+        if let reason { table.log("\(tls == nil ? "TCP" : "TLS") \(remote): closing: \(reason)") }
         if let registration { loop.deregister(registration) }
         registration = nil
         socket = nil
