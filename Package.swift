@@ -12,6 +12,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // Bytes -> message views, typed header access, edit lists, stream framing. Standard library only.
@@ -27,12 +28,16 @@ let package = Package(
         // Membership, replication, sharing tags, re-homing.
         .target(name: "Cluster", dependencies: ["Dialog"]),
         // The edge: config, routing, dispatcher, MI; the composition root.
-        .target(name: "Proxy", dependencies: ["SIPParser", "Transport", "Dialog", "Cluster", "TOMLKit"]),
+        .target(name: "Proxy", dependencies: [
+            "SIPParser", "Transport", "Dialog", "Cluster", "TOMLKit",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(
             name: "sipedge",
             dependencies: [
-                "SIPParser", "Proxy",
+                "SIPParser", "Proxy", "Transport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(name: "SIPParserTests", dependencies: ["SIPParser"]),

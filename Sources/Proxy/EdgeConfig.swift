@@ -1,24 +1,28 @@
 import SIPParser
 import TOMLKit
+import Transport
 
 /// SIPEdge's configuration, read from one TOML file (`conf/sipedge.toml`).
 public struct EdgeConfig: Sendable, Equatable {
-    /// One SIP listening socket.
-    public struct Listener: Sendable, Equatable {
-        public enum Proto: String, Sendable, CaseIterable { case udp, tcp, tls, sctp }
-        public var proto: Proto
-        public var address: String
-        public var port: Int
-        /// Address/port written into Via/Contact/Record-Route when behind NAT or a cloud public IP.
-        public var advertise: String?
-        /// Listeners with the same purpose share a tag on every node (DESIGN.md, Cluster).
-        public var tag: String
+    /// Certificates for TLS listeners and outgoing TLS.
+    public struct TLSFiles: Sendable, Equatable {
+        public var certificate: String
+        public var privateKey: String
+        /// CA bundle that peers' certificates are checked against.
+        public var ca: String?
+        /// Ask clients of TLS listeners for a certificate and check it (mutual TLS).
+        public var verifyClients: Bool
+        /// Check the certificate of servers SIPEdge connects to.
+        public var verifyServers: Bool
     }
 
     public var workers: Int
-    public var listeners: [Listener]
+    public var listeners: [ListenerSpec]
+    public var tls: TLSFiles?
     public var parserLimits: SIPParserLimits
     public var logLevel: String
+    /// Per-loop bounds on TCP/TLS peers.
+    public var streamLimits: StreamLimits
 
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 }
@@ -63,21 +67,71 @@ extension EdgeConfig {
                 maxVias: try t.int("max_vias", default: 70, range: 1...1_000),
                 maxBodyBytes: try t.int("max_body_bytes", default: 65_535, range: 0...SIPParserLimits.hardMaxMessageBytes))
         } ?? .default
+        let streamLimits = try reader.table("tcp") { (t: inout TableReader) throws(ConfigError) in
+            StreamLimits(
+                maxConnections: try t.int("max_connections", default: 65_536, range: 1...1_000_000),
+                maxConnectionsPerSource: try t.int("max_connections_per_source", default: 1_024, range: 1...1_000_000),
+                maxBufferedBytes: try t.int("max_buffered_bytes", default: 131_072, range: 4_096...16_777_216),
+                maxQueuedBytes: try t.int("max_queued_bytes", default: 1 << 20, range: 4_096...268_435_456),
+                idleTimeoutMilliseconds: UInt64(try t.int("idle_timeout_seconds", default: 300, range: 0...86_400)) * 1_000)
+        } ?? StreamLimits()
+        let tls = try reader.table("tls") { (t: inout TableReader) throws(ConfigError) in
+            TLSFiles(
+                certificate: try t.string("certificate", default: nil),
+                privateKey: try t.string("private_key", default: nil),
+                ca: try t.optionalString("ca"),
+                verifyClients: try t.bool("verify_clients", default: false),
+                verifyServers: try t.bool("verify_servers", default: true))
+        }
         let listeners = try reader.tableArray("listener") { (t: inout TableReader) throws(ConfigError) in
             let protoText = try t.string("proto", default: nil)
-            guard let proto = Listener.Proto(rawValue: protoText.lowercased()) else {
+            guard let proto = TransportProtocol(rawValue: protoText.lowercased()) else {
                 throw t.error("proto", "must be one of udp, tcp, tls, sctp")
             }
-            return Listener(
-                proto: proto,
-                address: try t.string("address", default: nil),
-                port: try t.int("port", default: 5060, range: 1...65_535),
-                advertise: try t.optionalString("advertise"),
-                tag: try t.string("tag", default: "default"))
+            let ip = try t.string("address", default: nil)
+            let port = try t.int("port", default: proto == .tls ? 5061 : 5060, range: 0...65_535)
+            guard let address = SocketAddress(ip: ip, port: port) else {
+                throw t.error("address", "must be a numeric IPv4 or IPv6 address, not \"\(ip)\"")
+            }
+            let tagText = try t.string("tag", default: "default")
+            guard let tag = ListenerTag(tagText) else {
+                throw t.error("tag", "must be 1-64 letters, digits, '-' or '_'")
+            }
+            var advertisedHost: String?, advertisedPort: UInt16?
+            if let advertise = try t.optionalString("advertise") {
+                guard let parsed = Self.hostPort(advertise) else {
+                    throw t.error("advertise", "must be host or host:port (IPv6 in brackets), not \"\(advertise)\"")
+                }
+                (advertisedHost, advertisedPort) = parsed
+            }
+            return ListenerSpec(proto: proto, address: address, advertisedHost: advertisedHost, advertisedPort: advertisedPort, tag: tag)
         }
         guard !listeners.isEmpty else { throw ConfigError(line: nil, key: "listener", message: "at least one [[listener]] is required") }
+        if listeners.contains(where: { $0.proto == .tls }) && tls == nil {
+            throw ConfigError(line: reader.line(of: "listener"), key: "tls", message: "a TLS listener needs a [tls] section with certificate and private_key")
+        }
         try reader.finish()
-        return EdgeConfig(workers: workers, listeners: listeners, parserLimits: limits, logLevel: logLevel)
+        return EdgeConfig(workers: workers, listeners: listeners, tls: tls, parserLimits: limits, logLevel: logLevel,
+                          streamLimits: streamLimits)
+    }
+
+    /// `host`, `host:port`, `[v6]` or `[v6]:port`.
+    static func hostPort(_ text: String) -> (String, UInt16?)? {
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return nil }
+            let host = String(text[...close])
+            let rest = text[text.index(after: close)...]
+            if rest.isEmpty { return (host, nil) }
+            guard rest.hasPrefix(":"), let port = UInt16(rest.dropFirst()) else { return nil }
+            return (host, port)
+        }
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        guard let first = parts.first, !first.isEmpty, parts.count <= 2 else { return nil }
+        if parts.count == 2 {
+            guard let port = UInt16(parts[1]) else { return nil }
+            return (String(first), port)
+        }
+        return (String(first), nil)
     }
 }
 
@@ -120,6 +174,13 @@ struct TableReader {
         guard let n = v.tomlValue.int else { throw error(key, "must be an integer") }
         guard range.contains(n) else { throw error(key, "must be in \(range.lowerBound)...\(range.upperBound), not \(n)") }
         return n
+    }
+
+    mutating func bool(_ key: String, default value: Bool) throws(ConfigError) -> Bool {
+        read.insert(key)
+        guard let v = table[key] else { return value }
+        guard let b = v.tomlValue.bool else { throw error(key, "must be true or false") }
+        return b
     }
 
     mutating func string(_ key: String, default value: String?) throws(ConfigError) -> String {

@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
+import Logging
 import Proxy
 import SIPParser
+import Transport
 
 /// Reads and checks a config file, or exits with the error on stderr.
 func loadConfig(_ path: String) throws -> EdgeConfig {
@@ -26,11 +28,20 @@ struct CheckConfigCommand: ParsableCommand {
 
     func run() throws {
         let config = try loadConfig(file)
+        if let tls = config.tls, config.listeners.contains(where: { $0.proto == .tls }) {
+            do {
+                _ = try TLSContext(role: .server, certificateFile: tls.certificate, privateKeyFile: tls.privateKey,
+                                   caFile: tls.ca, verifyPeer: tls.verifyClients)
+            } catch {
+                FileHandle.standardError.write(Data("\(file): [tls]: \(error)\n".utf8))
+                throw ExitCode(2)
+            }
+        }
         print("\(file): OK (\(config.listeners.count) listeners, \(config.workers) workers)")
     }
 }
 
-/// `sipedge run`: starts SIPEdge on a configuration.
+/// `sipedge run`: starts SIPEdge on a configuration and serves until SIGINT or SIGTERM.
 struct RunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "run", abstract: "Start SIPEdge.")
 
@@ -39,16 +50,38 @@ struct RunCommand: ParsableCommand {
 
     func run() throws {
         let cfg = try loadConfig(config)
-        print("sipedge \(SIPEdgeCommand.version) — configuration \(config)")
-        print("  workers: \(cfg.workers), log level: \(cfg.logLevel)")
-        let l = cfg.parserLimits
-        print("  limits: message \(l.maxMessageBytes) B, \(l.maxHeaders) headers, header \(l.maxHeaderBytes) B, \(l.maxVias) Vias")
-        for listener in cfg.listeners {
-            let adv = listener.advertise.map { " advertised as \($0)" } ?? ""
-            print("  listener \(listener.proto.rawValue) \(listener.address):\(listener.port) tag=\(listener.tag)\(adv)")
+        let level = Logger.Level(rawValue: cfg.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardOutput(label: label)
+            handler.logLevel = level
+            return handler
         }
-        // The event loops arrive with the transport layer (issue 3); until then `run` checks the
-        // configuration and reports what it would serve.
-        print("SIP transport is not built yet (parser stage): configuration checked, exiting.")
+        let logger = Logger(label: "sipedge")
+        // Worker threads inherit this mask, so SIGINT/SIGTERM reach only the sigwait below.
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        sigaddset(&signals, SIGINT)
+        sigaddset(&signals, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &signals, nil)
+
+        let server: EdgeServer
+        do {
+            server = try EdgeServer(config: cfg, logger: logger)
+            try server.start()
+        } catch {
+            FileHandle.standardError.write(Data("sipedge: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        logger.info("sipedge \(SIPEdgeCommand.version) started on \(config): \(cfg.workers) workers")
+        for spec in server.bound {
+            let advertised = spec.advertised
+            logger.info("listening \(spec.proto.rawValue) \(spec.address) tag=\(spec.tag) advertised as \(advertised.host):\(advertised.port)")
+        }
+        var received: Int32 = 0
+        sigwait(&signals, &received)
+        logger.info("signal \(received): stopping")
+        server.stop()
+        let counts = server.counts
+        logger.info("stopped: \(counts.received) messages received, \(counts.invalid) invalid")
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Transport
 @testable import Proxy
 
 /// The TOML configuration: the shipped default, and clear errors with line and key.
@@ -12,12 +13,38 @@ import Testing
         let text = try String(contentsOf: url.appendingPathComponent("conf/sipedge.toml"), encoding: .utf8)
         let config = try EdgeConfig.parse(text)
         #expect(config.workers == 2 && config.listeners.count == 2)
-        #expect(config.listeners.map(\.proto) == [.udp, .tcp] && config.listeners.allSatisfy { $0.port == 5060 && $0.tag == "public" })
+        #expect(config.listeners.map(\.proto) == [.udp, .tcp])
+        #expect(config.listeners.allSatisfy { $0.address.port == 5060 && $0.tag.name == "public" && $0.address.ipString == "127.0.0.1" })
+        #expect(config.tls == nil && config.streamLimits == StreamLimits())
     }
 
     @Test func defaults_fill_optional_keys() throws {
         let config = try EdgeConfig.parse(Self.minimal)
-        #expect(config.workers == 2 && config.logLevel == "info" && config.listeners[0].port == 5060 && config.listeners[0].tag == "default")
+        #expect(config.workers == 2 && config.logLevel == "info" && config.listeners[0].address.port == 5060 && config.listeners[0].tag.name == "default")
+    }
+
+    @Test func advertise_and_tls_sections() throws {
+        let text = """
+        [tls]
+        certificate = "server.pem"
+        private_key = "server.key"
+        verify_clients = true
+
+        [[listener]]
+        proto = "tls"
+        address = "::1"
+        advertise = "[2001:db8::1]:5061"
+        tag = "public"
+
+        [[listener]]
+        proto = "udp"
+        address = "127.0.0.1"
+        advertise = "sip.example.com"
+        """
+        let config = try EdgeConfig.parse(text)
+        #expect(config.listeners[0].address.port == 5061 && config.listeners[0].advertised.host == "[2001:db8::1]")
+        #expect(config.listeners[1].advertised.host == "sip.example.com" && config.listeners[1].advertised.port == 5060)
+        #expect(config.tls?.verifyClients == true && config.tls?.verifyServers == true)
     }
 
     @Test func errors_name_line_and_key() {
@@ -30,6 +57,12 @@ import Testing
             ("[[listener]]\nproto = \"udp\"\n", "listener[1].address: is required"),
             ("workers = 2\n", "listener: at least one [[listener]] is required"),
             ("workers = = 2\n", "line 1:"),
+            ("[[listener]]\nproto = \"udp\"\naddress = \"localhost\"\n", "line 3: listener[1].address: must be a numeric IPv4 or IPv6 address"),
+            ("[[listener]]\nproto = \"udp\"\naddress = \"::1\"\ntag = \"no spaces\"\n", "line 4: listener[1].tag: must be 1-64"),
+            ("[[listener]]\nproto = \"udp\"\naddress = \"::1\"\nadvertise = \"a:b:c\"\n", "line 4: listener[1].advertise: must be host or host:port"),
+            ("[[listener]]\nproto = \"tls\"\naddress = \"::1\"\n", "tls: a TLS listener needs a [tls] section"),
+            ("[tcp]\nmax_buffered_bytes = 1\n" + Self.minimal, "line 2: tcp.max_buffered_bytes: must be in 4096...16777216"),
+            ("[tls]\ncertificate = \"a.pem\"\n" + Self.minimal, "tls.private_key: is required"),
         ]
         for (text, expected) in cases {
             do {

@@ -1,4 +1,6 @@
 import Foundation
+import Glibc
+import Synchronization
 import Testing
 
 /// The `sipedge` executable, run as a subprocess the way operators and scripts run it.
@@ -93,9 +95,90 @@ import Testing
         #expect(r.status == 2 && r.err.contains("line 6: listener[1].prot: unknown key"), "\(r.err)")
     }
 
-    @Test func run_starts_on_the_shipped_config() throws {
-        let r = try Self.run(["run"])
-        #expect(r.status == 0 && r.out.contains("listener udp 127.0.0.1:5060 tag=public"))
+    /// Starts `sipedge run` on `config`; returns the process and a reader of its output so far.
+    static func start(_ config: String) throws -> (Process, () -> String) {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-run-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).toml")
+        try config.write(to: file, atomically: true, encoding: .utf8)
+        let p = Process()
+        p.executableURL = binary
+        p.arguments = ["run", "--config", file.path]
+        p.currentDirectoryURL = packageRoot
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        let text = Mutex("")
+        out.fileHandleForReading.readabilityHandler = { h in
+            let data = h.availableData
+            text.withLock { $0 += String(decoding: data, as: UTF8.self) }
+        }
+        try p.run()
+        return (p, { text.withLock { $0 } })
+    }
+
+    static func waitFor(_ read: () -> String, _ needle: String) -> Bool {
+        for _ in 0..<500 where !read().contains(needle) { usleep(10_000) }
+        return read().contains(needle)
+    }
+
+    @Test func run_listens_parses_what_arrives_and_stops_on_sigterm() throws {
+        let (p, output) = try Self.start("""
+            workers = 2
+            [[listener]]
+            proto = "udp"
+            address = "127.0.0.1"
+            port = 0
+            tag = "public"
+            [[listener]]
+            proto = "tcp"
+            address = "127.0.0.1"
+            port = 0
+            tag = "public"
+            """)
+        defer { if p.isRunning { p.terminate() } }
+        #expect(Self.waitFor(output, "listening tcp"))
+        // The UDP port the server bound, from its log line.
+        let line = try #require(output().split(separator: "\n").first { $0.contains("listening udp 127.0.0.1:") })
+        let port = try #require(Int(line.split(separator: " ").first { $0.hasPrefix("127.0.0.1:") }!.split(separator: ":")[1]))
+        // An invalid request over the wire is logged with its reason; a valid one is counted.
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var to = sockaddr_in()
+        to.sin_family = sa_family_t(AF_INET)
+        to.sin_port = UInt16(port).bigEndian
+        to.sin_addr.s_addr = inet_addr("127.0.0.1")
+        func send(_ text: String) {
+            _ = text.utf8CString.withUnsafeBytes { raw in
+                withUnsafePointer(to: &to) { p in
+                    p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, raw.baseAddress, raw.count - 1, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                }
+            }
+        }
+        send("OPTIONS sip:a@127.0.0.1 SIP/7.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK1\r\n\r\n")
+        send("OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK2\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: ok\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+        #expect(Self.waitFor(output, "invalid SIP message"))
+        #expect(output().contains("unsupported SIP version") && output().contains("would answer 505"))
+        p.terminate()
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        #expect(Self.waitFor(output, "stopped: 2 messages received, 1 invalid"), "\(output())")
+    }
+
+    @Test func run_refuses_an_sctp_listener_clearly_on_a_kernel_without_sctp() throws {
+        let probe = socket(AF_INET, Int32(SOCK_SEQPACKET.rawValue), Int32(IPPROTO_SCTP))
+        if probe >= 0 { close(probe); return }   // this kernel has SCTP: nothing to refuse
+        let (p, output) = try Self.start("""
+            [[listener]]
+            proto = "sctp"
+            address = "127.0.0.1"
+            port = 0
+            tag = "trunks"
+            """)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 2)
+        #expect(Self.waitFor(output, "listener sctp:127.0.0.1:0 tag=trunks: this kernel has no SCTP"), "\(output())")
+    }
+
+    @Test func version_and_check_config() throws {
         #expect(try Self.run(["--version"]).out.hasPrefix("0.1.0"))
     }
 }

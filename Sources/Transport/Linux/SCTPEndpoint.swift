@@ -7,6 +7,12 @@ public struct ListenerError: Error, Sendable, CustomStringConvertible {
     public let reason: String
     public let underlying: SystemError?
 
+    public init(listener: String, reason: String, underlying: SystemError?) {
+        self.listener = listener
+        self.reason = reason
+        self.underlying = underlying
+    }
+
     public var description: String { "listener \(listener): \(reason)" }
 }
 
