@@ -331,6 +331,11 @@ public struct ViaValue: Sendable {
 public struct CSeqValue: Sendable, Equatable {
     public let number: UInt32
     public let method: SIPMethod
+
+    public init(number: UInt32, method: SIPMethod) {
+        self.number = number
+        self.method = method
+    }
 }
 
 /// Session-Expires (RFC 4028): the interval and who refreshes.
@@ -338,6 +343,11 @@ public struct SessionExpiresValue: Sendable, Equatable {
     public enum Refresher: Sendable, Equatable { case uac, uas }
     public let seconds: UInt32
     public let refresher: Refresher?
+
+    public init(seconds: UInt32, refresher: Refresher?) {
+        self.seconds = seconds
+        self.refresher = refresher
+    }
 }
 
 /// The Contact header of a message: `*` (REGISTER removal) or a list of addresses.
