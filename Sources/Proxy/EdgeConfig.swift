@@ -23,6 +23,8 @@ public struct EdgeConfig: Sendable, Equatable {
     public var logLevel: String
     /// Per-loop bounds on TCP/TLS peers.
     public var streamLimits: StreamLimits
+    /// Where new calls go, in turn (the full dispatcher with sets, weights and probing is issue 5).
+    public var destinations: [SocketAddress]
 
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 }
@@ -75,6 +77,14 @@ extension EdgeConfig {
                 maxQueuedBytes: try t.int("max_queued_bytes", default: 1 << 20, range: 4_096...268_435_456),
                 idleTimeoutMilliseconds: UInt64(try t.int("idle_timeout_seconds", default: 300, range: 0...86_400)) * 1_000)
         } ?? StreamLimits()
+        let destinations = try reader.table("dispatcher") { (t: inout TableReader) throws(ConfigError) in
+            try t.stringArray("destinations").map { (text: String) throws(ConfigError) -> SocketAddress in
+                guard let (host, port) = Self.hostPort(text), let address = SocketAddress(ip: host, port: Int(port ?? 5060)) else {
+                    throw t.error("destinations", "\"\(text)\" is not a numeric address[:port]")
+                }
+                return address
+            }
+        } ?? []
         let tls = try reader.table("tls") { (t: inout TableReader) throws(ConfigError) in
             TLSFiles(
                 certificate: try t.string("certificate", default: nil),
@@ -112,7 +122,7 @@ extension EdgeConfig {
         }
         try reader.finish()
         return EdgeConfig(workers: workers, listeners: listeners, tls: tls, parserLimits: limits, logLevel: logLevel,
-                          streamLimits: streamLimits)
+                          streamLimits: streamLimits, destinations: destinations)
     }
 
     /// `host`, `host:port`, `[v6]` or `[v6]:port`.
@@ -174,6 +184,18 @@ struct TableReader {
         guard let n = v.tomlValue.int else { throw error(key, "must be an integer") }
         guard range.contains(n) else { throw error(key, "must be in \(range.lowerBound)...\(range.upperBound), not \(n)") }
         return n
+    }
+
+    mutating func stringArray(_ key: String) throws(ConfigError) -> [String] {
+        read.insert(key)
+        guard let v = table[key] else { return [] }
+        guard let array = v.tomlValue.array else { throw error(key, "must be an array of strings") }
+        var out: [String] = []
+        for element in array {
+            guard let s = element.tomlValue.string else { throw error(key, "must be an array of strings") }
+            out.append(s)
+        }
+        return out
     }
 
     mutating func bool(_ key: String, default value: Bool) throws(ConfigError) -> Bool {

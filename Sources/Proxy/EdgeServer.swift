@@ -23,12 +23,14 @@ public final class EdgeServer: Sendable {
         } catch {
             throw ListenerError(listener: "workers", reason: "cannot start event loops: \(error)", underlying: error)
         }
+        let routing = CallRouting(workers: workers)
         var inbound: [InboundSIP] = []
         for loop in workers.loops {
             let log = logger
             loop.log = { line in log.warning("\(line)") }
-            inbound.append(InboundSIP(worker: loop.index, limits: config.parserLimits, logger: logger))
+            inbound.append(InboundSIP(worker: loop.index, limits: config.parserLimits, logger: logger, routing: routing))
         }
+        var udpByWorker: [Int: UDPEndpoint] = [:]
         let tlsServer: TLSContext?
         if let files = config.tls, config.listeners.contains(where: { $0.proto == .tls }) {
             do {
@@ -53,6 +55,7 @@ public final class EdgeServer: Sendable {
                         let e = try UDPEndpoint(loop: loop, bindTo: address, reusePort: true, receiver: receiver)
                         address = e.localAddress
                         endpoints.append(LoopBound(e, on: loop))
+                        if udpByWorker[loop.index] == nil { udpByWorker[loop.index] = e }
                     case .tcp, .tls:
                         let table = TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits),
                                                        limits: config.streamLimits, tls: spec.proto == .tls ? tlsServer : nil,
@@ -75,9 +78,31 @@ public final class EdgeServer: Sendable {
             bound.append(ListenerSpec(proto: spec.proto, address: address, advertisedHost: spec.advertisedHost,
                                       advertisedPort: spec.advertisedPort, tag: spec.tag))
         }
+        // One B2BUA per worker, speaking through that worker's first UDP socket.
+        if let udp = bound.first(where: { $0.proto == .udp }) {
+            let (host, port) = udp.advertised
+            for loop in workers.loops {
+                guard let socket = udpByWorker[loop.index] else { continue }
+                let sender = UDPSender(socket)
+                let b2bua = B2BUA(loop: loop, config: B2BUAConfig(host: host, port: port, backends: config.destinations), sender: sender)
+                routing.b2buas.append(LoopBound(b2bua, on: loop))
+                endpoints.append(LoopBound(sender, on: loop))
+            }
+        }
+        self.routing = routing
         self.inbound = inbound
         self.endpoints = endpoints
         self.bound = bound
+    }
+
+    private let routing: CallRouting
+
+    /// Calls started and active over all workers (asked on each worker's loop).
+    public func callCounts() -> (started: Int, active: Int) {
+        routing.b2buas.reduce((0, 0)) { sum, b in
+            let c = (try? b.loop.submitAndWait { (b.value.callsStarted, b.value.activeCalls) }) ?? (0, 0)
+            return (sum.0 + c.0, sum.1 + c.1)
+        }
     }
 
     public func start() throws(SystemError) { try workers.start() }
@@ -88,4 +113,11 @@ public final class EdgeServer: Sendable {
     public var counts: (received: Int, invalid: Int) {
         inbound.reduce((0, 0)) { ($0.0 + $1.received.load(ordering: .relaxed), $0.1 + $1.invalid.load(ordering: .relaxed)) }
     }
+}
+
+/// Sends a B2BUA's messages through a worker's UDP socket.
+final class UDPSender: MessageSender {
+    let endpoint: UDPEndpoint
+    init(_ endpoint: UDPEndpoint) { self.endpoint = endpoint }
+    func send(_ bytes: [UInt8], to destination: SocketAddress) { endpoint.send(bytes, to: destination) }
 }

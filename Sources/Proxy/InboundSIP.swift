@@ -1,21 +1,53 @@
+import Dialog
 import Logging
 import SIPParser
 import Synchronization
 import Transport
 
+/// Which worker's B2BUA owns a message, and the way to it.
+///
+/// `@unchecked Sendable`: `b2buas` is filled while the server is set up, before any loop starts,
+/// and only read afterwards.
+final class CallRouting: @unchecked Sendable {
+    let workers: WorkerGroup
+    var b2buas: [LoopBound<B2BUA>] = []
+
+    init(workers: WorkerGroup) { self.workers = workers }
+
+    /// Responses carry our Via branch, in-dialog requests our tag or Call-ID: all name their worker.
+    /// A new request goes to the worker its Call-ID hashes to.
+    func owner(of m: SIPMessage) -> Int {
+        let n = workers.count
+        if !m.isRequest, let branch = m.topViaBranch, branch.count > 7,
+           let w = ShardedIdentifiers.worker(of: branch.bytes.dropFirst(7), workers: n) { return w }
+        if let tag = m.tag(of: .to), let w = ShardedIdentifiers.worker(of: tag.bytes, workers: n) { return w }
+        if let id = m.callID, let w = ShardedIdentifiers.worker(of: id.bytes, workers: n) { return w }
+        return workers.owner(of: m.callID?.bytes ?? [])
+    }
+
+    func deliver(_ m: SIPMessage, from peer: SocketAddress) {
+        guard !b2buas.isEmpty else { return }
+        let b2bua = b2buas[owner(of: m)]
+        workers.handOver(to: b2bua.loop.index) { b2bua.value.receive(m, from: peer) }
+    }
+}
+
 /// The first layer above Transport on one worker: turns datagrams, stream frames and SCTP messages
-/// into parsed, checked SIP messages. An invalid one is logged with its reason and dropped.
+/// into parsed, checked SIP messages, and hands UDP ones to the B2BUA of the worker that owns them.
+/// An invalid one is logged with its reason and dropped.
 final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable {
     let worker: Int
     let limits: SIPParserLimits
     let logger: Logger
+    let routing: CallRouting
     let received = Atomic<Int>(0)
     let invalid = Atomic<Int>(0)
 
-    init(worker: Int, limits: SIPParserLimits, logger: Logger) {
+    init(worker: Int, limits: SIPParserLimits, logger: Logger, routing: CallRouting) {
         self.worker = worker
         self.limits = limits
         self.logger = logger
+        self.routing = routing
     }
 
     private func accept(_ bytes: [UInt8], from peer: SocketAddress, via proto: TransportProtocol) {
@@ -26,6 +58,7 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
             let message = try SIPMessage(parsing: bytes, limits: limits)
             try message.validate(limits: limits)
             logger.debug("worker \(worker): \(proto.rawValue) from \(peer): \(message.method?.description ?? "\(message.statusCode ?? 0)")")
+            if proto == .udp { routing.deliver(message, from: peer) }
         } catch {
             invalid.add(1, ordering: .relaxed)
             let answer = error.status.map { "would answer \($0)" } ?? "dropped"

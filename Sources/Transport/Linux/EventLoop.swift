@@ -134,7 +134,7 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Loop state may be set up from any thread before the loop starts, then only from the loop.
     @inline(__always)
-    func assertInLoop() {
+    public func assertInLoop() {
         assert(loopThread.load(ordering: .relaxed) == 0 || inLoop, "loop state touched from another thread")
     }
 

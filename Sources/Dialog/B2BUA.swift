@@ -1,0 +1,421 @@
+import SIPParser
+import Transport
+
+/// Where the B2BUA's messages go out; the edge implements it over its listeners.
+public protocol MessageSender: AnyObject {
+    func send(_ bytes: [UInt8], to destination: SocketAddress)
+}
+
+/// What a B2BUA needs to know of its surroundings.
+public struct B2BUAConfig: Sendable {
+    /// Host and port written into our Via and Contact (the listener's advertised address).
+    public var host: String
+    public var port: UInt16
+    /// Where new calls go, in turn (the dispatcher with probing replaces this, issue 5).
+    public var backends: [SocketAddress]
+    public var timers: TransactionTimerValues
+
+    public init(host: String, port: UInt16, backends: [SocketAddress], timers: TransactionTimerValues = .rfc3261) {
+        self.host = host
+        self.port = port
+        self.backends = backends
+        self.timers = timers
+    }
+}
+
+/// One side of a call, as the edge sees it: its own Call-ID, tags, CSeq space, remote target and
+/// the address its messages go to. Nothing of one leg is ever written into the other's messages.
+struct Leg {
+    var callID: String
+    var localTag: String
+    var remoteTag: String?
+    var localCSeq: UInt32
+    /// Our address-of-record on this leg (a From/To value without its tag).
+    var localURI: [UInt8]
+    var remoteURI: [UInt8]
+    /// Where in-dialog requests are addressed (the peer's Contact URI).
+    var remoteTarget: [UInt8]
+    /// Where messages for this leg are sent.
+    var peer: SocketAddress
+}
+
+/// A call through the edge: the client leg and the backend leg.
+final class Call {
+    enum State { case early, confirmed, ended }
+    let number: UInt32
+    var client: Leg
+    var backend: Leg
+    var state = State.early
+    /// The client's INVITE server transaction, while responses still flow back to it.
+    var clientInvite: ServerTxRecord?
+    /// The 2xx sent to the client, retransmitted until its ACK comes (RFC 3261 §13.3.1.4).
+    var answer: [UInt8]?
+    var answerInterval: UInt64 = 0
+    var answerTimer: TimerID?
+    var answerDeadline: UInt64 = 0
+    /// The ACK sent to the backend for its 2xx, resent if the 2xx is retransmitted.
+    var backendACK: [UInt8]?
+
+    init(number: UInt32, client: Leg, backend: Leg) {
+        self.number = number
+        self.client = client
+        self.backend = backend
+    }
+}
+
+/// A transaction of the B2BUA: its state machine, the request it is about, the peer its messages
+/// go to, its key, its armed timers and the call it serves.
+final class TransactionRecord<Machine> {
+    let id: UInt32
+    var machine: Machine
+    let request: SIPMessage
+    let peer: SocketAddress
+    let key: TransactionKey
+    var timers: [TransactionTimer: TimerID] = [:]
+    weak var call: Call?
+
+    init(id: UInt32, machine: Machine, request: SIPMessage, peer: SocketAddress, key: TransactionKey) {
+        self.id = id
+        self.machine = machine
+        self.request = request
+        self.peer = peer
+        self.key = key
+    }
+}
+
+typealias ServerTxRecord = TransactionRecord<ServerTransaction>
+typealias ClientTxRecord = TransactionRecord<ClientTransaction>
+
+/// The B2BUA of one worker: every call is split into a client leg and a backend leg that never
+/// see each other's Via, Record-Route, Contact or Call-ID. It runs RFC 3261 transactions for both
+/// legs on the worker's loop. This first cut carries INVITE (provisional, 2xx, non-2xx, timeout),
+/// ACK and BYE from either side over UDP; CANCEL, re-INVITE, UPDATE, PRACK, failover and dialog
+/// records come next.
+public final class B2BUA: TimerTarget {
+    public let loop: EventLoop
+    public let config: B2BUAConfig
+    private unowned let sender: any MessageSender
+    private var ids: ShardedIdentifiers
+    private var nextTxID: UInt32 = 1
+    private var serverTransactions: [TransactionKey: ServerTxRecord] = [:]
+    private var clientTransactions: [TransactionKey: ClientTxRecord] = [:]
+    private var transactionsByID: [UInt32: AnyObject] = [:]
+    private var calls: [String: Call] = [:]
+    private var callsByNumber: [UInt32: Call] = [:]
+    /// Calls set up and ended so far (statistics and tests).
+    public private(set) var callsStarted = 0
+    public private(set) var callsEnded = 0
+    public var activeCalls: Int { callsByNumber.count }
+
+    public init(loop: EventLoop, config: B2BUAConfig, sender: any MessageSender) {
+        self.loop = loop
+        self.config = config
+        self.sender = sender
+        self.ids = ShardedIdentifiers(worker: loop.index)
+    }
+
+    private var contact: String { "<sip:edge@\(config.host):\(config.port)>" }
+
+    private func newBranch() -> String { "z9hG4bK" + ids.make() }
+
+    // MARK: - Receiving
+
+    /// A parsed, validated message from `source`.
+    public func receive(_ message: SIPMessage, from source: SocketAddress) {
+        loop.assertInLoop()
+        if message.isRequest {
+            receiveRequest(message, from: source)
+        } else if let key = TransactionKey.client(forResponse: message), let tx = clientTransactions[key] {
+            let actions = tx.machine.handle(.response(message))
+            perform(actions, client: tx, message: message)
+        }
+        // A response matching no transaction is dropped (§17.1.3).
+    }
+
+    private func receiveRequest(_ request: SIPMessage, from source: SocketAddress) {
+        let key = TransactionKey.server(forRequest: request)
+        if request.method == .ack {
+            if let key, let tx = serverTransactions[key] {
+                perform(tx.machine.handle(.ack), server: tx)
+            } else if let id = request.callID?.string, let call = calls[id], id == call.client.callID {
+                clientAcknowledged(call)
+            }
+            return
+        }
+        if let key, let tx = serverTransactions[key] {
+            perform(tx.machine.handle(.retransmission), server: tx)
+            return
+        }
+        guard let key, let method = request.method else { return }
+        let reliability: TransportReliability = .unreliable
+        let tx = ServerTxRecord(id: takeID(), machine: ServerTransaction(method: method, reliability: reliability, timers: config.timers),
+                                request: request, peer: source, key: key)
+        register(tx)
+        if request.tag(of: .to) != nil {
+            inDialog(request, tx)
+            return
+        }
+        switch method {
+        case .invite:
+            newCall(request, tx)
+        case .options:
+            respond(tx, status: 200, extra: [("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS")])
+        default:
+            respond(tx, status: 501)
+        }
+    }
+
+    // MARK: - Calls
+
+    private func newCall(_ invite: SIPMessage, _ tx: ServerTxRecord) {
+        perform(tx.machine.start(trying: MessageBuilder.response(to: invite, status: 100, toTag: nil)), server: tx)
+        guard let fromTag = invite.tag(of: .from), let callID = invite.callID?.string,
+              let from = try? invite.from(), let to = try? invite.to(), let uri = try? invite.requestURI() else {
+            respond(tx, status: 400)
+            return
+        }
+        let clientTarget = (try? invite.contact()).flatMap { value -> [UInt8]? in
+            if case .addresses(let a) = value, let first = a.first { return first.uri.text.bytes }
+            return nil
+        } ?? from.uri.text.bytes
+        let clientLeg = Leg(callID: callID, localTag: ids.make(), remoteTag: fromTag.string, localCSeq: 0,
+                            localURI: addressPart(to), remoteURI: addressPart(from), remoteTarget: clientTarget, peer: tx.peer)
+        guard !config.backends.isEmpty else {
+            respond(tx, status: 503)
+            return
+        }
+        let backendAddress = config.backends[callsStarted % config.backends.count]
+        let user = uri.user.map { String(decoding: $0.bytes, as: UTF8.self) + "@" } ?? ""
+        let backendURI = Array("sip:\(user)\(backendAddress.family == .inet6 ? "[\(backendAddress.ipString)]" : backendAddress.ipString):\(backendAddress.port)".utf8)
+        // The caller's identity goes on, but not its address: the From URI's host becomes ours.
+        let backendFrom = Array((from.displayName.map { $0.string + " " } ?? "").utf8)
+            + Array("<sip:\(from.uri.user.map { String(decoding: $0.bytes, as: UTF8.self) + "@" } ?? "")\(config.host):\(config.port)>".utf8)
+        let backendLeg = Leg(callID: ids.make(), localTag: ids.make(), remoteTag: nil, localCSeq: 1,
+                             localURI: backendFrom, remoteURI: addressPart(to), remoteTarget: backendURI, peer: backendAddress)
+        let call = Call(number: takeID(), client: clientLeg, backend: backendLeg)
+        call.clientInvite = tx
+        tx.call = call
+        calls[clientLeg.callID] = call
+        calls[backendLeg.callID] = call
+        callsByNumber[call.number] = call
+        callsStarted += 1
+
+        let maxForwards = ((try? invite.maxForwards()) ?? 70) ?? 70
+        guard maxForwards > 0 else {
+            respond(tx, status: 483)
+            endCall(call)
+            return
+        }
+        var b = MessageBuilder(requestLine: "INVITE", uri: backendURI)
+        b.header("Via", "SIP/2.0/UDP \(config.host):\(config.port);branch=\(newBranch());rport")
+        b.header("Max-Forwards", "\(maxForwards - 1)")
+        b.header("From", backendLeg.localURI + Array(";tag=\(backendLeg.localTag)".utf8))
+        b.header("To", backendLeg.remoteURI)
+        b.header("Call-ID", backendLeg.callID)
+        b.header("CSeq", "\(backendLeg.localCSeq) INVITE")
+        b.header("Contact", contact)
+        startClient(b.finish(contentType: invite.contentType, body: invite.body.bytes), to: backendAddress, call: call)
+    }
+
+    /// A response to the backend INVITE, passed up by its client transaction.
+    private func backendInviteResponse(_ response: SIPMessage, call: Call) {
+        guard let status = response.statusCode, status > 100, let tx = call.clientInvite else { return }
+        if status < 300, let tag = response.tag(of: .to) {
+            call.backend.remoteTag = tag.string
+            if let contact = try? response.contact(), case .addresses(let a) = contact, let first = a.first {
+                call.backend.remoteTarget = first.uri.text.bytes
+            }
+        }
+        if status >= 200 && status < 300 {
+            if call.state == .confirmed {
+                // A retransmitted 2xx: our ACK was lost.
+                if let ack = call.backendACK { sender.send(ack, to: call.backend.peer) }
+                return
+            }
+            call.state = .confirmed
+            let ack = inDialogRequest("ACK", leg: call.backend, cseq: call.backend.localCSeq)
+            call.backendACK = ack
+            sender.send(ack, to: call.backend.peer)
+        }
+        let bytes = MessageBuilder.response(to: tx.request, status: status, reason: response.reasonPhrase?.string,
+                                            toTag: call.client.localTag, contact: status < 300 ? contact : nil,
+                                            contentType: response.contentType, body: response.body.bytes)
+        perform(tx.machine.handle(.respond(status: status, bytes: bytes)), server: tx)
+        if status >= 200 && status < 300 {
+            call.answer = bytes
+            call.answerInterval = config.timers.t1
+            call.answerDeadline = loop.now + 64 * config.timers.t1
+            call.answerTimer = loop.schedule(afterMilliseconds: call.answerInterval, target: self, token: Self.answerToken(call))
+        }
+        if status >= 300 {
+            call.clientInvite = nil
+            endCall(call)
+        }
+    }
+
+    private func clientAcknowledged(_ call: Call) {
+        if let t = call.answerTimer { loop.cancel(t) }
+        call.answerTimer = nil
+        call.answer = nil
+        call.clientInvite = nil
+    }
+
+    /// An in-dialog request (To has a tag): BYE ends the call on both legs; OPTIONS is answered.
+    private func inDialog(_ request: SIPMessage, _ tx: ServerTxRecord) {
+        guard let callID = request.callID?.string, let call = calls[callID] else {
+            respond(tx, status: 481)
+            return
+        }
+        switch request.method {
+        case .bye:
+            respond(tx, status: 200)
+            let fromClient = callID == call.client.callID
+            var other = fromClient ? call.backend : call.client
+            other.localCSeq += 1
+            if fromClient { call.backend = other } else { call.client = other }
+            let bye = inDialogRequest("BYE", leg: other, cseq: other.localCSeq)
+            startClient(bye, to: other.peer, call: nil)
+            endCall(call)
+        case .options:
+            respond(tx, status: 200)
+        default:
+            respond(tx, status: 501)
+        }
+    }
+
+    /// A request within a leg's dialog, from the leg's own state (§12.2.1.1).
+    private func inDialogRequest(_ method: String, leg: Leg, cseq: UInt32) -> [UInt8] {
+        var b = MessageBuilder(requestLine: method, uri: leg.remoteTarget)
+        b.header("Via", "SIP/2.0/UDP \(config.host):\(config.port);branch=\(newBranch());rport")
+        b.header("Max-Forwards", "70")
+        b.header("From", leg.localURI + Array(";tag=\(leg.localTag)".utf8))
+        b.header("To", leg.remoteURI + (leg.remoteTag.map { Array(";tag=\($0)".utf8) } ?? []))
+        b.header("Call-ID", leg.callID)
+        b.header("CSeq", "\(cseq) \(method)")
+        return b.finish()
+    }
+
+    private func endCall(_ call: Call) {
+        guard call.state != .ended else { return }
+        call.state = .ended
+        if let t = call.answerTimer { loop.cancel(t) }
+        calls[call.client.callID] = nil
+        calls[call.backend.callID] = nil
+        callsByNumber[call.number] = nil
+        callsEnded += 1
+    }
+
+    /// "name-addr" or "addr-spec" of a From/To value without its header parameters (the tag).
+    private func addressPart(_ address: NameAddress) -> [UInt8] {
+        var end = address.paramsStart
+        let base = address.base
+        while end > 0, isLWSByte(base[end - 1]) { end -= 1 }
+        let start = address.displayStart >= 0 ? address.displayStart : (address.hasAngleBrackets ? address.uri.start - 1 : address.uri.start)
+        return Array(base[start..<end])
+    }
+
+    // MARK: - Transactions
+
+    private func takeID() -> UInt32 {
+        defer { nextTxID &+= 1 }
+        return nextTxID
+    }
+
+    private func register(_ tx: ServerTxRecord) {
+        serverTransactions[tx.key] = tx
+        transactionsByID[tx.id] = tx
+    }
+
+    private func startClient(_ bytes: [UInt8], to destination: SocketAddress, call: Call?) {
+        guard let request = try? SIPMessage(parsing: bytes), let key = TransactionKey.client(forRequest: request) else { return }
+        let tx = ClientTxRecord(id: takeID(), machine: ClientTransaction(request: request, reliability: .unreliable, timers: config.timers),
+                                request: request, peer: destination, key: key)
+        tx.call = call
+        clientTransactions[key] = tx
+        transactionsByID[tx.id] = tx
+        perform(tx.machine.start(), client: tx, message: nil)
+    }
+
+    private func respond(_ tx: ServerTxRecord, status: Int, extra: [(String, String)] = []) {
+        let tag = tx.request.tag(of: .to) == nil ? ids.make() : nil
+        let bytes = MessageBuilder.response(to: tx.request, status: status, toTag: tag, extraHeaders: extra)
+        perform(tx.machine.handle(.respond(status: status, bytes: bytes)), server: tx)
+    }
+
+    private func perform(_ actions: [TransactionAction], server tx: ServerTxRecord) {
+        for action in actions {
+            switch action {
+            case .send(let bytes): sender.send(bytes, to: tx.peer)
+            case .arm(let timer, let ms): arm(timer, ms, id: tx.id, in: &tx.timers)
+            case .disarm(let timer): if let t = tx.timers.removeValue(forKey: timer) { loop.cancel(t) }
+            case .passUp: break   // the only ACK passed up (RFC 6026) is handled by clientAcknowledged
+            case .timedOut:
+                // No ACK for our final response: the client is gone.
+                if let call = tx.call { endCall(call) }
+            case .terminate:
+                for t in tx.timers.values { loop.cancel(t) }
+                serverTransactions[tx.key] = nil
+                transactionsByID[tx.id] = nil
+            }
+        }
+    }
+
+    private func perform(_ actions: [TransactionAction], client tx: ClientTxRecord, message: SIPMessage?) {
+        for action in actions {
+            switch action {
+            case .send(let bytes): sender.send(bytes, to: tx.peer)
+            case .arm(let timer, let ms): arm(timer, ms, id: tx.id, in: &tx.timers)
+            case .disarm(let timer): if let t = tx.timers.removeValue(forKey: timer) { loop.cancel(t) }
+            case .passUp:
+                if let message, let call = tx.call, tx.machine.isInvite { backendInviteResponse(message, call: call) }
+            case .timedOut:
+                // The backend never answered (Timer B/F): the client gets 408.
+                if let call = tx.call, let server = call.clientInvite, tx.machine.isInvite {
+                    respond(server, status: 408)
+                    call.clientInvite = nil
+                    endCall(call)
+                }
+            case .terminate:
+                for t in tx.timers.values { loop.cancel(t) }
+                clientTransactions[tx.key] = nil
+                transactionsByID[tx.id] = nil
+            }
+        }
+    }
+
+    private func arm(_ timer: TransactionTimer, _ ms: UInt64, id: UInt32, in timers: inout [TransactionTimer: TimerID]) {
+        if let old = timers[timer] { loop.cancel(old) }
+        timers[timer] = loop.schedule(afterMilliseconds: ms, target: self, token: UInt64(id) << 8 | UInt64(timer.rawValue))
+    }
+
+    private static let answerFlag: UInt64 = 1 << 63
+
+    private static func answerToken(_ call: Call) -> UInt64 { answerFlag | UInt64(call.number) }
+
+    public func timerFired(_ token: UInt64, on loop: EventLoop) {
+        if token & Self.answerFlag != 0 {
+            guard let call = callsByNumber[UInt32(truncatingIfNeeded: token)], let answer = call.answer else { return }
+            if loop.now >= call.answerDeadline {
+                // §13.3.1.4: no ACK within 64*T1: end the call (BYE to the backend).
+                call.answerTimer = nil
+                call.backend.localCSeq += 1
+                startClient(inDialogRequest("BYE", leg: call.backend, cseq: call.backend.localCSeq), to: call.backend.peer, call: nil)
+                endCall(call)
+                return
+            }
+            sender.send(answer, to: call.client.peer)
+            call.answerInterval = min(call.answerInterval * 2, config.timers.t2)
+            call.answerTimer = loop.schedule(afterMilliseconds: call.answerInterval, target: self, token: token)
+            return
+        }
+        let id = UInt32(truncatingIfNeeded: token >> 8)
+        guard let timer = TransactionTimer(rawValue: UInt8(truncatingIfNeeded: token)) else { return }
+        if let tx = transactionsByID[id] as? ServerTxRecord {
+            tx.timers[timer] = nil
+            perform(tx.machine.handle(.timerFired(timer)), server: tx)
+        } else if let tx = transactionsByID[id] as? ClientTxRecord {
+            tx.timers[timer] = nil
+            perform(tx.machine.handle(.timerFired(timer)), client: tx, message: nil)
+        }
+    }
+}

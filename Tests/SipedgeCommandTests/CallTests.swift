@@ -1,0 +1,89 @@
+import Foundation
+import Glibc
+import Testing
+
+/// Calls through the real `sipedge` binary between real SIPp peers on loopback.
+@Suite(.serialized) struct CallTests {
+    /// SIPp from Debian's sip-tester; under CI=true its absence fails the test rather than skipping it.
+    static var sipp: String? {
+        for path in ["/usr/bin/sipp", "/usr/local/bin/sipp"] where FileManager.default.isExecutableFile(atPath: path) { return path }
+        return nil
+    }
+
+    static func requireSIPp() throws -> String {
+        if let sipp { return sipp }
+        if ProcessInfo.processInfo.environment["CI"] == "true" {
+            Issue.record("sipp is not installed (make test installs sip-tester)")
+        }
+        throw SkipInfo()
+    }
+
+    struct SkipInfo: Error {}
+
+    static func process(_ path: String, _ args: [String], in dir: URL) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = args
+        p.currentDirectoryURL = dir
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        return p
+    }
+
+    static func lines(_ file: URL, prefix: String) -> Set<String> {
+        guard let text = try? String(contentsOf: file, encoding: .utf8) else { return [] }
+        return Set(text.split(whereSeparator: \.isNewline).filter { $0.lowercased().hasPrefix(prefix.lowercased()) }.map(String.init))
+    }
+
+    @Test func sipp_calls_cross_the_b2bua_and_neither_side_sees_the_other() throws {
+        guard let sipp = try? Self.requireSIPp() else { return }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-calls-\(getpid())-\(UInt16.random(in: 0...9999))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let base = Int.random(in: 20_000...40_000)
+        let (edgePort, uasPort, uacPort) = (base, base + 10, base + 20)
+        let config = """
+            workers = 2
+            [dispatcher]
+            destinations = ["127.0.0.1:\(uasPort)"]
+            [[listener]]
+            proto = "udp"
+            address = "127.0.0.1"
+            port = \(edgePort)
+            tag = "public"
+            """
+        let (edge, output) = try CommandTests.start(config)
+        defer { if edge.isRunning { edge.terminate() } }
+        #expect(CommandTests.waitFor(output, "listening udp"))
+        let uas = try Self.process(sipp, ["-sn", "uas", "-i", "127.0.0.1", "-p", "\(uasPort)", "-cp", "\(base + 1)", "-nostdin",
+                                          "-trace_msg", "-message_file", "uas.msg"], in: dir)
+        // SIPp ignores SIGTERM while it waits for calls: it is stopped with SIGKILL.
+        defer { if uas.isRunning { kill(uas.processIdentifier, SIGKILL) } }
+        usleep(300_000)
+        let uac = try Self.process(sipp, ["-sn", "uac", "127.0.0.1:\(edgePort)", "-i", "127.0.0.1", "-p", "\(uacPort)", "-cp", "\(base + 2)",
+                                          "-m", "50", "-r", "50", "-timeout", "30s", "-nostdin",
+                                          "-trace_msg", "-message_file", "uac.msg"], in: dir)
+        // Bounded: the UAC stops by itself after 50 calls or its 30 s timeout; this is a backstop.
+        for _ in 0..<600 where uac.isRunning { usleep(100_000) }
+        if uac.isRunning { kill(uac.processIdentifier, SIGKILL) }
+        uac.waitUntilExit()
+        #expect(uac.terminationStatus == 0, "SIPp's exit status is 0 only when every call succeeded")
+        kill(uas.processIdentifier, SIGKILL)
+        uas.waitUntilExit()
+        edge.terminate()
+        edge.waitUntilExit()
+        #expect(CommandTests.waitFor(output, "stopped:"))
+
+        // Topology hiding, from what each SIPp actually received and sent.
+        let uacLog = dir.appendingPathComponent("uac.msg"), uasLog = dir.appendingPathComponent("uas.msg")
+        let uacText = try String(contentsOf: uacLog, encoding: .utf8), uasText = try String(contentsOf: uasLog, encoding: .utf8)
+        let uacCallIDs = Self.lines(uacLog, prefix: "Call-ID:"), uasCallIDs = Self.lines(uasLog, prefix: "Call-ID:")
+        #expect(uacCallIDs.count >= 50 && uasCallIDs.count >= 50)
+        #expect(uacCallIDs.isDisjoint(with: uasCallIDs), "no Call-ID crosses from one side to the other")
+        #expect(!uasText.contains("127.0.0.1:\(uacPort)"), "the Asterisk side never sees the client's address")
+        #expect(!uacText.contains("127.0.0.1:\(uasPort)"), "the client never sees the Asterisk's address")
+        let uacBranches = Self.lines(uacLog, prefix: "Via:"), uasBranches = Self.lines(uasLog, prefix: "Via:")
+        #expect(uacBranches.isDisjoint(with: uasBranches))
+    }
+}
