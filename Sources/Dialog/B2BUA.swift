@@ -55,6 +55,13 @@ final class Call {
     var answerDeadline: UInt64 = 0
     /// The ACK sent to the backend for its 2xx, resent if the 2xx is retransmitted.
     var backendACK: [UInt8]?
+    /// Serial failover: which destination this call started with, how many it has tried, and
+    /// whether a backend has committed to it (a provisional with a To tag, or a 2xx).
+    var firstDestination = 0
+    var attempts = 0
+    var committed = false
+    /// The Request-URI user, to address each backend.
+    var user = ""
 
     init(number: UInt32, client: Leg, backend: Leg) {
         self.number = number
@@ -184,42 +191,72 @@ public final class B2BUA: TimerTarget {
             respond(tx, status: 503)
             return
         }
-        let backendAddress = config.backends[callsStarted % config.backends.count]
-        let user = uri.user.map { String(decoding: $0.bytes, as: UTF8.self) + "@" } ?? ""
-        let backendURI = Array("sip:\(user)\(backendAddress.family == .inet6 ? "[\(backendAddress.ipString)]" : backendAddress.ipString):\(backendAddress.port)".utf8)
         // The caller's identity goes on, but not its address: the From URI's host becomes ours.
         let backendFrom = Array((from.displayName.map { $0.string + " " } ?? "").utf8)
             + Array("<sip:\(from.uri.user.map { String(decoding: $0.bytes, as: UTF8.self) + "@" } ?? "")\(config.host):\(config.port)>".utf8)
-        let backendLeg = Leg(callID: ids.make(), localTag: ids.make(), remoteTag: nil, localCSeq: 1,
-                             localURI: backendFrom, remoteURI: addressPart(to), remoteTarget: backendURI, peer: backendAddress)
+        let backendLeg = Leg(callID: "", localTag: "", remoteTag: nil, localCSeq: 1, localURI: backendFrom,
+                             remoteURI: addressPart(to), remoteTarget: [], peer: config.backends[0])
         let call = Call(number: takeID(), client: clientLeg, backend: backendLeg)
+        call.user = uri.user.map { String(decoding: $0.bytes, as: UTF8.self) } ?? ""
+        call.firstDestination = callsStarted % config.backends.count
         call.clientInvite = tx
         tx.call = call
         calls[clientLeg.callID] = call
-        calls[backendLeg.callID] = call
         callsByNumber[call.number] = call
         callsStarted += 1
-
         let maxForwards = ((try? invite.maxForwards()) ?? 70) ?? 70
         guard maxForwards > 0 else {
             respond(tx, status: 483)
             endCall(call)
             return
         }
-        var b = MessageBuilder(requestLine: "INVITE", uri: backendURI)
+        tryNextBackend(call)
+    }
+
+    /// Sends the call's INVITE to its next destination, as a fresh backend leg (own Call-ID, tag,
+    /// branch). Serial failover calls it again after a failure before the backend committed.
+    private func tryNextBackend(_ call: Call) {
+        guard let tx = call.clientInvite else { return }
+        let invite = tx.request
+        let destination = config.backends[(call.firstDestination + call.attempts) % config.backends.count]
+        call.attempts += 1
+        if !call.backend.callID.isEmpty { calls[call.backend.callID] = nil }
+        let host = destination.family == .inet6 ? "[\(destination.ipString)]" : destination.ipString
+        let target = Array("sip:\(call.user.isEmpty ? "" : call.user + "@")\(host):\(destination.port)".utf8)
+        call.backend.callID = ids.make()
+        call.backend.localTag = ids.make()
+        call.backend.remoteTag = nil
+        call.backend.remoteTarget = target
+        call.backend.peer = destination
+        calls[call.backend.callID] = call
+        let maxForwards = ((try? invite.maxForwards()) ?? 70) ?? 70
+        var b = MessageBuilder(requestLine: "INVITE", uri: target)
         b.header("Via", "SIP/2.0/UDP \(config.host):\(config.port);branch=\(newBranch());rport")
         b.header("Max-Forwards", "\(maxForwards - 1)")
-        b.header("From", backendLeg.localURI + Array(";tag=\(backendLeg.localTag)".utf8))
-        b.header("To", backendLeg.remoteURI)
-        b.header("Call-ID", backendLeg.callID)
-        b.header("CSeq", "\(backendLeg.localCSeq) INVITE")
+        b.header("From", call.backend.localURI + Array(";tag=\(call.backend.localTag)".utf8))
+        b.header("To", call.backend.remoteURI)
+        b.header("Call-ID", call.backend.callID)
+        b.header("CSeq", "\(call.backend.localCSeq) INVITE")
         b.header("Contact", contact)
-        startClient(b.finish(contentType: invite.contentType, body: invite.body.bytes), to: backendAddress, call: call)
+        startClient(b.finish(contentType: invite.contentType, body: invite.body.bytes), to: destination, call: call)
+    }
+
+    /// Whether a failed attempt may go to another destination: the backend has not committed
+    /// (no provisional with a To tag), it failed with a timeout, 408 or 5xx, and one is left.
+    private func mayFailOver(_ call: Call, status: Int?) -> Bool {
+        guard !call.committed, call.attempts < config.backends.count, call.clientInvite != nil else { return false }
+        guard let status else { return true }
+        return status == 408 || (status >= 500 && status < 600)
     }
 
     /// A response to the backend INVITE, passed up by its client transaction.
     private func backendInviteResponse(_ response: SIPMessage, call: Call) {
         guard let status = response.statusCode, status > 100, let tx = call.clientInvite else { return }
+        if status >= 300 && mayFailOver(call, status: status) {
+            tryNextBackend(call)
+            return
+        }
+        if status >= 200 || response.tag(of: .to) != nil { call.committed = true }
         if status < 300, let tag = response.tag(of: .to) {
             call.backend.remoteTag = tag.string
             if let contact = try? response.contact(), case .addresses(let a) = contact, let first = a.first {
@@ -314,6 +351,16 @@ public final class B2BUA: TimerTarget {
         return Array(base[start..<end])
     }
 
+    /// The transport says `destination` refused what we sent (ICMP unreachable): every client
+    /// transaction toward it fails at once, instead of after Timer B or F.
+    public func unreachable(_ destination: SocketAddress) {
+        loop.assertInLoop()
+        let failing = clientTransactions.values.filter { $0.peer == destination }
+        for tx in failing {
+            perform(tx.machine.handle(.transportError), client: tx, message: nil)
+        }
+    }
+
     // MARK: - Transactions
 
     private func takeID() -> UInt32 {
@@ -369,8 +416,10 @@ public final class B2BUA: TimerTarget {
             case .passUp:
                 if let message, let call = tx.call, tx.machine.isInvite { backendInviteResponse(message, call: call) }
             case .timedOut:
-                // The backend never answered (Timer B/F): the client gets 408.
-                if let call = tx.call, let server = call.clientInvite, tx.machine.isInvite {
+                // The backend never answered (Timer B) or is unreachable: the next one, or 408.
+                if let call = tx.call, tx.machine.isInvite, mayFailOver(call, status: nil) {
+                    tryNextBackend(call)
+                } else if let call = tx.call, let server = call.clientInvite, tx.machine.isInvite {
                     respond(server, status: 408)
                     call.clientInvite = nil
                     endCall(call)

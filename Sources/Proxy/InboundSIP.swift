@@ -25,6 +25,15 @@ final class CallRouting: @unchecked Sendable {
         return workers.owner(of: m.callID?.bytes ?? [])
     }
 
+    /// An ICMP error names the destination, not the sender: with SO_REUSEPORT the kernel queues
+    /// it on whichever of the workers' sockets the reuseport hash picks, not always the one that
+    /// sent. Every worker is told (it is rare, and each checks only its own transactions).
+    func unreachable(_ destination: SocketAddress) {
+        for b2bua in b2buas {
+            workers.handOver(to: b2bua.loop.index) { b2bua.value.unreachable(destination) }
+        }
+    }
+
     func deliver(_ m: SIPMessage, from peer: SocketAddress) {
         guard !b2buas.isEmpty else { return }
         let b2bua = b2buas[owner(of: m)]
@@ -68,6 +77,11 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
 
     func received(_ datagram: [UInt8], from peer: SocketAddress, on endpoint: UDPEndpoint) {
         accept(datagram, from: peer, via: .udp)
+    }
+
+    func unreachable(_ destination: SocketAddress, error: SystemError, on endpoint: UDPEndpoint) {
+        logger.info("udp: \(destination) unreachable: \(error)")
+        routing.unreachable(destination)
     }
 
     func received(_ frame: [UInt8], on connection: TCPConnection) {

@@ -37,16 +37,20 @@ import Testing
         return Set(text.split(whereSeparator: \.isNewline).filter { $0.lowercased().hasPrefix(prefix.lowercased()) }.map(String.init))
     }
 
-    @Test func sipp_calls_cross_the_b2bua_and_neither_side_sees_the_other() throws {
-        guard let sipp = try? Self.requireSIPp() else { return }
+    /// Runs `calls` SIPp calls through a sipedge whose destinations are `destinations(uasPort)`.
+    /// Returns the UAC's exit status, the working directory (message traces), ports and edge output.
+    static func runCalls(_ calls: Int, timeout: Int = 30, destinations: (Int) -> [String]) throws
+        -> (status: Int32, dir: URL, uacPort: Int, uasPort: Int, output: String)? {
+        guard let sipp = try? Self.requireSIPp() else { return nil }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-calls-\(getpid())-\(UInt16.random(in: 0...9999))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let base = Int.random(in: 20_000...40_000)
         let (edgePort, uasPort, uacPort) = (base, base + 10, base + 20)
+        let list = destinations(uasPort).map { "\"\($0)\"" }.joined(separator: ", ")
         let config = """
             workers = 2
             [dispatcher]
-            destinations = ["127.0.0.1:\(uasPort)"]
+            destinations = [\(list)]
             [[listener]]
             proto = "udp"
             address = "127.0.0.1"
@@ -62,18 +66,24 @@ import Testing
         defer { if uas.isRunning { kill(uas.processIdentifier, SIGKILL) } }
         usleep(300_000)
         let uac = try Self.process(sipp, ["-sn", "uac", "127.0.0.1:\(edgePort)", "-i", "127.0.0.1", "-p", "\(uacPort)", "-cp", "\(base + 2)",
-                                          "-m", "50", "-r", "50", "-timeout", "30s", "-nostdin",
+                                          "-m", "\(calls)", "-r", "50", "-timeout", "\(timeout)s", "-nostdin",
                                           "-trace_msg", "-message_file", "uac.msg"], in: dir)
         // Bounded: the UAC stops by itself after 50 calls or its 30 s timeout; this is a backstop.
         for _ in 0..<600 where uac.isRunning { usleep(100_000) }
         if uac.isRunning { kill(uac.processIdentifier, SIGKILL) }
         uac.waitUntilExit()
-        #expect(uac.terminationStatus == 0, "SIPp's exit status is 0 only when every call succeeded")
         kill(uas.processIdentifier, SIGKILL)
         uas.waitUntilExit()
         edge.terminate()
         edge.waitUntilExit()
         #expect(CommandTests.waitFor(output, "stopped:"))
+        return (uac.terminationStatus, dir, uacPort, uasPort, output())
+    }
+
+    @Test func sipp_calls_cross_the_b2bua_and_neither_side_sees_the_other() throws {
+        guard let run = try Self.runCalls(50, destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "SIPp's exit status is 0 only when every call succeeded")
+        let (dir, uacPort, uasPort) = (run.dir, run.uacPort, run.uasPort)
 
         // Topology hiding, from what each SIPp actually received and sent.
         let uacLog = dir.appendingPathComponent("uac.msg"), uasLog = dir.appendingPathComponent("uas.msg")
@@ -85,5 +95,13 @@ import Testing
         #expect(!uacText.contains("127.0.0.1:\(uasPort)"), "the client never sees the Asterisk's address")
         let uacBranches = Self.lines(uacLog, prefix: "Via:"), uasBranches = Self.lines(uasLog, prefix: "Via:")
         #expect(uacBranches.isDisjoint(with: uasBranches))
+    }
+
+    @Test func calls_fail_over_from_an_unreachable_backend_at_once() throws {
+        // Every other call starts with a port nobody listens on: the ICMP refusal moves it on.
+        // Waiting for Timer B instead (32 s) would run into SIPp's 10 s limit and fail the calls.
+        guard let run = try Self.runCalls(20, timeout: 10, destinations: { ["127.0.0.1:\($0 + 5)", "127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every call reached the live backend within SIPp's 10 s")
+        #expect(run.output.contains("unreachable"))
     }
 }
