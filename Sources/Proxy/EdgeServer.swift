@@ -4,9 +4,9 @@ import SIPParser
 import Transport
 
 /// The running edge: one loop per worker, every configured listener opened on them (UDP and TCP/TLS
-/// once per worker with SO_REUSEPORT, SCTP on the first worker), and what arrives parsed and
-/// checked. Routing, transactions and the B2BUA plug in here as they arrive (issues 4 and 5); for
-/// now a message is counted, and an invalid one is logged with its reason.
+/// once per worker with SO_REUSEPORT, SCTP on the first worker), what arrives parsed and checked
+/// (an invalid message is logged with its reason), and a B2BUA per worker for calls over UDP.
+/// Calls over TCP, TLS and SCTP, and the dispatcher with probing, come next (issues 4 and 5).
 public final class EdgeServer: Sendable {
     public let config: EdgeConfig
     public let workers: WorkerGroup
