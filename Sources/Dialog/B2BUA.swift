@@ -60,6 +60,10 @@ final class Call {
     var firstDestination = 0
     var attempts = 0
     var committed = false
+    /// The INVITE sent to the current backend (a CANCEL copies its Via, From, To and Request-URI).
+    var backendInvite: SIPMessage?
+    /// The client cancelled: a late 2xx from the backend is ACKed and then ended with a BYE.
+    var cancelled = false
     /// The Request-URI user, to address each backend.
     var user = ""
 
@@ -165,6 +169,8 @@ public final class B2BUA: TimerTarget {
         switch method {
         case .invite:
             newCall(request, tx)
+        case .cancel:
+            cancel(request, tx, key: key)
         case .options:
             respond(tx, status: 200, extra: [("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS")])
         default:
@@ -238,7 +244,35 @@ public final class B2BUA: TimerTarget {
         b.header("Call-ID", call.backend.callID)
         b.header("CSeq", "\(call.backend.localCSeq) INVITE")
         b.header("Contact", contact)
-        startClient(b.finish(contentType: invite.contentType, body: invite.body.bytes), to: destination, call: call)
+        let bytes = b.finish(contentType: invite.contentType, body: invite.body.bytes)
+        call.backendInvite = try? SIPMessage(parsing: bytes)
+        startClient(bytes, to: destination, call: call)
+    }
+
+    /// §9.2: a CANCEL is answered 200 by itself; if its INVITE is still pending, the INVITE gets
+    /// 487 and the backend gets its own CANCEL (§9.1: same branch and Request-URI as its INVITE).
+    private func cancel(_ request: SIPMessage, _ tx: ServerTxRecord, key: TransactionKey) {
+        let inviteKey = TransactionKey(branch: key.branch, method: "INVITE", sentBy: key.sentBy)
+        guard let inviteTx = serverTransactions[inviteKey], let call = inviteTx.call, call.clientInvite === inviteTx else {
+            respond(tx, status: 481)
+            return
+        }
+        respond(tx, status: 200)
+        guard call.state == .early else { return }   // answered already: the CANCEL changes nothing
+        call.cancelled = true
+        if let backendInvite = call.backendInvite {
+            var b = MessageBuilder(requestLine: "CANCEL", uri: backendInvite.requestURIBytes?.bytes ?? call.backend.remoteTarget)
+            if let via = backendInvite.topValue(.via) { b.header("Via", via.bytes) }
+            b.header("Max-Forwards", "70")
+            if let from = backendInvite.firstValue(.from) { b.header("From", from.bytes) }
+            if let to = backendInvite.firstValue(.to) { b.header("To", to.bytes) }
+            b.header("Call-ID", call.backend.callID)
+            b.header("CSeq", "\(call.backend.localCSeq) CANCEL")
+            startClient(b.finish(), to: call.backend.peer, call: nil)
+        }
+        let bytes = MessageBuilder.response(to: inviteTx.request, status: 487, toTag: call.client.localTag)
+        perform(inviteTx.machine.handle(.respond(status: 487, bytes: bytes)), server: inviteTx)
+        call.clientInvite = nil
     }
 
     /// Whether a failed attempt may go to another destination: the backend has not committed
@@ -251,6 +285,10 @@ public final class B2BUA: TimerTarget {
 
     /// A response to the backend INVITE, passed up by its client transaction.
     private func backendInviteResponse(_ response: SIPMessage, call: Call) {
+        if call.cancelled {
+            cancelledCallAnswered(response, call: call)
+            return
+        }
         guard let status = response.statusCode, status > 100, let tx = call.clientInvite else { return }
         if status >= 300 && mayFailOver(call, status: status) {
             tryNextBackend(call)
@@ -288,6 +326,22 @@ public final class B2BUA: TimerTarget {
             call.clientInvite = nil
             endCall(call)
         }
+    }
+
+    /// After a CANCEL: the backend's final answer ends the call; a 2xx that crossed the CANCEL is
+    /// ACKed and followed by a BYE (§9.1: the CANCEL came too late for it).
+    private func cancelledCallAnswered(_ response: SIPMessage, call: Call) {
+        guard let status = response.statusCode, status >= 200 else { return }
+        if status < 300, call.state != .ended {
+            call.backend.remoteTag = response.tag(of: .to)?.string
+            if let contact = try? response.contact(), case .addresses(let a) = contact, let first = a.first {
+                call.backend.remoteTarget = first.uri.text.bytes
+            }
+            sender.send(inDialogRequest("ACK", leg: call.backend, cseq: call.backend.localCSeq), to: call.backend.peer)
+            call.backend.localCSeq += 1
+            startClient(inDialogRequest("BYE", leg: call.backend, cseq: call.backend.localCSeq), to: call.backend.peer, call: nil)
+        }
+        endCall(call)
     }
 
     private func clientAcknowledged(_ call: Call) {

@@ -39,7 +39,8 @@ import Testing
 
     /// Runs `calls` SIPp calls through a sipedge whose destinations are `destinations(uasPort)`.
     /// Returns the UAC's exit status, the working directory (message traces), ports and edge output.
-    static func runCalls(_ calls: Int, timeout: Int = 30, destinations: (Int) -> [String]) throws
+    static func runCalls(_ calls: Int, timeout: Int = 30, uacScenario: String? = nil, uasScenario: String? = nil,
+                         destinations: (Int) -> [String]) throws
         -> (status: Int32, dir: URL, uacPort: Int, uasPort: Int, output: String)? {
         guard let sipp = try? Self.requireSIPp() else { return nil }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-calls-\(getpid())-\(UInt16.random(in: 0...9999))")
@@ -60,12 +61,16 @@ import Testing
         let (edge, output) = try CommandTests.start(config)
         defer { if edge.isRunning { edge.terminate() } }
         #expect(CommandTests.waitFor(output, "listening udp"))
-        let uas = try Self.process(sipp, ["-sn", "uas", "-i", "127.0.0.1", "-p", "\(uasPort)", "-cp", "\(base + 1)", "-nostdin",
+        if let uacScenario { try uacScenario.write(to: dir.appendingPathComponent("uac.xml"), atomically: true, encoding: .utf8) }
+        if let uasScenario { try uasScenario.write(to: dir.appendingPathComponent("uas.xml"), atomically: true, encoding: .utf8) }
+        let uasKind = uasScenario == nil ? ["-sn", "uas"] : ["-sf", "uas.xml"]
+        let uacKind = uacScenario == nil ? ["-sn", "uac"] : ["-sf", "uac.xml"]
+        let uas = try Self.process(sipp, uasKind + ["-i", "127.0.0.1", "-p", "\(uasPort)", "-cp", "\(base + 1)", "-nostdin",
                                           "-trace_msg", "-message_file", "uas.msg"], in: dir)
         // SIPp ignores SIGTERM while it waits for calls: it is stopped with SIGKILL.
         defer { if uas.isRunning { kill(uas.processIdentifier, SIGKILL) } }
         usleep(300_000)
-        let uac = try Self.process(sipp, ["-sn", "uac", "127.0.0.1:\(edgePort)", "-i", "127.0.0.1", "-p", "\(uacPort)", "-cp", "\(base + 2)",
+        let uac = try Self.process(sipp, uacKind + ["127.0.0.1:\(edgePort)", "-i", "127.0.0.1", "-p", "\(uacPort)", "-cp", "\(base + 2)",
                                           "-m", "\(calls)", "-r", "50", "-timeout", "\(timeout)s", "-nostdin",
                                           "-trace_msg", "-message_file", "uac.msg"], in: dir)
         // Bounded: the UAC stops by itself after 50 calls or its 30 s timeout; this is a backstop.
@@ -97,6 +102,14 @@ import Testing
         #expect(uacBranches.isDisjoint(with: uasBranches))
     }
 
+    @Test func rfc3261_9_cancel_reaches_the_backend_and_the_caller_gets_487() throws {
+        guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.cancellingCaller, uasScenario: Scenarios.ringingCallee,
+                                          destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every caller got 200 for its CANCEL and 487 for its INVITE\n\(run.output)")
+        let uasLog = try String(contentsOf: run.dir.appendingPathComponent("uas.msg"), encoding: .utf8)
+        #expect(uasLog.components(separatedBy: "CANCEL sip:").count - 1 >= 10, "the backend saw each CANCEL")
+    }
+
     @Test func calls_fail_over_from_an_unreachable_backend_at_once() throws {
         // Every other call starts with a port nobody listens on: the ICMP refusal moves it on.
         // Waiting for Timer B instead (32 s) would run into SIPp's 10 s limit and fail the calls.
@@ -104,4 +117,93 @@ import Testing
         #expect(run.status == 0, "every call reached the live backend within SIPp's 10 s")
         #expect(run.output.contains("unreachable"))
     }
+}
+
+/// SIPp scenarios the built-in ones do not cover.
+enum Scenarios {
+    /// Caller: INVITE, wait for 180, CANCEL, expect 200 (CANCEL) and 487 (INVITE), ACK.
+    static let cancellingCaller = """
+        <?xml version="1.0" encoding="ISO-8859-1" ?>
+        <scenario name="cancelling caller">
+          <send retrans="500"><![CDATA[
+        INVITE sip:service@[remote_ip]:[remote_port] SIP/2.0
+        Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+        From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+        To: service <sip:service@[remote_ip]:[remote_port]>
+        Call-ID: [call_id]
+        CSeq: 1 INVITE
+        Contact: sip:sipp@[local_ip]:[local_port]
+        Max-Forwards: 70
+        Content-Length: 0
+
+          ]]></send>
+          <recv response="100" optional="true"/>
+          <recv response="180"/>
+          <send><![CDATA[
+        CANCEL sip:service@[remote_ip]:[remote_port] SIP/2.0
+        [last_Via:]
+        From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+        To: service <sip:service@[remote_ip]:[remote_port]>
+        Call-ID: [call_id]
+        CSeq: 1 CANCEL
+        Max-Forwards: 70
+        Content-Length: 0
+
+          ]]></send>
+          <recv response="200"/>
+          <recv response="487"/>
+          <send><![CDATA[
+        ACK sip:service@[remote_ip]:[remote_port] SIP/2.0
+        [last_Via:]
+        From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+        [last_To:]
+        Call-ID: [call_id]
+        CSeq: 1 ACK
+        Max-Forwards: 70
+        Content-Length: 0
+
+          ]]></send>
+        </scenario>
+        """
+
+    /// Callee: rings, then answers the CANCEL with 200 and the INVITE with 487, waits for the ACK.
+    static let ringingCallee = """
+        <?xml version="1.0" encoding="ISO-8859-1" ?>
+        <scenario name="ringing callee">
+          <recv request="INVITE"/>
+          <send><![CDATA[
+        SIP/2.0 180 Ringing
+        [last_Via:]
+        [last_From:]
+        [last_To:];tag=[pid]SIPpTag01[call_number]
+        [last_Call-ID:]
+        [last_CSeq:]
+        Contact: <sip:[local_ip]:[local_port]>
+        Content-Length: 0
+
+          ]]></send>
+          <recv request="CANCEL"/>
+          <send><![CDATA[
+        SIP/2.0 200 OK
+        [last_Via:]
+        [last_From:]
+        [last_To:];tag=[pid]SIPpTag01[call_number]
+        [last_Call-ID:]
+        [last_CSeq:]
+        Content-Length: 0
+
+          ]]></send>
+          <send><![CDATA[
+        SIP/2.0 487 Request Terminated
+        [last_Via:]
+        [last_From:]
+        [last_To:];tag=[pid]SIPpTag01[call_number]
+        [last_Call-ID:]
+        CSeq: 1 INVITE
+        Content-Length: 0
+
+          ]]></send>
+          <recv request="ACK"/>
+        </scenario>
+        """
 }
