@@ -64,6 +64,10 @@ final class Call {
     var backendInvite: SIPMessage?
     /// The client cancelled: a late 2xx from the backend is ACKed and then ended with a BYE.
     var cancelled = false
+    /// A re-INVITE is on its way through; another one meets 491 (glare, RFC 3261 §14.2).
+    var reinviteInProgress = false
+    /// The ACK for the last relayed re-INVITE's 2xx, resent if that 2xx is retransmitted.
+    var reinviteACK: [UInt8]?
     /// The Request-URI user, to address each backend.
     var user = ""
 
@@ -84,6 +88,8 @@ final class TransactionRecord<Machine> {
     let key: TransactionKey
     var timers: [TransactionTimer: TimerID] = [:]
     weak var call: Call?
+    /// For a request relayed from one leg to the other: the server transaction it answers.
+    var origin: AnyObject?
 
     init(id: UInt32, machine: Machine, request: SIPMessage, peer: SocketAddress, key: TransactionKey) {
         self.id = id
@@ -367,15 +373,72 @@ public final class B2BUA: TimerTarget {
             let bye = inDialogRequest("BYE", leg: other, cseq: other.localCSeq)
             startClient(bye, to: other.peer, call: nil)
             endCall(call)
-        case .options:
-            respond(tx, status: 200)
+        case .ack, .cancel:
+            break
         default:
-            respond(tx, status: 501)
+            relay(request, tx, call: call, fromClient: callID == call.client.callID)
         }
     }
 
+    /// Any other in-dialog request (re-INVITE, UPDATE, INFO, NOTIFY, MESSAGE, REFER, OPTIONS...)
+    /// goes to the other leg as that leg's own request; its response comes back the same way.
+    private func relay(_ request: SIPMessage, _ tx: ServerTxRecord, call: Call, fromClient: Bool) {
+        guard let method = request.method, let name = request.methodBytes?.string else { return }
+        let refreshesTarget = method == .invite || method == .update
+        if refreshesTarget, let contact = try? request.contact(), case .addresses(let a) = contact, let first = a.first {
+            // Target refresh (§12.2.2): the sender's new Contact.
+            if fromClient { call.client.remoteTarget = first.uri.text.bytes } else { call.backend.remoteTarget = first.uri.text.bytes }
+        }
+        if method == .invite {
+            perform(tx.machine.start(trying: MessageBuilder.response(to: request, status: 100, toTag: nil)), server: tx)
+            guard !call.reinviteInProgress else {
+                respond(tx, status: 491)
+                return
+            }
+            call.reinviteInProgress = true
+        }
+        var other = fromClient ? call.backend : call.client
+        other.localCSeq += 1
+        if fromClient { call.backend = other } else { call.client = other }
+        let bytes = inDialogRequest(name, leg: other, cseq: other.localCSeq, contact: refreshesTarget ? contact : nil,
+                                    contentType: request.contentType, body: request.body.bytes)
+        startClient(bytes, to: other.peer, call: call, origin: tx)
+    }
+
+    /// The other leg answered a relayed request: the answer goes back to the leg that asked.
+    private func relayResponse(_ response: SIPMessage, clientTx: ClientTxRecord, origin: ServerTxRecord) {
+        guard let status = response.statusCode, status > 100 else { return }
+        let call = clientTx.call
+        let isInvite = clientTx.machine.isInvite
+        if isInvite, status >= 200, let call {
+            let answeringLeg = clientTx.request.callID?.string == call.backend.callID ? call.backend : call.client
+            if status < 300 {
+                if origin.machine.state != .proceeding {
+                    // A retransmitted 2xx: our ACK was lost.
+                    if let ack = call.reinviteACK { sender.send(ack, to: answeringLeg.peer) }
+                    return
+                }
+                if let contact = try? response.contact(), case .addresses(let a) = contact, let first = a.first {
+                    if answeringLeg.callID == call.backend.callID { call.backend.remoteTarget = first.uri.text.bytes }
+                    else { call.client.remoteTarget = first.uri.text.bytes }
+                }
+                let leg = answeringLeg.callID == call.backend.callID ? call.backend : call.client
+                let ack = inDialogRequest("ACK", leg: leg, cseq: (try? clientTx.request.cseq().number) ?? leg.localCSeq)
+                call.reinviteACK = ack
+                sender.send(ack, to: leg.peer)
+            }
+            call.reinviteInProgress = false
+        }
+        let refreshes = origin.request.method == .invite || origin.request.method == .update
+        let bytes = MessageBuilder.response(to: origin.request, status: status, reason: response.reasonPhrase?.string, toTag: nil,
+                                            contact: refreshes && status < 300 ? contact : nil,
+                                            contentType: response.contentType, body: response.body.bytes)
+        perform(origin.machine.handle(.respond(status: status, bytes: bytes)), server: origin)
+    }
+
     /// A request within a leg's dialog, from the leg's own state (§12.2.1.1).
-    private func inDialogRequest(_ method: String, leg: Leg, cseq: UInt32) -> [UInt8] {
+    private func inDialogRequest(_ method: String, leg: Leg, cseq: UInt32, contact: String? = nil,
+                                 contentType: ByteView? = nil, body: [UInt8] = []) -> [UInt8] {
         var b = MessageBuilder(requestLine: method, uri: leg.remoteTarget)
         b.header("Via", "SIP/2.0/UDP \(config.host):\(config.port);branch=\(newBranch());rport")
         b.header("Max-Forwards", "70")
@@ -383,7 +446,8 @@ public final class B2BUA: TimerTarget {
         b.header("To", leg.remoteURI + (leg.remoteTag.map { Array(";tag=\($0)".utf8) } ?? []))
         b.header("Call-ID", leg.callID)
         b.header("CSeq", "\(cseq) \(method)")
-        return b.finish()
+        if let contact { b.header("Contact", contact) }
+        return b.finish(contentType: contentType, body: body)
     }
 
     private func endCall(_ call: Call) {
@@ -427,11 +491,12 @@ public final class B2BUA: TimerTarget {
         transactionsByID[tx.id] = tx
     }
 
-    private func startClient(_ bytes: [UInt8], to destination: SocketAddress, call: Call?) {
+    private func startClient(_ bytes: [UInt8], to destination: SocketAddress, call: Call?, origin: ServerTxRecord? = nil) {
         guard let request = try? SIPMessage(parsing: bytes), let key = TransactionKey.client(forRequest: request) else { return }
         let tx = ClientTxRecord(id: takeID(), machine: ClientTransaction(request: request, reliability: .unreliable, timers: config.timers),
                                 request: request, peer: destination, key: key)
         tx.call = call
+        tx.origin = origin
         clientTransactions[key] = tx
         transactionsByID[tx.id] = tx
         perform(tx.machine.start(), client: tx, message: nil)
@@ -468,8 +533,19 @@ public final class B2BUA: TimerTarget {
             case .arm(let timer, let ms): arm(timer, ms, id: tx.id, in: &tx.timers)
             case .disarm(let timer): if let t = tx.timers.removeValue(forKey: timer) { loop.cancel(t) }
             case .passUp:
-                if let message, let call = tx.call, tx.machine.isInvite { backendInviteResponse(message, call: call) }
+                guard let message else { break }
+                if let origin = tx.origin as? ServerTxRecord {
+                    relayResponse(message, clientTx: tx, origin: origin)
+                } else if let call = tx.call, tx.machine.isInvite {
+                    backendInviteResponse(message, call: call)
+                }
             case .timedOut:
+                if let origin = tx.origin as? ServerTxRecord {
+                    // The other leg did not answer a relayed request.
+                    tx.call?.reinviteInProgress = false
+                    respond(origin, status: 408)
+                    break
+                }
                 // The backend never answered (Timer B) or is unreachable: the next one, or 408.
                 if let call = tx.call, tx.machine.isInvite, mayFailOver(call, status: nil) {
                     tryNextBackend(call)

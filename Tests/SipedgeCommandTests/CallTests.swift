@@ -110,6 +110,17 @@ import Testing
         #expect(uasLog.components(separatedBy: "CANCEL sip:").count - 1 >= 10, "the backend saw each CANCEL")
     }
 
+    @Test func rfc3261_14_a_reinvite_from_the_caller_reaches_the_callee_and_back() throws {
+        guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.holdingCaller, uasScenario: Scenarios.answeringCallee,
+                                          destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every caller's re-INVITE was answered\n\(run.output)")
+        let uasLog = try String(contentsOf: run.dir.appendingPathComponent("uas.msg"), encoding: .utf8)
+        let uacLog = try String(contentsOf: run.dir.appendingPathComponent("uac.msg"), encoding: .utf8)
+        #expect(uasLog.components(separatedBy: "a=sendonly").count - 1 >= 10, "the hold offer reached the callee")
+        #expect(uacLog.components(separatedBy: "a=recvonly").count - 1 >= 10, "the callee's answer reached the caller")
+        #expect(!uasLog.contains("127.0.0.1:\(run.uacPort)") && !uacLog.contains("127.0.0.1:\(run.uasPort)"))
+    }
+
     @Test func calls_fail_over_from_an_unreachable_backend_at_once() throws {
         // Every other call starts with a port nobody listens on: the ICMP refusal moves it on.
         // Waiting for Timer B instead (32 s) would run into SIPp's 10 s limit and fail the calls.
@@ -121,89 +132,97 @@ import Testing
 
 /// SIPp scenarios the built-in ones do not cover.
 enum Scenarios {
-    /// Caller: INVITE, wait for 180, CANCEL, expect 200 (CANCEL) and 487 (INVITE), ACK.
-    static let cancellingCaller = """
-        <?xml version="1.0" encoding="ISO-8859-1" ?>
-        <scenario name="cancelling caller">
-          <send retrans="500"><![CDATA[
-        INVITE sip:service@[remote_ip]:[remote_port] SIP/2.0
-        Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+    static let sdp = """
+        v=0
+        o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+        s=-
+        c=IN IP[media_ip_type] [media_ip]
+        t=0 0
+        m=audio [media_port] RTP/AVP 0
+        a=rtpmap:0 PCMU/8000
+        """
+
+    /// A `<send>` of the caller: `method` with CSeq `cseq`, the callee's tag once it has one, an
+    /// optional SDP body (plus `extraSDP` lines). `sameBranch`: the INVITE's Via (a CANCEL, or the
+    /// ACK for a non-2xx final, belongs to the INVITE's transaction).
+    static func callerSends(_ method: String, cseq: Int, withTag: Bool, sdp withSDP: Bool = false, extraSDP: String = "",
+                            retransmit: Bool = true, sameBranch: Bool = false) -> String {
+        let body = withSDP ? "Content-Type: application/sdp\nContent-Length: [len]\n\n\(sdp)\n\(extraSDP)" : "Content-Length: 0\n"
+        return """
+          <send\(retransmit ? " retrans=\"500\"" : "")><![CDATA[
+        \(method) sip:service@[remote_ip]:[remote_port] SIP/2.0
+        \(sameBranch ? "[last_Via:]" : "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]")
         From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-        To: service <sip:service@[remote_ip]:[remote_port]>
+        To: service <sip:service@[remote_ip]:[remote_port]>\(withTag ? "[peer_tag_param]" : "")
         Call-ID: [call_id]
-        CSeq: 1 INVITE
+        CSeq: \(cseq) \(method)
         Contact: sip:sipp@[local_ip]:[local_port]
         Max-Forwards: 70
-        Content-Length: 0
-
+        \(body)
           ]]></send>
-          <recv response="100" optional="true"/>
-          <recv response="180"/>
-          <send><![CDATA[
-        CANCEL sip:service@[remote_ip]:[remote_port] SIP/2.0
-        [last_Via:]
-        From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-        To: service <sip:service@[remote_ip]:[remote_port]>
-        Call-ID: [call_id]
-        CSeq: 1 CANCEL
-        Max-Forwards: 70
-        Content-Length: 0
-
-          ]]></send>
-          <recv response="200"/>
-          <recv response="487"/>
-          <send><![CDATA[
-        ACK sip:service@[remote_ip]:[remote_port] SIP/2.0
-        [last_Via:]
-        From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-        [last_To:]
-        Call-ID: [call_id]
-        CSeq: 1 ACK
-        Max-Forwards: 70
-        Content-Length: 0
-
-          ]]></send>
-        </scenario>
         """
+    }
+
+    /// A `<send>` of the callee: a response to the last request, with its tag and an optional SDP.
+    static func calleeAnswers(_ status: String, tag: Bool, sdp withSDP: Bool = false, extraSDP: String = "", cseq: String = "[last_CSeq:]") -> String {
+        let body = withSDP ? "Content-Type: application/sdp\nContent-Length: [len]\n\n\(sdp)\n\(extraSDP)" : "Content-Length: 0\n"
+        return """
+          <send><![CDATA[
+        SIP/2.0 \(status)
+        [last_Via:]
+        [last_From:]
+        [last_To:]\(tag ? ";tag=[pid]SIPpTag01[call_number]" : "")
+        [last_Call-ID:]
+        \(cseq)
+        Contact: <sip:[local_ip]:[local_port]>
+        \(body)
+          ]]></send>
+        """
+    }
+
+    static func scenario(_ name: String, _ steps: [String]) -> String {
+        "<?xml version=\"1.0\" encoding=\"ISO-8859-1\" ?>\n<scenario name=\"\(name)\">\n" + steps.joined(separator: "\n") + "\n</scenario>\n"
+    }
+
+    /// Caller: INVITE, wait for 180, CANCEL, expect 200 (CANCEL) and 487 (INVITE), ACK.
+    static let cancellingCaller = scenario("cancelling caller", [
+        callerSends("INVITE", cseq: 1, withTag: false),
+        #"<recv response="100" optional="true"/>"#, #"<recv response="180"/>"#,
+        callerSends("CANCEL", cseq: 1, withTag: false, retransmit: false, sameBranch: true),
+        #"<recv response="200"/>"#, #"<recv response="487"/>"#,
+        callerSends("ACK", cseq: 1, withTag: true, retransmit: false, sameBranch: true),
+    ])
 
     /// Callee: rings, then answers the CANCEL with 200 and the INVITE with 487, waits for the ACK.
-    static let ringingCallee = """
-        <?xml version="1.0" encoding="ISO-8859-1" ?>
-        <scenario name="ringing callee">
-          <recv request="INVITE"/>
-          <send><![CDATA[
-        SIP/2.0 180 Ringing
-        [last_Via:]
-        [last_From:]
-        [last_To:];tag=[pid]SIPpTag01[call_number]
-        [last_Call-ID:]
-        [last_CSeq:]
-        Contact: <sip:[local_ip]:[local_port]>
-        Content-Length: 0
+    static let ringingCallee = scenario("ringing callee", [
+        #"<recv request="INVITE"/>"#,
+        calleeAnswers("180 Ringing", tag: true),
+        #"<recv request="CANCEL"/>"#,
+        calleeAnswers("200 OK", tag: true),
+        calleeAnswers("487 Request Terminated", tag: true, cseq: "CSeq: 1 INVITE"),
+        #"<recv request="ACK"/>"#,
+    ])
 
-          ]]></send>
-          <recv request="CANCEL"/>
-          <send><![CDATA[
-        SIP/2.0 200 OK
-        [last_Via:]
-        [last_From:]
-        [last_To:];tag=[pid]SIPpTag01[call_number]
-        [last_Call-ID:]
-        [last_CSeq:]
-        Content-Length: 0
+    /// Caller: a call, then a re-INVITE putting it on hold (a=sendonly), then BYE.
+    static let holdingCaller = scenario("caller that holds", [
+        callerSends("INVITE", cseq: 1, withTag: false, sdp: true),
+        #"<recv response="100" optional="true"/>"#, #"<recv response="180" optional="true"/>"#, #"<recv response="200" rtd="true"/>"#,
+        callerSends("ACK", cseq: 1, withTag: true, retransmit: false),
+        #"<pause milliseconds="50"/>"#,
+        callerSends("INVITE", cseq: 2, withTag: true, sdp: true, extraSDP: "a=sendonly\n"),
+        #"<recv response="100" optional="true"/>"#, #"<recv response="200"/>"#,
+        callerSends("ACK", cseq: 2, withTag: true, retransmit: false),
+        callerSends("BYE", cseq: 3, withTag: true),
+        #"<recv response="200"/>"#,
+    ])
 
-          ]]></send>
-          <send><![CDATA[
-        SIP/2.0 487 Request Terminated
-        [last_Via:]
-        [last_From:]
-        [last_To:];tag=[pid]SIPpTag01[call_number]
-        [last_Call-ID:]
-        CSeq: 1 INVITE
-        Content-Length: 0
-
-          ]]></send>
-          <recv request="ACK"/>
-        </scenario>
-        """
+    /// Callee: answers, accepts a re-INVITE (a=recvonly), then the BYE.
+    static let answeringCallee = scenario("callee that accepts a re-INVITE", [
+        #"<recv request="INVITE"/>"#,
+        calleeAnswers("200 OK", tag: true, sdp: true),
+        #"<recv request="ACK"/>"#, #"<recv request="INVITE"/>"#,
+        calleeAnswers("200 OK", tag: false, sdp: true, extraSDP: "a=recvonly\n"),
+        #"<recv request="ACK"/>"#, #"<recv request="BYE"/>"#,
+        calleeAnswers("200 OK", tag: false),
+    ])
 }
