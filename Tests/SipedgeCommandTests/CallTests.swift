@@ -121,6 +121,15 @@ import Testing
         #expect(!uasLog.contains("127.0.0.1:\(run.uacPort)") && !uacLog.contains("127.0.0.1:\(run.uasPort)"))
     }
 
+    @Test func a_bye_from_the_callee_ends_both_legs() throws {
+        guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.waitingCaller, uasScenario: Scenarios.hangingUpCallee,
+                                          destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every caller received the BYE and its 200 reached the callee's side\n\(run.output)")
+        let uacLog = try String(contentsOf: run.dir.appendingPathComponent("uac.msg"), encoding: .utf8)
+        #expect(uacLog.components(separatedBy: "BYE sip:").count - 1 >= 10, "each caller got a BYE from the edge")
+        #expect(!uacLog.contains("127.0.0.1:\(run.uasPort)"))
+    }
+
     @Test func calls_fail_over_from_an_unreachable_backend_at_once() throws {
         // Every other call starts with a port nobody listens on: the ICMP refusal moves it on.
         // Waiting for Timer B instead (32 s) would run into SIPp's 10 s limit and fail the calls.
@@ -214,6 +223,46 @@ enum Scenarios {
         callerSends("ACK", cseq: 2, withTag: true, retransmit: false),
         callerSends("BYE", cseq: 3, withTag: true),
         #"<recv response="200"/>"#,
+    ])
+
+    /// Callee: answers, then hangs up itself. SIPp's keywords for a UAS's own request are not
+    /// filled in, so the INVITE's Contact, From and To are captured and turned around.
+    static let hangingUpCallee = scenario("callee that hangs up", [
+        """
+          <recv request="INVITE">
+            <action>
+              <ereg regexp="sip:[^>;]*" search_in="hdr" header="Contact:" assign_to="contact"/>
+              <ereg regexp=".*" search_in="hdr" header="From:" assign_to="from"/>
+              <ereg regexp=".*" search_in="hdr" header="To:" assign_to="to"/>
+            </action>
+          </recv>
+        """,
+        calleeAnswers("200 OK", tag: true, sdp: true),
+        #"<recv request="ACK"/>"#,
+        #"<pause milliseconds="50"/>"#,
+        """
+          <send retrans="500"><![CDATA[
+        BYE [$contact] SIP/2.0
+        Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+        From: [$to];tag=[pid]SIPpTag01[call_number]
+        To: [$from]
+        Call-ID: [call_id]
+        CSeq: 2 BYE
+        Max-Forwards: 70
+        Content-Length: 0
+
+          ]]></send>
+        """,
+        #"<recv response="200"/>"#,
+    ])
+
+    /// Caller: a call it does not end; it waits for the callee's BYE (through the edge) and answers it.
+    static let waitingCaller = scenario("caller that is hung up on", [
+        callerSends("INVITE", cseq: 1, withTag: false, sdp: true),
+        #"<recv response="100" optional="true"/>"#, #"<recv response="180" optional="true"/>"#, #"<recv response="200" rtd="true"/>"#,
+        callerSends("ACK", cseq: 1, withTag: true, retransmit: false),
+        #"<recv request="BYE"/>"#,
+        calleeAnswers("200 OK", tag: false),
     ])
 
     /// Callee: answers, accepts a re-INVITE (a=recvonly), then the BYE.
