@@ -40,7 +40,7 @@ import Testing
     /// Runs `calls` SIPp calls through a sipedge whose destinations are `destinations(uasPort)`.
     /// Returns the UAC's exit status, the working directory (message traces), ports and edge output.
     static func runCalls(_ calls: Int, timeout: Int = 30, uacScenario: String? = nil, uasScenario: String? = nil,
-                         destinations: (Int) -> [String]) throws
+                         lostPercent: Int = 0, destinations: (Int) -> [String]) throws
         -> (status: Int32, dir: URL, uacPort: Int, uasPort: Int, output: String)? {
         guard let sipp = try? Self.requireSIPp() else { return nil }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-calls-\(getpid())-\(UInt16.random(in: 0...9999))")
@@ -63,8 +63,9 @@ import Testing
         #expect(CommandTests.waitFor(output, "listening udp"))
         if let uacScenario { try uacScenario.write(to: dir.appendingPathComponent("uac.xml"), atomically: true, encoding: .utf8) }
         if let uasScenario { try uasScenario.write(to: dir.appendingPathComponent("uas.xml"), atomically: true, encoding: .utf8) }
-        let uasKind = uasScenario == nil ? ["-sn", "uas"] : ["-sf", "uas.xml"]
-        let uacKind = uacScenario == nil ? ["-sn", "uac"] : ["-sf", "uac.xml"]
+        let lost = lostPercent > 0 ? ["-lost", "\(lostPercent)"] : []
+        let uasKind = (uasScenario == nil ? ["-sn", "uas"] : ["-sf", "uas.xml"]) + lost
+        let uacKind = (uacScenario == nil ? ["-sn", "uac"] : ["-sf", "uac.xml"]) + lost
         let uas = try Self.process(sipp, uasKind + ["-i", "127.0.0.1", "-p", "\(uasPort)", "-cp", "\(base + 1)", "-nostdin",
                                           "-trace_msg", "-message_file", "uas.msg"], in: dir)
         // SIPp ignores SIGTERM while it waits for calls: it is stopped with SIGKILL.
@@ -119,6 +120,13 @@ import Testing
         #expect(uasLog.components(separatedBy: "a=sendonly").count - 1 >= 10, "the hold offer reached the callee")
         #expect(uacLog.components(separatedBy: "a=recvonly").count - 1 >= 10, "the callee's answer reached the caller")
         #expect(!uasLog.contains("127.0.0.1:\(run.uacPort)") && !uacLog.contains("127.0.0.1:\(run.uasPort)"))
+    }
+
+    @Test func rfc3261_17_calls_survive_lost_packets_through_retransmissions() throws {
+        // Both SIPp peers drop 10 % of what they send and receive, on purpose: every call must still
+        // complete, through SIPp's retransmissions and the edge's (Timers A, E, G and the 2xx).
+        guard let run = try Self.runCalls(30, timeout: 60, lostPercent: 10, destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every call completed despite the losses\n\(run.output)")
     }
 
     @Test func a_bye_from_the_callee_ends_both_legs() throws {
