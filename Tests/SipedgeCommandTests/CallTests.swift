@@ -125,7 +125,8 @@ import Testing
     @Test func rfc3261_17_calls_survive_lost_packets_through_retransmissions() throws {
         // Both SIPp peers drop 10 % of what they send and receive, on purpose: every call must still
         // complete, through SIPp's retransmissions and the edge's (Timers A, E, G and the 2xx).
-        guard let run = try Self.runCalls(30, timeout: 60, lostPercent: 10, destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        guard let run = try Self.runCalls(30, timeout: 60, uasScenario: Scenarios.lossyCallee, lostPercent: 10,
+                                          destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every call completed despite the losses\n\(run.output)")
     }
 
@@ -181,10 +182,11 @@ enum Scenarios {
     }
 
     /// A `<send>` of the callee: a response to the last request, with its tag and an optional SDP.
-    static func calleeAnswers(_ status: String, tag: Bool, sdp withSDP: Bool = false, extraSDP: String = "", cseq: String = "[last_CSeq:]") -> String {
+    static func calleeAnswers(_ status: String, tag: Bool, sdp withSDP: Bool = false, extraSDP: String = "", cseq: String = "[last_CSeq:]",
+                              retransmit: Bool = false, neverLost: Bool = false) -> String {
         let body = withSDP ? "Content-Type: application/sdp\nContent-Length: [len]\n\n\(sdp)\n\(extraSDP)" : "Content-Length: 0\n"
         return """
-          <send><![CDATA[
+          <send\(retransmit ? " retrans=\"500\"" : "")\(neverLost ? " lost=\"0\"" : "")><![CDATA[
         SIP/2.0 \(status)
         [last_Via:]
         [last_From:]
@@ -231,6 +233,21 @@ enum Scenarios {
         callerSends("ACK", cseq: 2, withTag: true, retransmit: false),
         callerSends("BYE", cseq: 3, withTag: true),
         #"<recv response="200"/>"#,
+    ])
+
+    /// Callee like SIPp's built-in UAS (ring, answer, wait for ACK and BYE), but its INVITE and 180
+    /// are never among the packets `-lost` drops: SIPp breaks a UAS call if it drops its first
+    /// message, and takes the edge's INVITE retransmission (sent, rightly, while no provisional has
+    /// come) for an unexpected message. Everything after the 180 may be lost.
+    static let lossyCallee = scenario("callee for lossy runs", [
+        #"<recv request="INVITE" lost="0"/>"#,
+        calleeAnswers("180 Ringing", tag: true, neverLost: true),
+        calleeAnswers("200 OK", tag: true, sdp: true, retransmit: true),
+        #"<recv request="ACK" optional="true" next="bye"/>"#,
+        #"<label id="bye"/>"#,
+        #"<recv request="BYE"/>"#,
+        calleeAnswers("200 OK", tag: false),
+        #"<pause milliseconds="4000"/>"#,
     ])
 
     /// Callee: answers, then hangs up itself. SIPp's keywords for a UAS's own request are not
