@@ -70,6 +70,9 @@ final class Call {
     var reinviteACK: [UInt8]?
     /// The Request-URI user, to address each backend.
     var user = ""
+    /// CSeq numbers of the INVITE on each leg (a PRACK's RAck names it).
+    var clientInviteCSeq: UInt32 = 1
+    var backendInviteCSeq: UInt32 = 1
 
     init(number: UInt32, client: Leg, backend: Leg) {
         self.number = number
@@ -210,6 +213,7 @@ public final class B2BUA: TimerTarget {
                              remoteURI: addressPart(to), remoteTarget: [], peer: config.backends[0])
         let call = Call(number: takeID(), client: clientLeg, backend: backendLeg)
         call.user = uri.user.map { String(decoding: $0.bytes, as: UTF8.self) } ?? ""
+        call.clientInviteCSeq = (try? invite.cseq().number) ?? 1
         call.firstDestination = callsStarted % config.backends.count
         call.clientInvite = tx
         tx.call = call
@@ -249,7 +253,9 @@ public final class B2BUA: TimerTarget {
         b.header("To", call.backend.remoteURI)
         b.header("Call-ID", call.backend.callID)
         b.header("CSeq", "\(call.backend.localCSeq) INVITE")
+        call.backendInviteCSeq = call.backend.localCSeq
         b.header("Contact", contact)
+        b.copy(MessageBuilder.endToEnd, from: invite)
         let bytes = b.finish(contentType: invite.contentType, body: invite.body.bytes)
         call.backendInvite = try? SIPMessage(parsing: bytes)
         startClient(bytes, to: destination, call: call)
@@ -320,7 +326,7 @@ public final class B2BUA: TimerTarget {
         }
         let bytes = MessageBuilder.response(to: tx.request, status: status, reason: response.reasonPhrase?.string,
                                             toTag: call.client.localTag, contact: status < 300 ? contact : nil,
-                                            contentType: response.contentType, body: response.body.bytes)
+                                            copying: response, contentType: response.contentType, body: response.body.bytes)
         perform(tx.machine.handle(.respond(status: status, bytes: bytes)), server: tx)
         if status >= 200 && status < 300 {
             call.answer = bytes
@@ -400,8 +406,15 @@ public final class B2BUA: TimerTarget {
         var other = fromClient ? call.backend : call.client
         other.localCSeq += 1
         if fromClient { call.backend = other } else { call.client = other }
+        var extra: [(String, String)] = []
+        if method == .prack, let rack = request.firstValue(.rack) {
+            // RFC 3262 §7.2: RAck names the INVITE by its CSeq, which differs between the legs.
+            let parts = rack.string.split(separator: " ", omittingEmptySubsequences: true)
+            let inviteCSeq = fromClient ? call.backendInviteCSeq : call.clientInviteCSeq
+            if parts.count == 3 { extra.append(("RAck", "\(parts[0]) \(inviteCSeq) \(parts[2])")) }
+        }
         let bytes = inDialogRequest(name, leg: other, cseq: other.localCSeq, contact: refreshesTarget ? contact : nil,
-                                    contentType: request.contentType, body: request.body.bytes)
+                                    extra: extra, copying: request, contentType: request.contentType, body: request.body.bytes)
         startClient(bytes, to: other.peer, call: call, origin: tx)
     }
 
@@ -432,12 +445,13 @@ public final class B2BUA: TimerTarget {
         let refreshes = origin.request.method == .invite || origin.request.method == .update
         let bytes = MessageBuilder.response(to: origin.request, status: status, reason: response.reasonPhrase?.string, toTag: nil,
                                             contact: refreshes && status < 300 ? contact : nil,
-                                            contentType: response.contentType, body: response.body.bytes)
+                                            copying: response, contentType: response.contentType, body: response.body.bytes)
         perform(origin.machine.handle(.respond(status: status, bytes: bytes)), server: origin)
     }
 
     /// A request within a leg's dialog, from the leg's own state (§12.2.1.1).
     private func inDialogRequest(_ method: String, leg: Leg, cseq: UInt32, contact: String? = nil,
+                                 extra: [(String, String)] = [], copying source: SIPMessage? = nil,
                                  contentType: ByteView? = nil, body: [UInt8] = []) -> [UInt8] {
         var b = MessageBuilder(requestLine: method, uri: leg.remoteTarget)
         b.header("Via", "SIP/2.0/UDP \(config.host):\(config.port);branch=\(newBranch());rport")
@@ -447,6 +461,8 @@ public final class B2BUA: TimerTarget {
         b.header("Call-ID", leg.callID)
         b.header("CSeq", "\(cseq) \(method)")
         if let contact { b.header("Contact", contact) }
+        for (name, value) in extra { b.header(name, value) }
+        if let source { b.copy(MessageBuilder.endToEnd, from: source) }
         return b.finish(contentType: contentType, body: body)
     }
 

@@ -32,6 +32,22 @@ public struct MessageBuilder {
         header(name, value.utf8)
     }
 
+    /// Headers that describe the session rather than the hop, so a B2BUA carries them from one
+    /// leg to the other (RFC 3262 reliability, RFC 4028 timers, capabilities, events, the body's
+    /// disposition, the reason of a BYE or CANCEL). Nothing that names a peer's address or dialog.
+    public static let endToEnd: [HeaderKind] = [
+        .supported, .require, .rseq, .allow, .allowEvents, .event, .subscriptionState, .sessionExpires,
+        .minSE, .contentDisposition, .reason, .accept, .privacy,
+    ]
+
+    /// Copies every line of these kinds from `message`, names and values as written.
+    public mutating func copy(_ kinds: [HeaderKind], from message: SIPMessage) {
+        for i in 0..<message.headerCount {
+            let h = message.header(at: i)
+            if kinds.contains(h.kind) { header(h.name.string, h.value.bytes) }
+        }
+    }
+
     /// Ends the headers with Content-Length (and Content-Type when there is a body), then the body.
     public mutating func finish(contentType: ByteView? = nil, body: some Collection<UInt8> = EmptyCollection<UInt8>()) -> [UInt8] {
         if let contentType, !body.isEmpty { header("Content-Type", contentType.bytes) }
@@ -73,6 +89,7 @@ public struct MessageBuilder {
     /// `toTag` added to To when it has none (a stateless error or a B2BUA leg's answer).
     public static func response(to request: SIPMessage, status: Int, reason: String? = nil, toTag: String?,
                                 contact: String? = nil, extraHeaders: [(String, String)] = [],
+                                copying source: SIPMessage? = nil,
                                 contentType: ByteView? = nil, body: [UInt8] = []) -> [UInt8] {
         var b = MessageBuilder(status: status, reason: (reason ?? Self.reason(status)).utf8)
         for i in 0..<request.headerCount {
@@ -91,6 +108,7 @@ public struct MessageBuilder {
         if let cseq = request.firstValue(.cseq) { b.header("CSeq", cseq.bytes) }
         if let contact { b.header("Contact", contact) }
         for (name, value) in extraHeaders { b.header(name, value) }
+        if let source { b.copy(endToEnd, from: source) }
         b.header("Server", "SIPEdge")
         return b.finish(contentType: contentType, body: body)
     }

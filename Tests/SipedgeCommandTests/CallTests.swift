@@ -130,6 +130,15 @@ import Testing
         #expect(run.status == 0, "every call completed despite the losses\n\(run.output)")
     }
 
+    @Test func rfc3262_reliable_provisional_and_prack_cross_with_rack_renumbered() throws {
+        guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.reliableCaller, uasScenario: Scenarios.reliableCallee,
+                                          destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every caller PRACKed a reliable 183 and was answered\n\(run.output)")
+        let uasLog = try String(contentsOf: run.dir.appendingPathComponent("uas.msg"), encoding: .utf8)
+        #expect(uasLog.components(separatedBy: "PRACK sip:").count - 1 >= 10 && uasLog.contains("RAck: 1 1 INVITE"))
+        #expect(uasLog.contains("Supported: 100rel"), "the caller's Supported reached the callee")
+    }
+
     @Test func a_bye_from_the_callee_ends_both_legs() throws {
         guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.waitingCaller, uasScenario: Scenarios.hangingUpCallee,
                                           destinations: { ["127.0.0.1:\($0)"] }) else { return }
@@ -248,6 +257,62 @@ enum Scenarios {
         #"<recv request="BYE"/>"#,
         calleeAnswers("200 OK", tag: false),
         #"<pause milliseconds="4000"/>"#,
+    ])
+
+    /// Caller with 100rel (RFC 3262): its INVITE has CSeq 7; it PRACKs the reliable 183.
+    static let reliableCaller = scenario("caller with 100rel", [
+        callerSends("INVITE", cseq: 7, withTag: false, sdp: true).replacingOccurrences(of: "Max-Forwards: 70", with: "Max-Forwards: 70\nSupported: 100rel"),
+        #"<recv response="100" optional="true"/>"#,
+        """
+          <recv response="183">
+            <action><ereg regexp="[0-9]+" search_in="hdr" header="RSeq:" assign_to="rseq"/></action>
+          </recv>
+        """,
+        callerSends("PRACK", cseq: 8, withTag: true).replacingOccurrences(of: "Max-Forwards: 70", with: "Max-Forwards: 70\nRAck: [$rseq] 7 INVITE"),
+        #"<recv response="200"/>"#,
+        #"<recv response="200" rtd="true"/>"#,
+        callerSends("ACK", cseq: 7, withTag: true, retransmit: false),
+        callerSends("BYE", cseq: 9, withTag: true),
+        #"<recv response="200"/>"#,
+    ])
+
+    /// Callee with 100rel: a reliable 183 (Require: 100rel, RSeq: 1); it checks the PRACK's RAck
+    /// names its own INVITE (CSeq 1 on this leg, whatever the caller's was), then answers.
+    static let reliableCallee = scenario("callee with 100rel", [
+        """
+          <recv request="INVITE">
+            <action>
+              <ereg regexp=".*" search_in="hdr" header="Via:" assign_to="via"/>
+              <ereg regexp=".*" search_in="hdr" header="From:" assign_to="from"/>
+              <ereg regexp=".*" search_in="hdr" header="To:" assign_to="to"/>
+              <ereg regexp=".*" search_in="hdr" header="CSeq:" assign_to="cseq"/>
+            </action>
+          </recv>
+        """,
+        calleeAnswers("183 Session Progress", tag: true, sdp: true, retransmit: true)
+            .replacingOccurrences(of: "Contact: <sip:[local_ip]:[local_port]>", with: "Contact: <sip:[local_ip]:[local_port]>\nRequire: 100rel\nRSeq: 1"),
+        """
+          <recv request="PRACK">
+            <action><ereg regexp="^ *1 1 INVITE" search_in="hdr" header="RAck:" check_it="true" assign_to="rack"/></action>
+          </recv>
+        """,
+        // SIPp insists that a captured variable be used: the PRACK's 200 echoes it.
+        calleeAnswers("200 OK", tag: false).replacingOccurrences(of: "Content-Length: 0", with: "X-RAck-Seen: [$rack]\nContent-Length: 0"),
+        """
+          <send retrans="500"><![CDATA[
+        SIP/2.0 200 OK
+        Via:[$via]
+        From:[$from]
+        To:[$to];tag=[pid]SIPpTag01[call_number]
+        [last_Call-ID:]
+        CSeq:[$cseq]
+        Contact: <sip:[local_ip]:[local_port]>
+        Content-Length: 0
+
+          ]]></send>
+        """,
+        #"<recv request="ACK"/>"#, #"<recv request="BYE"/>"#,
+        calleeAnswers("200 OK", tag: false),
     ])
 
     /// Callee: answers, then hangs up itself. SIPp's keywords for a UAS's own request are not
