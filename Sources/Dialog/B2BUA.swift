@@ -14,11 +14,15 @@ public struct B2BUAConfig: Sendable {
     /// Where new calls go, in turn (the dispatcher with probing replaces this, issue 5).
     public var backends: [SocketAddress]
     public var timers: TransactionTimerValues
+    /// A call still up after this many seconds is ended with a BYE to both legs (0: never).
+    public var maxCallSeconds: UInt64
 
-    public init(host: String, port: UInt16, backends: [SocketAddress], timers: TransactionTimerValues = .rfc3261) {
+    public init(host: String, port: UInt16, backends: [SocketAddress], timers: TransactionTimerValues = .rfc3261,
+                maxCallSeconds: UInt64 = 43_200) {
         self.host = host
         self.port = port
         self.backends = backends
+        self.maxCallSeconds = maxCallSeconds
         self.timers = timers
     }
 }
@@ -68,6 +72,8 @@ final class Call {
     var reinviteInProgress = false
     /// The ACK for the last relayed re-INVITE's 2xx, resent if that 2xx is retransmitted.
     var reinviteACK: [UInt8]?
+    /// Ends the call when its maximum lifetime is up.
+    var lifetimeTimer: TimerID?
     /// The Request-URI user, to address each backend.
     var user = ""
     /// CSeq numbers of the INVITE on each leg (a PRACK's RAck names it).
@@ -320,6 +326,10 @@ public final class B2BUA: TimerTarget {
                 return
             }
             call.state = .confirmed
+            if config.maxCallSeconds > 0 {
+                call.lifetimeTimer = loop.schedule(afterMilliseconds: config.maxCallSeconds * 1_000, target: self,
+                                                   token: Self.lifetimeFlag | UInt64(call.number))
+            }
             let ack = inDialogRequest("ACK", leg: call.backend, cseq: call.backend.localCSeq)
             call.backendACK = ack
             sender.send(ack, to: call.backend.peer)
@@ -470,6 +480,7 @@ public final class B2BUA: TimerTarget {
         guard call.state != .ended else { return }
         call.state = .ended
         if let t = call.answerTimer { loop.cancel(t) }
+        if let t = call.lifetimeTimer { loop.cancel(t) }
         calls[call.client.callID] = nil
         calls[call.backend.callID] = nil
         callsByNumber[call.number] = nil
@@ -584,10 +595,25 @@ public final class B2BUA: TimerTarget {
     }
 
     private static let answerFlag: UInt64 = 1 << 63
+    private static let lifetimeFlag: UInt64 = 1 << 62
 
     private static func answerToken(_ call: Call) -> UInt64 { answerFlag | UInt64(call.number) }
 
     public func timerFired(_ token: UInt64, on loop: EventLoop) {
+        if token & Self.lifetimeFlag != 0 {
+            // The call outlived its maximum lifetime: BYE on both legs, then forget it.
+            guard let call = callsByNumber[UInt32(truncatingIfNeeded: token)], call.state == .confirmed else { return }
+            call.lifetimeTimer = nil
+            for fromBackendSide in [true, false] {
+                var leg = fromBackendSide ? call.backend : call.client
+                leg.localCSeq += 1
+                if fromBackendSide { call.backend = leg } else { call.client = leg }
+                startClient(inDialogRequest("BYE", leg: leg, cseq: leg.localCSeq, extra: [("Reason", "SIP;cause=200;text=\"Call lifetime reached\"")]),
+                            to: leg.peer, call: nil)
+            }
+            endCall(call)
+            return
+        }
         if token & Self.answerFlag != 0 {
             guard let call = callsByNumber[UInt32(truncatingIfNeeded: token)], let answer = call.answer else { return }
             if loop.now >= call.answerDeadline {

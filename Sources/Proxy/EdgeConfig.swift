@@ -25,6 +25,8 @@ public struct EdgeConfig: Sendable, Equatable {
     public var streamLimits: StreamLimits
     /// Where new calls go, in turn (the full dispatcher with sets, weights and probing is issue 5).
     public var destinations: [SocketAddress]
+    /// A call up longer than this is ended with a BYE on both legs (0: never).
+    public var maxCallSeconds: Int
 
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 }
@@ -85,6 +87,9 @@ extension EdgeConfig {
                 return address
             }
         } ?? []
+        let maxCallSeconds = try reader.table("calls") { (t: inout TableReader) throws(ConfigError) in
+            try t.int("max_duration_seconds", default: 43_200, range: 0...31_536_000)
+        } ?? 43_200
         let tls = try reader.table("tls") { (t: inout TableReader) throws(ConfigError) in
             TLSFiles(
                 certificate: try t.string("certificate", default: nil),
@@ -122,7 +127,7 @@ extension EdgeConfig {
         }
         try reader.finish()
         return EdgeConfig(workers: workers, listeners: listeners, tls: tls, parserLimits: limits, logLevel: logLevel,
-                          streamLimits: streamLimits, destinations: destinations)
+                          streamLimits: streamLimits, destinations: destinations, maxCallSeconds: maxCallSeconds)
     }
 
     /// `host`, `host:port`, `[v6]` or `[v6]:port`.

@@ -84,7 +84,8 @@ public final class EdgeServer: Sendable {
             for loop in workers.loops {
                 guard let socket = udpByWorker[loop.index] else { continue }
                 let sender = UDPSender(socket)
-                let b2bua = B2BUA(loop: loop, config: B2BUAConfig(host: host, port: port, backends: config.destinations), sender: sender)
+                let b2bua = B2BUA(loop: loop, config: B2BUAConfig(host: host, port: port, backends: config.destinations,
+                                                                  maxCallSeconds: UInt64(config.maxCallSeconds)), sender: sender)
                 routing.b2buas.append(LoopBound(b2bua, on: loop))
                 endpoints.append(LoopBound(sender, on: loop))
             }

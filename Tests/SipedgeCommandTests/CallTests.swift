@@ -40,7 +40,7 @@ import Testing
     /// Runs `calls` SIPp calls through a sipedge whose destinations are `destinations(uasPort)`.
     /// Returns the UAC's exit status, the working directory (message traces), ports and edge output.
     static func runCalls(_ calls: Int, timeout: Int = 30, uacScenario: String? = nil, uasScenario: String? = nil,
-                         lostPercent: Int = 0, destinations: (Int) -> [String]) throws
+                         lostPercent: Int = 0, extraConfig: String = "", destinations: (Int) -> [String]) throws
         -> (status: Int32, dir: URL, uacPort: Int, uasPort: Int, output: String)? {
         guard let sipp = try? Self.requireSIPp() else { return nil }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-calls-\(getpid())-\(UInt16.random(in: 0...9999))")
@@ -50,6 +50,7 @@ import Testing
         let list = destinations(uasPort).map { "\"\($0)\"" }.joined(separator: ", ")
         let config = """
             workers = 2
+            \(extraConfig)
             [dispatcher]
             destinations = [\(list)]
             [[listener]]
@@ -137,6 +138,16 @@ import Testing
         let uasLog = try String(contentsOf: run.dir.appendingPathComponent("uas.msg"), encoding: .utf8)
         #expect(uasLog.components(separatedBy: "PRACK sip:").count - 1 >= 10 && uasLog.contains("RAck: 1 1 INVITE"))
         #expect(uasLog.contains("Supported: 100rel"), "the caller's Supported reached the callee")
+    }
+
+    @Test func a_call_past_its_maximum_lifetime_is_ended_on_both_legs() throws {
+        // Neither SIPp peer hangs up: both wait for a BYE, which only the edge can send.
+        guard let run = try Self.runCalls(5, timeout: 10, uacScenario: Scenarios.waitingCaller,
+                                          extraConfig: "[calls]\nmax_duration_seconds = 1",
+                                          destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every caller got the edge's BYE\n\(run.output)")
+        let uasLog = try String(contentsOf: run.dir.appendingPathComponent("uas.msg"), encoding: .utf8)
+        #expect(uasLog.components(separatedBy: "Call lifetime reached").count - 1 >= 5, "the callee side got its BYE too")
     }
 
     @Test func a_bye_from_the_callee_ends_both_legs() throws {
