@@ -150,6 +150,17 @@ import Testing
         #expect(uasLog.components(separatedBy: "Call lifetime reached").count - 1 >= 5, "the callee side got its BYE too")
     }
 
+    @Test func rfc3311_an_update_from_the_callee_reaches_the_caller_and_back() throws {
+        guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.updatedCaller, uasScenario: Scenarios.updatingCallee,
+                                          destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every caller answered the callee's UPDATE\n\(run.output)")
+        let uacLog = try String(contentsOf: run.dir.appendingPathComponent("uac.msg"), encoding: .utf8)
+        let uasLog = try String(contentsOf: run.dir.appendingPathComponent("uas.msg"), encoding: .utf8)
+        #expect(uacLog.components(separatedBy: "UPDATE sip:").count - 1 >= 10 && uacLog.contains("a=sendonly"))
+        #expect(uasLog.components(separatedBy: "a=recvonly").count - 1 >= 10, "the caller's answer came back")
+        #expect(!uacLog.contains("127.0.0.1:\(run.uasPort)"))
+    }
+
     @Test func a_bye_from_the_callee_ends_both_legs() throws {
         guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.waitingCaller, uasScenario: Scenarios.hangingUpCallee,
                                           destinations: { ["127.0.0.1:\($0)"] }) else { return }
@@ -326,6 +337,17 @@ enum Scenarios {
         calleeAnswers("200 OK", tag: false),
     ])
 
+    /// Caller that answers what the callee asks mid-call (an UPDATE), then the callee's BYE.
+    static let updatedCaller = scenario("caller that receives an UPDATE", [
+        callerSends("INVITE", cseq: 1, withTag: false, sdp: true),
+        #"<recv response="100" optional="true"/>"#, #"<recv response="180" optional="true"/>"#, #"<recv response="200" rtd="true"/>"#,
+        callerSends("ACK", cseq: 1, withTag: true, retransmit: false),
+        #"<recv request="UPDATE"/>"#,
+        calleeAnswers("200 OK", tag: false, sdp: true, extraSDP: "a=recvonly\n"),
+        #"<recv request="BYE"/>"#,
+        calleeAnswers("200 OK", tag: false),
+    ])
+
     /// Callee: answers, then hangs up itself. SIPp's keywords for a UAS's own request are not
     /// filled in, so the INVITE's Contact, From and To are captured and turned around.
     static let hangingUpCallee = scenario("callee that hangs up", [
@@ -356,6 +378,30 @@ enum Scenarios {
         """,
         #"<recv response="200"/>"#,
     ])
+
+    /// Callee: answers, sends an UPDATE (a=sendonly) through the edge, then hangs up.
+    static let updatingCallee = hangingUpCallee.replacingOccurrences(of: "callee that hangs up", with: "callee that updates")
+        .replacingOccurrences(of: #"<pause milliseconds="50"/>"#, with: #"""
+        <pause milliseconds="50"/>
+          <send retrans="500"><![CDATA[
+        UPDATE [$contact] SIP/2.0
+        Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+        From: [$to];tag=[pid]SIPpTag01[call_number]
+        To: [$from]
+        Call-ID: [call_id]
+        CSeq: 2 UPDATE
+        Contact: <sip:[local_ip]:[local_port]>
+        Max-Forwards: 70
+        Content-Type: application/sdp
+        Content-Length: [len]
+
+        \#(sdp)
+        a=sendonly
+
+          ]]></send>
+          <recv response="200"/>
+        """#)
+        .replacingOccurrences(of: "CSeq: 2 BYE", with: "CSeq: 3 BYE")
 
     /// Caller: a call it does not end; it waits for the callee's BYE (through the edge) and answers it.
     static let waitingCaller = scenario("caller that is hung up on", [
