@@ -43,7 +43,7 @@ final class CallRouting: @unchecked Sendable {
 
 /// The first layer above Transport on one worker: turns datagrams, stream frames and SCTP messages
 /// into parsed, checked SIP messages, and hands UDP ones to the B2BUA of the worker that owns them.
-/// An invalid one is logged with its reason and dropped.
+/// An invalid one is answered where SIP says so, and logged with its reason.
 final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable {
     let worker: Int
     let limits: SIPParserLimits
@@ -59,24 +59,40 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
         self.routing = routing
     }
 
-    private func accept(_ bytes: [UInt8], from peer: SocketAddress, via proto: TransportProtocol) {
+    /// Parses and checks one message; a valid one goes on, an invalid request that can be answered
+    /// (it has a Via to answer along, and SIP names a status) gets that status statelessly through
+    /// `reply`, with the reason in a Warning header; anything else is logged and dropped.
+    private func accept(_ bytes: [UInt8], from peer: SocketAddress, via proto: TransportProtocol, reply: (([UInt8]) -> Void)? = nil) {
         // RFC 3261 §7.5 / RFC 5626: a datagram of CRLFs is a keep-alive, not a message.
         if bytes.allSatisfy({ $0 == 0x0D || $0 == 0x0A }) { return }
         received.add(1, ordering: .relaxed)
-        do {
+        var parsed: SIPMessage?
+        do throws(SIPParseError) {
             let message = try SIPMessage(parsing: bytes, limits: limits)
+            parsed = message
             try message.validate(limits: limits)
+            if message.isRequest { try message.checkRequestURIScheme() }
             logger.debug("worker \(worker): \(proto.rawValue) from \(peer): \(message.method?.description ?? "\(message.statusCode ?? 0)")")
             if proto == .udp { routing.deliver(message, from: peer) }
         } catch {
             invalid.add(1, ordering: .relaxed)
-            let answer = error.status.map { "would answer \($0)" } ?? "dropped"
-            logger.notice("\(proto.rawValue) from \(peer): invalid SIP message (\(bytes.count) bytes): \(error); \(answer)")
+            var outcome = "dropped"
+            if let status = error.status, let message = parsed, message.isRequest, message.method != .ack,
+               message.topValue(.via) != nil, let reply {
+                var tag = ShardedIdentifiers(worker: worker)
+                let response = MessageBuilder.response(to: message, status: status, toTag: tag.make(),
+                                                       extraHeaders: [("Warning", "399 sipedge \"\(error.code)\"")])
+                reply(response)
+                outcome = "answered \(status)"
+            } else if let status = error.status {
+                outcome = "dropped (\(status) would need the headers it lacks)"
+            }
+            logger.notice("\(proto.rawValue) from \(peer): invalid SIP message (\(bytes.count) bytes): \(error); \(outcome)")
         }
     }
 
     func received(_ datagram: [UInt8], from peer: SocketAddress, on endpoint: UDPEndpoint) {
-        accept(datagram, from: peer, via: .udp)
+        accept(datagram, from: peer, via: .udp, reply: { endpoint.send($0, to: peer) })
     }
 
     func unreachable(_ destination: SocketAddress, error: SystemError, on endpoint: UDPEndpoint) {
@@ -85,7 +101,7 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
     }
 
     func received(_ frame: [UInt8], on connection: TCPConnection) {
-        accept(frame, from: connection.remote, via: connection.isSecure ? .tls : .tcp)
+        accept(frame, from: connection.remote, via: connection.isSecure ? .tls : .tcp, reply: { connection.send($0) })
     }
 
     func closed(_ connection: TCPConnection, reason: String?) {}
