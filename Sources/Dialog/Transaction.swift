@@ -100,6 +100,7 @@ public struct ClientTransaction: Sendable {
     /// Creates the transaction; `start()` gives the first actions (send, timers).
     public init(request: SIPMessage, reliability: TransportReliability, timers: TransactionTimerValues = .rfc3261) {
         self.request = request
+        self.requestBytes = Array(request.bytes[0..<request.messageLength])
         self.isInvite = request.method == .invite
         self.reliability = reliability
         self.timers = timers
@@ -107,7 +108,8 @@ public struct ClientTransaction: Sendable {
         self.retransmitInterval = timers.t1
     }
 
-    private var requestBytes: [UInt8] { Array(request.bytes[0..<request.messageLength]) }
+    /// The request as sent, copied once and shared by every retransmission.
+    private let requestBytes: [UInt8]
 
     /// Sends the request and arms A/B (INVITE) or E/F (non-INVITE); A and E only over UDP.
     public mutating func start() -> [TransactionAction] {

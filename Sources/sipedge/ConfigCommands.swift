@@ -80,8 +80,9 @@ struct RunCommand: ParsableCommand {
         var received: Int32 = 0
         sigwait(&signals, &received)
         logger.info("signal \(received): stopping")
+        let calls = server.callCounts()
         server.stop()
         let counts = server.counts
-        logger.info("stopped: \(counts.received) messages received, \(counts.invalid) invalid")
+        logger.info("stopped: \(counts.received) messages received, \(counts.invalid) invalid, \(calls.started) calls started, \(calls.active) still up")
     }
 }

@@ -32,16 +32,14 @@ import Testing
         return p
     }
 
-    static func lines(_ file: URL, prefix: String) -> Set<String> {
-        guard let text = try? String(contentsOf: file, encoding: .utf8) else { return [] }
-        return Set(text.split(whereSeparator: \.isNewline).filter { $0.lowercased().hasPrefix(prefix.lowercased()) }.map(String.init))
+    static func lines(_ text: String, prefix: String) -> Set<String> {
+        Set(text.split(whereSeparator: \.isNewline).filter { $0.lowercased().hasPrefix(prefix.lowercased()) }.map(String.init))
     }
 
     /// Runs `calls` SIPp calls through a sipedge whose destinations are `destinations(uasPort)`.
     /// Returns the UAC's exit status, the working directory (message traces), ports and edge output.
     static func runCalls(_ calls: Int, timeout: Int = 30, uacScenario: String? = nil, uasScenario: String? = nil,
-                         lostPercent: Int = 0, extraConfig: String = "", destinations: (Int) -> [String]) throws
-        -> (status: Int32, dir: URL, uacPort: Int, uasPort: Int, output: String)? {
+                         lostPercent: Int = 0, extraConfig: String = "", destinations: (Int) -> [String]) throws -> CallRun? {
         guard let sipp = try? Self.requireSIPp() else { return nil }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-calls-\(getpid())-\(UInt16.random(in: 0...9999))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -75,7 +73,7 @@ import Testing
         let uac = try Self.process(sipp, uacKind + ["127.0.0.1:\(edgePort)", "-i", "127.0.0.1", "-p", "\(uacPort)", "-cp", "\(base + 2)",
                                           "-m", "\(calls)", "-r", "50", "-timeout", "\(timeout)s", "-nostdin",
                                           "-trace_msg", "-message_file", "uac.msg"], in: dir)
-        // Bounded: the UAC stops by itself after 50 calls or its 30 s timeout; this is a backstop.
+        // Bounded: the UAC stops by itself after its calls or its `-timeout`; this is a backstop.
         for _ in 0..<600 where uac.isRunning { usleep(100_000) }
         if uac.isRunning { kill(uac.processIdentifier, SIGKILL) }
         uac.waitUntilExit()
@@ -84,43 +82,53 @@ import Testing
         edge.terminate()
         edge.waitUntilExit()
         #expect(CommandTests.waitFor(output, "stopped:"))
-        return (uac.terminationStatus, dir, uacPort, uasPort, output())
+        return CallRun(status: uac.terminationStatus, dir: dir, uacPort: uacPort, uasPort: uasPort, output: output(),
+                       uacLog: (try? String(contentsOf: dir.appendingPathComponent("uac.msg"), encoding: .utf8)) ?? "",
+                       uasLog: (try? String(contentsOf: dir.appendingPathComponent("uas.msg"), encoding: .utf8)) ?? "")
+    }
+
+    /// What a SIPp run through the edge left: the UAC's exit status (0 only when every call
+    /// succeeded), each side's message trace, the ports, and the edge's output.
+    struct CallRun {
+        let status: Int32
+        let dir: URL
+        let uacPort: Int, uasPort: Int
+        let output: String
+        let uacLog: String, uasLog: String
+
+        /// How many times `needle` appears in a trace.
+        static func count(_ needle: String, in log: String) -> Int { log.components(separatedBy: needle).count - 1 }
+
+        /// Neither side's trace holds the other side's address (topology hiding).
+        var sidesHidden: Bool { !uasLog.contains("127.0.0.1:\(uacPort)") && !uacLog.contains("127.0.0.1:\(uasPort)") }
     }
 
     @Test func sipp_calls_cross_the_b2bua_and_neither_side_sees_the_other() throws {
         guard let run = try Self.runCalls(50, destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "SIPp's exit status is 0 only when every call succeeded")
-        let (dir, uacPort, uasPort) = (run.dir, run.uacPort, run.uasPort)
-
+        #expect(run.output.contains("50 calls started, 0 still up"), "\(run.output)")
         // Topology hiding, from what each SIPp actually received and sent.
-        let uacLog = dir.appendingPathComponent("uac.msg"), uasLog = dir.appendingPathComponent("uas.msg")
-        let uacText = try String(contentsOf: uacLog, encoding: .utf8), uasText = try String(contentsOf: uasLog, encoding: .utf8)
-        let uacCallIDs = Self.lines(uacLog, prefix: "Call-ID:"), uasCallIDs = Self.lines(uasLog, prefix: "Call-ID:")
+        let uacCallIDs = Self.lines(run.uacLog, prefix: "Call-ID:"), uasCallIDs = Self.lines(run.uasLog, prefix: "Call-ID:")
         #expect(uacCallIDs.count >= 50 && uasCallIDs.count >= 50)
         #expect(uacCallIDs.isDisjoint(with: uasCallIDs), "no Call-ID crosses from one side to the other")
-        #expect(!uasText.contains("127.0.0.1:\(uacPort)"), "the Asterisk side never sees the client's address")
-        #expect(!uacText.contains("127.0.0.1:\(uasPort)"), "the client never sees the Asterisk's address")
-        let uacBranches = Self.lines(uacLog, prefix: "Via:"), uasBranches = Self.lines(uasLog, prefix: "Via:")
-        #expect(uacBranches.isDisjoint(with: uasBranches))
+        #expect(run.sidesHidden, "neither side sees the other's address")
+        #expect(Self.lines(run.uacLog, prefix: "Via:").isDisjoint(with: Self.lines(run.uasLog, prefix: "Via:")))
     }
 
     @Test func rfc3261_9_cancel_reaches_the_backend_and_the_caller_gets_487() throws {
         guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.cancellingCaller, uasScenario: Scenarios.ringingCallee,
                                           destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every caller got 200 for its CANCEL and 487 for its INVITE\n\(run.output)")
-        let uasLog = try String(contentsOf: run.dir.appendingPathComponent("uas.msg"), encoding: .utf8)
-        #expect(uasLog.components(separatedBy: "CANCEL sip:").count - 1 >= 10, "the backend saw each CANCEL")
+        #expect(CallRun.count("CANCEL sip:", in: run.uasLog) >= 10, "the backend saw each CANCEL")
     }
 
     @Test func rfc3261_14_a_reinvite_from_the_caller_reaches_the_callee_and_back() throws {
         guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.holdingCaller, uasScenario: Scenarios.answeringCallee,
                                           destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every caller's re-INVITE was answered\n\(run.output)")
-        let uasLog = try String(contentsOf: run.dir.appendingPathComponent("uas.msg"), encoding: .utf8)
-        let uacLog = try String(contentsOf: run.dir.appendingPathComponent("uac.msg"), encoding: .utf8)
-        #expect(uasLog.components(separatedBy: "a=sendonly").count - 1 >= 10, "the hold offer reached the callee")
-        #expect(uacLog.components(separatedBy: "a=recvonly").count - 1 >= 10, "the callee's answer reached the caller")
-        #expect(!uasLog.contains("127.0.0.1:\(run.uacPort)") && !uacLog.contains("127.0.0.1:\(run.uasPort)"))
+        #expect(CallRun.count("a=sendonly", in: run.uasLog) >= 10, "the hold offer reached the callee")
+        #expect(CallRun.count("a=recvonly", in: run.uacLog) >= 10, "the callee's answer reached the caller")
+        #expect(run.sidesHidden)
     }
 
     @Test func rfc3261_17_calls_survive_lost_packets_through_retransmissions() throws {
@@ -135,9 +143,8 @@ import Testing
         guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.reliableCaller, uasScenario: Scenarios.reliableCallee,
                                           destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every caller PRACKed a reliable 183 and was answered\n\(run.output)")
-        let uasLog = try String(contentsOf: run.dir.appendingPathComponent("uas.msg"), encoding: .utf8)
-        #expect(uasLog.components(separatedBy: "PRACK sip:").count - 1 >= 10 && uasLog.contains("RAck: 1 1 INVITE"))
-        #expect(uasLog.contains("Supported: 100rel"), "the caller's Supported reached the callee")
+        #expect(CallRun.count("PRACK sip:", in: run.uasLog) >= 10 && run.uasLog.contains("RAck: 1 1 INVITE"))
+        #expect(run.uasLog.contains("Supported: 100rel"), "the caller's Supported reached the callee")
     }
 
     @Test func a_call_past_its_maximum_lifetime_is_ended_on_both_legs() throws {
@@ -146,28 +153,24 @@ import Testing
                                           extraConfig: "[calls]\nmax_duration_seconds = 1",
                                           destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every caller got the edge's BYE\n\(run.output)")
-        let uasLog = try String(contentsOf: run.dir.appendingPathComponent("uas.msg"), encoding: .utf8)
-        #expect(uasLog.components(separatedBy: "Call lifetime reached").count - 1 >= 5, "the callee side got its BYE too")
+        #expect(CallRun.count("Call lifetime reached", in: run.uasLog) >= 5, "the callee side got its BYE too")
     }
 
     @Test func rfc3311_an_update_from_the_callee_reaches_the_caller_and_back() throws {
         guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.updatedCaller, uasScenario: Scenarios.updatingCallee,
                                           destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every caller answered the callee's UPDATE\n\(run.output)")
-        let uacLog = try String(contentsOf: run.dir.appendingPathComponent("uac.msg"), encoding: .utf8)
-        let uasLog = try String(contentsOf: run.dir.appendingPathComponent("uas.msg"), encoding: .utf8)
-        #expect(uacLog.components(separatedBy: "UPDATE sip:").count - 1 >= 10 && uacLog.contains("a=sendonly"))
-        #expect(uasLog.components(separatedBy: "a=recvonly").count - 1 >= 10, "the caller's answer came back")
-        #expect(!uacLog.contains("127.0.0.1:\(run.uasPort)"))
+        #expect(CallRun.count("UPDATE sip:", in: run.uacLog) >= 10 && run.uacLog.contains("a=sendonly"))
+        #expect(CallRun.count("a=recvonly", in: run.uasLog) >= 10, "the caller's answer came back")
+        #expect(run.sidesHidden)
     }
 
     @Test func a_bye_from_the_callee_ends_both_legs() throws {
         guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.waitingCaller, uasScenario: Scenarios.hangingUpCallee,
                                           destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every caller received the BYE and its 200 reached the callee's side\n\(run.output)")
-        let uacLog = try String(contentsOf: run.dir.appendingPathComponent("uac.msg"), encoding: .utf8)
-        #expect(uacLog.components(separatedBy: "BYE sip:").count - 1 >= 10, "each caller got a BYE from the edge")
-        #expect(!uacLog.contains("127.0.0.1:\(run.uasPort)"))
+        #expect(CallRun.count("BYE sip:", in: run.uacLog) >= 10, "each caller got a BYE from the edge")
+        #expect(run.sidesHidden)
     }
 
     @Test func calls_fail_over_from_an_unreachable_backend_at_once() throws {

@@ -43,6 +43,18 @@ struct TestCertificates {
         guard p.terminationStatus == 0 else { throw TLSError(description: "openssl could not make the test certificates") }
         return TestCertificates(dir: dir)
     }
+
+    /// A server context with the CA-signed certificate (or the rogue one); `verifyClients`: mutual TLS.
+    func server(rogue: Bool = false, verifyClients: Bool = false) throws -> TLSContext {
+        try TLSContext(role: .server, certificateFile: rogue ? rogueCert : serverCert, privateKeyFile: rogue ? rogueKey : serverKey,
+                       caFile: ca, verifyPeer: verifyClients)
+    }
+
+    /// A client context that checks servers against the test CA, with a client certificate if asked.
+    func client(withCertificate: Bool = false) throws -> TLSContext {
+        try TLSContext(role: .client, certificateFile: withCertificate ? clientCert : nil,
+                       privateKeyFile: withCertificate ? clientKey : nil, caFile: ca, verifyPeer: true)
+    }
 }
 
 @Suite(.serialized) struct TLSTests {
@@ -90,8 +102,8 @@ struct TestCertificates {
     @Test(arguments: ["127.0.0.1", "::1"])
     func a_verified_tls_connection_carries_frames_both_ways(_ ip: String) throws {
         let certs = try TestCertificates.make()
-        let server = try TLSContext(role: .server, certificateFile: certs.serverCert, privateKeyFile: certs.serverKey, caFile: certs.ca, verifyPeer: false)
-        let client = try TLSContext(role: .client, caFile: certs.ca, verifyPeer: true)
+        let server = try certs.server()
+        let client = try certs.client()
         let s = try Self.setup(ip, server: server, client: client)
         defer { s.stop() }
         let back = try s.roundTrip(to: s.listener.localAddress, serverName: "localhost")
@@ -108,8 +120,8 @@ struct TestCertificates {
     @Test(arguments: ["127.0.0.1", "::1"])
     func frames_of_1_byte_to_64_KiB_cross_tls(_ ip: String) throws {
         let certs = try TestCertificates.make()
-        let server = try TLSContext(role: .server, certificateFile: certs.serverCert, privateKeyFile: certs.serverKey, verifyPeer: false)
-        let client = try TLSContext(role: .client, caFile: certs.ca, verifyPeer: true)
+        let server = try certs.server()
+        let client = try certs.client()
         let s = try Self.setup(ip, server: server, client: client)
         defer { s.stop() }
         let sizes = [1, 2, 100, 1_500, 16_383, 16_385, 65_536]
@@ -126,8 +138,8 @@ struct TestCertificates {
 
     @Test func a_peer_that_does_not_speak_tls_is_cut_off_and_others_carry_on() throws {
         let certs = try TestCertificates.make()
-        let server = try TLSContext(role: .server, certificateFile: certs.serverCert, privateKeyFile: certs.serverKey, verifyPeer: false)
-        let client = try TLSContext(role: .client, caFile: certs.ca, verifyPeer: true)
+        let server = try certs.server()
+        let client = try certs.client()
         let s = try Self.setup("127.0.0.1", server: server, client: client)
         defer { s.stop() }
         let plain = try TestClient(to: s.listener.localAddress)
@@ -139,8 +151,8 @@ struct TestCertificates {
 
     @Test func a_server_with_a_wrong_certificate_is_refused() throws {
         let certs = try TestCertificates.make()
-        let rogue = try TLSContext(role: .server, certificateFile: certs.rogueCert, privateKeyFile: certs.rogueKey, verifyPeer: false)
-        let client = try TLSContext(role: .client, caFile: certs.ca, verifyPeer: true)
+        let rogue = try certs.server(rogue: true)
+        let client = try certs.client()
         let s = try Self.setup("127.0.0.1", server: rogue, client: client)
         defer { s.stop() }
         #expect(try s.roundTrip(to: s.listener.localAddress, serverName: "localhost") == nil)
@@ -150,8 +162,8 @@ struct TestCertificates {
 
     @Test func a_certificate_for_another_name_is_refused() throws {
         let certs = try TestCertificates.make()
-        let server = try TLSContext(role: .server, certificateFile: certs.serverCert, privateKeyFile: certs.serverKey, verifyPeer: false)
-        let client = try TLSContext(role: .client, caFile: certs.ca, verifyPeer: true)
+        let server = try certs.server()
+        let client = try certs.client()
         let s = try Self.setup("127.0.0.1", server: server, client: client)
         defer { s.stop() }
         #expect(try s.roundTrip(to: s.listener.localAddress, serverName: "sip.example.com") == nil)
@@ -160,14 +172,14 @@ struct TestCertificates {
 
     @Test func mutual_tls_needs_a_client_certificate() throws {
         let certs = try TestCertificates.make()
-        let server = try TLSContext(role: .server, certificateFile: certs.serverCert, privateKeyFile: certs.serverKey, caFile: certs.ca, verifyPeer: true)
-        let anonymous = try TLSContext(role: .client, caFile: certs.ca, verifyPeer: true)
+        let server = try certs.server(verifyClients: true)
+        let anonymous = try certs.client()
         let s1 = try Self.setup("127.0.0.1", server: server, client: anonymous)
         #expect(try s1.roundTrip(to: s1.listener.localAddress, serverName: "localhost") == nil)
         #expect(LoopTests.eventually { s1.server.closes.withLock { !$0.isEmpty } })
         s1.stop()
 
-        let withCertificate = try TLSContext(role: .client, certificateFile: certs.clientCert, privateKeyFile: certs.clientKey, caFile: certs.ca, verifyPeer: true)
+        let withCertificate = try certs.client(withCertificate: true)
         let s2 = try Self.setup("127.0.0.1", server: server, client: withCertificate)
         defer { s2.stop() }
         #expect(try s2.roundTrip(to: s2.listener.localAddress, serverName: "127.0.0.1") != nil)

@@ -44,7 +44,6 @@ public final class TCPConnectionTable {
     public weak var receiver: (any StreamReceiver)?
     private var byAddress: [SocketAddress: TCPConnection] = [:]
     private var perSource: [SocketAddress: Int] = [:]
-    private var all: Set<ObjectIdentifier> = []
     fileprivate let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 65_536, alignment: 16)
     private var sweepTimer: TimerID?
     /// Where refusals and cut-offs are reported (a log line each).
@@ -64,7 +63,7 @@ public final class TCPConnectionTable {
     deinit { scratch.deallocate() }
 
     /// Open connections on this loop.
-    public var count: Int { all.count }
+    public var count: Int { retained.count }
 
     /// The connection to `remote`, if one is open (or an alias points there).
     public func connection(to remote: SocketAddress) -> TCPConnection? { byAddress[remote] }
@@ -105,7 +104,7 @@ public final class TCPConnectionTable {
         let socket = Socket(adopting: accepted.descriptor)
         guard let peer = accepted.peer else { return nil }
         let source = peer.with(port: 0)
-        if all.count >= limits.maxConnections {
+        if retained.count >= limits.maxConnections {
             log("TCP: refused \(peer): \(limits.maxConnections) connections open on this loop")
             return nil
         }
@@ -128,17 +127,15 @@ public final class TCPConnectionTable {
     private func adopt(_ c: TCPConnection) {
         byAddress[c.remote] = c
         perSource[c.remote.with(port: 0), default: 0] += 1
-        all.insert(ObjectIdentifier(c))
         if sweepTimer == nil, limits.idleTimeoutMilliseconds > 0 { armSweep() }
         retained[ObjectIdentifier(c)] = c
     }
 
-    /// The table keeps every open connection alive; the registration with the loop does too.
+    /// Every open connection, kept alive by the table (the registration with the loop does too).
     private var retained: [ObjectIdentifier: TCPConnection] = [:]
 
     fileprivate func forget(_ c: TCPConnection) {
-        guard all.remove(ObjectIdentifier(c)) != nil else { return }
-        retained[ObjectIdentifier(c)] = nil
+        guard retained.removeValue(forKey: ObjectIdentifier(c)) != nil else { return }
         for address in [c.remote] + c.aliases where byAddress[address] === c { byAddress[address] = nil }
         let source = c.remote.with(port: 0)
         let left = perSource[source, default: 1] - 1
@@ -153,7 +150,7 @@ public final class TCPConnectionTable {
             for c in self.retained.values where now &- c.lastActivity > self.limits.idleTimeoutMilliseconds {
                 c.close(reason: "idle for \(self.limits.idleTimeoutMilliseconds / 1_000) s")
             }
-            if !self.all.isEmpty { self.armSweep() }
+            if !self.retained.isEmpty { self.armSweep() }
         }
     }
 

@@ -39,7 +39,7 @@ public final class UDPEndpoint: EventHandler {
     private var sendSlots: [sipedge_datagram]
     private var flushScheduled = false
     private var waitingForWritable = false
-    /// Datagrams dropped because the kernel refused them (counted, logged once a second at most).
+    /// Datagrams dropped because the kernel refused them (ICMP errors also reach the receiver).
     public private(set) var sendErrors = 0
     public private(set) var received = 0
     public private(set) var sent = 0
