@@ -1,55 +1,82 @@
+import Glibc
 import SIPParser
 import Transport
 
-/// Where the B2BUA's messages go out; the edge implements it over its listeners.
+/// Where the B2BUA's messages go out; the edge implements it over its listeners and connections.
 public protocol MessageSender: AnyObject {
-    func send(_ bytes: [UInt8], to destination: SocketAddress)
+    /// Sends `bytes` along `hop`; false when that cannot even be tried (no connection and none can
+    /// be opened), which fails the transaction at once.
+    func send(_ bytes: [UInt8], to hop: Hop) -> Bool
+}
+
+/// Where dialog records go when they change: persistence, replication (DESIGN.md: Dialog declares
+/// the protocol, the layers above implement it). Called on the owning loop; must not block.
+public protocol DialogStateSink: AnyObject {
+    func dialogChanged(_ record: DialogRecord)
+    func dialogEnded(key: String)
+}
+
+/// The address the edge writes into one transport's Via and Contact, and the listener's tag.
+public struct LocalAddress: Sendable, Equatable {
+    public var host: String
+    public var port: UInt16
+    public var tag: String
+
+    public init(host: String, port: UInt16, tag: String) {
+        self.host = host
+        self.port = port
+        self.tag = tag
+    }
 }
 
 /// What a B2BUA needs to know of its surroundings.
 public struct B2BUAConfig: Sendable {
-    /// Host and port written into our Via and Contact (the listener's advertised address).
-    public var host: String
-    public var port: UInt16
+    /// Our advertised address per transport (the first listener of each).
+    public var local: [TransportProtocol: LocalAddress]
     /// Where new calls go, in turn (the dispatcher with probing replaces this, issue 5).
-    public var backends: [SocketAddress]
+    public var backends: [Hop]
     public var timers: TransactionTimerValues
     /// A call still up after this many seconds is ended with a BYE to both legs (0: never).
     public var maxCallSeconds: UInt64
+    /// RFC 4028: the session interval asked of backends (0: none), and the smallest accepted.
+    public var sessionExpires: UInt32
+    public var minSE: UInt32
+    /// In-dialog OPTIONS toward both legs every this many seconds (0: never); a leg that does not
+    /// answer, or answers 408/481, ends the call.
+    public var pingSeconds: UInt64
+    /// The sharing tag written into new dialog records.
+    public var sharingTag: String
 
-    public init(host: String, port: UInt16, backends: [SocketAddress], timers: TransactionTimerValues = .rfc3261,
-                maxCallSeconds: UInt64 = 43_200) {
-        self.host = host
-        self.port = port
+    public init(local: [TransportProtocol: LocalAddress], backends: [Hop], timers: TransactionTimerValues = .rfc3261,
+                maxCallSeconds: UInt64 = 43_200, sessionExpires: UInt32 = 0, minSE: UInt32 = 90, pingSeconds: UInt64 = 0,
+                sharingTag: String = "") {
+        self.local = local
         self.backends = backends
-        self.maxCallSeconds = maxCallSeconds
         self.timers = timers
+        self.maxCallSeconds = maxCallSeconds
+        self.sessionExpires = sessionExpires
+        self.minSE = minSE
+        self.pingSeconds = pingSeconds
+        self.sharingTag = sharingTag
+    }
+
+    /// Host and port for our Via/Contact on `transport` (UDP's when that transport has no listener).
+    func address(for transport: TransportProtocol) -> LocalAddress {
+        local[transport] ?? local[.udp] ?? local.values.first ?? LocalAddress(host: "127.0.0.1", port: 5060, tag: "default")
     }
 }
 
-/// One side of a call, as the edge sees it: its own Call-ID, tags, CSeq space, remote target and
-/// the address its messages go to. Nothing of one leg is ever written into the other's messages.
-struct Leg {
-    var callID: String
-    var localTag: String
-    var remoteTag: String?
-    var localCSeq: UInt32
-    /// Our address-of-record on this leg (a From/To value without its tag).
-    var localURI: [UInt8]
-    var remoteURI: [UInt8]
-    /// Where in-dialog requests are addressed (the peer's Contact URI).
-    var remoteTarget: [UInt8]
-    /// Where messages for this leg are sent.
-    var peer: SocketAddress
+/// Which leg of a call.
+enum Side {
+    case client, backend
+    var other: Side { self == .client ? .backend : .client }
 }
 
-/// A call through the edge: the client leg and the backend leg.
+/// A call through the edge: its dialog record (both legs) and what lives only while this node
+/// carries it: transactions in flight, retransmission and session timers, failover progress.
 final class Call {
-    enum State { case early, confirmed, ended }
     let number: UInt32
-    var client: Leg
-    var backend: Leg
-    var state = State.early
+    var record: DialogRecord
     /// The client's INVITE server transaction, while responses still flow back to it.
     var clientInvite: ServerTxRecord?
     /// The 2xx sent to the client, retransmitted until its ACK comes (RFC 3261 §13.3.1.4).
@@ -64,8 +91,11 @@ final class Call {
     var firstDestination = 0
     var attempts = 0
     var committed = false
-    /// The INVITE sent to the current backend (a CANCEL copies its Via, From, To and Request-URI).
+    /// The INVITE sent to the current backend (a CANCEL copies its Via, From, To and Request-URI);
+    /// dropped once the call is answered.
     var backendInvite: SIPMessage?
+    /// The session interval asked of the current backend (raised by a 422's Min-SE).
+    var askedSessionExpires: UInt32 = 0
     /// The client cancelled: a late 2xx from the backend is ACKed and then ended with a BYE.
     var cancelled = false
     /// A re-INVITE is on its way through; another one meets 491 (glare, RFC 3261 §14.2).
@@ -74,33 +104,50 @@ final class Call {
     var reinviteACK: [UInt8]?
     /// Ends the call when its maximum lifetime is up.
     var lifetimeTimer: TimerID?
+    /// RFC 4028, per leg: when to refresh (we refresh) or give up (the peer refreshes).
+    var sessionTimers: (client: TimerID?, backend: TimerID?) = (nil, nil)
+    var pingTimer: TimerID?
     /// The Request-URI user, to address each backend.
     var user = ""
-    /// CSeq numbers of the INVITE on each leg (a PRACK's RAck names it).
-    var clientInviteCSeq: UInt32 = 1
-    var backendInviteCSeq: UInt32 = 1
 
-    init(number: UInt32, client: Leg, backend: Leg) {
+    init(number: UInt32, record: DialogRecord) {
         self.number = number
-        self.client = client
-        self.backend = backend
+        self.record = record
     }
+
+    subscript(side: Side) -> LegRecord {
+        get { side == .client ? record.client : record.backend }
+        set { if side == .client { record.client = newValue } else { record.backend = newValue } }
+    }
+
+    func side(ofCallID id: some Collection<UInt8>) -> Side? {
+        if id.elementsEqual(record.backend.callID.utf8) { return .backend }
+        if id.elementsEqual(record.client.callID.utf8) { return .client }
+        return nil
+    }
+
+    var isConfirmed: Bool { record.state == .confirmed }
+    var isEnded: Bool { record.state == .ended }
 }
 
-/// A transaction of the B2BUA: its state machine, the request it is about, the peer its messages
-/// go to, its key, its armed timers and the call it serves.
+/// A transaction of the B2BUA: its state machine, the request it is about, the hop its messages
+/// take, its key, its armed timers and the call it serves.
 final class TransactionRecord<Machine> {
     let id: UInt32
     var machine: Machine
     let request: SIPMessage
-    let peer: SocketAddress
+    let peer: Hop
     let key: TransactionKey
     var timers: [TransactionTimer: TimerID] = [:]
     weak var call: Call?
     /// For a request relayed from one leg to the other: the server transaction it answers.
     var origin: AnyObject?
+    /// What the B2BUA itself sent this request for, when its answer is not relayed.
+    var purpose = Purpose.relay
 
-    init(id: UInt32, machine: Machine, request: SIPMessage, peer: SocketAddress, key: TransactionKey) {
+    enum Purpose { case relay, backendInvite, refresh(Side), ping(Side), fireAndForget }
+
+    init(id: UInt32, machine: Machine, request: SIPMessage, peer: Hop, key: TransactionKey) {
         self.id = id
         self.machine = machine
         self.request = request
@@ -114,13 +161,16 @@ typealias ClientTxRecord = TransactionRecord<ClientTransaction>
 
 /// The B2BUA of one worker: every call is split into a client leg and a backend leg that never
 /// see each other's Via, Record-Route, Contact or Call-ID. It runs RFC 3261 transactions for both
-/// legs on the worker's loop. This first cut carries INVITE (provisional, 2xx, non-2xx, timeout),
-/// ACK and BYE from either side over UDP; CANCEL, re-INVITE, UPDATE, PRACK, failover and dialog
-/// records come next.
+/// legs on the worker's loop, over UDP, TCP or TLS per leg; keeps each call as a versioned
+/// `DialogRecord` handed to a `DialogStateSink` on every change; runs RFC 4028 session timers per
+/// leg, in-dialog OPTIONS pings and a maximum lifetime; and fails an initial INVITE over to the
+/// next backend on a timeout, 408 or 5xx.
 public final class B2BUA: TimerTarget {
     public let loop: EventLoop
     public let config: B2BUAConfig
     private unowned let sender: any MessageSender
+    /// Told of every change to a confirmed dialog, and of its end (persistence, replication).
+    public weak var sink: (any DialogStateSink)?
     private var ids: ShardedIdentifiers
     private var nextTxID: UInt32 = 1
     private var serverTransactions: [TransactionKey: ServerTxRecord] = [:]
@@ -140,17 +190,29 @@ public final class B2BUA: TimerTarget {
         self.ids = ShardedIdentifiers(worker: loop.index)
     }
 
-    private var contact: String { "<sip:edge@\(config.host):\(config.port)>" }
-
     private func newBranch() -> String { "z9hG4bK" + ids.make() }
+
+    private func via(_ hop: Hop) -> String {
+        let local = config.address(for: hop.transport)
+        return "SIP/2.0/\(hop.transport.viaName) \(local.host):\(local.port);branch=\(newBranch());rport"
+    }
+
+    /// Our Contact on a leg: the user part, and the address of the leg's transport.
+    private func contact(_ leg: LegRecord) -> String {
+        let local = config.address(for: leg.hop.transport)
+        let transport = leg.hop.transport == .udp ? "" : ";transport=\(leg.hop.transport.rawValue)"
+        return "<sip:\(leg.contactUser)@\(local.host):\(local.port)\(transport)>"
+    }
+
+    private static func wallClock() -> UInt64 { UInt64(max(0, time(nil))) }
 
     // MARK: - Receiving
 
-    /// A parsed, validated message from `source`.
-    public func receive(_ message: SIPMessage, from source: SocketAddress) {
+    /// A parsed, validated message that came along `hop`.
+    public func receive(_ message: SIPMessage, from hop: Hop) {
         loop.assertInLoop()
         if message.isRequest {
-            receiveRequest(message, from: source)
+            receiveRequest(message, from: hop)
         } else if let key = TransactionKey.client(forResponse: message), let tx = clientTransactions[key] {
             let actions = tx.machine.handle(.response(message))
             perform(actions, client: tx, message: message)
@@ -158,13 +220,14 @@ public final class B2BUA: TimerTarget {
         // A response matching no transaction is dropped (§17.1.3).
     }
 
-    private func receiveRequest(_ request: SIPMessage, from source: SocketAddress) {
+    private func receiveRequest(_ request: SIPMessage, from hop: Hop) {
         let key = TransactionKey.server(forRequest: request)
         if request.method == .ack {
             if let key, let tx = serverTransactions[key] {
                 perform(tx.machine.handle(.ack), server: tx)
-            } else if let id = request.callID?.string, let call = calls[id], id == call.client.callID {
-                clientAcknowledged(call)
+            }
+            if let id = request.callID, let call = calls[id.string], call.side(ofCallID: id.bytes) == .client {
+                clientAcknowledged(call, ack: request)
             }
             return
         }
@@ -173,9 +236,8 @@ public final class B2BUA: TimerTarget {
             return
         }
         guard let key, let method = request.method else { return }
-        let reliability: TransportReliability = .unreliable
-        let tx = ServerTxRecord(id: takeID(), machine: ServerTransaction(method: method, reliability: reliability, timers: config.timers),
-                                request: request, peer: source, key: key)
+        let tx = ServerTxRecord(id: takeID(), machine: ServerTransaction(method: method, reliability: hop.reliability, timers: config.timers),
+                                request: request, peer: hop, key: key)
         register(tx)
         if request.tag(of: .to) != nil {
             inDialog(request, tx)
@@ -187,11 +249,13 @@ public final class B2BUA: TimerTarget {
         case .cancel:
             cancel(request, tx, key: key)
         case .options:
-            respond(tx, status: 200, extra: [("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS")])
+            respond(tx, status: 200, extra: [("Allow", Self.allow), ("Accept", "application/sdp")])
         default:
             respond(tx, status: 501)
         }
     }
+
+    static let allow = "INVITE, ACK, BYE, CANCEL, OPTIONS, PRACK, UPDATE, INFO, NOTIFY, REFER, MESSAGE"
 
     // MARK: - Calls
 
@@ -202,36 +266,53 @@ public final class B2BUA: TimerTarget {
             respond(tx, status: 400)
             return
         }
-        let clientTarget = (try? invite.contact()).flatMap { value -> [UInt8]? in
-            if case .addresses(let a) = value, let first = a.first { return first.uri.text.bytes }
-            return nil
-        } ?? from.uri.text.bytes
-        let clientLeg = Leg(callID: callID, localTag: ids.make(), remoteTag: fromTag.string, localCSeq: 0,
-                            localURI: addressPart(to), remoteURI: addressPart(from), remoteTarget: clientTarget, peer: tx.peer)
+        let maxForwards = ((try? invite.maxForwards()) ?? 70) ?? 70
+        guard maxForwards > 0 else {
+            respond(tx, status: 483)
+            return
+        }
+        // RFC 4028 §8: an interval below our minimum is refused with 422 and our Min-SE.
+        let sessionExpires = (try? invite.sessionExpires()) ?? nil
+        if let se = sessionExpires, se.seconds < config.minSE {
+            respond(tx, status: 422, extra: [("Min-SE", "\(config.minSE)")])
+            return
+        }
         guard !config.backends.isEmpty else {
             respond(tx, status: 503)
             return
         }
+        let clientTarget = Self.contactURI(of: invite) ?? from.uri.text.bytes
+        let clientHop = tx.peer
+        var clientLeg = LegRecord(callID: callID, localTag: ids.make(), remoteTag: fromTag.string, localCSeq: 0,
+                                  remoteCSeq: (try? invite.cseq().number) ?? 1, inviteCSeq: (try? invite.cseq().number) ?? 1,
+                                  localURI: addressPart(to), remoteURI: addressPart(from), remoteTarget: clientTarget,
+                                  routeSet: invite.values(.recordRoute).map(\.bytes),
+                                  hop: clientHop, listenerTag: config.address(for: clientHop.transport).tag)
+        clientLeg.lastSDPReceived = invite.body.bytes
+        clientLeg.peerAllowsUpdate = Self.allows(invite, "UPDATE")
+        if let se = sessionExpires {
+            clientLeg.sessionInterval = se.seconds
+            // The caller refreshes unless it asked us to, or cannot (no "timer" in Supported).
+            clientLeg.refresher = se.refresher == .uas || !Self.supports(invite, "timer") ? .edge : .peer
+        }
         // The caller's identity goes on, but not its address: the From URI's host becomes ours.
+        let first = config.backends[callsStarted % config.backends.count]
+        let local = config.address(for: first.transport)
         let backendFrom = Array((from.displayName.map { $0.string + " " } ?? "").utf8)
-            + Array("<sip:\(from.uri.user.map { String(decoding: $0.bytes, as: UTF8.self) + "@" } ?? "")\(config.host):\(config.port)>".utf8)
-        let backendLeg = Leg(callID: "", localTag: "", remoteTag: nil, localCSeq: 1, localURI: backendFrom,
-                             remoteURI: addressPart(to), remoteTarget: [], peer: config.backends[0])
-        let call = Call(number: takeID(), client: clientLeg, backend: backendLeg)
+            + Array("<sip:\(from.uri.user.map { String(decoding: $0.bytes, as: UTF8.self) + "@" } ?? "")\(local.host):\(local.port)>".utf8)
+        var backendLeg = LegRecord(callID: "", localTag: "", localCSeq: 1, localURI: backendFrom, remoteURI: addressPart(to),
+                                   remoteTarget: [], hop: first, listenerTag: local.tag)
+        backendLeg.lastSDPSent = invite.body.bytes
+        let call = Call(number: takeID(), record: DialogRecord(client: clientLeg, backend: backendLeg, sharingTag: config.sharingTag,
+                                                               startedAt: Self.wallClock()))
         call.user = uri.user.map { String(decoding: $0.bytes, as: UTF8.self) } ?? ""
-        call.clientInviteCSeq = (try? invite.cseq().number) ?? 1
         call.firstDestination = callsStarted % config.backends.count
+        call.askedSessionExpires = config.sessionExpires > 0 ? max(config.sessionExpires, config.minSE) : 0
         call.clientInvite = tx
         tx.call = call
-        calls[clientLeg.callID] = call
+        calls[callID] = call
         callsByNumber[call.number] = call
         callsStarted += 1
-        let maxForwards = ((try? invite.maxForwards()) ?? 70) ?? 70
-        guard maxForwards > 0 else {
-            respond(tx, status: 483)
-            endCall(call)
-            return
-        }
         tryNextBackend(call)
     }
 
@@ -242,29 +323,39 @@ public final class B2BUA: TimerTarget {
         let invite = tx.request
         let destination = config.backends[(call.firstDestination + call.attempts) % config.backends.count]
         call.attempts += 1
-        if !call.backend.callID.isEmpty { calls[call.backend.callID] = nil }
-        let host = destination.family == .inet6 ? "[\(destination.ipString)]" : destination.ipString
-        let target = Array("sip:\(call.user.isEmpty ? "" : call.user + "@")\(host):\(destination.port)".utf8)
-        call.backend.callID = ids.make()
-        call.backend.localTag = ids.make()
-        call.backend.remoteTag = nil
-        call.backend.remoteTarget = target
-        call.backend.peer = destination
-        calls[call.backend.callID] = call
+        if !call.record.backend.callID.isEmpty { calls[call.record.backend.callID] = nil }
+        let host = destination.address.family == .inet6 ? "[\(destination.address.ipString)]" : destination.address.ipString
+        let transport = destination.transport == .udp ? "" : ";transport=\(destination.transport.rawValue)"
+        let target = Array("sip:\(call.user.isEmpty ? "" : call.user + "@")\(host):\(destination.address.port)\(transport)".utf8)
+        var leg = call.record.backend
+        leg.callID = ids.make()
+        leg.localTag = ids.make()
+        leg.remoteTag = ""
+        leg.remoteTarget = target
+        leg.routeSet = []
+        leg.hop = destination
+        leg.listenerTag = config.address(for: destination.transport).tag
+        leg.inviteCSeq = leg.localCSeq
+        call.record.backend = leg
+        calls[leg.callID] = call
         let maxForwards = ((try? invite.maxForwards()) ?? 70) ?? 70
         var b = MessageBuilder(requestLine: "INVITE", uri: target)
-        b.header("Via", "SIP/2.0/UDP \(config.host):\(config.port);branch=\(newBranch());rport")
+        b.header("Via", via(destination))
         b.header("Max-Forwards", "\(maxForwards - 1)")
-        b.header("From", call.backend.localURI + Array(";tag=\(call.backend.localTag)".utf8))
-        b.header("To", call.backend.remoteURI)
-        b.header("Call-ID", call.backend.callID)
-        b.header("CSeq", "\(call.backend.localCSeq) INVITE")
-        call.backendInviteCSeq = call.backend.localCSeq
-        b.header("Contact", contact)
-        b.copy(MessageBuilder.endToEnd, from: invite)
+        b.header("From", leg.localURI + Array(";tag=\(leg.localTag)".utf8))
+        b.header("To", leg.remoteURI)
+        b.header("Call-ID", leg.callID)
+        b.header("CSeq", "\(leg.localCSeq) INVITE")
+        b.header("Contact", contact(leg))
+        b.header("Allow", Self.allow)
+        if call.askedSessionExpires > 0 {
+            b.header("Session-Expires", "\(call.askedSessionExpires)")
+            b.header("Min-SE", "\(config.minSE)")
+        }
+        Self.copySessionHeaders(from: invite, into: &b, addTimer: call.askedSessionExpires > 0)
         let bytes = b.finish(contentType: invite.contentType, body: invite.body.bytes)
         call.backendInvite = try? SIPMessage(parsing: bytes)
-        startClient(bytes, to: destination, call: call)
+        startClient(bytes, to: destination, call: call, purpose: .backendInvite)
     }
 
     /// §9.2: a CANCEL is answered 200 by itself; if its INVITE is still pending, the INVITE gets
@@ -276,19 +367,20 @@ public final class B2BUA: TimerTarget {
             return
         }
         respond(tx, status: 200)
-        guard call.state == .early else { return }   // answered already: the CANCEL changes nothing
+        guard call.record.state == .early else { return }   // answered already: the CANCEL changes nothing
         call.cancelled = true
         if let backendInvite = call.backendInvite {
-            var b = MessageBuilder(requestLine: "CANCEL", uri: backendInvite.requestURIBytes?.bytes ?? call.backend.remoteTarget)
+            var b = MessageBuilder(requestLine: "CANCEL", uri: backendInvite.requestURIBytes?.bytes ?? call.record.backend.remoteTarget)
             if let via = backendInvite.topValue(.via) { b.header("Via", via.bytes) }
             b.header("Max-Forwards", "70")
             if let from = backendInvite.firstValue(.from) { b.header("From", from.bytes) }
             if let to = backendInvite.firstValue(.to) { b.header("To", to.bytes) }
-            b.header("Call-ID", call.backend.callID)
-            b.header("CSeq", "\(call.backend.localCSeq) CANCEL")
-            startClient(b.finish(), to: call.backend.peer, call: nil)
+            b.header("Call-ID", call.record.backend.callID)
+            b.header("CSeq", "\(call.record.backend.inviteCSeq) CANCEL")
+            if let reason = request.firstValue(.reason) { b.header("Reason", reason.bytes) }
+            startClient(b.finish(), to: call.record.backend.hop, call: nil, purpose: .fireAndForget)
         }
-        let bytes = MessageBuilder.response(to: inviteTx.request, status: 487, toTag: call.client.localTag)
+        let bytes = MessageBuilder.response(to: inviteTx.request, status: 487, toTag: call.record.client.localTag)
         perform(inviteTx.machine.handle(.respond(status: 487, bytes: bytes)), server: inviteTx)
         call.clientInvite = nil
     }
@@ -307,42 +399,77 @@ public final class B2BUA: TimerTarget {
             cancelledCallAnswered(response, call: call)
             return
         }
-        guard let status = response.statusCode, status > 100, let tx = call.clientInvite else { return }
+        guard let status = response.statusCode, status > 100 else { return }
+        if status >= 200 && status < 300 && call.isConfirmed {
+            // A retransmitted 2xx: our ACK was lost (or is still waiting for the caller's answer).
+            if let ack = call.backendACK { _ = sender.send(ack, to: call.record.backend.hop) }
+            return
+        }
+        guard let tx = call.clientInvite else { return }
+        if status == 422, !call.committed, let minSE = (try? response.minSE()) ?? nil, minSE > call.askedSessionExpires {
+            // RFC 4028 §7.4: the backend wants a longer interval; ask again with it.
+            call.askedSessionExpires = minSE
+            call.attempts -= 1
+            call.record.backend.localCSeq += 1
+            tryNextBackend(call)
+            return
+        }
         if status >= 300 && mayFailOver(call, status: status) {
             tryNextBackend(call)
             return
         }
         if status >= 200 || response.tag(of: .to) != nil { call.committed = true }
         if status < 300, let tag = response.tag(of: .to) {
-            call.backend.remoteTag = tag.string
-            if let contact = try? response.contact(), case .addresses(let a) = contact, let first = a.first {
-                call.backend.remoteTarget = first.uri.text.bytes
-            }
+            call.record.backend.remoteTag = tag.string
+            if let target = Self.contactURI(of: response) { call.record.backend.remoteTarget = target }
+            call.record.backend.routeSet = response.values(.recordRoute).map(\.bytes).reversed()
         }
+        if !response.body.isEmpty { carrySDP(response.body.bytes, from: .backend, call: call) }
+        var extra: [(String, String)] = []
         if status >= 200 && status < 300 {
-            if call.state == .confirmed {
-                // A retransmitted 2xx: our ACK was lost.
-                if let ack = call.backendACK { sender.send(ack, to: call.backend.peer) }
-                return
+            call.record.state = .confirmed
+            call.record.answeredAt = Self.wallClock()
+            call.record.backend.peerAllowsUpdate = Self.allows(response, "UPDATE")
+            if let se = (try? response.sessionExpires()) ?? nil {
+                call.record.backend.sessionInterval = se.seconds
+                // In a response to our request, "uac" is us.
+                call.record.backend.refresher = se.refresher == .uas ? .peer : .edge
             }
-            call.state = .confirmed
             if config.maxCallSeconds > 0 {
+                call.record.endsAt = call.record.answeredAt + config.maxCallSeconds
                 call.lifetimeTimer = loop.schedule(afterMilliseconds: config.maxCallSeconds * 1_000, target: self,
-                                                   token: Self.lifetimeFlag | UInt64(call.number))
+                                                   token: Self.token(.lifetime, call))
             }
-            let ack = inDialogRequest("ACK", leg: call.backend, cseq: call.backend.localCSeq)
-            call.backendACK = ack
-            sender.send(ack, to: call.backend.peer)
+            call.backendInvite = nil
+            // Late offer (the caller's INVITE had no SDP): the backend's ACK carries the caller's
+            // answer, so it waits for the caller's ACK.
+            if !(tx.request.body.isEmpty && !response.body.isEmpty) {
+                let ack = inDialogRequest("ACK", call: call, side: .backend, cseq: call.record.backend.inviteCSeq)
+                call.backendACK = ack
+                _ = sender.send(ack, to: call.record.backend.hop)
+            }
+            armSessionTimer(call, .backend)
+            armSessionTimer(call, .client)
+            if config.pingSeconds > 0 {
+                call.pingTimer = loop.schedule(afterMilliseconds: config.pingSeconds * 1_000, target: self, token: Self.token(.ping, call))
+            }
+            extra = sessionHeaders(call, .client, inResponse: true)
         }
-        let bytes = MessageBuilder.response(to: tx.request, status: status, reason: response.reasonPhrase?.string,
-                                            toTag: call.client.localTag, contact: status < 300 ? contact : nil,
-                                            copying: response, contentType: response.contentType, body: response.body.bytes)
+        var b = MessageBuilder.responseHead(to: tx.request, status: status, reason: response.reasonPhrase?.string,
+                                            toTag: call.record.client.localTag, contact: status < 300 ? contact(call.record.client) : nil,
+                                            extraHeaders: extra + (status < 300 ? [("Allow", Self.allow)] : []))
+        Self.copySessionHeaders(from: response, into: &b, addTimer: false)
+        b.header("Server", "SIPEdge")
+        let bytes = b.finish(contentType: response.contentType, body: response.body.bytes)
         perform(tx.machine.handle(.respond(status: status, bytes: bytes)), server: tx)
         if status >= 200 && status < 300 {
             call.answer = bytes
             call.answerInterval = config.timers.t1
             call.answerDeadline = loop.now + 64 * config.timers.t1
-            call.answerTimer = loop.schedule(afterMilliseconds: call.answerInterval, target: self, token: Self.answerToken(call))
+            if tx.peer.reliability == .unreliable {
+                call.answerTimer = loop.schedule(afterMilliseconds: call.answerInterval, target: self, token: Self.token(.answer, call))
+            }
+            changed(call)
         }
         if status >= 300 {
             call.clientInvite = nil
@@ -354,57 +481,111 @@ public final class B2BUA: TimerTarget {
     /// ACKed and followed by a BYE (§9.1: the CANCEL came too late for it).
     private func cancelledCallAnswered(_ response: SIPMessage, call: Call) {
         guard let status = response.statusCode, status >= 200 else { return }
-        if status < 300, call.state != .ended {
-            call.backend.remoteTag = response.tag(of: .to)?.string
-            if let contact = try? response.contact(), case .addresses(let a) = contact, let first = a.first {
-                call.backend.remoteTarget = first.uri.text.bytes
-            }
-            sender.send(inDialogRequest("ACK", leg: call.backend, cseq: call.backend.localCSeq), to: call.backend.peer)
-            call.backend.localCSeq += 1
-            startClient(inDialogRequest("BYE", leg: call.backend, cseq: call.backend.localCSeq), to: call.backend.peer, call: nil)
+        if status < 300, !call.isEnded {
+            call.record.backend.remoteTag = response.tag(of: .to)?.string ?? ""
+            if let target = Self.contactURI(of: response) { call.record.backend.remoteTarget = target }
+            _ = sender.send(inDialogRequest("ACK", call: call, side: .backend, cseq: call.record.backend.inviteCSeq),
+                            to: call.record.backend.hop)
+            sendBYE(call, .backend, reason: nil)
         }
         endCall(call)
     }
 
-    private func clientAcknowledged(_ call: Call) {
+    private func clientAcknowledged(_ call: Call, ack: SIPMessage) {
         if let t = call.answerTimer { loop.cancel(t) }
         call.answerTimer = nil
+        if call.answer != nil, call.backendACK == nil, call.isConfirmed {
+            // Late offer: the caller's ACK carries the answer to the backend's offer.
+            if !ack.body.isEmpty { carrySDP(ack.body.bytes, from: .client, call: call) }
+            let bytes = inDialogRequest("ACK", call: call, side: .backend, cseq: call.record.backend.inviteCSeq,
+                                        contentType: ack.contentType, body: ack.body.bytes)
+            call.backendACK = bytes
+            _ = sender.send(bytes, to: call.record.backend.hop)
+            changed(call)
+        }
         call.answer = nil
         call.clientInvite = nil
     }
 
-    /// An in-dialog request (To has a tag): BYE ends the call on both legs; OPTIONS is answered.
+    /// An in-dialog request (To has a tag): BYE ends the call on both legs; a session refresh is
+    /// answered here; anything else crosses to the other leg.
     private func inDialog(_ request: SIPMessage, _ tx: ServerTxRecord) {
-        guard let callID = request.callID?.string, let call = calls[callID] else {
+        guard let id = request.callID, let call = calls[id.string], let side = call.side(ofCallID: id.bytes) else {
             respond(tx, status: 481)
             return
         }
+        guard let cseq = try? request.cseq().number else { return }
+        if request.method != .prack || call.isConfirmed {
+            // §12.2.2: a request older than the last one from that peer is out of order.
+            if cseq < call[side].remoteCSeq && request.method != .prack {
+                respond(tx, status: 500, extra: [("Retry-After", "1")])
+                return
+            }
+            call[side].remoteCSeq = max(cseq, call[side].remoteCSeq)
+        }
+        // A new NAT binding or connection for the peer: later requests follow it.
+        if tx.peer.transport == call[side].hop.transport { call[side].hop = tx.peer }
         switch request.method {
         case .bye:
             respond(tx, status: 200)
-            let fromClient = callID == call.client.callID
-            var other = fromClient ? call.backend : call.client
-            other.localCSeq += 1
-            if fromClient { call.backend = other } else { call.client = other }
-            let bye = inDialogRequest("BYE", leg: other, cseq: other.localCSeq)
-            startClient(bye, to: other.peer, call: nil)
-            endCall(call)
+            hangUp(call, reason: request.firstValue(.reason)?.string, except: side)
         case .ack, .cancel:
             break
         default:
-            relay(request, tx, call: call, fromClient: callID == call.client.callID)
+            if isSessionRefresh(request, call: call, side: side) {
+                answerRefresh(request, tx, call: call, side: side)
+            } else {
+                relay(request, tx, call: call, from: side)
+            }
         }
+    }
+
+    /// An UPDATE without a body, or a re-INVITE offering the session the peer already has: it only
+    /// refreshes that leg's session timer (RFC 4028), so the edge answers it and the other leg
+    /// never hears of it.
+    private func isSessionRefresh(_ request: SIPMessage, call: Call, side: Side) -> Bool {
+        guard call.isConfirmed, call[side].sessionInterval > 0 else { return false }
+        if request.method == .update { return request.body.isEmpty }
+        if request.method == .invite {
+            return request.body.isEmpty ? false : request.body.bytes.elementsEqual(call[side].lastSDPReceived)
+        }
+        return false
+    }
+
+    private func answerRefresh(_ request: SIPMessage, _ tx: ServerTxRecord, call: Call, side: Side) {
+        if request.method == .invite {
+            perform(tx.machine.start(trying: MessageBuilder.response(to: request, status: 100, toTag: nil)), server: tx)
+        }
+        adoptRequestedSessionTimer(request, call: call, side: side)
+        if let target = Self.contactURI(of: request) { call[side].remoteTarget = target }
+        let leg = call[side]
+        let body = request.method == .invite ? leg.lastSDPSent : []
+        var b = MessageBuilder.responseHead(to: request, status: 200, toTag: nil, contact: contact(leg),
+                                        extraHeaders: sessionHeaders(call, side, inResponse: true) + [("Allow", Self.allow)])
+        b.header("Server", "SIPEdge")
+        let bytes = b.finish(contentType: body.isEmpty ? nil : Self.sdpType, body: body)
+        perform(tx.machine.handle(.respond(status: 200, bytes: bytes)), server: tx)
+        armSessionTimer(call, side)
+        changed(call)
+    }
+
+    /// A refresh request from the peer sets the leg's interval and refresher (RFC 4028 §9).
+    private func adoptRequestedSessionTimer(_ request: SIPMessage, call: Call, side: Side) {
+        guard let se = (try? request.sessionExpires()) ?? nil, se.seconds >= config.minSE else { return }
+        call[side].sessionInterval = se.seconds
+        // In a request from the peer, "uac" is the peer.
+        call[side].refresher = se.refresher == .uas || !Self.supports(request, "timer") ? .edge : .peer
     }
 
     /// Any other in-dialog request (re-INVITE, UPDATE, INFO, NOTIFY, MESSAGE, REFER, OPTIONS...)
     /// goes to the other leg as that leg's own request; its response comes back the same way.
-    private func relay(_ request: SIPMessage, _ tx: ServerTxRecord, call: Call, fromClient: Bool) {
+    private func relay(_ request: SIPMessage, _ tx: ServerTxRecord, call: Call, from side: Side) {
         guard let method = request.method, let name = request.methodBytes?.string else { return }
         let refreshesTarget = method == .invite || method == .update
-        if refreshesTarget, let contact = try? request.contact(), case .addresses(let a) = contact, let first = a.first {
-            // Target refresh (§12.2.2): the sender's new Contact.
-            if fromClient { call.client.remoteTarget = first.uri.text.bytes } else { call.backend.remoteTarget = first.uri.text.bytes }
+        if refreshesTarget, let target = Self.contactURI(of: request) {
+            call[side].remoteTarget = target   // §12.2.2 target refresh
         }
+        if refreshesTarget { adoptRequestedSessionTimer(request, call: call, side: side) }
         if method == .invite {
             perform(tx.machine.start(trying: MessageBuilder.response(to: request, status: 100, toTag: nil)), server: tx)
             guard !call.reinviteInProgress else {
@@ -413,79 +594,280 @@ public final class B2BUA: TimerTarget {
             }
             call.reinviteInProgress = true
         }
-        var other = fromClient ? call.backend : call.client
-        other.localCSeq += 1
-        if fromClient { call.backend = other } else { call.client = other }
+        let other = side.other
+        call[other].localCSeq += 1
         var extra: [(String, String)] = []
         if method == .prack, let rack = request.firstValue(.rack) {
             // RFC 3262 §7.2: RAck names the INVITE by its CSeq, which differs between the legs.
             let parts = rack.string.split(separator: " ", omittingEmptySubsequences: true)
-            let inviteCSeq = fromClient ? call.backendInviteCSeq : call.clientInviteCSeq
-            if parts.count == 3 { extra.append(("RAck", "\(parts[0]) \(inviteCSeq) \(parts[2])")) }
+            if parts.count == 3 { extra.append(("RAck", "\(parts[0]) \(call[other].inviteCSeq) \(parts[2])")) }
         }
-        let bytes = inDialogRequest(name, leg: other, cseq: other.localCSeq, contact: refreshesTarget ? contact : nil,
+        if refreshesTarget { extra += sessionHeaders(call, other, inResponse: false) }
+        if !request.body.isEmpty { carrySDP(request.body.bytes, from: side, call: call) }
+        let bytes = inDialogRequest(name, call: call, side: other, cseq: call[other].localCSeq, contact: refreshesTarget,
                                     extra: extra, copying: request, contentType: request.contentType, body: request.body.bytes)
-        startClient(bytes, to: other.peer, call: call, origin: tx)
+        startClient(bytes, to: call[other].hop, call: call, origin: tx)
+        changed(call)
     }
 
     /// The other leg answered a relayed request: the answer goes back to the leg that asked.
     private func relayResponse(_ response: SIPMessage, clientTx: ClientTxRecord, origin: ServerTxRecord) {
         guard let status = response.statusCode, status > 100 else { return }
-        let call = clientTx.call
-        let isInvite = clientTx.machine.isInvite
-        if isInvite, status >= 200, let call {
-            let answeringLeg = clientTx.request.callID?.string == call.backend.callID ? call.backend : call.client
-            if status < 300 {
-                if origin.machine.state != .proceeding {
-                    // A retransmitted 2xx: our ACK was lost.
-                    if let ack = call.reinviteACK { sender.send(ack, to: answeringLeg.peer) }
-                    return
+        let method = origin.request.method
+        let refreshes = method == .invite || method == .update
+        var extra: [(String, String)] = []
+        var ourContact: String?
+        if let call = clientTx.call, let answering = clientTx.request.callID.flatMap({ call.side(ofCallID: $0.bytes) }) {
+            let asking = answering.other
+            if method == .invite && status >= 200 {
+                if status < 300 {
+                    if origin.machine.state != .proceeding {
+                        // A retransmitted 2xx: our ACK was lost.
+                        if let ack = call.reinviteACK { _ = sender.send(ack, to: call[answering].hop) }
+                        return
+                    }
+                    let cseq = (try? clientTx.request.cseq().number) ?? call[answering].localCSeq
+                    let ack = inDialogRequest("ACK", call: call, side: answering, cseq: cseq)
+                    call.reinviteACK = ack
+                    _ = sender.send(ack, to: call[answering].hop)
                 }
-                if let contact = try? response.contact(), case .addresses(let a) = contact, let first = a.first {
-                    if answeringLeg.callID == call.backend.callID { call.backend.remoteTarget = first.uri.text.bytes }
-                    else { call.client.remoteTarget = first.uri.text.bytes }
-                }
-                let leg = answeringLeg.callID == call.backend.callID ? call.backend : call.client
-                let ack = inDialogRequest("ACK", leg: leg, cseq: (try? clientTx.request.cseq().number) ?? leg.localCSeq)
-                call.reinviteACK = ack
-                sender.send(ack, to: leg.peer)
+                call.reinviteInProgress = false
             }
-            call.reinviteInProgress = false
+            if refreshes && status >= 200 && status < 300 {
+                if let target = Self.contactURI(of: response) { call[answering].remoteTarget = target }
+                if let se = (try? response.sessionExpires()) ?? nil {
+                    call[answering].sessionInterval = se.seconds
+                    call[answering].refresher = se.refresher == .uas ? .peer : .edge
+                }
+                armSessionTimer(call, answering)
+                armSessionTimer(call, asking)
+                extra = sessionHeaders(call, asking, inResponse: true)
+                ourContact = contact(call[asking])
+            }
+            if !response.body.isEmpty { carrySDP(response.body.bytes, from: answering, call: call) }
+            if status >= 200 { changed(call) }
         }
-        let refreshes = origin.request.method == .invite || origin.request.method == .update
-        let bytes = MessageBuilder.response(to: origin.request, status: status, reason: response.reasonPhrase?.string, toTag: nil,
-                                            contact: refreshes && status < 300 ? contact : nil,
-                                            copying: response, contentType: response.contentType, body: response.body.bytes)
+        var b = MessageBuilder.responseHead(to: origin.request, status: status, reason: response.reasonPhrase?.string, toTag: nil,
+                                            contact: ourContact, extraHeaders: extra)
+        Self.copySessionHeaders(from: response, into: &b, addTimer: false)
+        b.header("Server", "SIPEdge")
+        let bytes = b.finish(contentType: response.contentType, body: response.body.bytes)
         perform(origin.machine.handle(.respond(status: status, bytes: bytes)), server: origin)
     }
 
+    /// A body crossing from `side` to the other: the last SDP each way, for refreshes and records.
+    private func carrySDP(_ body: [UInt8], from side: Side, call: Call) {
+        call[side].lastSDPReceived = body
+        call[side.other].lastSDPSent = body
+    }
+
     /// A request within a leg's dialog, from the leg's own state (§12.2.1.1).
-    private func inDialogRequest(_ method: String, leg: Leg, cseq: UInt32, contact: String? = nil,
+    private func inDialogRequest(_ method: String, call: Call, side: Side, cseq: UInt32, contact withContact: Bool = false,
                                  extra: [(String, String)] = [], copying source: SIPMessage? = nil,
                                  contentType: ByteView? = nil, body: [UInt8] = []) -> [UInt8] {
+        let leg = call[side]
         var b = MessageBuilder(requestLine: method, uri: leg.remoteTarget)
-        b.header("Via", "SIP/2.0/UDP \(config.host):\(config.port);branch=\(newBranch());rport")
+        b.header("Via", via(leg.hop))
         b.header("Max-Forwards", "70")
+        for route in leg.routeSet { b.header("Route", route) }
         b.header("From", leg.localURI + Array(";tag=\(leg.localTag)".utf8))
-        b.header("To", leg.remoteURI + (leg.remoteTag.map { Array(";tag=\($0)".utf8) } ?? []))
+        b.header("To", leg.remoteURI + (leg.remoteTag.isEmpty ? [] : Array(";tag=\(leg.remoteTag)".utf8)))
         b.header("Call-ID", leg.callID)
         b.header("CSeq", "\(cseq) \(method)")
-        if let contact { b.header("Contact", contact) }
+        if withContact { b.header("Contact", contact(leg)) }
         for (name, value) in extra { b.header(name, value) }
-        if let source { b.copy(MessageBuilder.endToEnd, from: source) }
+        if let source { Self.copySessionHeaders(from: source, into: &b, addTimer: extra.contains { $0.0 == "Session-Expires" }) }
         return b.finish(contentType: contentType, body: body)
     }
 
+    // MARK: - Ending calls
+
+    /// Sends a BYE on one leg (its own CSeq), answered or not.
+    private func sendBYE(_ call: Call, _ side: Side, reason: String?) {
+        call[side].localCSeq += 1
+        let bytes = inDialogRequest("BYE", call: call, side: side, cseq: call[side].localCSeq,
+                                    extra: reason.map { [("Reason", $0)] } ?? [])
+        startClient(bytes, to: call[side].hop, call: nil, purpose: .fireAndForget)
+    }
+
+    /// Ends a confirmed call with a BYE on each leg but `except` (the one that hung up).
+    private func hangUp(_ call: Call, reason: String?, except: Side? = nil) {
+        guard !call.isEnded else { return }
+        for side in [Side.backend, .client] where side != except { sendBYE(call, side, reason: reason) }
+        endCall(call)
+    }
+
     private func endCall(_ call: Call) {
-        guard call.state != .ended else { return }
-        call.state = .ended
-        if let t = call.answerTimer { loop.cancel(t) }
-        if let t = call.lifetimeTimer { loop.cancel(t) }
-        calls[call.client.callID] = nil
-        calls[call.backend.callID] = nil
+        guard !call.isEnded else { return }
+        let wasConfirmed = call.isConfirmed
+        call.record.state = .ended
+        for t in [call.answerTimer, call.lifetimeTimer, call.sessionTimers.client, call.sessionTimers.backend, call.pingTimer] {
+            if let t { loop.cancel(t) }
+        }
+        calls[call.record.client.callID] = nil
+        calls[call.record.backend.callID] = nil
         callsByNumber[call.number] = nil
         callsEnded += 1
+        if wasConfirmed { sink?.dialogEnded(key: call.record.key) }
     }
+
+    /// A confirmed call changed: a new version of its record goes to the sink.
+    private func changed(_ call: Call) {
+        guard call.isConfirmed else { return }
+        call.record.version += 1
+        sink?.dialogChanged(call.record)
+    }
+
+    // MARK: - Session timers (RFC 4028) and pings
+
+    /// Session-Expires (and Require: timer) for a leg's message, when that leg has a session timer.
+    private func sessionHeaders(_ call: Call, _ side: Side, inResponse: Bool) -> [(String, String)] {
+        let leg = call[side]
+        guard leg.sessionInterval > 0 else { return [] }
+        // "uac" names the sender of the request: the peer when we answer, us when we ask.
+        let peerRefreshes = leg.refresher == .peer
+        let refresher = inResponse ? (peerRefreshes ? "uac" : "uas") : (peerRefreshes ? "uas" : "uac")
+        var out = [("Session-Expires", "\(leg.sessionInterval);refresher=\(refresher)")]
+        if inResponse && peerRefreshes { out.append(("Require", "timer")) }
+        if !inResponse { out.append(("Min-SE", "\(config.minSE)")) }
+        return out
+    }
+
+    /// (Re)starts a leg's session timer: at half the interval when we refresh, shortly before the
+    /// end (§10: interval - min(32, interval/3)) when the peer does.
+    private func armSessionTimer(_ call: Call, _ side: Side) {
+        let old = side == .client ? call.sessionTimers.client : call.sessionTimers.backend
+        if let old { loop.cancel(old) }
+        let leg = call[side]
+        var timer: TimerID?
+        if leg.sessionInterval > 0 && leg.refresher != .none && !call.isEnded {
+            let interval = UInt64(leg.sessionInterval)
+            let ms = leg.refresher == .edge ? interval * 500 : (interval - min(32, interval / 3)) * 1_000
+            timer = loop.schedule(afterMilliseconds: max(ms, 100), target: self,
+                                  token: Self.token(side == .client ? .sessionClient : .sessionBackend, call))
+        }
+        if side == .client { call.sessionTimers.client = timer } else { call.sessionTimers.backend = timer }
+    }
+
+    private func sessionTimerFired(_ call: Call, _ side: Side) {
+        if side == .client { call.sessionTimers.client = nil } else { call.sessionTimers.backend = nil }
+        guard call.isConfirmed else { return }
+        let leg = call[side]
+        if leg.refresher == .peer {
+            // No refresh came in time: the session is over on that leg, so on both (§10).
+            hangUp(call, reason: "SIP;cause=408;text=\"Session timer expired\"")
+            return
+        }
+        guard !call.reinviteInProgress else {
+            // A re-INVITE is crossing: try again shortly.
+            let t = loop.schedule(afterMilliseconds: 1_000, target: self,
+                                  token: Self.token(side == .client ? .sessionClient : .sessionBackend, call))
+            if side == .client { call.sessionTimers.client = t } else { call.sessionTimers.backend = t }
+            return
+        }
+        // Our turn to refresh: UPDATE without a body where the peer takes it, else a re-INVITE
+        // offering the session as it stands.
+        call[side].localCSeq += 1
+        let method = leg.peerAllowsUpdate ? "UPDATE" : "INVITE"
+        let body = method == "INVITE" ? leg.lastSDPSent : []
+        if method == "INVITE" { call.reinviteInProgress = true }
+        let bytes = inDialogRequest(method, call: call, side: side, cseq: call[side].localCSeq, contact: true,
+                                    extra: sessionHeaders(call, side, inResponse: false) + [("Supported", "timer")],
+                                    contentType: body.isEmpty ? nil : Self.sdpType, body: body)
+        startClient(bytes, to: leg.hop, call: call, purpose: .refresh(side))
+        changed(call)
+    }
+
+    /// The answer to a refresh or a ping we sent on `side`.
+    private func ownRequestAnswered(_ response: SIPMessage, tx: ClientTxRecord, call: Call, purpose: TransactionRecord<ClientTransaction>.Purpose) {
+        guard let status = response.statusCode, status >= 200 else { return }
+        switch purpose {
+        case .refresh(let side):
+            if tx.machine.isInvite {
+                if status < 300 {
+                    let ack = inDialogRequest("ACK", call: call, side: side, cseq: (try? tx.request.cseq().number) ?? call[side].localCSeq)
+                    _ = sender.send(ack, to: call[side].hop)
+                    if !response.body.isEmpty { call[side].lastSDPReceived = response.body.bytes }
+                }
+                call.reinviteInProgress = false
+            }
+            if status < 300 {
+                if let se = (try? response.sessionExpires()) ?? nil {
+                    call[side].sessionInterval = se.seconds
+                    call[side].refresher = se.refresher == .uas ? .peer : .edge
+                }
+                armSessionTimer(call, side)
+                changed(call)
+            } else if status == 491 {
+                armSessionTimer(call, side)
+            } else {
+                hangUp(call, reason: "SIP;cause=\(status);text=\"Session refresh failed\"")
+            }
+        case .ping:
+            // The peer is there if it answers at all, unless it no longer knows the dialog.
+            if status == 408 || status == 481 { hangUp(call, reason: "SIP;cause=\(status);text=\"Dialog ping failed\"") }
+        default:
+            break
+        }
+    }
+
+    private func ping(_ call: Call) {
+        call.pingTimer = nil
+        guard call.isConfirmed else { return }
+        for side in [Side.client, .backend] {
+            call[side].localCSeq += 1
+            let bytes = inDialogRequest("OPTIONS", call: call, side: side, cseq: call[side].localCSeq)
+            startClient(bytes, to: call[side].hop, call: call, purpose: .ping(side))
+        }
+        changed(call)
+        if call.isConfirmed {
+            call.pingTimer = loop.schedule(afterMilliseconds: config.pingSeconds * 1_000, target: self, token: Self.token(.ping, call))
+        }
+    }
+
+    // MARK: - Records from elsewhere (a restart, another node)
+
+    /// Takes over a confirmed dialog from its record (loaded from disk or replicated): both legs
+    /// as they were, its timers re-armed from their wall-clock deadlines. Its transactions are not
+    /// carried over: requests from either side start new ones.
+    public func restore(_ record: DialogRecord) {
+        loop.assertInLoop()
+        guard record.state == .confirmed, calls[record.backend.callID] == nil else { return }
+        var record = record
+        record.client.hop = record.client.hop.withoutWorker
+        record.backend.hop = record.backend.hop.withoutWorker
+        let call = Call(number: takeID(), record: record)
+        calls[record.client.callID] = call
+        calls[record.backend.callID] = call
+        callsByNumber[call.number] = call
+        callsStarted += 1
+        if record.endsAt > 0 {
+            let now = Self.wallClock()
+            let ms = record.endsAt > now ? (record.endsAt - now) * 1_000 : 1
+            call.lifetimeTimer = loop.schedule(afterMilliseconds: ms, target: self, token: Self.token(.lifetime, call))
+        }
+        armSessionTimer(call, .client)
+        armSessionTimer(call, .backend)
+        if config.pingSeconds > 0 {
+            call.pingTimer = loop.schedule(afterMilliseconds: config.pingSeconds * 1_000, target: self, token: Self.token(.ping, call))
+        }
+    }
+
+    /// The records of every confirmed call on this worker (`dlg_list`).
+    public func dialogRecords() -> [DialogRecord] {
+        loop.assertInLoop()
+        return callsByNumber.values.filter(\.isConfirmed).map(\.record)
+    }
+
+    /// Ends the call whose record has `key` with a BYE on both legs (`dlg_end_dlg`); false if none.
+    public func endDialog(key: String, reason: String = "SIP;cause=200;text=\"Ended by the operator\"") -> Bool {
+        loop.assertInLoop()
+        guard let call = calls[key], call.isConfirmed else { return false }
+        hangUp(call, reason: reason)
+        return true
+    }
+
+    // MARK: - Helpers
 
     /// "name-addr" or "addr-spec" of a From/To value without its header parameters (the tag).
     private func addressPart(_ address: NameAddress) -> [UInt8] {
@@ -496,11 +878,48 @@ public final class B2BUA: TimerTarget {
         return Array(base[start..<end])
     }
 
-    /// The transport says `destination` refused what we sent (ICMP unreachable): every client
-    /// transaction toward it fails at once, instead of after Timer B or F.
-    public func unreachable(_ destination: SocketAddress) {
+    static let sdpType = ByteView(text: "application/sdp")
+
+    static func contactURI(of message: SIPMessage) -> [UInt8]? {
+        if let contact = try? message.contact(), case .addresses(let a) = contact, let first = a.first { return first.uri.text.bytes }
+        return nil
+    }
+
+    static func supports(_ message: SIPMessage, _ tag: String) -> Bool {
+        ((try? message.optionTags(.supported)) ?? []).contains { $0.equalsIgnoringCase(tag) }
+            || ((try? message.optionTags(.require)) ?? []).contains { $0.equalsIgnoringCase(tag) }
+    }
+
+    static func allows(_ message: SIPMessage, _ method: String) -> Bool {
+        message.values(.allow).contains { $0.equalsIgnoringCase(method) }
+    }
+
+    /// The session headers that cross legs (MessageBuilder.endToEnd) except the session timer's,
+    /// which each leg has its own of: Session-Expires and Min-SE stay behind, "timer" leaves
+    /// Supported and Require (and is added back to Supported when this leg asks for a timer).
+    static func copySessionHeaders(from source: SIPMessage, into b: inout MessageBuilder, addTimer: Bool) {
+        var supportedWritten = false
+        for i in 0..<source.headerCount {
+            let h = source.header(at: i)
+            guard MessageBuilder.endToEnd.contains(h.kind), h.kind != .sessionExpires, h.kind != .minSE else { continue }
+            if h.kind == .supported || h.kind == .require {
+                let tags = h.value.string.split(separator: ",").map { String($0.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed()) }
+                    .filter { !$0.isEmpty && $0.lowercased() != "timer" }
+                var kept = tags
+                if h.kind == .supported && addTimer && !supportedWritten { kept.append("timer"); supportedWritten = true }
+                if !kept.isEmpty { b.header(h.name.string, kept.joined(separator: ", ")) }
+            } else {
+                b.header(h.name.string, h.value.bytes)
+            }
+        }
+        if addTimer && !supportedWritten { b.header("Supported", "timer") }
+    }
+
+    /// The transport says `hop` refused what we sent (ICMP unreachable, a refused or broken
+    /// connection): every client transaction toward it fails at once, not after Timer B or F.
+    public func unreachable(_ hop: Hop) {
         loop.assertInLoop()
-        let failing = clientTransactions.values.filter { $0.peer == destination }
+        let failing = clientTransactions.values.filter { $0.peer.address == hop.address && $0.peer.transport == hop.transport }
         for tx in failing {
             perform(tx.machine.handle(.transportError), client: tx, message: nil)
         }
@@ -518,12 +937,14 @@ public final class B2BUA: TimerTarget {
         transactionsByID[tx.id] = tx
     }
 
-    private func startClient(_ bytes: [UInt8], to destination: SocketAddress, call: Call?, origin: ServerTxRecord? = nil) {
+    private func startClient(_ bytes: [UInt8], to destination: Hop, call: Call?, origin: ServerTxRecord? = nil,
+                             purpose: ClientTxRecord.Purpose = .relay) {
         guard let request = try? SIPMessage(parsing: bytes), let key = TransactionKey.client(forRequest: request) else { return }
-        let tx = ClientTxRecord(id: takeID(), machine: ClientTransaction(request: request, reliability: .unreliable, timers: config.timers),
+        let tx = ClientTxRecord(id: takeID(), machine: ClientTransaction(request: request, reliability: destination.reliability, timers: config.timers),
                                 request: request, peer: destination, key: key)
         tx.call = call
         tx.origin = origin
+        tx.purpose = purpose
         clientTransactions[key] = tx
         transactionsByID[tx.id] = tx
         perform(tx.machine.start(), client: tx, message: nil)
@@ -538,13 +959,15 @@ public final class B2BUA: TimerTarget {
     private func perform(_ actions: [TransactionAction], server tx: ServerTxRecord) {
         for action in actions {
             switch action {
-            case .send(let bytes): sender.send(bytes, to: tx.peer)
+            case .send(let bytes): _ = sender.send(bytes, to: tx.peer)
             case .arm(let timer, let ms): arm(timer, ms, id: tx.id, in: &tx.timers)
             case .disarm(let timer): if let t = tx.timers.removeValue(forKey: timer) { loop.cancel(t) }
             case .passUp: break   // the only ACK passed up (RFC 6026) is handled by clientAcknowledged
             case .timedOut:
                 // No ACK for our final response: the client is gone.
-                if let call = tx.call { endCall(call) }
+                if let call = tx.call, call.clientInvite === tx || call.answer != nil {
+                    if call.isConfirmed { hangUp(call, reason: "SIP;cause=408;text=\"No ACK\"", except: .client) } else { endCall(call) }
+                }
             case .terminate:
                 for t in tx.timers.values { loop.cancel(t) }
                 serverTransactions[tx.key] = nil
@@ -554,32 +977,54 @@ public final class B2BUA: TimerTarget {
     }
 
     private func perform(_ actions: [TransactionAction], client tx: ClientTxRecord, message: SIPMessage?) {
-        for action in actions {
+        var actions = actions[...]
+        while let action = actions.popFirst() {
             switch action {
-            case .send(let bytes): sender.send(bytes, to: tx.peer)
+            case .send(let bytes):
+                if !sender.send(bytes, to: tx.peer) {
+                    // Nothing can carry it (no connection, none can be opened): fail at once.
+                    actions = tx.machine.handle(.transportError)[...] + actions
+                }
             case .arm(let timer, let ms): arm(timer, ms, id: tx.id, in: &tx.timers)
             case .disarm(let timer): if let t = tx.timers.removeValue(forKey: timer) { loop.cancel(t) }
             case .passUp:
                 guard let message else { break }
                 if let origin = tx.origin as? ServerTxRecord {
                     relayResponse(message, clientTx: tx, origin: origin)
-                } else if let call = tx.call, tx.machine.isInvite {
-                    backendInviteResponse(message, call: call)
+                } else if let call = tx.call {
+                    switch tx.purpose {
+                    case .backendInvite: backendInviteResponse(message, call: call)
+                    case .relay, .fireAndForget: break
+                    case .refresh, .ping: ownRequestAnswered(message, tx: tx, call: call, purpose: tx.purpose)
+                    }
                 }
             case .timedOut:
                 if let origin = tx.origin as? ServerTxRecord {
                     // The other leg did not answer a relayed request.
-                    tx.call?.reinviteInProgress = false
+                    if tx.machine.isInvite { tx.call?.reinviteInProgress = false }
                     respond(origin, status: 408)
                     break
                 }
-                // The backend never answered (Timer B) or is unreachable: the next one, or 408.
-                if let call = tx.call, tx.machine.isInvite, mayFailOver(call, status: nil) {
-                    tryNextBackend(call)
-                } else if let call = tx.call, let server = call.clientInvite, tx.machine.isInvite {
-                    respond(server, status: 408)
-                    call.clientInvite = nil
-                    endCall(call)
+                guard let call = tx.call else { break }
+                switch tx.purpose {
+                case .backendInvite:
+                    // The backend never answered (Timer B) or is unreachable: the next one, or 408.
+                    if call.cancelled {
+                        endCall(call)
+                    } else if mayFailOver(call, status: nil) {
+                        tryNextBackend(call)
+                    } else if let server = call.clientInvite {
+                        respond(server, status: 408)
+                        call.clientInvite = nil
+                        endCall(call)
+                    }
+                case .refresh:
+                    if tx.machine.isInvite { call.reinviteInProgress = false }
+                    hangUp(call, reason: "SIP;cause=408;text=\"Session refresh failed\"")
+                case .ping:
+                    hangUp(call, reason: "SIP;cause=408;text=\"Dialog ping failed\"")
+                case .relay, .fireAndForget:
+                    break
                 }
             case .terminate:
                 for t in tx.timers.values { loop.cancel(t) }
@@ -594,39 +1039,36 @@ public final class B2BUA: TimerTarget {
         timers[timer] = loop.schedule(afterMilliseconds: ms, target: self, token: UInt64(id) << 8 | UInt64(timer.rawValue))
     }
 
-    private static let answerFlag: UInt64 = 1 << 63
-    private static let lifetimeFlag: UInt64 = 1 << 62
+    /// Call timers share the token space with transaction timers: the top byte says which.
+    private enum CallTimer: UInt64 {
+        case answer = 1, lifetime, sessionClient, sessionBackend, ping
+    }
 
-    private static func answerToken(_ call: Call) -> UInt64 { answerFlag | UInt64(call.number) }
+    private static func token(_ kind: CallTimer, _ call: Call) -> UInt64 { kind.rawValue << 56 | UInt64(call.number) }
 
     public func timerFired(_ token: UInt64, on loop: EventLoop) {
-        if token & Self.lifetimeFlag != 0 {
-            // The call outlived its maximum lifetime: BYE on both legs, then forget it.
-            guard let call = callsByNumber[UInt32(truncatingIfNeeded: token)], call.state == .confirmed else { return }
-            call.lifetimeTimer = nil
-            for fromBackendSide in [true, false] {
-                var leg = fromBackendSide ? call.backend : call.client
-                leg.localCSeq += 1
-                if fromBackendSide { call.backend = leg } else { call.client = leg }
-                startClient(inDialogRequest("BYE", leg: leg, cseq: leg.localCSeq, extra: [("Reason", "SIP;cause=200;text=\"Call lifetime reached\"")]),
-                            to: leg.peer, call: nil)
+        if let kind = CallTimer(rawValue: token >> 56) {
+            guard let call = callsByNumber[UInt32(truncatingIfNeeded: token)] else { return }
+            switch kind {
+            case .lifetime:
+                call.lifetimeTimer = nil
+                guard call.isConfirmed else { return }
+                hangUp(call, reason: "SIP;cause=200;text=\"Call lifetime reached\"")
+            case .sessionClient: sessionTimerFired(call, .client)
+            case .sessionBackend: sessionTimerFired(call, .backend)
+            case .ping: ping(call)
+            case .answer:
+                guard let answer = call.answer else { return }
+                if loop.now >= call.answerDeadline {
+                    // §13.3.1.4: no ACK within 64*T1: end the call (BYE to the backend).
+                    call.answerTimer = nil
+                    hangUp(call, reason: "SIP;cause=408;text=\"No ACK\"", except: .client)
+                    return
+                }
+                _ = sender.send(answer, to: call.record.client.hop)
+                call.answerInterval = min(call.answerInterval * 2, config.timers.t2)
+                call.answerTimer = loop.schedule(afterMilliseconds: call.answerInterval, target: self, token: token)
             }
-            endCall(call)
-            return
-        }
-        if token & Self.answerFlag != 0 {
-            guard let call = callsByNumber[UInt32(truncatingIfNeeded: token)], let answer = call.answer else { return }
-            if loop.now >= call.answerDeadline {
-                // §13.3.1.4: no ACK within 64*T1: end the call (BYE to the backend).
-                call.answerTimer = nil
-                call.backend.localCSeq += 1
-                startClient(inDialogRequest("BYE", leg: call.backend, cseq: call.backend.localCSeq), to: call.backend.peer, call: nil)
-                endCall(call)
-                return
-            }
-            sender.send(answer, to: call.client.peer)
-            call.answerInterval = min(call.answerInterval * 2, config.timers.t2)
-            call.answerTimer = loop.schedule(afterMilliseconds: call.answerInterval, target: self, token: token)
             return
         }
         let id = UInt32(truncatingIfNeeded: token >> 8)

@@ -72,6 +72,8 @@ public struct MessageBuilder {
         case 404: return "Not Found"
         case 408: return "Request Timeout"
         case 416: return "Unsupported URI Scheme"
+        case 422: return "Session Interval Too Small"
+        case 491: return "Request Pending"
         case 481: return "Call/Transaction Does Not Exist"
         case 483: return "Too Many Hops"
         case 486: return "Busy Here"
@@ -89,8 +91,15 @@ public struct MessageBuilder {
     /// `toTag` added to To when it has none (a stateless error or a B2BUA leg's answer).
     public static func response(to request: SIPMessage, status: Int, reason: String? = nil, toTag: String?,
                                 contact: String? = nil, extraHeaders: [(String, String)] = [],
-                                copying source: SIPMessage? = nil,
                                 contentType: ByteView? = nil, body: [UInt8] = []) -> [UInt8] {
+        var b = responseHead(to: request, status: status, reason: reason, toTag: toTag, contact: contact, extraHeaders: extraHeaders)
+        b.header("Server", "SIPEdge")
+        return b.finish(contentType: contentType, body: body)
+    }
+
+    /// The status line and headers of such a response, for a caller that adds more before `finish`.
+    public static func responseHead(to request: SIPMessage, status: Int, reason: String? = nil, toTag: String?,
+                                    contact: String? = nil, extraHeaders: [(String, String)] = []) -> MessageBuilder {
         var b = MessageBuilder(status: status, reason: (reason ?? Self.reason(status)).utf8)
         for i in 0..<request.headerCount {
             let h = request.header(at: i)
@@ -108,8 +117,6 @@ public struct MessageBuilder {
         if let cseq = request.firstValue(.cseq) { b.header("CSeq", cseq.bytes) }
         if let contact { b.header("Contact", contact) }
         for (name, value) in extraHeaders { b.header(name, value) }
-        if let source { b.copy(endToEnd, from: source) }
-        b.header("Server", "SIPEdge")
-        return b.finish(contentType: contentType, body: body)
+        return b
     }
 }

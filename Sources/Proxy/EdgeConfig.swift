@@ -1,4 +1,5 @@
 import SIPParser
+import Dialog
 import TOMLKit
 import Transport
 
@@ -24,9 +25,24 @@ public struct EdgeConfig: Sendable, Equatable {
     /// Per-loop bounds on TCP/TLS peers.
     public var streamLimits: StreamLimits
     /// Where new calls go, in turn (the full dispatcher with sets, weights and probing is issue 5).
-    public var destinations: [SocketAddress]
-    /// A call up longer than this is ended with a BYE on both legs (0: never).
-    public var maxCallSeconds: Int
+    public var destinations: [Hop]
+    /// Dialog lifetime: maximum duration, session timers, in-dialog pings.
+    public var calls: CallSettings
+    /// The SQLite file dialogs are kept in across restarts (nil: not kept).
+    public var databasePath: String?
+
+    /// The `[calls]` section.
+    public struct CallSettings: Sendable, Equatable {
+        /// A call up longer than this is ended with a BYE on both legs (0: never).
+        public var maxCallSeconds: Int = 43_200
+        /// RFC 4028 session interval asked of backends (0: none) and the smallest accepted from anyone.
+        public var sessionExpires: Int = 0
+        public var minSE: Int = 90
+        /// In-dialog OPTIONS toward both legs every this many seconds (0: never).
+        public var pingSeconds: Int = 0
+
+        public init() {}
+    }
 
     public static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
 }
@@ -80,16 +96,28 @@ extension EdgeConfig {
                 idleTimeoutMilliseconds: UInt64(try t.int("idle_timeout_seconds", default: 300, range: 0...86_400)) * 1_000)
         } ?? StreamLimits()
         let destinations = try reader.table("dispatcher") { (t: inout TableReader) throws(ConfigError) in
-            try t.stringArray("destinations").map { (text: String) throws(ConfigError) -> SocketAddress in
-                guard let (host, port) = Self.hostPort(text), let address = SocketAddress(ip: host, port: Int(port ?? 5060)) else {
-                    throw t.error("destinations", "\"\(text)\" is not a numeric address[:port]")
+            try t.stringArray("destinations").map { (text: String) throws(ConfigError) -> Hop in
+                guard let hop = Hop(destination: text), hop.transport != .sctp else {
+                    throw t.error("destinations", "\"\(text)\" is not \"ip[:port]\" or \"sip:ip[:port][;transport=udp|tcp|tls]\"")
                 }
-                return address
+                return hop
             }
         } ?? []
-        let maxCallSeconds = try reader.table("calls") { (t: inout TableReader) throws(ConfigError) in
-            try t.int("max_duration_seconds", default: 43_200, range: 0...31_536_000)
-        } ?? 43_200
+        let calls = try reader.table("calls") { (t: inout TableReader) throws(ConfigError) in
+            var c = CallSettings()
+            c.maxCallSeconds = try t.int("max_duration_seconds", default: 43_200, range: 0...31_536_000)
+            c.minSE = try t.int("min_session_expires", default: 90, range: 1...86_400)
+            c.sessionExpires = try t.int("session_expires", default: 0, range: 0...86_400)
+            if c.sessionExpires > 0 && c.sessionExpires < c.minSE {
+                throw t.error("session_expires", "must be 0 or at least min_session_expires (\(c.minSE))")
+            }
+            c.pingSeconds = try t.int("ping_interval_seconds", default: 0, range: 0...86_400)
+            return c
+        } ?? CallSettings()
+        let databasePath = try reader.table("database") { (t: inout TableReader) throws(ConfigError) in
+            let path = try t.string("path", default: "")
+            return path.isEmpty ? nil : path
+        } ?? nil
         let tls = try reader.table("tls") { (t: inout TableReader) throws(ConfigError) in
             TLSFiles(
                 certificate: try t.string("certificate", default: nil),
@@ -127,7 +155,7 @@ extension EdgeConfig {
         }
         try reader.finish()
         return EdgeConfig(workers: workers, listeners: listeners, tls: tls, parserLimits: limits, logLevel: logLevel,
-                          streamLimits: streamLimits, destinations: destinations, maxCallSeconds: maxCallSeconds)
+                          streamLimits: streamLimits, destinations: destinations, calls: calls, databasePath: databasePath)
     }
 
     /// `host`, `host:port`, `[v6]` or `[v6]:port`.

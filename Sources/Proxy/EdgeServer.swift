@@ -31,6 +31,7 @@ public final class EdgeServer: Sendable {
             inbound.append(InboundSIP(worker: loop.index, limits: config.parserLimits, logger: logger, routing: routing))
         }
         var udpByWorker: [Int: UDPEndpoint] = [:]
+        var tcpByWorker: [Int: TCPConnectionTable] = [:], tlsByWorker: [Int: TCPConnectionTable] = [:]
         let tlsServer: TLSContext?
         if let files = config.tls, config.listeners.contains(where: { $0.proto == .tls }) {
             do {
@@ -64,6 +65,8 @@ public final class EdgeServer: Sendable {
                         address = listener.localAddress
                         endpoints.append(LoopBound(table, on: loop))
                         endpoints.append(LoopBound(listener, on: loop))
+                        if spec.proto == .tcp, tcpByWorker[loop.index] == nil { tcpByWorker[loop.index] = table }
+                        if spec.proto == .tls, tlsByWorker[loop.index] == nil { tlsByWorker[loop.index] = table }
                     case .sctp:
                         let e = try SCTPEndpoint(loop: loop, bindTo: address, name: name, receiver: receiver)
                         address = e.localAddress
@@ -78,18 +81,42 @@ public final class EdgeServer: Sendable {
             bound.append(ListenerSpec(proto: spec.proto, address: address, advertisedHost: spec.advertisedHost,
                                       advertisedPort: spec.advertisedPort, tag: spec.tag))
         }
-        // One B2BUA per worker, speaking through that worker's first UDP socket.
-        if let udp = bound.first(where: { $0.proto == .udp }) {
-            let (host, port) = udp.advertised
-            for loop in workers.loops {
-                guard let socket = udpByWorker[loop.index] else { continue }
-                let sender = UDPSender(socket)
-                let b2bua = B2BUA(loop: loop, config: B2BUAConfig(host: host, port: port, backends: config.destinations,
-                                                                  maxCallSeconds: UInt64(config.maxCallSeconds)), sender: sender)
-                routing.b2buas.append(LoopBound(b2bua, on: loop))
-                endpoints.append(LoopBound(sender, on: loop))
-            }
+        // Outgoing TLS (toward a backend reached over TLS) checks the server as [tls] says.
+        var tlsClient: TLSContext?
+        if let files = config.tls {
+            tlsClient = try? TLSContext(role: .client, certificateFile: files.certificate, privateKeyFile: files.privateKey,
+                                        caFile: files.ca, verifyPeer: files.verifyServers)
         }
+        // One B2BUA per worker. It speaks through that worker's first UDP socket and its TCP/TLS
+        // connection tables (a worker without a TCP listener gets a table for outgoing connections).
+        var local: [TransportProtocol: LocalAddress] = [:]
+        for spec in bound where local[spec.proto] == nil {
+            let (host, port) = spec.advertised
+            local[spec.proto] = LocalAddress(host: host, port: port, tag: spec.tag.name)
+        }
+        let b2buaConfig = B2BUAConfig(local: local, backends: config.destinations, maxCallSeconds: UInt64(config.calls.maxCallSeconds),
+                                      sessionExpires: UInt32(config.calls.sessionExpires), minSE: UInt32(config.calls.minSE),
+                                      pingSeconds: UInt64(config.calls.pingSeconds))
+        var senders: [LoopBound<EdgeSender>] = []
+        for loop in workers.loops {
+            let receiver = inbound[loop.index]
+            let tcp = tcpByWorker[loop.index] ?? TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits),
+                                                                   limits: config.streamLimits, receiver: receiver)
+            let tls = tlsByWorker[loop.index].map { _ in
+                TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits), limits: config.streamLimits,
+                                   tls: tlsClient, receiver: receiver)
+            } ?? tlsClient.map {
+                TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits), limits: config.streamLimits,
+                                   tls: $0, receiver: receiver)
+            }
+            let sender = EdgeSender(worker: loop.index, udp: udpByWorker[loop.index], tcp: tcp, tlsAccepted: tlsByWorker[loop.index],
+                                    tlsOutgoing: tls, workers: workers)
+            senders.append(LoopBound(sender, on: loop))
+            let b2bua = B2BUA(loop: loop, config: b2buaConfig, sender: sender)
+            routing.b2buas.append(LoopBound(b2bua, on: loop))
+        }
+        for s in senders { s.value.peers = senders }
+        endpoints += senders.map { LoopBound($0.value as AnyObject, on: $0.loop) }
         self.routing = routing
         self.inbound = inbound
         self.endpoints = endpoints
@@ -116,9 +143,56 @@ public final class EdgeServer: Sendable {
     }
 }
 
-/// Sends a B2BUA's messages through a worker's UDP socket.
-final class UDPSender: MessageSender {
-    let endpoint: UDPEndpoint
-    init(_ endpoint: UDPEndpoint) { self.endpoint = endpoint }
-    func send(_ bytes: [UInt8], to destination: SocketAddress) { endpoint.send(bytes, to: destination) }
+/// Sends one worker's B2BUA messages: UDP through the worker's socket; TCP and TLS over the
+/// connection the peer opened (handed to the worker that holds it) or one this worker opens.
+///
+/// `@unchecked Sendable`: `peers` is set while the server is built, before any loop runs; the rest
+/// is used only on this worker's loop (other workers reach it through `handOver`).
+final class EdgeSender: MessageSender, @unchecked Sendable {
+    let worker: Int
+    let udp: UDPEndpoint?
+    let tcp: TCPConnectionTable
+    let tlsAccepted: TCPConnectionTable?
+    let tlsOutgoing: TCPConnectionTable?
+    let workers: WorkerGroup
+    var peers: [LoopBound<EdgeSender>] = []
+
+    init(worker: Int, udp: UDPEndpoint?, tcp: TCPConnectionTable, tlsAccepted: TCPConnectionTable?, tlsOutgoing: TCPConnectionTable?,
+         workers: WorkerGroup) {
+        self.worker = worker
+        self.udp = udp
+        self.tcp = tcp
+        self.tlsAccepted = tlsAccepted
+        self.tlsOutgoing = tlsOutgoing
+        self.workers = workers
+    }
+
+    func send(_ bytes: [UInt8], to hop: Hop) -> Bool {
+        switch hop.transport {
+        case .udp:
+            guard let udp else { return false }
+            udp.send(bytes, to: hop.address)
+            return true
+        case .tcp, .tls:
+            if let owner = hop.worker, owner != worker, owner < peers.count {
+                let peer = peers[owner]
+                workers.handOver(to: owner) { _ = peer.value.sendHere(bytes, to: hop) }
+                return true
+            }
+            return sendHere(bytes, to: hop)
+        case .sctp:
+            return false
+        }
+    }
+
+    /// On this worker: over an open connection to the peer, else over a new one (RFC 3261 §18.2.2:
+    /// a response whose connection is gone goes over a new connection to the same address).
+    func sendHere(_ bytes: [UInt8], to hop: Hop) -> Bool {
+        let tables = hop.transport == .tls ? [tlsAccepted, tlsOutgoing].compactMap { $0 } : [tcp]
+        for table in tables {
+            if let c = table.connection(to: hop.address), c.isOpen { return c.send(bytes) }
+        }
+        guard let table = hop.transport == .tls ? tlsOutgoing : tcp, let c = try? table.connect(to: hop.address) else { return false }
+        return c.send(bytes)
+    }
 }

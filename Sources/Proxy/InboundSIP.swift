@@ -28,13 +28,13 @@ final class CallRouting: @unchecked Sendable {
     /// An ICMP error names the destination, not the sender: with SO_REUSEPORT the kernel queues
     /// it on whichever of the workers' sockets the reuseport hash picks, not always the one that
     /// sent. Every worker is told (it is rare, and each checks only its own transactions).
-    func unreachable(_ destination: SocketAddress) {
+    func unreachable(_ destination: Hop) {
         for b2bua in b2buas {
             workers.handOver(to: b2bua.loop.index) { b2bua.value.unreachable(destination) }
         }
     }
 
-    func deliver(_ m: SIPMessage, from peer: SocketAddress) {
+    func deliver(_ m: SIPMessage, from peer: Hop) {
         guard !b2buas.isEmpty else { return }
         let b2bua = b2buas[owner(of: m)]
         workers.handOver(to: b2bua.loop.index) { b2bua.value.receive(m, from: peer) }
@@ -42,7 +42,7 @@ final class CallRouting: @unchecked Sendable {
 }
 
 /// The first layer above Transport on one worker: turns datagrams, stream frames and SCTP messages
-/// into parsed, checked SIP messages, and hands UDP ones to the B2BUA of the worker that owns them.
+/// into parsed, checked SIP messages, and hands UDP, TCP and TLS ones to the B2BUA of the worker that owns them.
 /// An invalid one is answered where SIP says so, and logged with its reason.
 final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable {
     let worker: Int
@@ -73,7 +73,7 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
             try message.validate(limits: limits)
             if message.isRequest { try message.checkRequestURIScheme() }
             logger.debug("worker \(worker): \(proto.rawValue) from \(peer): \(message.method?.description ?? "\(message.statusCode ?? 0)")")
-            if proto == .udp { routing.deliver(message, from: peer) }
+            if proto != .sctp { routing.deliver(message, from: Hop(proto, peer, worker: proto == .udp ? nil : worker)) }
         } catch {
             invalid.add(1, ordering: .relaxed)
             var outcome = "dropped"
@@ -97,14 +97,19 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
 
     func unreachable(_ destination: SocketAddress, error: SystemError, on endpoint: UDPEndpoint) {
         logger.info("udp: \(destination) unreachable: \(error)")
-        routing.unreachable(destination)
+        routing.unreachable(Hop(.udp, destination))
     }
 
     func received(_ frame: [UInt8], on connection: TCPConnection) {
         accept(frame, from: connection.remote, via: connection.isSecure ? .tls : .tcp, reply: { connection.send($0) })
     }
 
-    func closed(_ connection: TCPConnection, reason: String?) {}
+    /// A connection that failed (refused, reset, cut off) fails what was waiting on it at once.
+    func closed(_ connection: TCPConnection, reason: String?) {
+        guard let reason else { return }
+        logger.info("\(connection.isSecure ? "tls" : "tcp"): \(connection.remote) closed: \(reason)")
+        routing.unreachable(Hop(connection.isSecure ? .tls : .tcp, connection.remote))
+    }
 
     func received(_ message: [UInt8], from peer: SocketAddress, on endpoint: SCTPEndpoint) {
         accept(message, from: peer, via: .sctp)

@@ -10,6 +10,12 @@ public struct ByteView: Sendable, Hashable, CustomStringConvertible {
         self.end = end
     }
 
+    /// A view of the whole of `text` (for values SIPEdge writes itself).
+    public init(text: String) {
+        let bytes = Array(text.utf8)
+        self.init(bytes, 0, bytes.count)
+    }
+
     public var count: Int { end - start }
     public var isEmpty: Bool { end == start }
 

@@ -36,10 +36,46 @@ import Testing
         Set(text.split(whereSeparator: \.isNewline).filter { $0.lowercased().hasPrefix(prefix.lowercased()) }.map(String.init))
     }
 
-    /// Runs `calls` SIPp calls through a sipedge whose destinations are `destinations(uasPort)`.
-    /// Returns the UAC's exit status, the working directory (message traces), ports and edge output.
+    /// The sipedge under test, restartable in place (same config, same ports).
+    final class Edge {
+        let config: String
+        private(set) var process: Process
+        private var read: () -> String
+        private var earlier = ""
+
+        init(config: String) throws {
+            self.config = config
+            (process, read) = try CommandTests.start(config)
+        }
+
+        /// Everything every run of it printed.
+        var output: String { earlier + read() }
+
+        func waitFor(_ needle: String) -> Bool { CommandTests.waitFor(read, needle) }
+
+        /// SIGKILL (no goodbye, nothing flushed), then the same config again.
+        func killAndRestart() throws {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            earlier += read() + "\n--- killed and restarted ---\n"
+            (process, read) = try CommandTests.start(config)
+        }
+
+        func stop() {
+            if process.isRunning { process.terminate() }
+            process.waitUntilExit()
+        }
+    }
+
+    /// Runs `calls` SIPp calls through a sipedge whose destinations are `destinations(uasPort)`,
+    /// over `transport` ("udp" or "tcp", both legs). `during` runs once the UAC has started (to
+    /// kill a peer, restart the edge...). Returns the UAC's exit status, both message traces,
+    /// the ports and the edge's output.
     static func runCalls(_ calls: Int, timeout: Int = 30, uacScenario: String? = nil, uasScenario: String? = nil,
-                         lostPercent: Int = 0, extraConfig: String = "", destinations: (Int) -> [String]) throws -> CallRun? {
+                         lostPercent: Int = 0, extraConfig: String = "", transport: String = "udp", rate: Int = 50,
+                         uacArguments: [String] = [], uasArguments: [String] = [],
+                         during: ((Edge, Process) throws -> Void)? = nil,
+                         destinations: (Int) -> [String]) throws -> CallRun? {
         guard let sipp = try? Self.requireSIPp() else { return nil }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-calls-\(getpid())-\(UInt16.random(in: 0...9999))")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -56,33 +92,40 @@ import Testing
             address = "127.0.0.1"
             port = \(edgePort)
             tag = "public"
+            [[listener]]
+            proto = "tcp"
+            address = "127.0.0.1"
+            port = \(edgePort)
+            tag = "public"
             """
-        let (edge, output) = try CommandTests.start(config)
-        defer { if edge.isRunning { edge.terminate() } }
-        #expect(CommandTests.waitFor(output, "listening udp"))
+        let edge = try Edge(config: config)
+        defer { edge.stop() }
+        #expect(edge.waitFor("listening tcp"))
         if let uacScenario { try uacScenario.write(to: dir.appendingPathComponent("uac.xml"), atomically: true, encoding: .utf8) }
         if let uasScenario { try uasScenario.write(to: dir.appendingPathComponent("uas.xml"), atomically: true, encoding: .utf8) }
         let lost = lostPercent > 0 ? ["-lost", "\(lostPercent)"] : []
-        let uasKind = (uasScenario == nil ? ["-sn", "uas"] : ["-sf", "uas.xml"]) + lost
-        let uacKind = (uacScenario == nil ? ["-sn", "uac"] : ["-sf", "uac.xml"]) + lost
+        let mode = transport == "tcp" ? ["-t", "t1"] : []
+        let uasKind = (uasScenario == nil ? ["-sn", "uas"] : ["-sf", "uas.xml"]) + lost + mode + uasArguments
+        let uacKind = (uacScenario == nil ? ["-sn", "uac"] : ["-sf", "uac.xml"]) + lost + mode + uacArguments
         let uas = try Self.process(sipp, uasKind + ["-i", "127.0.0.1", "-p", "\(uasPort)", "-cp", "\(base + 1)", "-nostdin",
                                           "-trace_msg", "-message_file", "uas.msg"], in: dir)
         // SIPp ignores SIGTERM while it waits for calls: it is stopped with SIGKILL.
         defer { if uas.isRunning { kill(uas.processIdentifier, SIGKILL) } }
         usleep(300_000)
         let uac = try Self.process(sipp, uacKind + ["127.0.0.1:\(edgePort)", "-i", "127.0.0.1", "-p", "\(uacPort)", "-cp", "\(base + 2)",
-                                          "-m", "\(calls)", "-r", "50", "-timeout", "\(timeout)s", "-nostdin",
+                                          "-m", "\(calls)", "-r", "\(rate)", "-timeout", "\(timeout)s", "-nostdin",
                                           "-trace_msg", "-message_file", "uac.msg"], in: dir)
+        defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
+        try during?(edge, uas)
         // Bounded: the UAC stops by itself after its calls or its `-timeout`; this is a backstop.
-        for _ in 0..<600 where uac.isRunning { usleep(100_000) }
+        for _ in 0..<(timeout * 10 + 100) where uac.isRunning { usleep(100_000) }
         if uac.isRunning { kill(uac.processIdentifier, SIGKILL) }
         uac.waitUntilExit()
         kill(uas.processIdentifier, SIGKILL)
         uas.waitUntilExit()
-        edge.terminate()
-        edge.waitUntilExit()
-        #expect(CommandTests.waitFor(output, "stopped:"))
-        return CallRun(status: uac.terminationStatus, dir: dir, uacPort: uacPort, uasPort: uasPort, output: output(),
+        edge.stop()
+        #expect(CommandTests.waitFor({ edge.output }, "stopped:"))
+        return CallRun(status: uac.terminationStatus, dir: dir, uacPort: uacPort, uasPort: uasPort, output: edge.output,
                        uacLog: (try? String(contentsOf: dir.appendingPathComponent("uac.msg"), encoding: .utf8)) ?? "",
                        uasLog: (try? String(contentsOf: dir.appendingPathComponent("uas.msg"), encoding: .utf8)) ?? "")
     }
@@ -179,6 +222,81 @@ import Testing
         guard let run = try Self.runCalls(20, timeout: 10, destinations: { ["127.0.0.1:\($0 + 5)", "127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every call reached the live backend within SIPp's 10 s")
         #expect(run.output.contains("unreachable"))
+    }
+    @Test func calls_over_tcp_cross_the_b2bua_on_both_legs() throws {
+        guard let run = try Self.runCalls(20, transport: "tcp", destinations: { ["sip:127.0.0.1:\($0);transport=tcp"] }) else { return }
+        #expect(run.status == 0, "every call over TCP succeeded\n\(run.output)")
+        #expect(run.output.contains("20 calls started, 0 still up"), "\(run.output)")
+        #expect(CallRun.count("Via: SIP/2.0/TCP", in: run.uasLog) >= 20, "the backend leg ran over TCP")
+        #expect(run.uacLog.contains("SIP/2.0/TCP") && run.uacLog.contains("transport=tcp"), "the caller's leg too, with a TCP Contact")
+        #expect(Self.lines(run.uacLog, prefix: "Call-ID:").isDisjoint(with: Self.lines(run.uasLog, prefix: "Call-ID:")))
+        #expect(run.sidesHidden)
+    }
+
+    @Test func rfc3261_14_a_reinvite_from_the_callee_over_tcp_reaches_the_caller_and_back() throws {
+        guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.reinvitedCaller, uasScenario: Scenarios.reinvitingCallee,
+                                          transport: "tcp", destinations: { ["sip:127.0.0.1:\($0);transport=tcp"] }) else { return }
+        #expect(run.status == 0, "every caller answered the callee's re-INVITE\n\(run.output)")
+        #expect(CallRun.count("INVITE sip:sipp@", in: run.uacLog) >= 10 && run.uacLog.contains("a=sendonly"), "the re-INVITE reached the caller")
+        #expect(CallRun.count("a=recvonly", in: run.uasLog) >= 10, "the caller's answer came back")
+        #expect(run.sidesHidden)
+    }
+
+    @Test func a_486_from_the_callee_reaches_the_caller_and_is_not_failed_over() throws {
+        // Two destinations, both the same UAS: a failover on 486 would show as a second INVITE there.
+        guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.rejectedCaller, uasScenario: Scenarios.busyCallee,
+                                          destinations: { ["127.0.0.1:\($0)", "127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every caller got 486\n\(run.output)")
+        #expect(CallRun.count("INVITE sip:", in: run.uasLog) == 10, "one INVITE per call reached the callee")
+        #expect(run.output.contains("10 calls started, 0 still up"), "\(run.output)")
+    }
+
+    @Test func rfc4028_session_timers_are_refreshed_per_leg() throws {
+        // The caller refreshes its leg every 1.5 s (interval 4 s); the edge refreshes the backend
+        // leg itself (UPDATE every 2 s), and the caller's refreshes never reach the callee.
+        guard let run = try Self.runCalls(5, timeout: 20, uacScenario: Scenarios.refreshingCaller, uasScenario: Scenarios.refreshedCallee,
+                                          extraConfig: "[calls]\nsession_expires = 4\nmin_session_expires = 2",
+                                          destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every call outlived its session interval through refreshes\n\(run.output)")
+        // Exactly two per call: the edge's own; the caller's four refreshes stayed on its leg.
+        #expect(CallRun.count("UPDATE sip:", in: run.uasLog) == 10, "the edge refreshed the backend leg twice per call")
+        #expect(CallRun.count("UPDATE sip:", in: run.uacLog) == 10, "the caller refreshed its own leg twice per call")
+        #expect(run.uasLog.contains("Session-Expires: 4;refresher=uac"), "the edge refreshed as the UAC of its leg")
+        #expect(run.output.contains("5 calls started, 0 still up"), "\(run.output)")
+    }
+
+    @Test func rfc4028_a_leg_that_stops_refreshing_ends_the_call_on_both() throws {
+        // The caller asks for a 3 s session it refreshes itself, then never does: the edge ends the
+        // call (BYE to both) a second before the session would expire.
+        guard let run = try Self.runCalls(5, timeout: 15, uacScenario: Scenarios.expiringCaller,
+                                          extraConfig: "[calls]\nmin_session_expires = 2",
+                                          destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every caller got the edge's BYE\n\(run.output)")
+        #expect(CallRun.count("Session timer expired", in: run.uasLog) >= 5, "the callee got its BYE, with the reason")
+    }
+
+    @Test func rfc4028_an_interval_below_the_minimum_is_refused_with_422() throws {
+        guard let run = try Self.runCalls(3, timeout: 10, uacScenario: Scenarios.tooShortCaller,
+                                          destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every caller got 422 with Min-SE: 90\n\(run.output)")
+        #expect(!run.uasLog.contains("INVITE sip:"), "nothing reached the callee")
+    }
+
+    @Test func a_dialog_whose_callee_is_gone_is_ended_by_the_ping() throws {
+        // Both SIPp peers answer in-dialog OPTIONS (-aa). After 2.5 s the callee is killed: the
+        // next ping toward it is refused (ICMP) and the caller gets the edge's BYE.
+        guard let run = try Self.runCalls(5, timeout: 15, uacScenario: Scenarios.waitingCaller,
+                                          extraConfig: "[calls]\nping_interval_seconds = 1",
+                                          uacArguments: ["-aa"], uasArguments: ["-aa"],
+                                          during: { _, uas in
+                                              usleep(2_500_000)
+                                              kill(uas.processIdentifier, SIGKILL)
+                                          },
+                                          destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every caller got a BYE once its callee was gone\n\(run.output)")
+        #expect(CallRun.count("OPTIONS sip:", in: run.uacLog) >= 5, "the caller was pinged")
+        #expect(run.uacLog.contains("Dialog ping failed"))
+        #expect(run.output.contains("0 still up"), "\(run.output)")
     }
 }
 
@@ -423,5 +541,124 @@ enum Scenarios {
         calleeAnswers("200 OK", tag: false, sdp: true, extraSDP: "a=recvonly\n"),
         #"<recv request="ACK"/>"#, #"<recv request="BYE"/>"#,
         calleeAnswers("200 OK", tag: false),
+    ])
+    /// Caller: answers a re-INVITE from the callee (a=recvonly), then the callee's BYE.
+    static let reinvitedCaller = scenario("caller that is re-INVITEd", [
+        callerSends("INVITE", cseq: 1, withTag: false, sdp: true),
+        #"<recv response="100" optional="true"/>"#, #"<recv response="180" optional="true"/>"#, #"<recv response="200" rtd="true"/>"#,
+        callerSends("ACK", cseq: 1, withTag: true, retransmit: false),
+        #"<recv request="INVITE"/>"#,
+        calleeAnswers("200 OK", tag: false, sdp: true, extraSDP: "a=recvonly\n"),
+        #"<recv request="ACK"/>"#,
+        #"<recv request="BYE"/>"#,
+        calleeAnswers("200 OK", tag: false),
+    ])
+
+    /// Callee: answers, re-INVITEs the caller through the edge (a=sendonly), ACKs its 200, hangs up.
+    static let reinvitingCallee = hangingUpCallee.replacingOccurrences(of: "callee that hangs up", with: "callee that re-INVITEs")
+        .replacingOccurrences(of: #"<pause milliseconds="50"/>"#, with: #"""
+        <pause milliseconds="50"/>
+          <send retrans="500"><![CDATA[
+        INVITE [$contact] SIP/2.0
+        Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+        From: [$to];tag=[pid]SIPpTag01[call_number]
+        To: [$from]
+        Call-ID: [call_id]
+        CSeq: 2 INVITE
+        Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+        Max-Forwards: 70
+        Content-Type: application/sdp
+        Content-Length: [len]
+
+        \#(sdp)
+        a=sendonly
+
+          ]]></send>
+          <recv response="100" optional="true"/>
+          <recv response="200"/>
+          <send><![CDATA[
+        ACK [$contact] SIP/2.0
+        Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+        From: [$to];tag=[pid]SIPpTag01[call_number]
+        To: [$from]
+        Call-ID: [call_id]
+        CSeq: 2 ACK
+        Max-Forwards: 70
+        Content-Length: 0
+
+          ]]></send>
+        """#)
+        .replacingOccurrences(of: "CSeq: 2 BYE", with: "CSeq: 3 BYE")
+
+    /// Caller whose INVITE is refused with 486; it ACKs.
+    static let rejectedCaller = scenario("caller that gets busy", [
+        callerSends("INVITE", cseq: 1, withTag: false),
+        #"<recv response="100" optional="true"/>"#, #"<recv response="486"/>"#,
+        callerSends("ACK", cseq: 1, withTag: true, retransmit: false, sameBranch: true),
+    ])
+
+    /// Callee that is busy.
+    static let busyCallee = scenario("busy callee", [
+        #"<recv request="INVITE"/>"#,
+        calleeAnswers("486 Busy Here", tag: true),
+        #"<recv request="ACK"/>"#,
+    ])
+
+    static let timerHeaders = "Supported: timer\nSession-Expires: 4;refresher=uac"
+
+    /// Caller with a 4 s session it refreshes by UPDATE every 1.5 s, for 5 s, then BYE.
+    static let refreshingCaller = scenario("caller that refreshes", [
+        callerSends("INVITE", cseq: 1, withTag: false, sdp: true).replacingOccurrences(of: "Max-Forwards: 70", with: "Max-Forwards: 70\n\(timerHeaders)"),
+        #"<recv response="100" optional="true"/>"#, #"<recv response="180" optional="true"/>"#,
+        """
+          <recv response="200">
+            <action><ereg regexp="4;refresher=uac" search_in="hdr" header="Session-Expires:" check_it="true" assign_to="se"/></action>
+          </recv>
+        """,
+        callerSends("ACK", cseq: 1, withTag: true, retransmit: false).replacingOccurrences(of: "Max-Forwards: 70", with: "Max-Forwards: 70\nX-SE: [$se]"),
+        #"<pause milliseconds="1500"/>"#,
+        callerSends("UPDATE", cseq: 2, withTag: true).replacingOccurrences(of: "Max-Forwards: 70", with: "Max-Forwards: 70\n\(timerHeaders)"),
+        #"<recv response="200"/>"#,
+        #"<pause milliseconds="1500"/>"#,
+        callerSends("UPDATE", cseq: 3, withTag: true).replacingOccurrences(of: "Max-Forwards: 70", with: "Max-Forwards: 70\n\(timerHeaders)"),
+        #"<recv response="200"/>"#,
+        #"<pause milliseconds="2000"/>"#,
+        callerSends("BYE", cseq: 4, withTag: true),
+        #"<recv response="200"/>"#,
+    ])
+
+    /// Callee that checks the edge asked for a 4 s session, leaves refreshing to the edge (the
+    /// UAC of its leg), and answers two UPDATE refreshes before the BYE.
+    static let refreshedCallee = scenario("callee refreshed by the edge", [
+        """
+          <recv request="INVITE">
+            <action><ereg regexp="^ *4" search_in="hdr" header="Session-Expires:" check_it="true" assign_to="se"/></action>
+          </recv>
+        """,
+        calleeAnswers("200 OK", tag: true, sdp: true)
+            .replacingOccurrences(of: "Contact: <sip:[local_ip]:[local_port]>", with: "Contact: <sip:[local_ip]:[local_port]>\nAllow: INVITE, ACK, BYE, UPDATE\nRequire: timer\nSession-Expires: 4;refresher=uac\nX-SE: [$se]"),
+        #"<recv request="ACK"/>"#,
+        #"<recv request="UPDATE"/>"#,
+        calleeAnswers("200 OK", tag: false).replacingOccurrences(of: "Content-Length: 0", with: "Session-Expires: 4;refresher=uac\nContent-Length: 0"),
+        #"<recv request="UPDATE"/>"#,
+        calleeAnswers("200 OK", tag: false).replacingOccurrences(of: "Content-Length: 0", with: "Session-Expires: 4;refresher=uac\nContent-Length: 0"),
+        #"<recv request="BYE"/>"#,
+        calleeAnswers("200 OK", tag: false),
+    ])
+
+    /// Caller that asks for a 3 s session it would refresh, never does, and is hung up on.
+    static let expiringCaller = waitingCaller.replacingOccurrences(of: "caller that is hung up on", with: "caller that lets its session expire")
+        .replacingOccurrences(of: "Max-Forwards: 70\nContent-Type", with: "Max-Forwards: 70\nSupported: timer\nSession-Expires: 3;refresher=uac\nContent-Type")
+
+    /// Caller asking for a 30 s session, below the edge's minimum of 90: it expects 422 and Min-SE.
+    static let tooShortCaller = scenario("caller with too short a session", [
+        callerSends("INVITE", cseq: 1, withTag: false).replacingOccurrences(of: "Max-Forwards: 70", with: "Max-Forwards: 70\nSupported: timer\nSession-Expires: 30"),
+        #"<recv response="100" optional="true"/>"#,
+        """
+          <recv response="422">
+            <action><ereg regexp="90" search_in="hdr" header="Min-SE:" check_it="true" assign_to="minse"/></action>
+          </recv>
+        """,
+        callerSends("ACK", cseq: 1, withTag: true, retransmit: false, sameBranch: true).replacingOccurrences(of: "Max-Forwards: 70", with: "Max-Forwards: 70\nX-Min-SE: [$minse]"),
     ])
 }

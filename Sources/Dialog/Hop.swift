@@ -1,0 +1,64 @@
+import SIPParser
+import Transport
+
+/// Where one leg's messages go: the transport, the peer's address and, for a connection the peer
+/// opened to us, the worker whose loop holds that connection (responses and requests toward that
+/// peer must use it: a phone behind NAT or a TCP client cannot be reached any other way).
+public struct Hop: Sendable, Hashable, CustomStringConvertible {
+    public var transport: TransportProtocol
+    public var address: SocketAddress
+    /// The worker holding the peer's connection; nil: UDP, or a connection the sending worker opens.
+    public var worker: Int?
+
+    public init(_ transport: TransportProtocol, _ address: SocketAddress, worker: Int? = nil) {
+        self.transport = transport
+        self.address = address
+        self.worker = worker
+    }
+
+    public var description: String { "\(transport.rawValue):\(address)" }
+
+    /// Whether the transport itself retransmits (RFC 3261 §17: no Timer A/E/G over it).
+    public var reliability: TransportReliability { transport == .udp ? .unreliable : .reliable }
+
+    /// The same peer reached the way a sending worker would reach it afresh (the record of a
+    /// dialog keeps no worker: after a restart or on another node, connections are new).
+    public var withoutWorker: Hop { Hop(transport, address) }
+}
+
+extension TransportProtocol {
+    /// How a Via header names it (RFC 3261 §20.42).
+    public var viaName: String { rawValue.uppercased() }
+}
+
+extension Hop {
+    /// A destination written "ip[:port]", "[v6]:port" or as a SIP URI with a numeric host
+    /// ("sip:10.0.0.5:5080;transport=tcp"), as dispatcher lists write them.
+    public init?(destination text: String) {
+        var rest = Substring(text)
+        var transport = TransportProtocol.udp
+        if let uri = try? SIPURI(text), uri.scheme == .sip || uri.scheme == .sips {
+            guard let t = TransportProtocol(toward: uri) else { return nil }
+            transport = t
+            let host = uri.host.string
+            rest = Substring(uri.port.map { "\(host):\($0)" } ?? host)
+        }
+        let host: Substring, port: Int
+        if rest.hasPrefix("[") {
+            guard let close = rest.firstIndex(of: "]") else { return nil }
+            host = rest[rest.index(after: rest.startIndex)..<close]
+            let after = rest[rest.index(after: close)...]
+            if after.isEmpty { port = transport == .tls ? 5061 : 5060 }
+            else if after.hasPrefix(":"), let p = Int(after.dropFirst()) { port = p } else { return nil }
+        } else if let colon = rest.lastIndex(of: ":"), rest.firstIndex(of: ":") == colon {
+            host = rest[..<colon]
+            guard let p = Int(rest[rest.index(after: colon)...]) else { return nil }
+            port = p
+        } else {
+            host = rest
+            port = transport == .tls ? 5061 : 5060
+        }
+        guard (1...65_535).contains(port), let address = SocketAddress(ip: String(host), port: port) else { return nil }
+        self.init(transport, address)
+    }
+}
