@@ -21,6 +21,8 @@ let package = Package(
         .target(name: "CTransportShim", linkerSettings: [.linkedLibrary("sctp")]),
         // OpenSSL's headers, and plain functions for its macros.
         .target(name: "CTLSShim", linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]),
+        // SQLite's header (libsqlite3-dev), and plain functions for its macros.
+        .target(name: "CSQLite", linkerSettings: [.linkedLibrary("sqlite3")]),
         // Event loops, sockets, timers. Knows nothing of SIP.
         .target(name: "Transport", dependencies: ["CTransportShim", "CTLSShim"]),
         // Transactions, dialogs, B2BUA legs, dialog records (issue 4).
@@ -29,7 +31,7 @@ let package = Package(
         .target(name: "Cluster", dependencies: ["Dialog"]),
         // The edge: config, routing, dispatcher, MI; the composition root.
         .target(name: "Proxy", dependencies: [
-            "SIPParser", "Transport", "Dialog", "Cluster", "TOMLKit",
+            "SIPParser", "Transport", "Dialog", "Cluster", "CSQLite", "TOMLKit",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(
@@ -41,7 +43,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "SIPParserTests", dependencies: ["SIPParser"]),
-        .testTarget(name: "ProxyTests", dependencies: ["Proxy"]),
+        .testTarget(name: "ProxyTests", dependencies: ["Proxy", "Dialog", "Transport"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "DialogTests", dependencies: ["Dialog", "SIPParser", "Transport"]),
         .testTarget(name: "SipedgeCommandTests", dependencies: ["sipedge"]),

@@ -101,6 +101,7 @@ public struct DialogRecord: Sendable, Equatable {
 /// Why a dialog record's bytes could not be decoded.
 public struct DialogRecordError: Error, Sendable, Equatable, CustomStringConvertible {
     public let reason: String
+    public init(reason: String) { self.reason = reason }
     public var description: String { "dialog record: \(reason)" }
 }
 

@@ -1,3 +1,4 @@
+import Glibc
 import Dialog
 import Logging
 import SIPParser
@@ -5,8 +6,8 @@ import Transport
 
 /// The running edge: one loop per worker, every configured listener opened on them (UDP and TCP/TLS
 /// once per worker with SO_REUSEPORT, SCTP on the first worker), what arrives parsed and checked
-/// (an invalid message is logged with its reason), and a B2BUA per worker for calls over UDP.
-/// Calls over TCP, TLS and SCTP, and the dispatcher with probing, come next (issues 4 and 5).
+/// (an invalid message is logged with its reason), a B2BUA per worker for calls over UDP, TCP and
+/// TLS, and the dialog database (SQLite) its calls are kept in across restarts.
 public final class EdgeServer: Sendable {
     public let config: EdgeConfig
     public let workers: WorkerGroup
@@ -116,6 +117,28 @@ public final class EdgeServer: Sendable {
             routing.b2buas.append(LoopBound(b2bua, on: loop))
         }
         for s in senders { s.value.peers = senders }
+        // Dialogs kept on disk: each goes back to the worker its identifiers name, before the
+        // loops start, and every change from now on is written there.
+        if let path = config.databasePath {
+            let store: DialogStore
+            do {
+                store = try DialogStore(path: path, log: { logger.error("\($0)") })
+            } catch {
+                throw ListenerError(listener: "database", reason: "\(error)", underlying: nil)
+            }
+            let records = store.loadAll { key, error in logger.warning("database: dialog \(key) skipped: \(error)") }
+            for record in records {
+                let owner = ShardedIdentifiers.worker(of: record.client.localTag.utf8, workers: workers.count)
+                    ?? workers.owner(of: record.client.callID.utf8)
+                let b2bua = routing.b2buas[owner]
+                workers.handOver(to: owner) { b2bua.value.restore(record) }
+            }
+            for b2bua in routing.b2buas { b2bua.value.sink = store }
+            if !records.isEmpty { logger.info("database \(path): \(records.count) dialogs restored") }
+            self.store = store
+        } else {
+            self.store = nil
+        }
         endpoints += senders.map { LoopBound($0.value as AnyObject, on: $0.loop) }
         self.routing = routing
         self.inbound = inbound
@@ -124,6 +147,7 @@ public final class EdgeServer: Sendable {
     }
 
     private let routing: CallRouting
+    private let store: DialogStore?
 
     /// Calls started and active over all workers (asked on each worker's loop).
     public func callCounts() -> (started: Int, active: Int) {
@@ -133,9 +157,20 @@ public final class EdgeServer: Sendable {
         }
     }
 
-    public func start() throws(SystemError) { try workers.start() }
+    public func start() throws(SystemError) {
+        do {
+            try store?.start()
+        } catch {
+            throw SystemError("database thread", errno: EAGAIN)
+        }
+        try workers.start()
+    }
 
-    public func stop() { workers.stop() }
+    /// Stops the loops, then writes what the database has pending.
+    public func stop() {
+        workers.stop()
+        store?.stop()
+    }
 
     /// Messages received and refused so far, over all workers.
     public var counts: (received: Int, invalid: Int) {

@@ -1,0 +1,164 @@
+import CSQLite
+import Dialog
+import Glibc
+import Synchronization
+
+/// Why the dialog database could not be opened or used.
+public struct StoreError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+}
+
+/// Dialog records on disk: one SQLite file in WAL mode, written by the store's own thread in
+/// batches (one transaction per batch), so the event loops never wait on the disk. A lone node
+/// that restarts reloads its dialogs from it (DESIGN.md, Persistence).
+///
+/// Loops hand records over through `pending`, where a dialog's newer version replaces its older
+/// one: what waits is bounded by the number of live dialogs, whatever the rate of changes.
+public final class DialogStore: DialogStateSink, Sendable {
+    public let path: String
+    /// Key -> encoded record, or nil for a deletion.
+    private let pending = Mutex<[String: [UInt8]?]>([:])
+    private let running = Atomic<Bool>(false)
+    private let finished = Atomic<Bool>(false)
+    /// The connection is used by the writer thread only, once it runs (and before, by `loadAll`).
+    private nonisolated(unsafe) let db: OpaquePointer
+    /// Batches and rows written so far (tests, statistics).
+    public let batchesWritten = Atomic<Int>(0)
+    public let rowsWritten = Atomic<Int>(0)
+    /// How long the writer sleeps when there is nothing to write.
+    private let idleMicroseconds: UInt32
+    /// Where write failures are reported (the log).
+    private let log: @Sendable (String) -> Void
+
+    public init(path: String, idleMilliseconds: UInt32 = 20, log: @escaping @Sendable (String) -> Void = { _ in }) throws(StoreError) {
+        self.path = path
+        self.log = log
+        self.idleMicroseconds = idleMilliseconds * 1_000
+        if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
+            let directory = String(path[..<slash])
+            if access(directory, F_OK) != 0 && mkdir(directory, 0o755) != 0 {
+                throw StoreError(description: "\(path): cannot create \(directory): \(String(cString: strerror(errno)))")
+            }
+        }
+        var handle: OpaquePointer?
+        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
+        guard sqlite3_open_v2(path, &handle, flags, nil) == SQLITE_OK, let handle else {
+            let reason = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+            sqlite3_close(handle)
+            throw StoreError(description: "\(path): \(reason)")
+        }
+        db = handle
+        for statement in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL",
+                          "CREATE TABLE IF NOT EXISTS dialogs (key TEXT PRIMARY KEY, record BLOB NOT NULL)"] {
+            if let error = Self.exec(handle, statement) {
+                sqlite3_close(handle)
+                throw StoreError(description: "\(path): \(statement): \(error)")
+            }
+        }
+    }
+
+    deinit { sqlite3_close(db) }
+
+    /// Every stored record that decodes (a row that does not is reported through `skipped`).
+    /// Call before `start`.
+    public func loadAll(skipped: (String, DialogRecordError) -> Void = { _, _ in }) -> [DialogRecord] {
+        var statement: OpaquePointer?
+        guard sqlite3_prepare_v2(db, "SELECT key, record FROM dialogs", -1, &statement, nil) == SQLITE_OK else { return [] }
+        defer { sqlite3_finalize(statement) }
+        var out: [DialogRecord] = []
+        while sqlite3_step(statement) == SQLITE_ROW {
+            let key = sqlite3_column_text(statement, 0).map { String(cString: $0) } ?? ""
+            let count = Int(sqlite3_column_bytes(statement, 1))
+            let bytes: [UInt8] = sqlite3_column_blob(statement, 1).map {
+                Array(UnsafeRawBufferPointer(start: $0, count: count))
+            } ?? []
+            do throws(DialogRecordError) {
+                out.append(try DialogRecord(decoding: bytes))
+            } catch {
+                skipped(key, error)
+            }
+        }
+        return out
+    }
+
+    /// Starts the writer thread.
+    public func start() throws(StoreError) {
+        guard !running.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        let box = Unmanaged.passRetained(self)
+        var thread = pthread_t()
+        let r = pthread_create(&thread, nil, { raw in
+            let store = Unmanaged<DialogStore>.fromOpaque(raw!).takeRetainedValue()
+            store.writeUntilStopped()
+            return nil
+        }, box.toOpaque())
+        if r != 0 {
+            box.release()
+            running.store(false, ordering: .releasing)
+            throw StoreError(description: "cannot start the database thread: \(String(cString: strerror(r)))")
+        }
+        pthread_detach(thread)
+    }
+
+    /// Writes what is pending, stops the writer and waits for it (a clean shutdown loses nothing).
+    public func stop() {
+        guard running.exchange(false, ordering: .acquiringAndReleasing) else { return }
+        while !finished.load(ordering: .acquiring) { usleep(1_000) }
+    }
+
+    public func dialogChanged(_ record: DialogRecord) {
+        let bytes = record.encoded()
+        pending.withLock { $0[record.key] = .some(bytes) }
+    }
+
+    public func dialogEnded(key: String) {
+        pending.withLock { $0[key] = .some(nil) }
+    }
+
+    private func writeUntilStopped() {
+        while running.load(ordering: .acquiring) {
+            if !writeBatch() { usleep(idleMicroseconds) }
+        }
+        _ = writeBatch()
+        finished.store(true, ordering: .releasing)
+    }
+
+    /// Writes everything pending in one transaction; false if there was nothing.
+    @discardableResult
+    func writeBatch() -> Bool {
+        let batch = pending.withLock { p -> [String: [UInt8]?] in
+            defer { p.removeAll(keepingCapacity: true) }
+            return p
+        }
+        guard !batch.isEmpty else { return false }
+        var upsert: OpaquePointer?, delete: OpaquePointer?
+        sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO dialogs (key, record) VALUES (?1, ?2)", -1, &upsert, nil)
+        sqlite3_prepare_v2(db, "DELETE FROM dialogs WHERE key = ?1", -1, &delete, nil)
+        defer {
+            sqlite3_finalize(upsert)
+            sqlite3_finalize(delete)
+        }
+        _ = Self.exec(db, "BEGIN")
+        for (key, value) in batch {
+            let statement = value == nil ? delete : upsert
+            sqlite3_reset(statement)
+            _ = sipedge_sqlite_bind_text(statement, 1, key, Int32(key.utf8.count))
+            if let bytes = value {
+                _ = bytes.withUnsafeBytes { sipedge_sqlite_bind_blob(statement, 2, $0.baseAddress, Int32($0.count)) }
+            }
+            if sqlite3_step(statement) != SQLITE_DONE {
+                log("database \(path): \(String(cString: sqlite3_errmsg(db)))")
+            }
+        }
+        if let error = Self.exec(db, "COMMIT") { log("database \(path): COMMIT: \(error)") }
+        batchesWritten.add(1, ordering: .relaxed)
+        rowsWritten.add(batch.count, ordering: .relaxed)
+        return true
+    }
+
+    private static func exec(_ db: OpaquePointer, _ sql: String) -> String? {
+        var message: UnsafeMutablePointer<CChar>?
+        guard sqlite3_exec(db, sql, nil, nil, &message) != SQLITE_OK else { return nil }
+        defer { sqlite3_free(message) }
+        return message.map { String(cString: $0) } ?? "error"
+    }
+}

@@ -1,0 +1,75 @@
+import Dialog
+import Testing
+import Transport
+
+@Suite struct DialogRecordTests {
+    static func sample() -> DialogRecord {
+        var client = LegRecord(callID: "a84b4c76e66710@pc33.example.com", localTag: "s1xk2j3h4", remoteTag: "1928301774",
+                               localCSeq: 3, remoteCSeq: 314_159, inviteCSeq: 314_159,
+                               localURI: Array("<sip:bob@biloxi.example.com>".utf8), remoteURI: Array("Alice <sip:alice@atlanta.example.com>".utf8),
+                               remoteTarget: Array("sip:alice@192.0.2.4:5062;transport=tcp".utf8),
+                               routeSet: [Array("<sip:p1.example.com;lr>".utf8), Array("<sip:[2001:db8::1]:5070;lr>".utf8)],
+                               hop: Hop(.tcp, SocketAddress(ip: "192.0.2.4", port: 40_122)!, worker: 1), listenerTag: "public")
+        client.lastSDPReceived = Array("v=0\r\no=alice 1 1 IN IP4 192.0.2.4\r\n".utf8)
+        client.lastSDPSent = Array("v=0\r\no=ast 7 7 IN IP4 10.0.0.5\r\n".utf8)
+        client.sessionInterval = 1_800
+        client.refresher = .peer
+        client.peerAllowsUpdate = true
+        var backend = LegRecord(callID: "s1x9f2k1c8d0a7b6e5", localTag: "s1xq8w7e6", remoteTag: "as5f3e2d1",
+                                localCSeq: UInt32.max, localURI: Array("<sip:alice@10.0.0.1:5060>".utf8),
+                                remoteURI: Array("<sip:bob@biloxi.example.com>".utf8), remoteTarget: Array("sip:bob@[2001:db8::5]:5080".utf8),
+                                hop: Hop(.udp, SocketAddress(ip: "2001:db8::5", port: 5080)!), listenerTag: "backend", contactUser: "b2b")
+        backend.sessionInterval = 90
+        backend.refresher = .edge
+        var record = DialogRecord(client: client, backend: backend, sharingTag: "service", startedAt: 1_795_000_000)
+        record.version = 42
+        record.state = .confirmed
+        record.answeredAt = 1_795_000_003
+        record.endsAt = 1_795_043_203
+        return record
+    }
+
+    @Test func a_record_survives_its_encoding_field_for_field() throws {
+        let record = Self.sample()
+        let bytes = record.encoded()
+        var decoded = try DialogRecord(decoding: bytes)
+        // The worker holding a connection is this process's business, not the record's.
+        #expect(decoded.client.hop == record.client.hop.withoutWorker)
+        decoded.client.hop = record.client.hop
+        #expect(decoded == record)
+        #expect(decoded.key == "s1x9f2k1c8d0a7b6e5")
+        #expect(bytes.count < 700, "compact: \(bytes.count) bytes for a dialog with two SDPs and a route set")
+    }
+
+    @Test func every_truncation_of_a_record_is_refused_with_a_reason() {
+        let bytes = Self.sample().encoded()
+        for length in 0..<bytes.count {
+            #expect(throws: DialogRecordError.self) { try DialogRecord(decoding: Array(bytes[0..<length])) }
+        }
+        #expect(throws: DialogRecordError.self) { try DialogRecord(decoding: bytes + [0]) }
+    }
+
+    @Test func a_record_of_another_format_or_with_a_huge_length_is_refused() {
+        var bytes = Self.sample().encoded()
+        bytes[0] = 99
+        #expect(throws: DialogRecordError(reason: "unknown format 99")) { try DialogRecord(decoding: bytes) }
+        // Format byte, version 1, state 0, then a sharing tag claiming 2^35 bytes.
+        let huge: [UInt8] = [DialogRecord.formatVersion, 1, 0, 0x80, 0x80, 0x80, 0x80, 0x7F]
+        #expect(throws: DialogRecordError.self) { try DialogRecord(decoding: huge) }
+    }
+
+    @Test func random_bytes_never_crash_the_decoder() {
+        var generator = SystemRandomNumberGenerator()
+        let valid = Self.sample().encoded()
+        for round in 0..<5_000 {
+            var bytes = valid
+            // Flip a few bytes of a valid record, or make up bytes outright.
+            if round % 2 == 0 {
+                for _ in 0..<3 { bytes[Int.random(in: 0..<bytes.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator) }
+            } else {
+                bytes = (0..<Int.random(in: 0..<200, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            }
+            _ = try? DialogRecord(decoding: bytes)
+        }
+    }
+}

@@ -1,0 +1,47 @@
+import Dialog
+import Glibc
+import Proxy
+import Testing
+import Transport
+
+@Suite struct DialogStoreTests {
+    static func record(_ n: Int) -> DialogRecord {
+        let leg = { (id: String) in
+            LegRecord(callID: id, localTag: "s0xt\(n)", localCSeq: 1, localURI: Array("<sip:a@127.0.0.1>".utf8),
+                      remoteURI: Array("<sip:b@127.0.0.1>".utf8), remoteTarget: Array("sip:b@127.0.0.1:5080".utf8),
+                      hop: Hop(.udp, SocketAddress(ip: "127.0.0.1", port: 5080)!), listenerTag: "public")
+        }
+        var r = DialogRecord(client: leg("client-\(n)"), backend: leg("s0xbackend\(n)"), startedAt: 1)
+        r.state = .confirmed
+        return r
+    }
+
+    @Test func dialogs_written_by_the_store_thread_are_there_after_reopening() throws {
+        let path = "/tmp/sipedge-store-\(getpid())-\(UInt32.random(in: 0...UInt32.max))/dialogs.db"
+        defer {
+            for suffix in ["", "-wal", "-shm"] { unlink(path + suffix) }
+            rmdir(String(path.dropLast("/dialogs.db".count)))
+        }
+        do {
+            let store = try DialogStore(path: path)
+            try store.start()
+            for n in 0..<1_000 { store.dialogChanged(Self.record(n)) }
+            var newer = Self.record(7)
+            newer.version = 9
+            newer.client.localCSeq = 77
+            store.dialogChanged(newer)          // replaces version 1 of the same dialog
+            for n in 500..<1_000 { store.dialogEnded(key: "s0xbackend\(n)") }
+            store.stop()
+            #expect(store.batchesWritten.load(ordering: .relaxed) >= 1)
+        }
+        let reopened = try DialogStore(path: path)
+        let records = reopened.loadAll()
+        #expect(records.count == 500)
+        #expect(Set(records.map(\.key)) == Set((0..<500).map { "s0xbackend\($0)" }))
+        #expect(records.first { $0.key == "s0xbackend7" }?.client.localCSeq == 77)
+    }
+
+    @Test func an_unwritable_path_is_a_clear_error() {
+        #expect(throws: StoreError.self) { try DialogStore(path: "/proc/sipedge/dialogs.db") }
+    }
+}
