@@ -9,8 +9,8 @@ set -euo pipefail
 packages=(libssl-dev libsctp-dev libsqlite3-dev)
 case "${1:-test}" in
     build) ;;
-    test) packages+=(sip-tester openssl) ;;
-    bench) packages+=(sip-tester openssl libosip2-dev valgrind) ;;
+    test) packages+=(sip-tester openssl baresip-core) ;;
+    bench) packages+=(sip-tester openssl baresip-core libosip2-dev valgrind kamailio) ;;
     *) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
 esac
 

@@ -325,6 +325,103 @@ import Testing
         #expect(CallRun.count("BYE sip:", in: run.uasLog) >= 5, "each callee got its BYE from the restarted edge")
         #expect(run.output.hasSuffix("still up\n") && run.output.contains("5 calls started, 0 still up"), "\(run.output)")
     }
+    /// baresip from Debian; under CI=true its absence fails the test.
+    static var baresip: String? {
+        FileManager.default.isExecutableFile(atPath: "/usr/bin/baresip") ? "/usr/bin/baresip" : nil
+    }
+
+    /// A headless baresip peer's config directory: SIP on `port` (and port+1 for TCP), a 440 Hz
+    /// tone as its microphone, auto-answer.
+    static func baresipConfig(_ dir: URL, user: String, port: Int, rtp: ClosedRange<Int>) throws {
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        try """
+            sip_listen 127.0.0.1:\(port)
+            net_interface 127.0.0.1
+            module_path /usr/lib/baresip/modules
+            module g711.so
+            module ausine.so
+            module aubridge.so
+            module account.so
+            module contact.so
+            module menu.so
+            audio_source ausine,440
+            ausrc_srate 48000
+            ausrc_channels 2
+            audio_player aubridge,\(user)
+            rtp_ports \(rtp.lowerBound)-\(rtp.upperBound)
+            """.write(to: dir.appendingPathComponent("config"), atomically: true, encoding: .utf8)
+        try "<sip:\(user)@127.0.0.1:\(port)>;regint=0;answermode=auto\n"
+            .write(to: dir.appendingPathComponent("accounts"), atomically: true, encoding: .utf8)
+    }
+
+    /// The last "[h:mm:ss] audio=TX/RX (bit/s)" a baresip printed: what it sent and received.
+    static func lastBitrates(_ log: String) -> (tx: Int, rx: Int)? {
+        guard let range = log.range(of: "audio=", options: .backwards) else { return nil }
+        let figures = log[range.upperBound...].prefix { $0 != " " }.split(separator: "/")
+        guard figures.count == 2, let tx = Int(figures[0]), let rx = Int(figures[1]) else { return nil }
+        return (tx, rx)
+    }
+
+    @Test func two_baresip_phones_talk_through_the_edge_and_a_bye_ends_both_legs() throws {
+        guard let baresip = Self.baresip else {
+            if ProcessInfo.processInfo.environment["CI"] == "true" { Issue.record("baresip is not installed (make test installs baresip-core)") }
+            return
+        }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-baresip-\(getpid())-\(UInt16.random(in: 0...9999))")
+        let base = Int.random(in: 11_000...30_000)
+        let (edgePort, alicePort, bobPort) = (base, base + 10, base + 20)
+        try Self.baresipConfig(dir.appendingPathComponent("alice"), user: "alice", port: alicePort, rtp: (base + 100)...(base + 149))
+        try Self.baresipConfig(dir.appendingPathComponent("bob"), user: "bob", port: bobPort, rtp: (base + 150)...(base + 199))
+        let edge = try Edge(config: """
+            workers = 2
+            [dispatcher]
+            destinations = ["127.0.0.1:\(bobPort)"]
+            [[listener]]
+            proto = "udp"
+            address = "127.0.0.1"
+            port = \(edgePort)
+            tag = "public"
+            """)
+        defer { edge.stop() }
+        #expect(edge.waitFor("listening udp"))
+        let bobLog = dir.appendingPathComponent("bob.log"), aliceLog = dir.appendingPathComponent("alice.log")
+        FileManager.default.createFile(atPath: bobLog.path, contents: nil)
+        FileManager.default.createFile(atPath: aliceLog.path, contents: nil)
+        let run = { (args: [String], log: URL) throws -> Process in
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: baresip)
+            p.arguments = args
+            p.standardOutput = try FileHandle(forWritingTo: log)
+            p.standardError = p.standardOutput
+            p.standardInput = FileHandle.nullDevice
+            try p.run()
+            return p
+        }
+        // Bob answers by himself and quits after 12 s at the latest; Alice calls him through the
+        // edge (sip:bob@edge), talks for 4 s, and hangs up as she quits.
+        let bob = try run(["-f", dir.appendingPathComponent("bob").path, "-t", "12"], bobLog)
+        defer { if bob.isRunning { kill(bob.processIdentifier, SIGKILL) } }
+        usleep(500_000)
+        let alice = try run(["-f", dir.appendingPathComponent("alice").path, "-e", "/dial sip:bob@127.0.0.1:\(edgePort)", "-t", "4"], aliceLog)
+        defer { if alice.isRunning { kill(alice.processIdentifier, SIGKILL) } }
+        for _ in 0..<100 where alice.isRunning { usleep(100_000) }
+        // Bob's side ends when the BYE crosses the edge, well before his own 12 s.
+        for _ in 0..<30 where !((try? String(contentsOf: bobLog, encoding: .utf8)) ?? "").contains("terminated") { usleep(100_000) }
+        let a = (try? String(contentsOf: aliceLog, encoding: .utf8)) ?? "", b = (try? String(contentsOf: bobLog, encoding: .utf8)) ?? ""
+        #expect(a.contains("Call established") && b.contains("Call established"), "alice:\n\(a)\nbob:\n\(b)")
+        // RTP both ways: each phone received a stream and, at the end, sent and received 64 kbit/s.
+        #expect(a.contains("incoming rtp for 'audio' established") && b.contains("incoming rtp for 'audio' established"))
+        let aRates = Self.lastBitrates(a), bRates = Self.lastBitrates(b)
+        #expect((aRates?.tx ?? 0) > 32_000 && (aRates?.rx ?? 0) > 32_000, "alice sent/received \(String(describing: aRates)) bit/s")
+        #expect((bRates?.tx ?? 0) > 32_000 && (bRates?.rx ?? 0) > 32_000, "bob sent/received \(String(describing: bRates)) bit/s")
+        // Bob saw the edge, never Alice: the caller's address did not cross.
+        #expect(b.contains("Call established: sip:alice@127.0.0.1:\(edgePort)"), "\(b)")
+        #expect(!b.contains("127.0.0.1:\(alicePort)"))
+        #expect(b.contains("terminated") && bob.isRunning, "alice's BYE ended bob's call before his own timeout")
+        kill(bob.processIdentifier, SIGKILL)
+        edge.stop()
+        #expect(edge.output.contains("1 calls started, 0 still up"), "\(edge.output)")
+    }
 }
 
 /// SIPp scenarios the built-in ones do not cover.
