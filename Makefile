@@ -3,7 +3,7 @@ SWIFT ?= swift
 CONFIG ?= conf/sipedge.toml
 SECONDS ?= 600
 
-.PHONY: run build test deps bench bench-parser bench-transport fuzz clean
+.PHONY: run build test deps bench bench-parser bench-transport bench-calls bench-dialogs fuzz clean
 
 run: build
 	.build/release/sipedge run --config $(CONFIG)
@@ -19,7 +19,7 @@ test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 
-bench: bench-parser bench-transport
+bench: bench-parser bench-transport bench-calls bench-dialogs
 
 bench-parser:
 	scripts/install-deps.sh bench
@@ -28,6 +28,14 @@ bench-parser:
 bench-transport:
 	scripts/install-deps.sh bench
 	Benchmarks/transport-bench.sh
+
+# SIPEdge against Kamailio 5.6 (tm, rr, dialog, topoh), complete calls from SIPp, both proxies in one run.
+bench-calls:
+	Benchmarks/calls-bench.sh
+
+# Resident memory per established dialog, 100,000 of them.
+bench-dialogs:
+	Benchmarks/dialogs-bench.sh
 
 # libFuzzer over parse + typed access + serialize, seeded from ../shared/corpus: make fuzz SECONDS=600
 fuzz:

@@ -84,8 +84,11 @@ final class Call {
     var answerInterval: UInt64 = 0
     var answerTimer: TimerID?
     var answerDeadline: UInt64 = 0
-    /// The ACK sent to the backend for its 2xx, resent if the 2xx is retransmitted.
-    var backendACK: [UInt8]?
+    /// The backend's 2xx was ACKed (an ACK for a 2xx is its own transaction: a retransmitted 2xx
+    /// gets it again, rebuilt, rather than a stored copy held for the call's life).
+    var backendAcknowledged = false
+    /// The caller's INVITE had no SDP: the backend's ACK carries the caller's answer.
+    var lateOffer = false
     /// Serial failover: which destination this call started with, how many it has tried, and
     /// whether a backend has committed to it (a provisional with a To tag, or a 2xx).
     var firstDestination = 0
@@ -288,7 +291,8 @@ public final class B2BUA: TimerTarget {
                                   localURI: addressPart(to), remoteURI: addressPart(from), remoteTarget: clientTarget,
                                   routeSet: invite.values(.recordRoute).map(\.bytes),
                                   hop: clientHop, listenerTag: config.address(for: clientHop.transport).tag)
-        clientLeg.lastSDPReceived = invite.body.bytes
+        let offer = invite.body.bytes   // one array, shared by both legs' records
+        clientLeg.lastSDPReceived = offer
         clientLeg.peerAllowsUpdate = Self.allows(invite, "UPDATE")
         if let se = sessionExpires {
             clientLeg.sessionInterval = se.seconds
@@ -302,7 +306,7 @@ public final class B2BUA: TimerTarget {
             + Array("<sip:\(from.uri.user.map { String(decoding: $0.bytes, as: UTF8.self) + "@" } ?? "")\(local.host):\(local.port)>".utf8)
         var backendLeg = LegRecord(callID: "", localTag: "", localCSeq: 1, localURI: backendFrom, remoteURI: addressPart(to),
                                    remoteTarget: [], hop: first, listenerTag: local.tag)
-        backendLeg.lastSDPSent = invite.body.bytes
+        backendLeg.lastSDPSent = offer
         let call = Call(number: takeID(), record: DialogRecord(client: clientLeg, backend: backendLeg, sharingTag: config.sharingTag,
                                                                startedAt: Self.wallClock()))
         call.user = uri.user.map { String(decoding: $0.bytes, as: UTF8.self) } ?? ""
@@ -402,7 +406,7 @@ public final class B2BUA: TimerTarget {
         guard let status = response.statusCode, status > 100 else { return }
         if status >= 200 && status < 300 && call.isConfirmed {
             // A retransmitted 2xx: our ACK was lost (or is still waiting for the caller's answer).
-            if let ack = call.backendACK { _ = sender.send(ack, to: call.record.backend.hop) }
+            if call.backendAcknowledged { sendBackendACK(call) }
             return
         }
         guard let tx = call.clientInvite else { return }
@@ -443,11 +447,8 @@ public final class B2BUA: TimerTarget {
             call.backendInvite = nil
             // Late offer (the caller's INVITE had no SDP): the backend's ACK carries the caller's
             // answer, so it waits for the caller's ACK.
-            if !(tx.request.body.isEmpty && !response.body.isEmpty) {
-                let ack = inDialogRequest("ACK", call: call, side: .backend, cseq: call.record.backend.inviteCSeq)
-                call.backendACK = ack
-                _ = sender.send(ack, to: call.record.backend.hop)
-            }
+            call.lateOffer = tx.request.body.isEmpty && !response.body.isEmpty
+            if !call.lateOffer { sendBackendACK(call) }
             armSessionTimer(call, .backend)
             armSessionTimer(call, .client)
             if config.pingSeconds > 0 {
@@ -477,6 +478,15 @@ public final class B2BUA: TimerTarget {
         }
     }
 
+    /// The ACK for the backend's 2xx (§13.2.2.4), with the caller's answer in a late-offer call.
+    private func sendBackendACK(_ call: Call) {
+        let body = call.lateOffer ? call.record.client.lastSDPReceived : []
+        let bytes = inDialogRequest("ACK", call: call, side: .backend, cseq: call.record.backend.inviteCSeq,
+                                    contentType: body.isEmpty ? nil : Self.sdpType, body: body)
+        call.backendAcknowledged = true
+        _ = sender.send(bytes, to: call.record.backend.hop)
+    }
+
     /// After a CANCEL: the backend's final answer ends the call; a 2xx that crossed the CANCEL is
     /// ACKed and followed by a BYE (§9.1: the CANCEL came too late for it).
     private func cancelledCallAnswered(_ response: SIPMessage, call: Call) {
@@ -494,13 +504,10 @@ public final class B2BUA: TimerTarget {
     private func clientAcknowledged(_ call: Call, ack: SIPMessage) {
         if let t = call.answerTimer { loop.cancel(t) }
         call.answerTimer = nil
-        if call.answer != nil, call.backendACK == nil, call.isConfirmed {
+        if call.answer != nil, !call.backendAcknowledged, call.isConfirmed {
             // Late offer: the caller's ACK carries the answer to the backend's offer.
             if !ack.body.isEmpty { carrySDP(ack.body.bytes, from: .client, call: call) }
-            let bytes = inDialogRequest("ACK", call: call, side: .backend, cseq: call.record.backend.inviteCSeq,
-                                        contentType: ack.contentType, body: ack.body.bytes)
-            call.backendACK = bytes
-            _ = sender.send(bytes, to: call.record.backend.hop)
+            sendBackendACK(call)
             changed(call)
         }
         call.answer = nil

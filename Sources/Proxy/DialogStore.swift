@@ -22,6 +22,9 @@ public final class DialogStore: DialogStateSink, Sendable {
     private let finished = Atomic<Bool>(false)
     /// The connection is used by the writer thread only, once it runs (and before, by `loadAll`).
     private nonisolated(unsafe) let db: OpaquePointer
+    /// Keys that have a row, known to the writer (and `loadAll` before it): a dialog that ended
+    /// before it was ever written costs no statement at all (most short calls).
+    private nonisolated(unsafe) var stored: Set<String> = []
     /// Batches and rows written so far (tests, statistics).
     public let batchesWritten = Atomic<Int>(0)
     public let rowsWritten = Atomic<Int>(0)
@@ -72,6 +75,7 @@ public final class DialogStore: DialogStateSink, Sendable {
             let bytes: [UInt8] = sqlite3_column_blob(statement, 1).map {
                 Array(UnsafeRawBufferPointer(start: $0, count: count))
             } ?? []
+            stored.insert(key)
             do throws(DialogRecordError) {
                 out.append(try DialogRecord(decoding: bytes))
             } catch {
@@ -130,6 +134,17 @@ public final class DialogStore: DialogStateSink, Sendable {
             return p
         }
         guard !batch.isEmpty else { return false }
+        // Only what changes the file: a dialog that ended before its first write needs nothing.
+        var work: [(String, [UInt8]?)] = []
+        for (key, value) in batch {
+            if value == nil {
+                if stored.remove(key) != nil { work.append((key, nil)) }
+            } else {
+                stored.insert(key)
+                work.append((key, value!))
+            }
+        }
+        guard !work.isEmpty else { return true }
         var upsert: OpaquePointer?, delete: OpaquePointer?
         sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO dialogs (key, record) VALUES (?1, ?2)", -1, &upsert, nil)
         sqlite3_prepare_v2(db, "DELETE FROM dialogs WHERE key = ?1", -1, &delete, nil)
@@ -138,7 +153,7 @@ public final class DialogStore: DialogStateSink, Sendable {
             sqlite3_finalize(delete)
         }
         _ = Self.exec(db, "BEGIN")
-        for (key, value) in batch {
+        for (key, value) in work {
             let statement = value == nil ? delete : upsert
             sqlite3_reset(statement)
             _ = sipedge_sqlite_bind_text(statement, 1, key, Int32(key.utf8.count))
@@ -151,7 +166,7 @@ public final class DialogStore: DialogStateSink, Sendable {
         }
         if let error = Self.exec(db, "COMMIT") { log("database \(path): COMMIT: \(error)") }
         batchesWritten.add(1, ordering: .relaxed)
-        rowsWritten.add(batch.count, ordering: .relaxed)
+        rowsWritten.add(work.count, ordering: .relaxed)
         return true
     }
 

@@ -20,6 +20,9 @@ public struct TimerWheel<Payload> {
     private var nodes: [Node] = []
     private var freeHead: Int32 = -1
     private var slots: [Int32]
+    /// One bit per slot: set while the slot holds a timer, so the next occupied slot is found by
+    /// looking at words, not at timers.
+    private var occupied: [UInt64]
     private let mask: UInt64
     /// The last tick `advance` reached.
     public private(set) var currentTick: UInt64
@@ -34,6 +37,7 @@ public struct TimerWheel<Payload> {
         var n = 1
         while n < slotCount { n <<= 1 }
         slots = Array(repeating: -1, count: n)
+        occupied = Array(repeating: 0, count: (n + 63) / 64)
         mask = UInt64(n - 1)
         currentTick = startTick
     }
@@ -59,6 +63,7 @@ public struct TimerWheel<Payload> {
         nodes[Int(index)].next = head
         if head >= 0 { nodes[Int(head)].prev = index }
         slots[slot] = index
+        occupied[slot >> 6] |= 1 << UInt64(slot & 63)
         count += 1
         return Handle(index: index, generation: nodes[Int(index)].generation)
     }
@@ -99,39 +104,62 @@ public struct TimerWheel<Payload> {
         currentTick = tick
     }
 
-    /// The earliest deadline within the next turn of the wheel (nil if no timer is armed there):
-    /// how long an event loop may sleep.
+    /// How long an event loop may sleep: the earliest deadline when it is known or lies in the next
+    /// occupied slot, else that slot's tick (earlier than any deadline: the loop wakes, nothing is
+    /// due, it asks again). Never later than the earliest deadline; nil when nothing is armed.
+    /// Costs a look at the slot bitmap and one slot's timers, however many timers are armed.
     public mutating func nextDeadline() -> UInt64? {
         guard count > 0 else { return nil }
         if earliestKnown { return earliest }
-        let found = scanForEarliest()
-        if let found {
-            earliest = found
-            earliestKnown = true
+        let t = nextOccupiedTick()
+        // Every armed deadline is past `currentTick` and lies in the slot of its tick, so the
+        // first occupied slot's timers are due at `t` or whole turns later.
+        var i = slots[Int(t & mask)]
+        while i >= 0 {
+            if nodes[Int(i)].deadline == t {
+                earliest = t
+                earliestKnown = true
+                return t
+            }
+            i = nodes[Int(i)].next
         }
-        return found
+        return t
     }
 
-    private func scanForEarliest() -> UInt64? {
-        var best: UInt64?
-        var t = currentTick &+ 1
-        for _ in 0...mask {
-            var i = slots[Int(t & mask)]
-            while i >= 0 {
-                let d = nodes[Int(i)].deadline
-                if d < (best ?? .max) { best = d }
-                i = nodes[Int(i)].next
+    /// The tick of the first occupied slot after `currentTick` (within one turn).
+    private func nextOccupiedTick() -> UInt64 {
+        let n = Int(mask) + 1
+        let start = Int((currentTick &+ 1) & mask)
+        var position = start
+        var scanned = 0
+        while scanned < n {
+            let word = position >> 6
+            let bit = position & 63
+            let bits = occupied[word] >> UInt64(bit)
+            if bits != 0 {
+                let found = position + bits.trailingZeroBitCount
+                if found < n {
+                    let distance = (found - start + n) % n
+                    return currentTick &+ 1 &+ UInt64(distance)
+                }
             }
-            if let best, best <= t { return best }
-            t &+= 1
+            let step = 64 - bit
+            scanned += step
+            position = (position + step) % n
         }
-        return best
+        return currentTick &+ 1 &+ mask
     }
 
     private mutating func release(_ index: Int32) -> Payload? {
         let i = Int(index)
         let (prev, next) = (nodes[i].prev, nodes[i].next)
-        if prev >= 0 { nodes[Int(prev)].next = next } else { slots[Int(nodes[i].deadline & mask)] = next }
+        if prev >= 0 {
+            nodes[Int(prev)].next = next
+        } else {
+            let slot = Int(nodes[i].deadline & mask)
+            slots[slot] = next
+            if next < 0 { occupied[slot >> 6] &= ~(1 << UInt64(slot & 63)) }
+        }
         if next >= 0 { nodes[Int(next)].prev = prev }
         if nodes[i].deadline <= earliest { earliestKnown = false }
         if count == 1 { earliest = .max; earliestKnown = true }

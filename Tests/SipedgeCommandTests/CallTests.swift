@@ -422,6 +422,14 @@ import Testing
         edge.stop()
         #expect(edge.output.contains("1 calls started, 0 still up"), "\(edge.output)")
     }
+    @Test func rfc3264_a_late_offer_call_carries_the_callers_answer_in_the_backend_ack() throws {
+        // The caller's INVITE has no SDP: the callee offers in its 200 and the caller answers in
+        // its ACK, which the edge must carry to the callee's leg.
+        guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.lateOfferCaller, uasScenario: Scenarios.lateOfferCallee,
+                                          destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every late-offer call completed\n\(run.output)")
+        #expect(run.output.contains("10 calls started, 0 still up"), "\(run.output)")
+    }
 }
 
 /// SIPp scenarios the built-in ones do not cover.
@@ -793,5 +801,26 @@ enum Scenarios {
         #"<pause milliseconds="4000"/>"#,
         callerSends("BYE", cseq: 2, withTag: true),
         #"<recv response="200"/>"#,
+    ])
+    /// Caller without an offer: it answers the callee's SDP in its ACK.
+    static let lateOfferCaller = scenario("late-offer caller", [
+        callerSends("INVITE", cseq: 1, withTag: false),
+        #"<recv response="100" optional="true"/>"#, #"<recv response="180" optional="true"/>"#, #"<recv response="200" rtd="true"/>"#,
+        callerSends("ACK", cseq: 1, withTag: true, sdp: true, retransmit: false),
+        callerSends("BYE", cseq: 2, withTag: true),
+        #"<recv response="200"/>"#,
+    ])
+
+    /// Callee that offers in its 200 and insists on an answer in the ACK.
+    static let lateOfferCallee = scenario("late-offer callee", [
+        #"<recv request="INVITE"/>"#,
+        calleeAnswers("200 OK", tag: true, sdp: true, retransmit: true),
+        """
+          <recv request="ACK">
+            <action><ereg regexp="m=audio [0-9]+ RTP/AVP" search_in="body" check_it="true" assign_to="answer"/></action>
+          </recv>
+        """,
+        #"<recv request="BYE"/>"#,
+        calleeAnswers("200 OK", tag: false).replacingOccurrences(of: "Content-Length: 0", with: "X-Answer: [$answer]\nContent-Length: 0"),
     ])
 }

@@ -51,12 +51,46 @@ import Testing
         _ = wheel.arm(at: 500, 2)
         #expect(wheel.nextDeadline() == 40)
         wheel.cancel(early)
-        #expect(wheel.nextDeadline() == 500)
+        // 500 is eight turns away: the wheel offers an earlier wake-up, never a later one.
+        #expect(wheel.nextDeadline().map { $0 <= 500 } == true)
         _ = wheel.arm(at: 7, 3)
         #expect(wheel.nextDeadline() == 7)
         var out: [Int] = []
         wheel.advance(to: 10, into: &out)
+        #expect(out == [3])
+        wheel.advance(to: 499, into: &out)
+        // The exact deadline once it lies in the next slot the wheel looks at.
         #expect(out == [3] && wheel.nextDeadline() == 500)
+        wheel.advance(to: 500, into: &out)
+        #expect(out == [3, 2] && wheel.nextDeadline() == nil)
+    }
+
+    @Test func sleeping_until_each_next_deadline_fires_every_timer_on_time() {
+        // Thousands of timers over many turns (a loop's retransmission and dialog timers): waking
+        // at each offered deadline never oversleeps one.
+        var wheel = TimerWheel<UInt64>(slotCount: 1_024)
+        var generator = SystemRandomNumberGenerator()
+        var pending: [UInt64: Int] = [:]
+        for _ in 0..<5_000 {
+            let d = UInt64.random(in: 1...100_000, using: &generator)
+            _ = wheel.arm(at: d, d)
+            pending[d, default: 0] += 1
+        }
+        var fired: [UInt64] = []
+        var wakes = 0
+        while let next = wheel.nextDeadline() {
+            let earliest = pending.keys.min()!
+            #expect(next <= earliest)
+            wheel.advance(to: next, into: &fired)
+            for d in fired {
+                #expect(d <= next && d >= next, "fired at its own tick")
+                pending[d]! -= 1
+                if pending[d] == 0 { pending[d] = nil }
+            }
+            fired.removeAll()
+            wakes += 1
+        }
+        #expect(pending.isEmpty && wakes <= 100_000)
     }
 
     @Test func steady_state_reuses_nodes() {
