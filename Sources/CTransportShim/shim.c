@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <malloc.h>
 #include "CTransportShim.h"
 
 #include <errno.h>
@@ -164,4 +165,8 @@ ssize_t sipedge_sctp_receive(int fd, void *buffer, size_t capacity, struct socka
 
 int sipedge_random_bytes(void *buffer, size_t length) {
     return getrandom(buffer, length, 0) == (ssize_t)length ? 0 : -1;
+}
+
+int sipedge_malloc_trim(void) {
+    return malloc_trim(0);
 }

@@ -164,6 +164,18 @@ public final class EdgeServer: Sendable {
             throw SystemError("database thread", errno: EAGAIN)
         }
         try workers.start()
+        let first = workers.loops[0]
+        first.execute { Self.returnFreedMemory(every: 30_000, on: first) }
+    }
+
+    /// Transactions and retransmission buffers come and go by the thousand per second; glibc keeps
+    /// what they freed in its arenas. Every 30 s worker 0 hands free pages back to the kernel
+    /// (malloc_trim covers every thread's arena), so resident memory follows the calls that are up.
+    private static func returnFreedMemory(every ms: UInt64, on loop: EventLoop) {
+        _ = loop.schedule(afterMilliseconds: ms) {
+            ProcessMemory.returnFreedPages()
+            returnFreedMemory(every: ms, on: loop)
+        }
     }
 
     /// Stops the loops, then writes what the database has pending.

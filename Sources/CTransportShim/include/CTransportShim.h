@@ -74,4 +74,7 @@ ssize_t sipedge_sctp_send(int fd, const void *bytes, size_t length, const struct
 /// *notification is 1 when what arrived is an SCTP notification rather than data.
 ssize_t sipedge_sctp_receive(int fd, void *buffer, size_t capacity, struct sockaddr_storage *from, socklen_t *from_length, int *notification);
 
+/// Returns the free pages of every malloc arena to the kernel (glibc's malloc_trim).
+int sipedge_malloc_trim(void);
+
 #endif

@@ -1,4 +1,5 @@
 import Glibc
+import CTransportShim
 
 /// A failed system call: which call, and the errno it left.
 public struct SystemError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -60,4 +61,12 @@ public enum TransportError: Error, Sendable, CustomStringConvertible {
         case .tls(let e): return e.description
         }
     }
+}
+
+/// The process's heap as the kernel sees it.
+public enum ProcessMemory {
+    /// Hands the free pages of every malloc arena back to the kernel (glibc's `malloc_trim`);
+    /// true if any were returned.
+    @discardableResult
+    public static func returnFreedPages() -> Bool { sipedge_malloc_trim() == 1 }
 }
