@@ -147,6 +147,8 @@ final class TransactionRecord<Machine> {
     var origin: AnyObject?
     /// What the B2BUA itself sent this request for, when its answer is not relayed.
     var purpose = Purpose.relay
+    /// Ended early by the B2BUA (its INVITE is answered and acknowledged): nothing more is armed.
+    var finished = false
 
     enum Purpose { case relay, backendInvite, refresh(Side), ping(Side), fireAndForget }
 
@@ -219,8 +221,14 @@ public final class B2BUA: TimerTarget {
         } else if let key = TransactionKey.client(forResponse: message), let tx = clientTransactions[key] {
             let actions = tx.machine.handle(.response(message))
             perform(actions, client: tx, message: message)
+        } else if let status = message.statusCode, status >= 200, status < 300, let id = message.callID,
+                  let call = calls[id.string], call.side(ofCallID: id.bytes) == .backend, call.backendAcknowledged,
+                  (try? message.cseq().number) == call.record.backend.inviteCSeq {
+            // A retransmitted 2xx for a backend INVITE whose transaction ended once it was ACKed:
+            // the ACK was lost, so it goes again (RFC 6026 §7.2 gives 2xx retransmissions to the TU).
+            sendBackendACK(call)
         }
-        // A response matching no transaction is dropped (§17.1.3).
+        // Any other response matching no transaction is dropped (§17.1.3).
     }
 
     private func receiveRequest(_ request: SIPMessage, from hop: Hop) {
@@ -239,6 +247,14 @@ public final class B2BUA: TimerTarget {
             return
         }
         guard let key, let method = request.method else { return }
+        if method == .invite, request.tag(of: .to) == nil, let id = request.callID, let call = calls[id.string],
+           call.side(ofCallID: id.bytes) == .client {
+            // The INVITE of a call we already carry, whose transaction ended with the caller's ACK
+            // (or a copy that took another path, §8.2.2.2): it changes nothing; a 2xx not yet
+            // acknowledged goes again.
+            if let answer = call.answer { _ = sender.send(answer, to: call.record.client.hop) }
+            return
+        }
         let tx = ServerTxRecord(id: takeID(), machine: ServerTransaction(method: method, reliability: hop.reliability, timers: config.timers),
                                 request: request, peer: hop, key: key)
         register(tx)
@@ -502,6 +518,10 @@ public final class B2BUA: TimerTarget {
     }
 
     private func clientAcknowledged(_ call: Call, ack: SIPMessage) {
+        // The INVITE is answered and the answer acknowledged: its server transaction has nothing
+        // left to do (a late copy of the INVITE is recognised by its Call-ID), so it ends now
+        // rather than after Timer L's 32 s.
+        if let tx = call.clientInvite, tx.machine.state == .accepted { finish(tx) }
         if let t = call.answerTimer { loop.cancel(t) }
         call.answerTimer = nil
         if call.answer != nil, !call.backendAcknowledged, call.isConfirmed {
@@ -957,6 +977,23 @@ public final class B2BUA: TimerTarget {
         perform(tx.machine.start(), client: tx, message: nil)
     }
 
+    /// Ends a transaction before its own timers would.
+    private func finish(_ tx: ServerTxRecord) {
+        tx.finished = true
+        for t in tx.timers.values { loop.cancel(t) }
+        tx.timers.removeAll()
+        serverTransactions[tx.key] = nil
+        transactionsByID[tx.id] = nil
+    }
+
+    private func finish(_ tx: ClientTxRecord) {
+        tx.finished = true
+        for t in tx.timers.values { loop.cancel(t) }
+        tx.timers.removeAll()
+        clientTransactions[tx.key] = nil
+        transactionsByID[tx.id] = nil
+    }
+
     private func respond(_ tx: ServerTxRecord, status: Int, extra: [(String, String)] = []) {
         let tag = tx.request.tag(of: .to) == nil ? ids.make() : nil
         let bytes = MessageBuilder.response(to: tx.request, status: status, toTag: tag, extraHeaders: extra)
@@ -967,7 +1004,7 @@ public final class B2BUA: TimerTarget {
         for action in actions {
             switch action {
             case .send(let bytes): _ = sender.send(bytes, to: tx.peer)
-            case .arm(let timer, let ms): arm(timer, ms, id: tx.id, in: &tx.timers)
+            case .arm(let timer, let ms): if !tx.finished { arm(timer, ms, id: tx.id, in: &tx.timers) }
             case .disarm(let timer): if let t = tx.timers.removeValue(forKey: timer) { loop.cancel(t) }
             case .passUp: break   // the only ACK passed up (RFC 6026) is handled by clientAcknowledged
             case .timedOut:
@@ -992,7 +1029,7 @@ public final class B2BUA: TimerTarget {
                     // Nothing can carry it (no connection, none can be opened): fail at once.
                     actions = tx.machine.handle(.transportError)[...] + actions
                 }
-            case .arm(let timer, let ms): arm(timer, ms, id: tx.id, in: &tx.timers)
+            case .arm(let timer, let ms): if !tx.finished { arm(timer, ms, id: tx.id, in: &tx.timers) }
             case .disarm(let timer): if let t = tx.timers.removeValue(forKey: timer) { loop.cancel(t) }
             case .passUp:
                 guard let message else { break }
@@ -1000,7 +1037,11 @@ public final class B2BUA: TimerTarget {
                     relayResponse(message, clientTx: tx, origin: origin)
                 } else if let call = tx.call {
                     switch tx.purpose {
-                    case .backendInvite: backendInviteResponse(message, call: call)
+                    case .backendInvite:
+                        backendInviteResponse(message, call: call)
+                        // Answered and ACKed: a retransmitted 2xx is recognised by its Call-ID and
+                        // CSeq, so the transaction need not wait out Timer M.
+                        if call.backendAcknowledged, let status = message.statusCode, status >= 200, status < 300 { finish(tx) }
                     case .relay, .fireAndForget: break
                     case .refresh, .ping: ownRequestAnswered(message, tx: tx, call: call, purpose: tx.purpose)
                     }
