@@ -33,8 +33,10 @@ public struct LocalAddress: Sendable, Equatable {
 public struct B2BUAConfig: Sendable {
     /// Our advertised address per transport (the first listener of each).
     public var local: [TransportProtocol: LocalAddress]
-    /// Where new calls go, in turn (the dispatcher with probing replaces this, issue 5).
+    /// Where new calls go, in turn, when there is no `picker`.
     public var backends: [Hop]
+    /// The dispatcher: chooses each call's backend, hears of failures.
+    public var picker: (any DestinationPicker)?
     public var timers: TransactionTimerValues
     /// A call still up after this many seconds is ended with a BYE to both legs (0: never).
     public var maxCallSeconds: UInt64
@@ -49,9 +51,10 @@ public struct B2BUAConfig: Sendable {
 
     public init(local: [TransportProtocol: LocalAddress], backends: [Hop], timers: TransactionTimerValues = .rfc3261,
                 maxCallSeconds: UInt64 = 43_200, sessionExpires: UInt32 = 0, minSE: UInt32 = 90, pingSeconds: UInt64 = 0,
-                sharingTag: String = "") {
+                sharingTag: String = "", picker: (any DestinationPicker)? = nil) {
         self.local = local
         self.backends = backends
+        self.picker = picker
         self.timers = timers
         self.maxCallSeconds = maxCallSeconds
         self.sessionExpires = sessionExpires
@@ -64,6 +67,15 @@ public struct B2BUAConfig: Sendable {
     func address(for transport: TransportProtocol) -> LocalAddress {
         local[transport] ?? local[.udp] ?? local.values.first ?? LocalAddress(host: "127.0.0.1", port: 5060, tag: "default")
     }
+}
+
+/// Counters of one B2BUA, for `get_statistics`.
+public struct B2BUAStatistics: Sendable, Equatable {
+    /// Requests received, by method name, and responses received, by class ("2xx").
+    public var requests: [String: Int] = [:]
+    public var replies: [String: Int] = [:]
+
+    public init() {}
 }
 
 /// Which leg of a call.
@@ -89,10 +101,10 @@ final class Call {
     var backendAcknowledged = false
     /// The caller's INVITE had no SDP: the backend's ACK carries the caller's answer.
     var lateOffer = false
-    /// Serial failover: which destination this call started with, how many it has tried, and
-    /// whether a backend has committed to it (a provisional with a To tag, or a 2xx).
-    var firstDestination = 0
-    var attempts = 0
+    /// Serial failover: the destinations tried (picker indices), the current one, and whether a
+    /// backend has committed to the call (a provisional with a To tag, or a 2xx).
+    var tried: [Int] = []
+    var destination: Int?
     var committed = false
     /// The INVITE sent to the current backend (a CANCEL copies its Via, From, To and Request-URI);
     /// dropped once the call is answered.
@@ -110,8 +122,9 @@ final class Call {
     /// RFC 4028, per leg: when to refresh (we refresh) or give up (the peer refreshes).
     var sessionTimers: (client: TimerID?, backend: TimerID?) = (nil, nil)
     var pingTimer: TimerID?
-    /// The Request-URI user, to address each backend.
+    /// The Request-URI user, to address each backend, and the From user (hashing dispatchers).
     var user = ""
+    var fromUser: [UInt8] = []
 
     init(number: UInt32, record: DialogRecord) {
         self.number = number
@@ -147,10 +160,12 @@ final class TransactionRecord<Machine> {
     var origin: AnyObject?
     /// What the B2BUA itself sent this request for, when its answer is not relayed.
     var purpose = Purpose.relay
+    /// For a probe: told the final status, or nil when none came.
+    var onFinal: ((Int?) -> Void)?
     /// Ended early by the B2BUA (its INVITE is answered and acknowledged): nothing more is armed.
     var finished = false
 
-    enum Purpose { case relay, backendInvite, refresh(Side), ping(Side), fireAndForget }
+    enum Purpose { case relay, backendInvite, refresh(Side), ping(Side), probe, fireAndForget }
 
     init(id: UInt32, machine: Machine, request: SIPMessage, peer: Hop, key: TransactionKey) {
         self.id = id
@@ -174,6 +189,7 @@ public final class B2BUA: TimerTarget {
     public let loop: EventLoop
     public let config: B2BUAConfig
     private unowned let sender: any MessageSender
+    private let picker: any DestinationPicker
     /// Told of every change to a confirmed dialog, and of its end (persistence, replication).
     public weak var sink: (any DialogStateSink)?
     private var ids: ShardedIdentifiers
@@ -186,12 +202,15 @@ public final class B2BUA: TimerTarget {
     /// Calls set up and ended so far (statistics and tests).
     public private(set) var callsStarted = 0
     public private(set) var callsEnded = 0
+    /// What this worker's B2BUA has handled since the start or the last `resetStatistics`.
+    public private(set) var statistics = B2BUAStatistics()
     public var activeCalls: Int { callsByNumber.count }
 
     public init(loop: EventLoop, config: B2BUAConfig, sender: any MessageSender) {
         self.loop = loop
         self.config = config
         self.sender = sender
+        self.picker = config.picker ?? RoundRobinDestinations(config.backends)
         self.ids = ShardedIdentifiers(worker: loop.index)
     }
 
@@ -216,6 +235,11 @@ public final class B2BUA: TimerTarget {
     /// A parsed, validated message that came along `hop`.
     public func receive(_ message: SIPMessage, from hop: Hop) {
         loop.assertInLoop()
+        if let method = message.methodBytes {
+            statistics.requests[method.string, default: 0] += 1
+        } else if let status = message.statusCode {
+            statistics.replies["\(status / 100)xx", default: 0] += 1
+        }
         if message.isRequest {
             receiveRequest(message, from: hop)
         } else if let key = TransactionKey.client(forResponse: message), let tx = clientTransactions[key] {
@@ -296,10 +320,6 @@ public final class B2BUA: TimerTarget {
             respond(tx, status: 422, extra: [("Min-SE", "\(config.minSE)")])
             return
         }
-        guard !config.backends.isEmpty else {
-            respond(tx, status: 503)
-            return
-        }
         let clientTarget = Self.contactURI(of: invite) ?? from.uri.text.bytes
         let clientHop = tx.peer
         var clientLeg = LegRecord(callID: callID, localTag: ids.make(), remoteTag: fromTag.string, localCSeq: 0,
@@ -316,33 +336,47 @@ public final class B2BUA: TimerTarget {
             clientLeg.refresher = se.refresher == .uas || !Self.supports(invite, "timer") ? .edge : .peer
         }
         // The caller's identity goes on, but not its address: the From URI's host becomes ours.
-        let first = config.backends[callsStarted % config.backends.count]
-        let local = config.address(for: first.transport)
+        let local = config.address(for: .udp)
         let backendFrom = Array((from.displayName.map { $0.string + " " } ?? "").utf8)
             + Array("<sip:\(from.uri.user.map { String(decoding: $0.bytes, as: UTF8.self) + "@" } ?? "")\(local.host):\(local.port)>".utf8)
         var backendLeg = LegRecord(callID: "", localTag: "", localCSeq: 1, localURI: backendFrom, remoteURI: addressPart(to),
-                                   remoteTarget: [], hop: first, listenerTag: local.tag)
+                                   remoteTarget: [], hop: tx.peer.withoutWorker, listenerTag: local.tag)
         backendLeg.lastSDPSent = offer
         let call = Call(number: takeID(), record: DialogRecord(client: clientLeg, backend: backendLeg, sharingTag: config.sharingTag,
                                                                startedAt: Self.wallClock()))
         call.user = uri.user.map { String(decoding: $0.bytes, as: UTF8.self) } ?? ""
-        call.firstDestination = callsStarted % config.backends.count
+        call.fromUser = from.uri.user?.bytes ?? []
         call.askedSessionExpires = config.sessionExpires > 0 ? max(config.sessionExpires, config.minSE) : 0
         call.clientInvite = tx
         tx.call = call
         calls[callID] = call
         callsByNumber[call.number] = call
         callsStarted += 1
-        tryNextBackend(call)
+        if !tryNextBackend(call) {
+            respond(tx, status: 503, extra: [("Retry-After", "30")])
+            call.clientInvite = nil
+            endCall(call)
+        }
     }
 
-    /// Sends the call's INVITE to its next destination, as a fresh backend leg (own Call-ID, tag,
-    /// branch). Serial failover calls it again after a failure before the backend committed.
-    private func tryNextBackend(_ call: Call) {
-        guard let tx = call.clientInvite else { return }
+    /// Sends the call's INVITE to the next destination the picker offers (or again to the same one,
+    /// after a 422), as a fresh backend leg (own Call-ID, tag, branch); false when none is left.
+    @discardableResult
+    private func tryNextBackend(_ call: Call, sameDestination: Bool = false) -> Bool {
+        guard let tx = call.clientInvite else { return false }
         let invite = tx.request
-        let destination = config.backends[(call.firstDestination + call.attempts) % config.backends.count]
-        call.attempts += 1
+        let index: Int, destination: Hop
+        if sameDestination, let current = call.destination {
+            (index, destination) = (current, call.record.backend.hop)
+        } else {
+            if let previous = call.destination { picker.release(previous) }
+            call.destination = nil
+            guard let choice = picker.pick(callID: Array(call.record.client.callID.utf8), fromUser: call.fromUser,
+                                           excluding: call.tried) else { return false }
+            (index, destination) = choice
+            call.tried.append(index)
+            call.destination = index
+        }
         if !call.record.backend.callID.isEmpty { calls[call.record.backend.callID] = nil }
         let host = destination.address.family == .inet6 ? "[\(destination.address.ipString)]" : destination.address.ipString
         let transport = destination.transport == .udp ? "" : ";transport=\(destination.transport.rawValue)"
@@ -376,6 +410,7 @@ public final class B2BUA: TimerTarget {
         let bytes = b.finish(contentType: invite.contentType, body: invite.body.bytes)
         call.backendInvite = try? SIPMessage(parsing: bytes)
         startClient(bytes, to: destination, call: call, purpose: .backendInvite)
+        return true
     }
 
     /// §9.2: a CANCEL is answered 200 by itself; if its INVITE is still pending, the INVITE gets
@@ -406,9 +441,9 @@ public final class B2BUA: TimerTarget {
     }
 
     /// Whether a failed attempt may go to another destination: the backend has not committed
-    /// (no provisional with a To tag), it failed with a timeout, 408 or 5xx, and one is left.
+    /// (no provisional with a To tag) and it failed with a timeout, 408 or 5xx.
     private func mayFailOver(_ call: Call, status: Int?) -> Bool {
-        guard !call.committed, call.attempts < config.backends.count, call.clientInvite != nil else { return false }
+        guard !call.committed, call.clientInvite != nil else { return false }
         guard let status else { return true }
         return status == 408 || (status >= 500 && status < 600)
     }
@@ -429,13 +464,10 @@ public final class B2BUA: TimerTarget {
         if status == 422, !call.committed, let minSE = (try? response.minSE()) ?? nil, minSE > call.askedSessionExpires {
             // RFC 4028 §7.4: the backend wants a longer interval; ask again with it.
             call.askedSessionExpires = minSE
-            call.attempts -= 1
             call.record.backend.localCSeq += 1
-            tryNextBackend(call)
-            return
+            if tryNextBackend(call, sameDestination: true) { return }
         }
-        if status >= 300 && mayFailOver(call, status: status) {
-            tryNextBackend(call)
+        if status >= 300 && mayFailOver(call, status: status) && tryNextBackend(call) {
             return
         }
         if status >= 200 || response.tag(of: .to) != nil { call.committed = true }
@@ -735,6 +767,8 @@ public final class B2BUA: TimerTarget {
         calls[call.record.backend.callID] = nil
         callsByNumber[call.number] = nil
         callsEnded += 1
+        if let d = call.destination { picker.release(d) }
+        call.destination = nil
         if wasConfirmed { sink?.dialogEnded(key: call.record.key) }
     }
 
@@ -868,6 +902,10 @@ public final class B2BUA: TimerTarget {
         calls[record.backend.callID] = call
         callsByNumber[call.number] = call
         callsStarted += 1
+        if let index = picker.index(of: record.backend.hop) {
+            picker.claim(index)
+            call.destination = index
+        }
         if record.endsAt > 0 {
             let now = Self.wallClock()
             let ms = record.endsAt > now ? (record.endsAt - now) * 1_000 : 1
@@ -878,6 +916,14 @@ public final class B2BUA: TimerTarget {
         if config.pingSeconds > 0 {
             call.pingTimer = loop.schedule(afterMilliseconds: config.pingSeconds * 1_000, target: self, token: Self.token(.ping, call))
         }
+    }
+
+    /// Transactions in progress on this worker, server and client.
+    public var transactionCounts: (server: Int, client: Int) { (serverTransactions.count, clientTransactions.count) }
+
+    public func resetStatistics() {
+        loop.assertInLoop()
+        statistics = B2BUAStatistics()
     }
 
     /// The records of every confirmed call on this worker (`dlg_list`).
@@ -942,6 +988,24 @@ public final class B2BUA: TimerTarget {
         if addTimer && !supportedWritten { b.header("Supported", "timer") }
     }
 
+    /// Sends an OPTIONS outside any dialog to `hop` (the dispatcher's probe); `done` gets the final
+    /// status, or nil when none came (Timer F, an ICMP refusal, a refused connection).
+    public func probe(_ hop: Hop, _ done: @escaping (Int?) -> Void) {
+        loop.assertInLoop()
+        let local = config.address(for: hop.transport)
+        let host = hop.address.family == .inet6 ? "[\(hop.address.ipString)]" : hop.address.ipString
+        let transport = hop.transport == .udp ? "" : ";transport=\(hop.transport.rawValue)"
+        var b = MessageBuilder(requestLine: "OPTIONS", uri: Array("sip:\(host):\(hop.address.port)\(transport)".utf8))
+        b.header("Via", via(hop))
+        b.header("Max-Forwards", "70")
+        b.header("From", "<sip:edge@\(local.host):\(local.port)>;tag=\(ids.make())")
+        b.header("To", "<sip:\(host):\(hop.address.port)>")
+        b.header("Call-ID", ids.make())
+        b.header("CSeq", "1 OPTIONS")
+        b.header("Accept", "application/sdp")
+        startClient(b.finish(), to: hop, call: nil, purpose: .probe, onFinal: done)
+    }
+
     /// The transport says `hop` refused what we sent (ICMP unreachable, a refused or broken
     /// connection): every client transaction toward it fails at once, not after Timer B or F.
     public func unreachable(_ hop: Hop) {
@@ -965,13 +1029,17 @@ public final class B2BUA: TimerTarget {
     }
 
     private func startClient(_ bytes: [UInt8], to destination: Hop, call: Call?, origin: ServerTxRecord? = nil,
-                             purpose: ClientTxRecord.Purpose = .relay) {
-        guard let request = try? SIPMessage(parsing: bytes), let key = TransactionKey.client(forRequest: request) else { return }
+                             purpose: ClientTxRecord.Purpose = .relay, onFinal: ((Int?) -> Void)? = nil) {
+        guard let request = try? SIPMessage(parsing: bytes), let key = TransactionKey.client(forRequest: request) else {
+            onFinal?(nil)
+            return
+        }
         let tx = ClientTxRecord(id: takeID(), machine: ClientTransaction(request: request, reliability: destination.reliability, timers: config.timers),
                                 request: request, peer: destination, key: key)
         tx.call = call
         tx.origin = origin
         tx.purpose = purpose
+        tx.onFinal = onFinal
         clientTransactions[key] = tx
         transactionsByID[tx.id] = tx
         perform(tx.machine.start(), client: tx, message: nil)
@@ -1033,7 +1101,10 @@ public final class B2BUA: TimerTarget {
             case .disarm(let timer): if let t = tx.timers.removeValue(forKey: timer) { loop.cancel(t) }
             case .passUp:
                 guard let message else { break }
-                if let origin = tx.origin as? ServerTxRecord {
+                if let onFinal = tx.onFinal, let status = message.statusCode, status >= 200 {
+                    tx.onFinal = nil
+                    onFinal(status)
+                } else if let origin = tx.origin as? ServerTxRecord {
                     relayResponse(message, clientTx: tx, origin: origin)
                 } else if let call = tx.call {
                     switch tx.purpose {
@@ -1042,11 +1113,16 @@ public final class B2BUA: TimerTarget {
                         // Answered and ACKed: a retransmitted 2xx is recognised by its Call-ID and
                         // CSeq, so the transaction need not wait out Timer M.
                         if call.backendAcknowledged, let status = message.statusCode, status >= 200, status < 300 { finish(tx) }
-                    case .relay, .fireAndForget: break
+                    case .relay, .fireAndForget, .probe: break
                     case .refresh, .ping: ownRequestAnswered(message, tx: tx, call: call, purpose: tx.purpose)
                     }
                 }
             case .timedOut:
+                if let onFinal = tx.onFinal {
+                    tx.onFinal = nil
+                    onFinal(nil)
+                    break
+                }
                 if let origin = tx.origin as? ServerTxRecord {
                     // The other leg did not answer a relayed request.
                     if tx.machine.isInvite { tx.call?.reinviteInProgress = false }
@@ -1056,11 +1132,13 @@ public final class B2BUA: TimerTarget {
                 guard let call = tx.call else { break }
                 switch tx.purpose {
                 case .backendInvite:
-                    // The backend never answered (Timer B) or is unreachable: the next one, or 408.
+                    // The backend never answered (Timer B) or is unreachable: that counts against it
+                    // at once; the call goes to the next one, or gets 408.
+                    if let d = call.destination, !call.committed { picker.failed(d) }
                     if call.cancelled {
                         endCall(call)
-                    } else if mayFailOver(call, status: nil) {
-                        tryNextBackend(call)
+                    } else if mayFailOver(call, status: nil) && tryNextBackend(call) {
+                        break
                     } else if let server = call.clientInvite {
                         respond(server, status: 408)
                         call.clientInvite = nil
@@ -1071,7 +1149,7 @@ public final class B2BUA: TimerTarget {
                     hangUp(call, reason: "SIP;cause=408;text=\"Session refresh failed\"")
                 case .ping:
                     hangUp(call, reason: "SIP;cause=408;text=\"Dialog ping failed\"")
-                case .relay, .fireAndForget:
+                case .relay, .fireAndForget, .probe:
                     break
                 }
             case .terminate:

@@ -24,12 +24,24 @@ public struct EdgeConfig: Sendable, Equatable {
     public var logLevel: String
     /// Per-loop bounds on TCP/TLS peers.
     public var streamLimits: StreamLimits
-    /// Where new calls go, in turn (the full dispatcher with sets, weights and probing is issue 5).
-    public var destinations: [Hop]
+    /// Where new calls go: the dispatcher set, its algorithm and probing.
+    public var dispatcher: DispatcherSettings
+    /// The dispatcher's destinations.
+    public var destinations: [Hop] { dispatcher.destinations.map(\.hop) }
     /// Dialog lifetime: maximum duration, session timers, in-dialog pings.
     public var calls: CallSettings
     /// The SQLite file dialogs are kept in across restarts (nil: not kept).
     public var databasePath: String?
+    /// The management interface (nil: none).
+    public var mi: MISettings?
+
+    /// The `[mi]` section: JSON-RPC 2.0 over UDP.
+    public struct MISettings: Sendable, Equatable {
+        public var address: SocketAddress
+        /// Required in every request from an address outside 127.0.0.0/8 and ::1 (empty: such
+        /// requests are all refused).
+        public var secret: String
+    }
 
     /// The `[calls]` section.
     public struct CallSettings: Sendable, Equatable {
@@ -95,14 +107,34 @@ extension EdgeConfig {
                 maxQueuedBytes: try t.int("max_queued_bytes", default: 1 << 20, range: 4_096...268_435_456),
                 idleTimeoutMilliseconds: UInt64(try t.int("idle_timeout_seconds", default: 300, range: 0...86_400)) * 1_000)
         } ?? StreamLimits()
-        let destinations = try reader.table("dispatcher") { (t: inout TableReader) throws(ConfigError) in
-            try t.stringArray("destinations").map { (text: String) throws(ConfigError) -> Hop in
+        let dispatcher = try reader.table("dispatcher") { (t: inout TableReader) throws(ConfigError) in
+            var d = DispatcherSettings()
+            let algorithm = try t.string("algorithm", default: "round-robin")
+            guard let a = DispatchAlgorithm(rawValue: algorithm) else {
+                throw t.error("algorithm", "must be one of \(DispatchAlgorithm.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            d.algorithm = a
+            d.probeIntervalSeconds = try t.int("probe_interval_seconds", default: 0, range: 0...3_600)
+            d.probeFailures = try t.int("probe_failures", default: 1, range: 1...100)
+            d.probeSuccesses = try t.int("probe_successes", default: 1, range: 1...100)
+            func hop(_ text: String, _ key: String, _ t: TableReader) throws(ConfigError) -> Hop {
                 guard let hop = Hop(destination: text), hop.transport != .sctp else {
-                    throw t.error("destinations", "\"\(text)\" is not \"ip[:port]\" or \"sip:ip[:port][;transport=udp|tcp|tls]\"")
+                    throw t.error(key, "\"\(text)\" is not \"ip[:port]\" or \"sip:ip[:port][;transport=udp|tcp|tls]\"")
                 }
                 return hop
             }
-        } ?? []
+            for text in try t.stringArray("destinations") {
+                d.destinations.append(DestinationSettings(hop: try hop(text, "destinations", t), uri: text))
+            }
+            d.destinations += try t.tableArray("destination") { (e: inout TableReader) throws(ConfigError) in
+                let uri = try e.string("uri", default: nil)
+                return DestinationSettings(hop: try hop(uri, "uri", e), uri: uri,
+                                           weight: try e.int("weight", default: 1, range: 1...1_000),
+                                           priority: try e.int("priority", default: 0, range: 0...1_000),
+                                           attrs: try e.string("attrs", default: ""))
+            }
+            return d
+        } ?? DispatcherSettings()
         let calls = try reader.table("calls") { (t: inout TableReader) throws(ConfigError) in
             var c = CallSettings()
             c.maxCallSeconds = try t.int("max_duration_seconds", default: 43_200, range: 0...31_536_000)
@@ -114,6 +146,14 @@ extension EdgeConfig {
             c.pingSeconds = try t.int("ping_interval_seconds", default: 0, range: 0...86_400)
             return c
         } ?? CallSettings()
+        let mi = try reader.table("mi") { (t: inout TableReader) throws(ConfigError) -> MISettings in
+            let ip = try t.string("address", default: "127.0.0.1")
+            let port = try t.int("port", default: 8888, range: 0...65_535)
+            guard let address = SocketAddress(ip: ip, port: port) else {
+                throw t.error("address", "must be a numeric IPv4 or IPv6 address, not \"\(ip)\"")
+            }
+            return MISettings(address: address, secret: try t.string("secret", default: ""))
+        }
         let databasePath = try reader.table("database") { (t: inout TableReader) throws(ConfigError) in
             let path = try t.string("path", default: "")
             return path.isEmpty ? nil : path
@@ -155,7 +195,7 @@ extension EdgeConfig {
         }
         try reader.finish()
         return EdgeConfig(workers: workers, listeners: listeners, tls: tls, parserLimits: limits, logLevel: logLevel,
-                          streamLimits: streamLimits, destinations: destinations, calls: calls, databasePath: databasePath)
+                          streamLimits: streamLimits, dispatcher: dispatcher, calls: calls, databasePath: databasePath, mi: mi)
     }
 
     /// `host`, `host:port`, `[v6]` or `[v6]:port`.

@@ -8,7 +8,10 @@ import Transport
 /// once per worker with SO_REUSEPORT, SCTP on the first worker), what arrives parsed and checked
 /// (an invalid message is logged with its reason), a B2BUA per worker for calls over UDP, TCP and
 /// TLS, and the dialog database (SQLite) its calls are kept in across restarts.
-public final class EdgeServer: Sendable {
+///
+/// `@unchecked Sendable`: every stored property is a constant or thread-safe, except `mi`, which is
+/// set once inside `init` (the MI server needs the finished server to answer from).
+public final class EdgeServer: @unchecked Sendable {
     public let config: EdgeConfig
     public let workers: WorkerGroup
     /// What each listener ended up bound to (a configured port 0 becomes a real one).
@@ -17,8 +20,9 @@ public final class EdgeServer: Sendable {
     // The endpoints live as long as the server; each is confined to its loop.
     private let endpoints: [LoopBound<AnyObject>]
 
-    public init(config: EdgeConfig, logger: Logger) throws(ListenerError) {
+    public init(config: EdgeConfig, configPath: String = "", logger: Logger) throws(ListenerError) {
         self.config = config
+        self.configPath = configPath
         do {
             workers = try WorkerGroup(count: config.workers)
         } catch {
@@ -95,9 +99,11 @@ public final class EdgeServer: Sendable {
             let (host, port) = spec.advertised
             local[spec.proto] = LocalAddress(host: host, port: port, tag: spec.tag.name)
         }
+        let dispatcher = config.dispatcher.destinations.isEmpty ? nil : Dispatcher(config.dispatcher, logger: logger)
+        self.dispatcher = dispatcher
         let b2buaConfig = B2BUAConfig(local: local, backends: config.destinations, maxCallSeconds: UInt64(config.calls.maxCallSeconds),
                                       sessionExpires: UInt32(config.calls.sessionExpires), minSE: UInt32(config.calls.minSE),
-                                      pingSeconds: UInt64(config.calls.pingSeconds))
+                                      pingSeconds: UInt64(config.calls.pingSeconds), picker: dispatcher)
         var senders: [LoopBound<EdgeSender>] = []
         for loop in workers.loops {
             let receiver = inbound[loop.index]
@@ -144,10 +150,21 @@ public final class EdgeServer: Sendable {
         self.inbound = inbound
         self.endpoints = endpoints
         self.bound = bound
+        if let settings = config.mi {
+            mi = try MIServer(settings: settings, edge: self, logger: logger, loopIndex: workers.count)
+        }
     }
 
     private let routing: CallRouting
     private let store: DialogStore?
+    /// The dispatcher set new calls go through (nil: no destinations configured).
+    public let dispatcher: Dispatcher?
+    /// The file the config came from (`ds_reload` reads it again).
+    public let configPath: String
+    /// The management interface, when `[mi]` is configured.
+    public private(set) var mi: MIServer?
+
+    public static let version = "0.1.0"
 
     /// Calls started and active over all workers (asked on each worker's loop).
     public func callCounts() -> (started: Int, active: Int) {
@@ -164,6 +181,8 @@ public final class EdgeServer: Sendable {
             throw SystemError("database thread", errno: EAGAIN)
         }
         try workers.start()
+        try mi?.start()
+        if let dispatcher, let prober = routing.b2buas.first { dispatcher.startProbing(from: prober) }
         let first = workers.loops[0]
         first.execute { Self.returnFreedMemory(every: 30_000, on: first) }
     }
@@ -180,8 +199,55 @@ public final class EdgeServer: Sendable {
 
     /// Stops the loops, then writes what the database has pending.
     public func stop() {
+        mi?.stop()
         workers.stop()
         store?.stop()
+    }
+
+    // MARK: - What the MI asks of the workers (each asked on its own loop)
+
+    /// Every confirmed dialog on every worker.
+    public func dialogRecords() -> [DialogRecord] {
+        routing.b2buas.flatMap { b in (try? b.loop.submitAndWait { b.value.dialogRecords() }) ?? [] }
+    }
+
+    /// Ends the dialog with this key (or this client Call-ID) with a BYE on both legs.
+    public func endDialog(key: String) -> Bool {
+        routing.b2buas.contains { b in (try? b.loop.submitAndWait { b.value.endDialog(key: key) }) ?? false }
+    }
+
+    /// Counters summed over the workers.
+    public struct Totals: Sendable {
+        public var received = 0, invalid = 0, callsStarted = 0, callsEnded = 0, activeCalls = 0
+        public var serverTransactions = 0, clientTransactions = 0
+        public var requests: [String: Int] = [:], replies: [String: Int] = [:]
+    }
+
+    public func statistics() -> Totals {
+        var t = Totals()
+        (t.received, t.invalid) = counts
+        for b in routing.b2buas {
+            guard let part = try? b.loop.submitAndWait({ () -> (B2BUAStatistics, Int, Int, Int, Int, Int) in
+                let v = b.value
+                return (v.statistics, v.callsStarted, v.callsEnded, v.activeCalls, v.transactionCounts.server, v.transactionCounts.client)
+            }) else { continue }
+            t.requests.merge(part.0.requests, uniquingKeysWith: +)
+            t.replies.merge(part.0.replies, uniquingKeysWith: +)
+            t.callsStarted += part.1
+            t.callsEnded += part.2
+            t.activeCalls += part.3
+            t.serverTransactions += part.4
+            t.clientTransactions += part.5
+        }
+        return t
+    }
+
+    public func resetStatistics() {
+        for b in routing.b2buas { _ = try? b.loop.submitAndWait { b.value.resetStatistics() } }
+        for i in inbound {
+            i.received.store(0, ordering: .relaxed)
+            i.invalid.store(0, ordering: .relaxed)
+        }
     }
 
     /// Messages received and refused so far, over all workers.

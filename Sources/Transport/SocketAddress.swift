@@ -13,6 +13,12 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     public let port: UInt16
     private let scopeID: UInt32
 
+    /// Whether it is a loopback address: 127.0.0.0/8, ::1, or 127.0.0.0/8 mapped into IPv6.
+    public var isLoopback: Bool {
+        let ip = ipString
+        return ip.hasPrefix("127.") || ip == "::1" || ip.hasPrefix("::ffff:127.")
+    }
+
     /// Parses a numeric IPv4 or IPv6 address (`"127.0.0.1"`, `"::1"`, `"[::1]"`).
     public init?(ip: String, port: Int) {
         guard (0...65_535).contains(port) else { return nil }

@@ -66,7 +66,7 @@ struct RunCommand: ParsableCommand {
 
         let server: EdgeServer
         do {
-            server = try EdgeServer(config: cfg, logger: logger)
+            server = try EdgeServer(config: cfg, configPath: config, logger: logger)
             try server.start()
         } catch {
             FileHandle.standardError.write(Data("sipedge: \(error)\n".utf8))
@@ -76,6 +76,9 @@ struct RunCommand: ParsableCommand {
         for spec in server.bound {
             let advertised = spec.advertised
             logger.info("listening \(spec.proto.rawValue) \(spec.address) tag=\(spec.tag) advertised as \(advertised.host):\(advertised.port)")
+        }
+        if let mi = server.mi {
+            logger.info("mi listening udp \(mi.endpoint.localAddress) (JSON-RPC 2.0; sipedge mi which)")
         }
         var received: Int32 = 0
         sigwait(&signals, &received)

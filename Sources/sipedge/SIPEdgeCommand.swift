@@ -9,6 +9,6 @@ struct SIPEdgeCommand: ParsableCommand {
         commandName: "sipedge",
         abstract: "SIPEdge: a clustered SIP edge proxy (B2BUA) for Asterisk farms.",
         version: version,
-        subcommands: [RunCommand.self, ParseCommand.self, CheckConfigCommand.self]
+        subcommands: [RunCommand.self, ParseCommand.self, CheckConfigCommand.self, MICommand.self]
     )
 }

@@ -1,0 +1,266 @@
+import Dialog
+import Logging
+import Synchronization
+import Transport
+
+/// How a dispatcher set spreads new calls over its destinations.
+public enum DispatchAlgorithm: String, Sendable, CaseIterable {
+    case roundRobin = "round-robin"
+    /// In proportion to the weights, smoothly (no two picks of one destination in a row when others are due).
+    case weighted
+    case hashCallID = "hash-callid"
+    case hashFromUser = "hash-from-user"
+    case leastCalls = "least-calls"
+}
+
+/// One destination of a dispatcher set as configured.
+public struct DestinationSettings: Sendable, Equatable {
+    public var hop: Hop
+    /// As written in the config ("sip:10.0.0.5:5080;transport=tcp" or "10.0.0.5:5080").
+    public var uri: String
+    public var weight: Int
+    /// Lower first: a destination is used only while no active one has a lower priority.
+    public var priority: Int
+    /// Free text for the operator (shown by `ds_list`).
+    public var attrs: String
+
+    public init(hop: Hop, uri: String, weight: Int = 1, priority: Int = 0, attrs: String = "") {
+        self.hop = hop
+        self.uri = uri
+        self.weight = weight
+        self.priority = priority
+        self.attrs = attrs
+    }
+
+    /// The canonical "sip:host:port[;transport=x]" form `ds_list` shows and `ds_set_state` takes.
+    public var canonicalURI: String {
+        let host = hop.address.family == .inet6 ? "[\(hop.address.ipString)]" : hop.address.ipString
+        return "sip:\(host):\(hop.address.port)" + (hop.transport == .udp ? "" : ";transport=\(hop.transport.rawValue)")
+    }
+}
+
+/// The `[dispatcher]` section: one set of destinations, its algorithm and its probing.
+public struct DispatcherSettings: Sendable, Equatable {
+    public var setID = 1
+    public var algorithm = DispatchAlgorithm.roundRobin
+    /// OPTIONS to every destination this often (0: no probing; destinations are never marked down).
+    public var probeIntervalSeconds = 0
+    /// Consecutive failed probes (or refusals and timeouts of calls) that make a destination inactive.
+    public var probeFailures = 1
+    /// Consecutive answered probes that bring an inactive destination back.
+    public var probeSuccesses = 1
+    public var destinations: [DestinationSettings] = []
+
+    public init() {}
+}
+
+/// A dispatcher set: picks each new call's destination by its algorithm among the active ones of
+/// the best priority, counts the calls each carries, and keeps each destination's state from
+/// OPTIONS probes and from failed calls. Shared by every worker (a short lock per pick).
+public final class Dispatcher: DestinationPicker, Sendable {
+    /// A destination's state: `active` takes calls; `inactive` failed its probes; `probing` has
+    /// begun to answer again; `draining` (set by an operator) takes no new calls and keeps its own.
+    public enum State: String, Sendable, CaseIterable { case active, inactive, probing, draining }
+
+    struct Entry {
+        var settings: DestinationSettings
+        var state = State.active
+        var activeCalls = 0
+        var failures = 0
+        var successes = 0
+        /// Smooth weighted round-robin credit.
+        var credit = 0
+        /// Gone from the config since a reload: no new calls, kept so calls in progress can end.
+        var removed = false
+    }
+
+    struct Shared {
+        var settings: DispatcherSettings
+        var entries: [Entry]
+        var next = 0
+    }
+
+    /// One destination as `ds_list` shows it.
+    public struct Snapshot: Sendable, Equatable {
+        public let uri: String
+        public let state: State
+        public let weight: Int
+        public let priority: Int
+        public let attrs: String
+        public let activeCalls: Int
+    }
+
+    private let shared: Mutex<Shared>
+    private let logger: Logger
+
+    public init(_ settings: DispatcherSettings, logger: Logger) {
+        shared = Mutex(Shared(settings: settings, entries: settings.destinations.map { Entry(settings: $0) }))
+        self.logger = logger
+    }
+
+    public var settings: DispatcherSettings { shared.withLock { $0.settings } }
+
+    // MARK: - DestinationPicker
+
+    public func pick(callID: [UInt8], fromUser: [UInt8], excluding tried: [Int]) -> (index: Int, hop: Hop)? {
+        shared.withLock { s -> (index: Int, hop: Hop)? in
+            var eligible = s.entries.indices.filter { s.entries[$0].state == .active && !s.entries[$0].removed && !tried.contains($0) }
+            guard let best = eligible.map({ s.entries[$0].settings.priority }).min() else { return nil }
+            eligible = eligible.filter { s.entries[$0].settings.priority == best }
+            let chosen: Int
+            switch s.settings.algorithm {
+            case .roundRobin:
+                chosen = eligible[s.next % eligible.count]
+                s.next &+= 1
+            case .weighted:
+                // Smooth weighted round-robin: each gains its weight, the richest is chosen and pays the total.
+                var total = 0
+                var richest = eligible[0]
+                for i in eligible {
+                    s.entries[i].credit += s.entries[i].settings.weight
+                    total += s.entries[i].settings.weight
+                    if s.entries[i].credit > s.entries[richest].credit { richest = i }
+                }
+                s.entries[richest].credit -= total
+                chosen = richest
+            case .hashCallID:
+                chosen = eligible[Int(Self.hash(callID) % UInt64(eligible.count))]
+            case .hashFromUser:
+                chosen = eligible[Int(Self.hash(fromUser) % UInt64(eligible.count))]
+            case .leastCalls:
+                let fewest = eligible.map { s.entries[$0].activeCalls }.min()!
+                let tied = eligible.filter { s.entries[$0].activeCalls == fewest }
+                chosen = tied[s.next % tied.count]
+                s.next &+= 1
+            }
+            s.entries[chosen].activeCalls += 1
+            return (chosen, s.entries[chosen].settings.hop)
+        }
+    }
+
+    public func claim(_ index: Int) {
+        shared.withLock { s in if s.entries.indices.contains(index) { s.entries[index].activeCalls += 1 } }
+    }
+
+    public func release(_ index: Int) {
+        shared.withLock { s in
+            if s.entries.indices.contains(index) { s.entries[index].activeCalls = max(0, s.entries[index].activeCalls - 1) }
+        }
+    }
+
+    public func failed(_ index: Int) {
+        probeResult(index, alive: false, why: "a call found it unreachable or silent")
+    }
+
+    public func index(of hop: Hop) -> Int? {
+        shared.withLock { s in s.entries.firstIndex { $0.settings.hop == hop.withoutWorker && !$0.removed } }
+    }
+
+    /// FNV-1a, as the workers' own sharding uses.
+    static func hash(_ bytes: [UInt8]) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in bytes {
+            h ^= UInt64(b)
+            h &*= 0x0000_0100_0000_01b3
+        }
+        return h
+    }
+
+    // MARK: - States
+
+    /// A probe's outcome (or a call's failure, `alive` false), moving the destination's state.
+    /// Without probing nothing is ever marked down: nothing would bring it back.
+    public func probeResult(_ index: Int, alive: Bool, why: String) {
+        let change: (String, State, State)? = shared.withLock { s in
+            guard s.settings.probeIntervalSeconds > 0, s.entries.indices.contains(index) else { return nil }
+            var e = s.entries[index]
+            let before = e.state
+            switch (e.state, alive) {
+            case (.draining, _):
+                break
+            case (.active, false):
+                e.failures += 1
+                if e.failures >= s.settings.probeFailures { e.state = .inactive; e.successes = 0 }
+            case (.active, true):
+                e.failures = 0
+            case (.inactive, true), (.probing, true):
+                e.successes += 1
+                if e.successes >= s.settings.probeSuccesses { e.state = .active; e.failures = 0 } else { e.state = .probing }
+            case (.inactive, false), (.probing, false):
+                e.state = .inactive
+                e.successes = 0
+            }
+            s.entries[index] = e
+            return before == e.state ? nil : (e.settings.canonicalURI, before, e.state)
+        }
+        if let (uri, before, after) = change {
+            logger.notice("dispatcher: \(uri) \(before.rawValue) -> \(after.rawValue) (\(why))")
+        }
+    }
+
+    /// Sets a destination's state by its URI (`ds_set_state`); false when no destination has it.
+    public func setState(uri: String, to state: State) -> Bool {
+        let found: (String, State)? = shared.withLock { s in
+            guard let i = s.entries.firstIndex(where: { !$0.removed && ($0.settings.canonicalURI == uri || $0.settings.uri == uri) }) else { return nil }
+            let before = s.entries[i].state
+            s.entries[i].state = state
+            s.entries[i].failures = 0
+            s.entries[i].successes = 0
+            return (s.entries[i].settings.canonicalURI, before)
+        }
+        if let (name, before) = found { logger.notice("dispatcher: \(name) \(before.rawValue) -> \(state.rawValue) (set by MI)") }
+        return found != nil
+    }
+
+    /// Every destination still configured, in order.
+    public func snapshot() -> [Snapshot] {
+        shared.withLock { s in
+            s.entries.filter { !$0.removed }.map {
+                Snapshot(uri: $0.settings.canonicalURI, state: $0.state, weight: $0.settings.weight, priority: $0.settings.priority,
+                         attrs: $0.settings.attrs, activeCalls: $0.activeCalls)
+            }
+        }
+    }
+
+    /// Takes new settings (`ds_reload`): destinations still listed keep their state and calls, new
+    /// ones start active, removed ones take no new calls (their calls end normally).
+    public func reload(_ settings: DispatcherSettings) {
+        shared.withLock { s in
+            s.settings.algorithm = settings.algorithm
+            s.settings.probeFailures = settings.probeFailures
+            s.settings.probeSuccesses = settings.probeSuccesses
+            for i in s.entries.indices where !settings.destinations.contains(where: { $0.hop == s.entries[i].settings.hop }) {
+                s.entries[i].removed = true
+            }
+            for d in settings.destinations {
+                if let i = s.entries.firstIndex(where: { $0.settings.hop == d.hop }) {
+                    s.entries[i].settings = d
+                    s.entries[i].removed = false
+                } else {
+                    s.entries.append(Entry(settings: d))
+                }
+            }
+        }
+    }
+
+    /// Probes every destination every `probeIntervalSeconds` from `prober` (worker 0's B2BUA).
+    public func startProbing(from prober: LoopBound<B2BUA>) {
+        let interval = UInt64(settings.probeIntervalSeconds) * 1_000
+        guard interval > 0 else { return }
+        prober.loop.execute { [self] in self.probeRound(prober, every: interval) }
+    }
+
+    private func probeRound(_ prober: LoopBound<B2BUA>, every interval: UInt64) {
+        _ = prober.loop.schedule(afterMilliseconds: interval) { [self] in
+            let targets = shared.withLock { s in s.entries.indices.filter { !s.entries[$0].removed }.map { ($0, s.entries[$0].settings.hop) } }
+            for (index, hop) in targets {
+                prober.value.probe(hop) { [self] status in
+                    // Any final answer but 408 and 5xx means the server is there and takes requests.
+                    let alive = status.map { $0 < 500 && $0 != 408 } ?? false
+                    self.probeResult(index, alive: alive, why: status.map { "probe answered \($0)" } ?? "probe not answered")
+                }
+            }
+            probeRound(prober, every: interval)
+        }
+    }
+}

@@ -1,0 +1,194 @@
+import Dialog
+import Foundation
+import Logging
+import Synchronization
+import Transport
+
+/// The management interface: JSON-RPC 2.0 over UDP, one request per datagram, with the command
+/// names OpenSIPS uses where it has one (`ds_list`, `dlg_list`, `get_statistics`...). It runs on
+/// its own loop thread and asks the workers for what they hold, so a slow command never stalls
+/// calls. A request from outside loopback must carry the configured secret (`"secret"` in params).
+public final class MIServer: DatagramReceiver, @unchecked Sendable {
+    public let loop: EventLoop
+    public private(set) var endpoint: UDPEndpoint!
+    private let secret: String
+    private let logger: Logger
+    private unowned let edge: EdgeServer
+    /// For calls per second: calls started at the previous `get_statistics`, and when.
+    private var lastSample: (time: Double, started: Int)
+
+    public static let commands = ["ds_list", "ds_set_state", "ds_reload", "dlg_list", "dlg_end_dlg", "get_statistics",
+                                  "reset_statistics", "which", "version"]
+
+    init(settings: EdgeConfig.MISettings, edge: EdgeServer, logger: Logger, loopIndex: Int) throws(ListenerError) {
+        do {
+            loop = try EventLoop(index: loopIndex)
+        } catch {
+            throw ListenerError(listener: "mi", reason: "cannot start its loop: \(error)", underlying: error)
+        }
+        secret = settings.secret
+        self.logger = logger
+        self.edge = edge
+        lastSample = (Self.now(), 0)
+        do {
+            endpoint = try UDPEndpoint(loop: loop, bindTo: settings.address, reusePort: false, receiver: self)
+        } catch {
+            throw ListenerError(listener: "mi udp:\(settings.address)", reason: "\(error)", underlying: error as? SystemError)
+        }
+    }
+
+    func start() throws(SystemError) { try loop.start() }
+    func stop() { loop.stop() }
+
+    static func now() -> Double {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+    }
+
+    public func received(_ datagram: [UInt8], from peer: SocketAddress, on endpoint: UDPEndpoint) {
+        var id: Any = NSNull()
+        let reply: [String: Any]
+        do {
+            guard let request = try JSONSerialization.jsonObject(with: Data(datagram)) as? [String: Any] else {
+                throw MIError(code: -32600, message: "a request is a JSON object")
+            }
+            id = request["id"] ?? NSNull()
+            guard request["jsonrpc"] as? String == "2.0", let method = request["method"] as? String else {
+                throw MIError(code: -32600, message: "a JSON-RPC 2.0 request has \"jsonrpc\": \"2.0\" and a \"method\"")
+            }
+            var params = request["params"] as? [String: Any] ?? [:]
+            let given = params.removeValue(forKey: "secret") as? String
+            if !peer.isLoopback && (secret.isEmpty || given != secret) {
+                logger.warning("mi: \(method) from \(peer) refused: \(secret.isEmpty ? "only loopback may use the MI" : "wrong or missing secret")")
+                throw MIError(code: -32001, message: "forbidden: requests from outside loopback need the configured secret")
+            }
+            reply = ["jsonrpc": "2.0", "id": id, "result": try run(method, params)]
+        } catch let error as MIError {
+            reply = ["jsonrpc": "2.0", "id": id, "error": ["code": error.code, "message": error.message]]
+        } catch {
+            reply = ["jsonrpc": "2.0", "id": id, "error": ["code": -32700, "message": "parse error: \(error)"]]
+        }
+        if let data = try? JSONSerialization.data(withJSONObject: reply, options: [.sortedKeys]) {
+            endpoint.send(Array(data), to: peer)
+        }
+    }
+
+    public func unreachable(_ destination: SocketAddress, error: SystemError, on endpoint: UDPEndpoint) {}
+    public func truncated(from peer: SocketAddress, on endpoint: UDPEndpoint) {
+        logger.notice("mi: a request from \(peer) was larger than a datagram buffer; dropped")
+    }
+
+    struct MIError: Error {
+        let code: Int
+        let message: String
+    }
+
+    private func run(_ method: String, _ params: [String: Any]) throws -> Any {
+        switch method {
+        case "version":
+            return ["Server": "SIPEdge \(EdgeServer.version)"]
+        case "which":
+            return Self.commands
+        case "ds_list":
+            guard let dispatcher = edge.dispatcher else { return ["sets": []] }
+            let destinations: [[String: Any]] = dispatcher.snapshot().map {
+                ["uri": $0.uri, "state": $0.state.rawValue, "weight": $0.weight, "priority": $0.priority,
+                 "attrs": $0.attrs, "active_calls": $0.activeCalls]
+            }
+            return ["sets": [["id": dispatcher.settings.setID, "algorithm": dispatcher.settings.algorithm.rawValue,
+                              "destinations": destinations]]]
+        case "ds_set_state":
+            guard let dispatcher = edge.dispatcher else { throw MIError(code: -32602, message: "no dispatcher is configured") }
+            guard let uri = params["uri"] as? String ?? params["address"] as? String else {
+                throw MIError(code: -32602, message: "ds_set_state needs uri=sip:HOST:PORT and state=active|inactive|probing|draining")
+            }
+            guard let text = params["state"] as? String, let state = Self.state(text) else {
+                throw MIError(code: -32602, message: "state must be active, inactive, probing or draining (or a, i, p, d)")
+            }
+            guard dispatcher.setState(uri: uri, to: state) else { throw MIError(code: -32602, message: "no destination \(uri)") }
+            return "OK"
+        case "ds_reload":
+            guard let dispatcher = edge.dispatcher else { throw MIError(code: -32602, message: "no dispatcher is configured") }
+            let config: EdgeConfig
+            do {
+                config = try EdgeConfig.parse(try String(contentsOfFile: edge.configPath, encoding: .utf8))
+            } catch {
+                throw MIError(code: -32000, message: "\(edge.configPath): \(error); nothing changed")
+            }
+            dispatcher.reload(config.dispatcher)
+            logger.notice("mi: dispatcher reloaded from \(edge.configPath): \(config.dispatcher.destinations.count) destinations")
+            return "OK"
+        case "dlg_list":
+            return ["Dialogs": edge.dialogRecords().map(Self.describe)]
+        case "dlg_end_dlg":
+            guard let key = params["dialog_id"] as? String ?? params["callid"] as? String else {
+                throw MIError(code: -32602, message: "dlg_end_dlg needs dialog_id=KEY (as dlg_list shows it) or callid=CALL-ID")
+            }
+            guard edge.endDialog(key: key) else { throw MIError(code: -32602, message: "no confirmed dialog \(key)") }
+            return "OK"
+        case "get_statistics":
+            return statistics(params)
+        case "reset_statistics":
+            edge.resetStatistics()
+            lastSample = (Self.now(), edge.callCounts().started)
+            return "OK"
+        default:
+            throw MIError(code: -32601, message: "unknown command \(method); `which` lists them")
+        }
+    }
+
+    static func state(_ text: String) -> Dispatcher.State? {
+        switch text.lowercased() {
+        case "a", "active", "1": return .active
+        case "i", "inactive", "0": return .inactive
+        case "p", "probing": return .probing
+        case "d", "draining": return .draining
+        default: return nil
+        }
+    }
+
+    static func describe(_ r: DialogRecord) -> [String: Any] {
+        func leg(_ l: LegRecord) -> [String: Any] {
+            ["call_id": l.callID, "local_tag": l.localTag, "remote_tag": l.remoteTag, "local_cseq": Int(l.localCSeq),
+             "remote_cseq": Int(l.remoteCSeq), "remote_target": String(decoding: l.remoteTarget, as: UTF8.self),
+             "hop": l.hop.description, "listener_tag": l.listenerTag, "session_expires": Int(l.sessionInterval),
+             "refresher": ["none", "edge", "peer"][Int(l.refresher.rawValue)]]
+        }
+        return ["dialog_id": r.key, "state": r.state == .confirmed ? "confirmed" : r.state == .early ? "early" : "ended",
+                "version": Int(r.version), "sharing_tag": r.sharingTag, "started": Int(r.startedAt), "answered": Int(r.answeredAt),
+                "ends": Int(r.endsAt), "client": leg(r.client), "backend": leg(r.backend)]
+    }
+
+    private func statistics(_ params: [String: Any]) -> [String: Any] {
+        let totals = edge.statistics()
+        let now = Self.now()
+        let rate = now > lastSample.time ? Double(totals.callsStarted - lastSample.started) / (now - lastSample.time) : 0
+        lastSample = (now, totals.callsStarted)
+        var out: [String: Any] = [
+            "core:rcv_requests": totals.requests.values.reduce(0, +),
+            "core:rcv_replies": totals.replies.values.reduce(0, +),
+            "core:drop_invalid": totals.invalid,
+            "core:received_messages": totals.received,
+            "dialog:active_dialogs": totals.activeCalls,
+            "dialog:processed_dialogs": totals.callsStarted,
+            "dialog:ended_dialogs": totals.callsEnded,
+            "dialog:calls_per_second": (rate * 100).rounded() / 100,
+            "tm:server_transactions": totals.serverTransactions,
+            "tm:client_transactions": totals.clientTransactions,
+        ]
+        for (method, n) in totals.requests { out["core:rcv_requests_\(method.lowercased())"] = n }
+        for (cls, n) in totals.replies { out["core:rcv_replies_\(cls)"] = n }
+        if let dispatcher = edge.dispatcher {
+            let snapshot = dispatcher.snapshot()
+            for state in Dispatcher.State.allCases {
+                out["dispatcher:\(state.rawValue)_destinations"] = snapshot.filter { $0.state == state }.count
+            }
+        }
+        // `get_statistics statistics=dialog:` (a group, as OpenSIPS takes it) narrows the answer.
+        if let wanted = params["statistics"] as? String, !wanted.isEmpty, wanted != "all" {
+            out = out.filter { $0.key.hasPrefix(wanted) }
+        }
+        return out
+    }
+}
