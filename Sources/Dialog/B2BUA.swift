@@ -37,6 +37,8 @@ public struct B2BUAConfig: Sendable {
     public var backends: [Hop]
     /// The dispatcher: chooses each call's backend, hears of failures.
     public var picker: (any DestinationPicker)?
+    /// Limits on calls per source (nil: none).
+    public var admission: (any CallAdmission)?
     public var timers: TransactionTimerValues
     /// A call still up after this many seconds is ended with a BYE to both legs (0: never).
     public var maxCallSeconds: UInt64
@@ -51,8 +53,9 @@ public struct B2BUAConfig: Sendable {
 
     public init(local: [TransportProtocol: LocalAddress], backends: [Hop], timers: TransactionTimerValues = .rfc3261,
                 maxCallSeconds: UInt64 = 43_200, sessionExpires: UInt32 = 0, minSE: UInt32 = 90, pingSeconds: UInt64 = 0,
-                sharingTag: String = "", picker: (any DestinationPicker)? = nil) {
+                sharingTag: String = "", picker: (any DestinationPicker)? = nil, admission: (any CallAdmission)? = nil) {
         self.local = local
+        self.admission = admission
         self.backends = backends
         self.picker = picker
         self.timers = timers
@@ -125,6 +128,8 @@ final class Call {
     /// The Request-URI user, to address each backend, and the From user (hashing dispatchers).
     var user = ""
     var fromUser: [UInt8] = []
+    /// The source counted by the call admission, to release when the call ends.
+    var admitted: SocketAddress?
 
     init(number: UInt32, record: DialogRecord) {
         self.number = number
@@ -320,6 +325,12 @@ public final class B2BUA: TimerTarget {
             respond(tx, status: 422, extra: [("Min-SE", "\(config.minSE)")])
             return
         }
+        if let admission = config.admission {
+            guard admission.admit(tx.peer.address) else {
+                respond(tx, status: 503, extra: [("Retry-After", "30"), ("Warning", "399 sipedge \"too many calls from this address\"")])
+                return
+            }
+        }
         let clientTarget = Self.contactURI(of: invite) ?? from.uri.text.bytes
         let clientHop = tx.peer
         var clientLeg = LegRecord(callID: callID, localTag: ids.make(), remoteTag: fromTag.string, localCSeq: 0,
@@ -344,6 +355,7 @@ public final class B2BUA: TimerTarget {
         backendLeg.lastSDPSent = offer
         let call = Call(number: takeID(), record: DialogRecord(client: clientLeg, backend: backendLeg, sharingTag: config.sharingTag,
                                                                startedAt: Self.wallClock()))
+        call.admitted = config.admission != nil ? tx.peer.address : nil
         call.user = uri.user.map { String(decoding: $0.bytes, as: UTF8.self) } ?? ""
         call.fromUser = from.uri.user?.bytes ?? []
         call.askedSessionExpires = config.sessionExpires > 0 ? max(config.sessionExpires, config.minSE) : 0
@@ -769,6 +781,8 @@ public final class B2BUA: TimerTarget {
         callsEnded += 1
         if let d = call.destination { picker.release(d) }
         call.destination = nil
+        if let source = call.admitted { config.admission?.release(source) }
+        call.admitted = nil
         if wasConfirmed { sink?.dialogEnded(key: call.record.key) }
     }
 

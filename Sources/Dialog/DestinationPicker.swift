@@ -42,3 +42,12 @@ public final class RoundRobinDestinations: DestinationPicker, Sendable {
     public func index(of hop: Hop) -> Int? { destinations.firstIndex(of: hop.withoutWorker) }
 }
 
+
+/// Decides whether a source may start another call (concurrent calls per source address); the
+/// edge's ACL and limits implement it. Thread-safe: every worker asks.
+public protocol CallAdmission: AnyObject, Sendable {
+    /// Counts a new call from `source`, or refuses it (false).
+    func admit(_ source: SocketAddress) -> Bool
+    /// A call `admit` counted is over.
+    func release(_ source: SocketAddress)
+}

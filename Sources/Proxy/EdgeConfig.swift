@@ -34,6 +34,24 @@ public struct EdgeConfig: Sendable, Equatable {
     public var databasePath: String?
     /// The management interface (nil: none).
     public var mi: MISettings?
+    /// ACL and flood limits.
+    public var security: SecuritySettings
+
+    /// The `[security]` section.
+    public struct SecuritySettings: Sendable, Equatable {
+        /// Networks of trusted peers (the backends): no rate or call limits apply to them.
+        public var trusted = try! NetworkList([])
+        /// Requests one source address may send per window before it is blocked (0: no limit).
+        public var maxRequests = 0
+        public var windowMilliseconds: UInt64 = 1_000
+        public var blockMilliseconds: UInt64 = 60_000
+        /// Sources tracked per worker; past it the oldest is forgotten (a flood of forged addresses stays bounded).
+        public var maxSources = 100_000
+        /// Calls up at once from one source address (0: no limit); more are answered 503.
+        public var maxCallsPerSource = 0
+
+        public init() {}
+    }
 
     /// The `[mi]` section: JSON-RPC 2.0 over UDP.
     public struct MISettings: Sendable, Equatable {
@@ -154,6 +172,21 @@ extension EdgeConfig {
             }
             return MISettings(address: address, secret: try t.string("secret", default: ""))
         }
+        let security = try reader.table("security") { (t: inout TableReader) throws(ConfigError) -> SecuritySettings in
+            var c = SecuritySettings()
+            let entries = try t.stringArray("trusted")
+            do throws(NetworkListError) {
+                c.trusted = try NetworkList(entries)
+            } catch {
+                throw t.error("trusted", "\"\(error.entry)\" is not an IP address or network (ip/prefix)")
+            }
+            c.maxRequests = try t.int("max_requests", default: 0, range: 0...1_000_000)
+            c.windowMilliseconds = UInt64(try t.int("window_seconds", default: 1, range: 1...3_600)) * 1_000
+            c.blockMilliseconds = UInt64(try t.int("block_seconds", default: 60, range: 1...86_400)) * 1_000
+            c.maxSources = try t.int("max_sources", default: 100_000, range: 16...10_000_000)
+            c.maxCallsPerSource = try t.int("max_calls_per_source", default: 0, range: 0...1_000_000)
+            return c
+        } ?? SecuritySettings()
         let databasePath = try reader.table("database") { (t: inout TableReader) throws(ConfigError) in
             let path = try t.string("path", default: "")
             return path.isEmpty ? nil : path
@@ -195,7 +228,7 @@ extension EdgeConfig {
         }
         try reader.finish()
         return EdgeConfig(workers: workers, listeners: listeners, tls: tls, parserLimits: limits, logLevel: logLevel,
-                          streamLimits: streamLimits, dispatcher: dispatcher, calls: calls, databasePath: databasePath, mi: mi)
+                          streamLimits: streamLimits, dispatcher: dispatcher, calls: calls, databasePath: databasePath, mi: mi, security: security)
     }
 
     /// `host`, `host:port`, `[v6]` or `[v6]:port`.

@@ -33,7 +33,8 @@ public final class EdgeServer: @unchecked Sendable {
         for loop in workers.loops {
             let log = logger
             loop.log = { line in log.warning("\(line)") }
-            inbound.append(InboundSIP(worker: loop.index, limits: config.parserLimits, logger: logger, routing: routing))
+            inbound.append(InboundSIP(worker: loop.index, loop: loop, limits: config.parserLimits, security: config.security,
+                                      logger: logger, routing: routing))
         }
         var udpByWorker: [Int: UDPEndpoint] = [:]
         var tcpByWorker: [Int: TCPConnectionTable] = [:], tlsByWorker: [Int: TCPConnectionTable] = [:]
@@ -101,9 +102,13 @@ public final class EdgeServer: @unchecked Sendable {
         }
         let dispatcher = config.dispatcher.destinations.isEmpty ? nil : Dispatcher(config.dispatcher, logger: logger)
         self.dispatcher = dispatcher
+        let sourceLimit = config.security.maxCallsPerSource > 0
+            ? SourceCallLimit(limit: config.security.maxCallsPerSource, trusted: config.security.trusted) : nil
+        self.sourceLimit = sourceLimit
         let b2buaConfig = B2BUAConfig(local: local, backends: config.destinations, maxCallSeconds: UInt64(config.calls.maxCallSeconds),
                                       sessionExpires: UInt32(config.calls.sessionExpires), minSE: UInt32(config.calls.minSE),
-                                      pingSeconds: UInt64(config.calls.pingSeconds), picker: dispatcher)
+                                      pingSeconds: UInt64(config.calls.pingSeconds), picker: dispatcher,
+                                      admission: sourceLimit)
         var senders: [LoopBound<EdgeSender>] = []
         for loop in workers.loops {
             let receiver = inbound[loop.index]
@@ -157,6 +162,8 @@ public final class EdgeServer: @unchecked Sendable {
 
     private let routing: CallRouting
     private let store: DialogStore?
+    /// Concurrent calls per source (nil: no limit).
+    let sourceLimit: SourceCallLimit?
     /// The dispatcher set new calls go through (nil: no destinations configured).
     public let dispatcher: Dispatcher?
     /// The file the config came from (`ds_reload` reads it again).
@@ -218,7 +225,7 @@ public final class EdgeServer: @unchecked Sendable {
 
     /// Counters summed over the workers.
     public struct Totals: Sendable {
-        public var received = 0, invalid = 0, callsStarted = 0, callsEnded = 0, activeCalls = 0
+        public var received = 0, invalid = 0, blocked = 0, refusedCalls = 0, callsStarted = 0, callsEnded = 0, activeCalls = 0
         public var serverTransactions = 0, clientTransactions = 0
         public var requests: [String: Int] = [:], replies: [String: Int] = [:]
     }
@@ -226,6 +233,8 @@ public final class EdgeServer: @unchecked Sendable {
     public func statistics() -> Totals {
         var t = Totals()
         (t.received, t.invalid) = counts
+        t.blocked = blockedRequests
+        t.refusedCalls = sourceLimit?.refused.load(ordering: .relaxed) ?? 0
         for b in routing.b2buas {
             guard let part = try? b.loop.submitAndWait({ () -> (B2BUAStatistics, Int, Int, Int, Int, Int) in
                 let v = b.value
@@ -247,6 +256,7 @@ public final class EdgeServer: @unchecked Sendable {
         for i in inbound {
             i.received.store(0, ordering: .relaxed)
             i.invalid.store(0, ordering: .relaxed)
+            i.blocked.store(0, ordering: .relaxed)
         }
     }
 
@@ -254,6 +264,9 @@ public final class EdgeServer: @unchecked Sendable {
     public var counts: (received: Int, invalid: Int) {
         inbound.reduce((0, 0)) { ($0.0 + $1.received.load(ordering: .relaxed), $0.1 + $1.invalid.load(ordering: .relaxed)) }
     }
+
+    /// Requests refused or dropped because their source was over its rate.
+    public var blockedRequests: Int { inbound.reduce(0) { $0 + $1.blocked.load(ordering: .relaxed) } }
 }
 
 /// Sends one worker's B2BUA messages: UDP through the worker's socket; TCP and TLS over the

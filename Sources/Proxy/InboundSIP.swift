@@ -1,4 +1,5 @@
 import Dialog
+import Foundation
 import Logging
 import SIPParser
 import Synchronization
@@ -51,13 +52,43 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
     let routing: CallRouting
     let received = Atomic<Int>(0)
     let invalid = Atomic<Int>(0)
+    /// Requests dropped or refused because their source was over its rate (flood protection).
+    let blocked = Atomic<Int>(0)
+    let security: EdgeConfig.SecuritySettings
+    /// This worker's table of sources; used only on its loop.
+    private let flood: LoopBound<FloodGuard>?
 
-    init(worker: Int, limits: SIPParserLimits, logger: Logger, routing: CallRouting) {
+    init(worker: Int, loop: EventLoop, limits: SIPParserLimits, security: EdgeConfig.SecuritySettings, logger: Logger, routing: CallRouting) {
         self.worker = worker
         self.limits = limits
         self.logger = logger
         self.routing = routing
+        self.security = security
+        flood = security.maxRequests > 0
+            ? LoopBound(FloodGuard(limit: security.maxRequests, windowMilliseconds: security.windowMilliseconds,
+                                   blockMilliseconds: security.blockMilliseconds, capacity: security.maxSources), on: loop)
+            : nil
     }
+
+    /// The flood check for a request from an untrusted source: nil to go on, else whether to
+    /// answer (503 with Retry-After, at most once a second per source) before dropping it.
+    private func floodVerdict(_ bytes: [UInt8], from peer: SocketAddress) -> Bool? {
+        guard let flood, !bytes.starts(with: Self.responsePrefix), !security.trusted.contains(peer) else { return nil }
+        let table = flood.value
+        switch table.check(peer, now: flood.loop.now) {
+        case .allow:
+            return nil
+        case .blockedNow:
+            blocked.add(1, ordering: .relaxed)
+            logger.warning("flood: \(peer.with(port: 0).ipString) sent more than \(table.limit) requests in \(table.windowMilliseconds / 1_000) s; blocked for \(table.blockMilliseconds / 1_000) s")
+            return true
+        case .blocked(let answer):
+            blocked.add(1, ordering: .relaxed)
+            return answer
+        }
+    }
+
+    private static let responsePrefix = Array("SIP/".utf8)
 
     /// Parses and checks one message; a valid one goes on, an invalid request that can be answered
     /// (it has a Via to answer along, and SIP names a status) gets that status statelessly through
@@ -66,6 +97,17 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
         // RFC 3261 §7.5 / RFC 5626: a datagram of CRLFs is a keep-alive, not a message.
         if bytes.allSatisfy({ $0 == 0x0D || $0 == 0x0A }) { return }
         received.add(1, ordering: .relaxed)
+        if let answer = floodVerdict(bytes, from: peer) {
+            // Blocked: a 503 now and then tells an honest peer why; a flood gets silence.
+            if answer, let reply, let message = try? SIPMessage(parsing: bytes, limits: limits), message.method != .ack,
+               message.topValue(.via) != nil {
+                var tag = ShardedIdentifiers(worker: worker)
+                reply(MessageBuilder.response(to: message, status: 503, toTag: tag.make(),
+                                              extraHeaders: [("Retry-After", "\(security.blockMilliseconds / 1_000)"),
+                                                             ("Warning", "399 sipedge \"too many requests from this address\"")]))
+            }
+            return
+        }
         var parsed: SIPMessage?
         do throws(SIPParseError) {
             let message = try SIPMessage(parsing: bytes, limits: limits)
@@ -84,11 +126,58 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
                                                        extraHeaders: [("Warning", "399 sipedge \"\(error.code)\"")])
                 reply(response)
                 outcome = "answered \(status)"
+            } else if let status = error.status, let reply, var tag = Optional(ShardedIdentifiers(worker: worker)),
+                      let response = Self.salvagedResponse(bytes, status: status, toTag: tag.make(), warning: "\(error.code)") {
+                // The message did not parse far enough to be indexed: its Via, From, To, Call-ID and
+                // CSeq lines are taken as they were written, so the sender still learns why.
+                reply(response)
+                outcome = "answered \(status) from the headers as written"
             } else if let status = error.status {
                 outcome = "dropped (\(status) would need the headers it lacks)"
             }
             logger.notice("\(proto.rawValue) from \(peer): invalid SIP message (\(bytes.count) bytes): \(error); \(outcome)")
         }
+    }
+
+    /// A response built from the raw lines of a request that did not parse: the Via lines (at least
+    /// one), From, To (tagged), Call-ID and CSeq copied as written; nil for a response, an ACK, or
+    /// a request without a Via (nowhere to answer along). Reads only the header section.
+    static func salvagedResponse(_ bytes: [UInt8], status: Int, toTag: String, warning: String) -> [UInt8]? {
+        let text = String(decoding: bytes.prefix(65_536), as: UTF8.self)
+        let head = text.components(separatedBy: "\r\n\r\n").first ?? text
+        // "\r\n" is one Character in Swift: split on any newline.
+        var lines = head.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).map(String.init)
+        guard let first = lines.first, !first.hasPrefix("SIP/"), !first.uppercased().hasPrefix("ACK ") else { return nil }
+        lines.removeFirst()
+        var headers: [(String, String)] = []
+        for line in lines {
+            if line.isEmpty { break }
+            if line.first == " " || line.first == "\t", !headers.isEmpty {
+                headers[headers.count - 1].1 += " " + line.trimmingCharacters(in: .whitespaces)
+                continue
+            }
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            let name = line[..<colon].trimmingCharacters(in: .whitespaces).lowercased()
+            let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            switch name {
+            case "via", "v": headers.append(("Via", value))
+            case "from", "f": headers.append(("From", value))
+            case "to", "t": headers.append(("To", value))
+            case "call-id", "i": headers.append(("Call-ID", value))
+            case "cseq": headers.append(("CSeq", value))
+            default: continue
+            }
+        }
+        guard headers.contains(where: { $0.0 == "Via" }) else { return nil }
+        var b = MessageBuilder(status: status, reason: MessageBuilder.reason(status).utf8)
+        for (name, value) in headers where name == "Via" { b.header(name, value) }
+        for name in ["From", "To", "Call-ID", "CSeq"] {
+            guard let value = headers.first(where: { $0.0 == name })?.1 else { continue }
+            b.header(name, name == "To" && !value.lowercased().contains("tag=") ? value + ";tag=\(toTag)" : value)
+        }
+        b.header("Warning", "399 sipedge \"\(warning)\"")
+        b.header("Server", "SIPEdge")
+        return b.finish()
     }
 
     func received(_ datagram: [UInt8], from peer: SocketAddress, on endpoint: UDPEndpoint) {

@@ -169,6 +169,8 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
             "core:rcv_requests": totals.requests.values.reduce(0, +),
             "core:rcv_replies": totals.replies.values.reduce(0, +),
             "core:drop_invalid": totals.invalid,
+            "core:drop_flood": totals.blocked,
+            "dialog:refused_per_source_limit": totals.refusedCalls,
             "core:received_messages": totals.received,
             "dialog:active_dialogs": totals.activeCalls,
             "dialog:processed_dialogs": totals.callsStarted,

@@ -13,6 +13,13 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     public let port: UInt16
     private let scopeID: UInt32
 
+    /// The address in network byte order: 4 bytes (IPv4) or 16 (IPv6).
+    public var addressBytes: [UInt8] {
+        var h = high, l = low
+        let all = withUnsafeBytes(of: &h) { Array($0) } + withUnsafeBytes(of: &l) { Array($0) }
+        return family == .inet ? Array(all[4..<8]) : all
+    }
+
     /// Whether it is a loopback address: 127.0.0.0/8, ::1, or 127.0.0.0/8 mapped into IPv6.
     public var isLoopback: Bool {
         let ip = ipString

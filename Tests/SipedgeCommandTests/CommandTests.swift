@@ -160,8 +160,10 @@ import Testing
             let n = recv(fd, &buffer, buffer.count, 0)
             return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : ""
         }
-        // Not parseable as SIP/2.0: logged, and dropped (there is nothing to answer along).
+        // Not parseable as SIP/2.0: logged, and answered 505 from its Via line as written.
         send("OPTIONS sip:a@127.0.0.1 SIP/7.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK1\r\n\r\n")
+        let unsupported = receive()
+        #expect(unsupported.hasPrefix("SIP/2.0 505 Version Not Supported\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK1\r\n"), "\(unsupported)")
         // Parseable but invalid (RFC 4475 §3.1.2.17, CSeq method differs): answered 400, statelessly.
         send("OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK3\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: bad\r\nCSeq: 8 INVITE\r\nContent-Length: 0\r\n\r\n")
         let answer = receive()
@@ -174,7 +176,7 @@ import Testing
         send("OPTIONS sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK2\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: ok\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
         #expect(receive().hasPrefix("SIP/2.0 200 OK\r\n"))
         #expect(Self.waitFor(output, "unsupported SIP version"))
-        #expect(output().contains("answered 400") && output().contains("answered 416"))
+        #expect(output().contains("answered 400") && output().contains("answered 416") && output().contains("answered 505 from the headers as written"))
         p.terminate()
         p.waitUntilExit()
         #expect(p.terminationStatus == 0)
