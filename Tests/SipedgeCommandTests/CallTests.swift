@@ -53,6 +53,17 @@ import Testing
 
         func waitFor(_ needle: String) -> Bool { CommandTests.waitFor(read, needle) }
 
+        /// "IP:PORT" from the first log line containing `what` (e.g. "listening udp"): where a
+        /// configured port 0 ended up.
+        func bound(_ what: String, ip: String = "127.0.0.1") -> String? {
+            guard let line = output.split(whereSeparator: \.isNewline).first(where: { $0.contains(what) }),
+                  let word = line.split(separator: " ").first(where: { $0.hasPrefix("\(ip):") }) else { return nil }
+            return String(word)
+        }
+
+        /// The port of `bound(what)`.
+        func boundPort(_ what: String) -> Int? { bound(what).flatMap { Int($0.split(separator: ":").last ?? "") } }
+
         /// SIGKILL (no goodbye, nothing flushed), then the same config again.
         func killAndRestart() throws {
             kill(process.processIdentifier, SIGKILL)

@@ -56,8 +56,7 @@ import Testing
             }
             self.base = base
             self.edge = edge
-            let line = edge.output.split(whereSeparator: \.isNewline).first { $0.contains("mi listening udp") }!
-            miAddress = String(line.split(separator: " ").first { $0.hasPrefix("127.0.0.1:") }!)
+            miAddress = edge.bound("mi listening udp")!
             for i in 0..<3 { try startUAS(i) }
             usleep(300_000)
         }

@@ -57,8 +57,7 @@ import Testing
             """)
         defer { edge.stop() }
         #expect(edge.waitFor("mi listening udp"))
-        let line = edge.output.split(whereSeparator: \.isNewline).first { $0.contains("mi listening udp") }!
-        let address = String(line.split(separator: " ").first { $0.hasPrefix("\(here):") }!)
+        let address = try #require(edge.bound("mi listening udp", ip: here))
         let mi = [ip, "netns", "exec", ns, CommandTests.binary.path, "mi", "--address", address, "--timeout", "3"]
         let refused = Self.sh(mi + ["version"])
         #expect(refused.0 == 1 && refused.1.contains("forbidden"), "without the secret: \(refused.1)")

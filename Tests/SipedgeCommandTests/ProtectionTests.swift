@@ -68,8 +68,7 @@ import Testing
             max_sources = 500
             """, rate: 10, during: { edge, _ in
                 // While SIPp calls from 127.0.0.1, 127.0.0.2 sends 20,000 requests as fast as it can.
-                let port = Int(edge.output.split(whereSeparator: \.isNewline).first { $0.contains("listening udp") }!
-                    .split(separator: " ").first { $0.hasPrefix("127.0.0.1:") }!.split(separator: ":")[1])!
+                let port = edge.boundPort("listening udp")!
                 rss.before = Self.rssKiB(edge.process.processIdentifier)
                 let fd = Self.socket(from: "127.0.0.2")
                 defer { close(fd) }
@@ -115,8 +114,7 @@ import Testing
             """)
         defer { edge.stop() }
         #expect(edge.waitFor("listening udp"))
-        let port = Int(edge.output.split(whereSeparator: \.isNewline).first { $0.contains("listening udp") }!
-            .split(separator: " ").first { $0.hasPrefix("127.0.0.1:") }!.split(separator: ":")[1])!
+        let port = try #require(edge.boundPort("listening udp"))
         let dir = CommandTests.corpus.appendingPathComponent("rfc4475")
         let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".dat") }.sorted()
         #expect(files.count == 49)
