@@ -102,8 +102,8 @@ public final class EdgeServer: @unchecked Sendable {
         }
         let dispatcher = config.dispatcher.destinations.isEmpty ? nil : Dispatcher(config.dispatcher, logger: logger)
         self.dispatcher = dispatcher
-        let sourceLimit = config.security.maxCallsPerSource > 0
-            ? SourceCallLimit(limit: config.security.maxCallsPerSource, trusted: config.security.trusted) : nil
+        // Always there (a reload may set a limit where there was none); no limit admits every call.
+        let sourceLimit = SourceCallLimit(limit: config.security.maxCallsPerSource, trusted: config.security.trusted)
         self.sourceLimit = sourceLimit
         let b2buaConfig = B2BUAConfig(local: local, backends: config.destinations, maxCallSeconds: UInt64(config.calls.maxCallSeconds),
                                       sessionExpires: UInt32(config.calls.sessionExpires), minSE: UInt32(config.calls.minSE),
@@ -162,8 +162,8 @@ public final class EdgeServer: @unchecked Sendable {
 
     private let routing: CallRouting
     private let store: DialogStore?
-    /// Concurrent calls per source (nil: no limit).
-    let sourceLimit: SourceCallLimit?
+    /// Concurrent calls per source.
+    let sourceLimit: SourceCallLimit
     /// The dispatcher set new calls go through (nil: no destinations configured).
     public let dispatcher: Dispatcher?
     /// The file the config came from (`ds_reload` reads it again).
@@ -234,7 +234,7 @@ public final class EdgeServer: @unchecked Sendable {
         var t = Totals()
         (t.received, t.invalid) = counts
         t.blocked = blockedRequests
-        t.refusedCalls = sourceLimit?.refused.load(ordering: .relaxed) ?? 0
+        t.refusedCalls = sourceLimit.refused.load(ordering: .relaxed)
         for b in routing.b2buas {
             guard let part = try? b.loop.submitAndWait({ () -> (B2BUAStatistics, Int, Int, Int, Int, Int) in
                 let v = b.value
@@ -249,6 +249,12 @@ public final class EdgeServer: @unchecked Sendable {
             t.clientTransactions += part.5
         }
         return t
+    }
+
+    /// Applies new `[security]` settings (ACL, rate and call limits) on every worker; calls are untouched.
+    public func reloadSecurity(_ settings: EdgeConfig.SecuritySettings) {
+        for i in inbound { i.reload(settings) }
+        sourceLimit.reload(limit: settings.maxCallsPerSource, trusted: settings.trusted)
     }
 
     public func resetStatistics() {

@@ -69,9 +69,9 @@ final class FloodGuard {
         var lastAnswer: UInt64
     }
 
-    let limit: Int
-    let windowMilliseconds: UInt64
-    let blockMilliseconds: UInt64
+    var limit: Int
+    var windowMilliseconds: UInt64
+    var blockMilliseconds: UInt64
     let capacity: Int
     private var entries: [SocketAddress: Entry] = [:]
     /// Insertion order, for eviction: a ring of keys (a key may appear again after eviction).
@@ -128,23 +128,28 @@ final class FloodGuard {
 /// Calls up at once per source address, across the workers (a short lock per new call and per
 /// ended call, never per message). Holds only sources with calls up: bounded by the calls.
 final class SourceCallLimit: CallAdmission, Sendable {
-    let limit: Int
-    let trusted: NetworkList
+    private let rules: Mutex<(limit: Int, trusted: NetworkList)>
     private let active = Mutex<[SocketAddress: Int]>([:])
     /// Calls refused for being over the limit.
     let refused = Atomic<Int>(0)
 
     init(limit: Int, trusted: NetworkList) {
-        self.limit = limit
-        self.trusted = trusted
+        rules = Mutex((limit, trusted))
+    }
+
+    /// New limit and trusted networks (a reload); calls already counted stay counted.
+    func reload(limit: Int, trusted: NetworkList) {
+        rules.withLock { $0 = (limit, trusted) }
     }
 
     func admit(_ source: SocketAddress) -> Bool {
+        let (limit, trusted) = rules.withLock { $0 }
         if trusted.contains(source) { return true }
+        // Counted even without a limit, so a limit set by a reload sees the calls already up.
         let key = source.with(port: 0)
         let ok = active.withLock { table in
             let n = table[key, default: 0]
-            guard n < limit else { return false }
+            guard limit == 0 || n < limit else { return false }
             table[key] = n + 1
             return true
         }
@@ -153,11 +158,10 @@ final class SourceCallLimit: CallAdmission, Sendable {
     }
 
     func release(_ source: SocketAddress) {
-        if trusted.contains(source) { return }
         let key = source.with(port: 0)
         active.withLock { table in
-            let n = table[key, default: 0] - 1
-            table[key] = n > 0 ? n : nil
+            guard let n = table[key] else { return }   // a trusted source, never counted
+            table[key] = n > 1 ? n - 1 : nil
         }
     }
 }

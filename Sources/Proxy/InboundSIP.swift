@@ -54,28 +54,57 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
     let invalid = Atomic<Int>(0)
     /// Requests dropped or refused because their source was over its rate (flood protection).
     let blocked = Atomic<Int>(0)
-    let security: EdgeConfig.SecuritySettings
-    /// This worker's table of sources; used only on its loop.
-    private let flood: LoopBound<FloodGuard>?
+    /// This worker's ACL and table of sources; used only on its loop.
+    private let protection: LoopBound<Protection>
+
+    /// The `[security]` settings as one worker applies them; replaced by a reload.
+    final class Protection {
+        var settings: EdgeConfig.SecuritySettings
+        var flood: FloodGuard?
+
+        init(_ settings: EdgeConfig.SecuritySettings) {
+            self.settings = settings
+            apply(settings)
+        }
+
+        /// New settings: the sources' counts and blocks stay, under the new limits.
+        func apply(_ new: EdgeConfig.SecuritySettings) {
+            settings = new
+            guard new.maxRequests > 0 else {
+                flood = nil
+                return
+            }
+            if let flood, flood.capacity == new.maxSources {
+                flood.limit = new.maxRequests
+                flood.windowMilliseconds = new.windowMilliseconds
+                flood.blockMilliseconds = new.blockMilliseconds
+            } else {
+                flood = FloodGuard(limit: new.maxRequests, windowMilliseconds: new.windowMilliseconds,
+                                   blockMilliseconds: new.blockMilliseconds, capacity: new.maxSources)
+            }
+        }
+    }
 
     init(worker: Int, loop: EventLoop, limits: SIPParserLimits, security: EdgeConfig.SecuritySettings, logger: Logger, routing: CallRouting) {
         self.worker = worker
         self.limits = limits
         self.logger = logger
         self.routing = routing
-        self.security = security
-        flood = security.maxRequests > 0
-            ? LoopBound(FloodGuard(limit: security.maxRequests, windowMilliseconds: security.windowMilliseconds,
-                                   blockMilliseconds: security.blockMilliseconds, capacity: security.maxSources), on: loop)
-            : nil
+        protection = LoopBound(Protection(security), on: loop)
+    }
+
+    /// Takes new `[security]` settings on this worker's loop (a reload: no call is touched).
+    func reload(_ settings: EdgeConfig.SecuritySettings) {
+        let protection = self.protection
+        protection.loop.execute { protection.value.apply(settings) }
     }
 
     /// The flood check for a request from an untrusted source: nil to go on, else whether to
     /// answer (503 with Retry-After, at most once a second per source) before dropping it.
     private func floodVerdict(_ bytes: [UInt8], from peer: SocketAddress) -> Bool? {
-        guard let flood, !bytes.starts(with: Self.responsePrefix), !security.trusted.contains(peer) else { return nil }
-        let table = flood.value
-        switch table.check(peer, now: flood.loop.now) {
+        let p = protection.value
+        guard let table = p.flood, !bytes.starts(with: Self.responsePrefix), !p.settings.trusted.contains(peer) else { return nil }
+        switch table.check(peer, now: protection.loop.now) {
         case .allow:
             return nil
         case .blockedNow:
@@ -103,7 +132,7 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
                message.topValue(.via) != nil {
                 var tag = ShardedIdentifiers(worker: worker)
                 reply(MessageBuilder.response(to: message, status: 503, toTag: tag.make(),
-                                              extraHeaders: [("Retry-After", "\(security.blockMilliseconds / 1_000)"),
+                                              extraHeaders: [("Retry-After", "\(protection.value.settings.blockMilliseconds / 1_000)"),
                                                              ("Warning", "399 sipedge \"too many requests from this address\"")]))
             }
             return

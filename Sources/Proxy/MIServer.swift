@@ -17,8 +17,8 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
     /// For calls per second: calls started at the previous `get_statistics`, and when.
     private var lastSample: (time: Double, started: Int)
 
-    public static let commands = ["ds_list", "ds_set_state", "ds_reload", "dlg_list", "dlg_end_dlg", "get_statistics",
-                                  "reset_statistics", "which", "version"]
+    public static let commands = ["ds_list", "ds_set_state", "ds_reload", "address_reload", "dlg_list", "dlg_end_dlg",
+                                  "get_statistics", "reset_statistics", "which", "version"]
 
     init(settings: EdgeConfig.MISettings, edge: EdgeServer, logger: Logger, loopIndex: Int) throws(ListenerError) {
         do {
@@ -110,14 +110,15 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
             return "OK"
         case "ds_reload":
             guard let dispatcher = edge.dispatcher else { throw MIError(code: -32602, message: "no dispatcher is configured") }
-            let config: EdgeConfig
-            do {
-                config = try EdgeConfig.parse(try String(contentsOfFile: edge.configPath, encoding: .utf8))
-            } catch {
-                throw MIError(code: -32000, message: "\(edge.configPath): \(error); nothing changed")
-            }
+            let config = try reloadedConfig()
             dispatcher.reload(config.dispatcher)
             logger.notice("mi: dispatcher reloaded from \(edge.configPath): \(config.dispatcher.destinations.count) destinations")
+            return "OK"
+        case "address_reload":
+            // OpenSIPS's permissions module name: the ACL (trusted networks) and the limits again.
+            let config = try reloadedConfig()
+            edge.reloadSecurity(config.security)
+            logger.notice("mi: [security] reloaded from \(edge.configPath)")
             return "OK"
         case "dlg_list":
             return ["Dialogs": edge.dialogRecords().map(Self.describe)]
@@ -135,6 +136,15 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
             return "OK"
         default:
             throw MIError(code: -32601, message: "unknown command \(method); `which` lists them")
+        }
+    }
+
+    /// The config file read again; an error leaves everything as it was.
+    private func reloadedConfig() throws -> EdgeConfig {
+        do {
+            return try EdgeConfig.parse(try String(contentsOfFile: edge.configPath, encoding: .utf8))
+        } catch {
+            throw MIError(code: -32000, message: "\(edge.configPath): \(error); nothing changed")
         }
     }
 

@@ -43,10 +43,16 @@ import Testing
         private var read: () -> String
         private var earlier = ""
 
+        /// The file it runs on (rewritten by tests of reloads).
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-edge-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).toml")
+
         init(config: String) throws {
             self.config = config
-            (process, read) = try CommandTests.start(config)
+            (process, read) = try CommandTests.start(config, file: file)
         }
+
+        /// Replaces the config file's text (the running edge reads it again on `ds_reload`...).
+        func rewrite(_ text: String) throws { try text.write(to: file, atomically: true, encoding: .utf8) }
 
         /// Everything every run of it printed.
         var output: String { earlier + read() }
@@ -69,7 +75,7 @@ import Testing
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
             earlier += read() + "\n--- killed and restarted ---\n"
-            (process, read) = try CommandTests.start(config)
+            (process, read) = try CommandTests.start(config, file: file)
         }
 
         func stop() {

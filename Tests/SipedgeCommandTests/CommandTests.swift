@@ -96,8 +96,8 @@ import Testing
     }
 
     /// Starts `sipedge run` on `config`; returns the process and a reader of its output so far.
-    static func start(_ config: String) throws -> (Process, () -> String) {
-        let file = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-run-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).toml")
+    static func start(_ config: String, file given: URL? = nil) throws -> (Process, () -> String) {
+        let file = given ?? FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-run-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).toml")
         try config.write(to: file, atomically: true, encoding: .utf8)
         let p = Process()
         p.executableURL = binary

@@ -273,6 +273,38 @@ import Testing
         #expect(try farm.mi(["ds_set_state", "uri=sip:192.0.2.1:5060", "state=draining"]).status == 1)
         #expect(try farm.mi(["no_such_command"]).status == 1)
     }
+    @Test func a_reload_applies_dispatcher_and_acl_changes_without_dropping_calls() throws {
+        guard let farm = try Farm(dispatcher: "algorithm = \"round-robin\"") else { return }
+        defer { farm.stop() }
+        // Six calls of 3 s: two on each destination.
+        let long = try farm.call(6, rate: 20, scenario: Scenarios.patientCaller.replacingOccurrences(of: "4000", with: "3000"), wait: false)
+        usleep(1_000_000)
+        #expect(try farm.destinations()[farm.uri(2)]?.calls == 2)
+        // The file now lists two destinations and allows one call per source.
+        try farm.edge.rewrite(farm.edge.config
+            .replacingOccurrences(of: "[[dispatcher.destination]]\nuri = \"\(farm.uri(2))\"\nweight = 1\n", with: "")
+            + "\n[security]\nmax_calls_per_source = 1\n")
+        #expect(try farm.mi(["ds_reload"]).status == 0)
+        #expect(try farm.mi(["address_reload"]).status == 0)
+        let after = try farm.destinations()
+        #expect(after.count == 2 && after[farm.uri(2)] == nil, "\(after)")
+        // A new call from the same address (another SIPp, other ports) is over the new limit: 503.
+        let other = Process()
+        other.executableURL = URL(fileURLWithPath: farm.sipp)
+        other.arguments = ["-sn", "uac", "127.0.0.1:\(farm.edgePort)", "-i", "127.0.0.1", "-p", "\(farm.base + 50)", "-cp", "\(farm.base + 52)",
+                           "-m", "1", "-timeout", "5s", "-nostdin", "-trace_msg", "-message_file", "other.msg"]
+        other.currentDirectoryURL = farm.dir
+        other.standardOutput = FileHandle.nullDevice
+        other.standardError = FileHandle.nullDevice
+        try other.run()
+        farm.finish(other, timeout: 5)
+        let otherLog = (try? String(contentsOf: farm.dir.appendingPathComponent("other.msg"), encoding: .utf8)) ?? ""
+        #expect(otherLog.contains("SIP/2.0 503") && otherLog.contains("too many calls from this address"), "\(otherLog)")
+        // The six calls, the two on the removed destination among them, end normally.
+        farm.finish(long, timeout: 20)
+        #expect(long.terminationStatus == 0, "no call was dropped by the reloads\n\(farm.edge.output)")
+        #expect(farm.edge.output.contains("dispatcher reloaded") && farm.edge.output.contains("[security] reloaded"))
+    }
 }
 
 extension Scenarios {
