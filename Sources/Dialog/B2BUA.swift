@@ -127,7 +127,8 @@ final class Call {
     var pingTimer: TimerID?
     /// The Request-URI user, to address each backend, and the From user (hashing dispatchers).
     var user = ""
-    var fromUser: [UInt8] = []
+    /// What the picker is told of this call.
+    var request: CallRequest?
     /// The source counted by the call admission, to release when the call ends.
     var admitted: SocketAddress?
 
@@ -238,7 +239,7 @@ public final class B2BUA: TimerTarget {
     // MARK: - Receiving
 
     /// A parsed, validated message that came along `hop`.
-    public func receive(_ message: SIPMessage, from hop: Hop) {
+    public func receive(_ message: SIPMessage, from hop: Hop, listenerTag: String = "") {
         loop.assertInLoop()
         if let method = message.methodBytes {
             statistics.requests[method.string, default: 0] += 1
@@ -246,7 +247,7 @@ public final class B2BUA: TimerTarget {
             statistics.replies["\(status / 100)xx", default: 0] += 1
         }
         if message.isRequest {
-            receiveRequest(message, from: hop)
+            receiveRequest(message, from: hop, listenerTag: listenerTag)
         } else if let key = TransactionKey.client(forResponse: message), let tx = clientTransactions[key] {
             let actions = tx.machine.handle(.response(message))
             perform(actions, client: tx, message: message)
@@ -260,7 +261,7 @@ public final class B2BUA: TimerTarget {
         // Any other response matching no transaction is dropped (§17.1.3).
     }
 
-    private func receiveRequest(_ request: SIPMessage, from hop: Hop) {
+    private func receiveRequest(_ request: SIPMessage, from hop: Hop, listenerTag: String) {
         let key = TransactionKey.server(forRequest: request)
         if request.method == .ack {
             if let key, let tx = serverTransactions[key] {
@@ -293,7 +294,7 @@ public final class B2BUA: TimerTarget {
         }
         switch method {
         case .invite:
-            newCall(request, tx)
+            newCall(request, tx, listenerTag: listenerTag)
         case .cancel:
             cancel(request, tx, key: key)
         case .options:
@@ -307,7 +308,7 @@ public final class B2BUA: TimerTarget {
 
     // MARK: - Calls
 
-    private func newCall(_ invite: SIPMessage, _ tx: ServerTxRecord) {
+    private func newCall(_ invite: SIPMessage, _ tx: ServerTxRecord, listenerTag: String) {
         perform(tx.machine.start(trying: MessageBuilder.response(to: invite, status: 100, toTag: nil)), server: tx)
         guard let fromTag = invite.tag(of: .from), let callID = invite.callID?.string,
               let from = try? invite.from(), let to = try? invite.to(), let uri = try? invite.requestURI() else {
@@ -357,42 +358,67 @@ public final class B2BUA: TimerTarget {
                                                                startedAt: Self.wallClock()))
         call.admitted = config.admission != nil ? tx.peer.address : nil
         call.user = uri.user.map { String(decoding: $0.bytes, as: UTF8.self) } ?? ""
-        call.fromUser = from.uri.user?.bytes ?? []
+        call.request = CallRequest(callID: Array(callID.utf8), fromUser: from.uri.user?.bytes ?? [], source: tx.peer,
+                                   listenerTag: listenerTag, requestURI: uri.text.bytes, requestUser: call.user,
+                                   requestHost: uri.host.string, requestPort: uri.port ?? (uri.scheme == .sips ? 5061 : 5060))
         call.askedSessionExpires = config.sessionExpires > 0 ? max(config.sessionExpires, config.minSE) : 0
         call.clientInvite = tx
         tx.call = call
         calls[callID] = call
         callsByNumber[call.number] = call
         callsStarted += 1
-        if !tryNextBackend(call) {
-            respond(tx, status: 503, extra: [("Retry-After", "30")])
+        switch tryNextBackend(call) {
+        case .sent:
+            break
+        case .exhausted:
+            respond(tx, status: 503, extra: [("Retry-After", "30"), ("Warning", "399 sipedge \"no destination available\"")])
+            call.clientInvite = nil
+            endCall(call)
+        case .refused(let refusal):
+            respond(tx, status: refusal.status, extra: [("Warning", "399 sipedge \"\(refusal.reason)\"")])
             call.clientInvite = nil
             endCall(call)
         }
     }
 
+    /// What became of an attempt to send a call on.
+    enum Attempt: Equatable {
+        case sent, exhausted
+        case refused(CallRefusal)
+    }
+
     /// Sends the call's INVITE to the next destination the picker offers (or again to the same one,
     /// after a 422), as a fresh backend leg (own Call-ID, tag, branch); false when none is left.
     @discardableResult
-    private func tryNextBackend(_ call: Call, sameDestination: Bool = false) -> Bool {
-        guard let tx = call.clientInvite else { return false }
+    private func tryNextBackend(_ call: Call, sameDestination: Bool = false) -> Attempt {
+        guard let tx = call.clientInvite, let request = call.request else { return .exhausted }
         let invite = tx.request
         let index: Int, destination: Hop
+        var target: [UInt8]
         if sameDestination, let current = call.destination {
-            (index, destination) = (current, call.record.backend.hop)
+            (index, destination, target) = (current, call.record.backend.hop, call.record.backend.remoteTarget)
         } else {
             if let previous = call.destination { picker.release(previous) }
             call.destination = nil
-            guard let choice = picker.pick(callID: Array(call.record.client.callID.utf8), fromUser: call.fromUser,
-                                           excluding: call.tried) else { return false }
-            (index, destination) = choice
+            let choice: CallDestination?
+            do throws(CallRefusal) {
+                choice = try picker.pick(request, excluding: call.tried)
+            } catch {
+                return .refused(error)
+            }
+            guard let choice else { return .exhausted }
+            (index, destination) = (choice.index, choice.hop)
             call.tried.append(index)
             call.destination = index
+            if let uri = choice.requestURI {
+                target = uri
+            } else {
+                let host = destination.address.family == .inet6 ? "[\(destination.address.ipString)]" : destination.address.ipString
+                let transport = destination.transport == .udp ? "" : ";transport=\(destination.transport.rawValue)"
+                target = Array("sip:\(call.user.isEmpty ? "" : call.user + "@")\(host):\(destination.address.port)\(transport)".utf8)
+            }
         }
         if !call.record.backend.callID.isEmpty { calls[call.record.backend.callID] = nil }
-        let host = destination.address.family == .inet6 ? "[\(destination.address.ipString)]" : destination.address.ipString
-        let transport = destination.transport == .udp ? "" : ";transport=\(destination.transport.rawValue)"
-        let target = Array("sip:\(call.user.isEmpty ? "" : call.user + "@")\(host):\(destination.address.port)\(transport)".utf8)
         var leg = call.record.backend
         leg.callID = ids.make()
         leg.localTag = ids.make()
@@ -422,7 +448,7 @@ public final class B2BUA: TimerTarget {
         let bytes = b.finish(contentType: invite.contentType, body: invite.body.bytes)
         call.backendInvite = try? SIPMessage(parsing: bytes)
         startClient(bytes, to: destination, call: call, purpose: .backendInvite)
-        return true
+        return .sent
     }
 
     /// §9.2: a CANCEL is answered 200 by itself; if its INVITE is still pending, the INVITE gets
@@ -477,9 +503,9 @@ public final class B2BUA: TimerTarget {
             // RFC 4028 §7.4: the backend wants a longer interval; ask again with it.
             call.askedSessionExpires = minSE
             call.record.backend.localCSeq += 1
-            if tryNextBackend(call, sameDestination: true) { return }
+            if tryNextBackend(call, sameDestination: true) == .sent { return }
         }
-        if status >= 300 && mayFailOver(call, status: status) && tryNextBackend(call) {
+        if status >= 300 && mayFailOver(call, status: status) && tryNextBackend(call) == .sent {
             return
         }
         if status >= 200 || response.tag(of: .to) != nil { call.committed = true }
@@ -1151,7 +1177,7 @@ public final class B2BUA: TimerTarget {
                     if let d = call.destination, !call.committed { picker.failed(d) }
                     if call.cancelled {
                         endCall(call)
-                    } else if mayFailOver(call, status: nil) && tryNextBackend(call) {
+                    } else if mayFailOver(call, status: nil) && tryNextBackend(call) == .sent {
                         break
                     } else if let server = call.clientInvite {
                         respond(server, status: 408)

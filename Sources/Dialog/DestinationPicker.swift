@@ -2,13 +2,66 @@ import SIPParser
 import Synchronization
 import Transport
 
-/// Chooses the backend of each new call and hears how its choices fared: the edge's dispatcher
-/// implements it (sets, algorithms, probing, draining); `RoundRobinDestinations` is the plain one.
-/// Called from every worker's loop, so implementations are thread-safe.
+/// What the edge knows of a new call when it chooses where the call goes.
+public struct CallRequest: Sendable {
+    public var callID: [UInt8]
+    public var fromUser: [UInt8]
+    /// Where the INVITE came from, and the tag of the listener it came in on.
+    public var source: Hop
+    public var listenerTag: String
+    /// The Request-URI as received, and its user and host parts.
+    public var requestURI: [UInt8]
+    public var requestUser: String
+    public var requestHost: String
+    /// The Request-URI port (5060 when it names none; 5061 for sips).
+    public var requestPort: Int
+
+    public init(callID: [UInt8], fromUser: [UInt8], source: Hop, listenerTag: String, requestURI: [UInt8],
+                requestUser: String, requestHost: String, requestPort: Int) {
+        self.callID = callID
+        self.fromUser = fromUser
+        self.source = source
+        self.listenerTag = listenerTag
+        self.requestURI = requestURI
+        self.requestUser = requestUser
+        self.requestHost = requestHost
+        self.requestPort = requestPort
+    }
+}
+
+/// Where one attempt of a call goes: the picker's index for it, the hop, and the Request-URI to
+/// send (nil: "sip:USER@HOST:PORT" of the hop, USER from the caller's Request-URI).
+public struct CallDestination: Sendable {
+    public var index: Int
+    public var hop: Hop
+    public var requestURI: [UInt8]?
+
+    public init(index: Int, hop: Hop, requestURI: [UInt8]? = nil) {
+        self.index = index
+        self.hop = hop
+        self.requestURI = requestURI
+    }
+}
+
+/// A call with nowhere to go by the routing rules: answered with this status (e.g. 403, 404).
+public struct CallRefusal: Error, Sendable, Equatable {
+    public var status: Int
+    public var reason: String
+
+    public init(status: Int, reason: String) {
+        self.status = status
+        self.reason = reason
+    }
+}
+
+/// Chooses the destination of each new call and hears how its choices fared: the edge's router
+/// implements it (routes, dispatcher sets, probing, draining); `RoundRobinDestinations` is the
+/// plain one. Called from every worker's loop, so implementations are thread-safe.
 public protocol DestinationPicker: AnyObject, Sendable {
-    /// The destination for a call's next attempt, none of `tried`; nil when none is left. The
-    /// destination counts the attempt as one of its active calls until `release`.
-    func pick(callID: [UInt8], fromUser: [UInt8], excluding tried: [Int]) -> (index: Int, hop: Hop)?
+    /// The destination for a call's next attempt, none of `tried`; nil when none is left, a
+    /// refusal when the call has no route at all. The destination counts the attempt as one of its
+    /// active calls until `release`.
+    func pick(_ call: CallRequest, excluding tried: [Int]) throws(CallRefusal) -> CallDestination?
     /// A restored dialog's call counts at `index` again (as `pick` would have counted it).
     func claim(_ index: Int)
     /// The call that `pick` gave to `index` is over there (ended, or moved on to another).
@@ -26,12 +79,12 @@ public final class RoundRobinDestinations: DestinationPicker, Sendable {
 
     public init(_ destinations: [Hop]) { self.destinations = destinations }
 
-    public func pick(callID: [UInt8], fromUser: [UInt8], excluding tried: [Int]) -> (index: Int, hop: Hop)? {
+    public func pick(_ call: CallRequest, excluding tried: [Int]) throws(CallRefusal) -> CallDestination? {
         guard !destinations.isEmpty else { return nil }
         let start = next.add(1, ordering: .relaxed).oldValue % destinations.count
         for offset in 0..<destinations.count {
             let i = (start + offset) % destinations.count
-            if !tried.contains(i) { return (i, destinations[i]) }
+            if !tried.contains(i) { return CallDestination(index: i, hop: destinations[i]) }
         }
         return nil
     }

@@ -57,7 +57,7 @@ public struct DispatcherSettings: Sendable, Equatable {
 /// A dispatcher set: picks each new call's destination by its algorithm among the active ones of
 /// the best priority, counts the calls each carries, and keeps each destination's state from
 /// OPTIONS probes and from failed calls. Shared by every worker (a short lock per pick).
-public final class Dispatcher: DestinationPicker, Sendable {
+public final class Dispatcher: Sendable {
     /// A destination's state: `active` takes calls; `inactive` failed its probes; `probing` has
     /// begun to answer again; `draining` (set by an operator) takes no new calls and keeps its own.
     public enum State: String, Sendable, CaseIterable { case active, inactive, probing, draining }
@@ -100,8 +100,10 @@ public final class Dispatcher: DestinationPicker, Sendable {
 
     public var settings: DispatcherSettings { shared.withLock { $0.settings } }
 
-    // MARK: - DestinationPicker
+    // MARK: - Choosing
 
+    /// The destination for a call's next attempt among the active ones of the best priority,
+    /// none of `tried` (this set's indices); counted as one of its active calls until `release`.
     public func pick(callID: [UInt8], fromUser: [UInt8], excluding tried: [Int]) -> (index: Int, hop: Hop)? {
         shared.withLock { s -> (index: Int, hop: Hop)? in
             var eligible = s.entries.indices.filter { s.entries[$0].state == .active && !s.entries[$0].removed && !tried.contains($0) }
@@ -262,5 +264,91 @@ public final class Dispatcher: DestinationPicker, Sendable {
             }
             probeRound(prober, every: interval)
         }
+    }
+}
+
+/// One `[[route]]`: calls from outside that match every condition given go to `set`.
+public struct RouteSettings: Sendable, Equatable {
+    public var listenerTag: String?
+    /// The Request-URI host (case-insensitive).
+    public var domain: String?
+    /// The start of the Request-URI user (e.g. "+44").
+    public var prefix: String?
+    public var set: Int
+
+    public init(listenerTag: String? = nil, domain: String? = nil, prefix: String? = nil, set: Int) {
+        self.listenerTag = listenerTag
+        self.domain = domain
+        self.prefix = prefix
+        self.set = set
+    }
+
+    func matches(_ call: CallRequest) -> Bool {
+        (listenerTag.map { $0 == call.listenerTag } ?? true)
+            && (domain.map { $0.lowercased() == call.requestHost.lowercased() } ?? true)
+            && (prefix.map { call.requestUser.hasPrefix($0) } ?? true)
+    }
+}
+
+/// Where each new call goes. From a trusted network (the Asterisk farm): to the Request-URI's own
+/// target (a registered user when the registrar comes; for now a numeric address). From outside:
+/// to the dispatcher set of the first `[[route]]` it matches (listener tag, Request-URI domain,
+/// user prefix), else the first set; with no set at all, it is refused with 403.
+public final class Router: DestinationPicker, Sendable {
+    public let sets: [Dispatcher]
+    let routes: [RouteSettings]
+    private let trusted: Mutex<NetworkList>
+    /// "host:port" pairs that name this edge (a Request-URI to one of them is for a registered user).
+    let localHosts: Set<String>
+    /// A destination's index is its set's position times this, plus its place in the set.
+    static let stride = 1 << 20
+    /// The index of a call sent straight to its Request-URI.
+    static let direct = -1
+
+    public init(sets: [Dispatcher], routes: [RouteSettings], trusted: NetworkList, localHosts: Set<String>) {
+        self.sets = sets
+        self.routes = routes
+        self.trusted = Mutex(trusted)
+        self.localHosts = Set(localHosts.map { $0.lowercased() })
+    }
+
+    public func reloadTrusted(_ list: NetworkList) { trusted.withLock { $0 = list } }
+
+    public func set(id: Int) -> Dispatcher? { sets.first { $0.settings.setID == id } }
+
+    public func pick(_ call: CallRequest, excluding tried: [Int]) throws(CallRefusal) -> CallDestination? {
+        if trusted.withLock({ $0.contains(call.source.address) }) {
+            if localHosts.contains("\(call.requestHost.lowercased()):\(call.requestPort)") {
+                throw CallRefusal(status: 404, reason: "no registered user \(call.requestUser)")
+            }
+            guard let hop = Hop(destination: String(decoding: call.requestURI, as: UTF8.self)) else {
+                throw CallRefusal(status: 404, reason: "cannot route to \(call.requestHost): a numeric address is needed")
+            }
+            return tried.contains(Self.direct) ? nil : CallDestination(index: Self.direct, hop: hop, requestURI: call.requestURI)
+        }
+        let chosen = routes.first { $0.matches(call) }.flatMap { set(id: $0.set) } ?? sets.first
+        guard let chosen, let position = sets.firstIndex(where: { $0 === chosen }) else {
+            throw CallRefusal(status: 403, reason: "no route for this call")
+        }
+        let base = position * Self.stride
+        let local = tried.filter { $0 >= base && $0 < base + Self.stride }.map { $0 - base }
+        guard let (index, hop) = chosen.pick(callID: call.callID, fromUser: call.fromUser, excluding: local) else { return nil }
+        return CallDestination(index: base + index, hop: hop)
+    }
+
+    private func locate(_ index: Int) -> (Dispatcher, Int)? {
+        guard index >= 0, index / Self.stride < sets.count else { return nil }
+        return (sets[index / Self.stride], index % Self.stride)
+    }
+
+    public func claim(_ index: Int) { if let (set, i) = locate(index) { set.claim(i) } }
+    public func release(_ index: Int) { if let (set, i) = locate(index) { set.release(i) } }
+    public func failed(_ index: Int) { if let (set, i) = locate(index) { set.failed(i) } }
+
+    public func index(of hop: Hop) -> Int? {
+        for (position, set) in sets.enumerated() {
+            if let i = set.index(of: hop) { return position * Self.stride + i }
+        }
+        return nil
     }
 }

@@ -26,6 +26,12 @@ public struct EdgeConfig: Sendable, Equatable {
     public var streamLimits: StreamLimits
     /// Where new calls go: the dispatcher set, its algorithm and probing.
     public var dispatcher: DispatcherSettings
+    /// Further dispatcher sets (`[[dispatcher.set]]`), with ids other than 1.
+    public var extraSets: [DispatcherSettings]
+    /// Which set a call from outside goes to (`[[route]]`); unmatched calls go to the first set.
+    public var routes: [RouteSettings]
+    /// Every dispatcher set: `[dispatcher]`'s own (id 1) when it has destinations, then the others.
+    public var sets: [DispatcherSettings] { (dispatcher.destinations.isEmpty ? [] : [dispatcher]) + extraSets }
     /// The dispatcher's destinations.
     public var destinations: [Hop] { dispatcher.destinations.map(\.hop) }
     /// Dialog lifetime: maximum duration, session timers, in-dialog pings.
@@ -125,7 +131,7 @@ extension EdgeConfig {
                 maxQueuedBytes: try t.int("max_queued_bytes", default: 1 << 20, range: 4_096...268_435_456),
                 idleTimeoutMilliseconds: UInt64(try t.int("idle_timeout_seconds", default: 300, range: 0...86_400)) * 1_000)
         } ?? StreamLimits()
-        let dispatcher = try reader.table("dispatcher") { (t: inout TableReader) throws(ConfigError) in
+        let (dispatcher, extraSets) = try reader.table("dispatcher") { (t: inout TableReader) throws(ConfigError) -> (DispatcherSettings, [DispatcherSettings]) in
             var d = DispatcherSettings()
             let algorithm = try t.string("algorithm", default: "round-robin")
             guard let a = DispatchAlgorithm(rawValue: algorithm) else {
@@ -141,18 +147,45 @@ extension EdgeConfig {
                 }
                 return hop
             }
-            for text in try t.stringArray("destinations") {
-                d.destinations.append(DestinationSettings(hop: try hop(text, "destinations", t), uri: text))
+            func destinations(_ t: inout TableReader, into d: inout DispatcherSettings) throws(ConfigError) {
+                for text in try t.stringArray("destinations") {
+                    d.destinations.append(DestinationSettings(hop: try hop(text, "destinations", t), uri: text))
+                }
+                d.destinations += try t.tableArray("destination") { (e: inout TableReader) throws(ConfigError) in
+                    let uri = try e.string("uri", default: nil)
+                    return DestinationSettings(hop: try hop(uri, "uri", e), uri: uri,
+                                               weight: try e.int("weight", default: 1, range: 1...1_000),
+                                               priority: try e.int("priority", default: 0, range: 0...1_000),
+                                               attrs: try e.string("attrs", default: ""))
+                }
             }
-            d.destinations += try t.tableArray("destination") { (e: inout TableReader) throws(ConfigError) in
-                let uri = try e.string("uri", default: nil)
-                return DestinationSettings(hop: try hop(uri, "uri", e), uri: uri,
-                                           weight: try e.int("weight", default: 1, range: 1...1_000),
-                                           priority: try e.int("priority", default: 0, range: 0...1_000),
-                                           attrs: try e.string("attrs", default: ""))
+            try destinations(&t, into: &d)
+            let base = d
+            let extra = try t.tableArray("set") { (e: inout TableReader) throws(ConfigError) -> DispatcherSettings in
+                var set = base
+                set.destinations = []
+                set.setID = try e.int("id", default: nil, range: 2...1_000_000)
+                let name = try e.string("algorithm", default: base.algorithm.rawValue)
+                guard let a = DispatchAlgorithm(rawValue: name) else {
+                    throw e.error("algorithm", "must be one of \(DispatchAlgorithm.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                set.algorithm = a
+                try destinations(&e, into: &set)
+                guard !set.destinations.isEmpty else { throw e.error("id", "set \(set.setID) has no destinations") }
+                return set
             }
-            return d
-        } ?? DispatcherSettings()
+            return (d, extra)
+        } ?? (DispatcherSettings(), [])
+        let setIDs = (dispatcher.destinations.isEmpty ? [] : [1]) + extraSets.map(\.setID)
+        guard Set(setIDs).count == setIDs.count else {
+            throw ConfigError(line: reader.line(of: "[dispatcher.set]"), key: "dispatcher.set", message: "two sets have the same id")
+        }
+        let routes = try reader.tableArray("route") { (t: inout TableReader) throws(ConfigError) -> RouteSettings in
+            let route = RouteSettings(listenerTag: try t.optionalString("listener_tag"), domain: try t.optionalString("domain"),
+                                      prefix: try t.optionalString("prefix"), set: try t.int("set", default: nil, range: 1...1_000_000))
+            guard setIDs.contains(route.set) else { throw t.error("set", "there is no dispatcher set \(route.set)") }
+            return route
+        }
         let calls = try reader.table("calls") { (t: inout TableReader) throws(ConfigError) in
             var c = CallSettings()
             c.maxCallSeconds = try t.int("max_duration_seconds", default: 43_200, range: 0...31_536_000)
@@ -228,7 +261,7 @@ extension EdgeConfig {
         }
         try reader.finish()
         return EdgeConfig(workers: workers, listeners: listeners, tls: tls, parserLimits: limits, logLevel: logLevel,
-                          streamLimits: streamLimits, dispatcher: dispatcher, calls: calls, databasePath: databasePath, mi: mi, security: security)
+                          streamLimits: streamLimits, dispatcher: dispatcher, extraSets: extraSets, routes: routes, calls: calls, databasePath: databasePath, mi: mi, security: security)
     }
 
     /// `host`, `host:port`, `[v6]` or `[v6]:port`.

@@ -33,8 +33,9 @@ public final class EdgeServer: @unchecked Sendable {
         for loop in workers.loops {
             let log = logger
             loop.log = { line in log.warning("\(line)") }
-            inbound.append(InboundSIP(worker: loop.index, loop: loop, limits: config.parserLimits, security: config.security,
-                                      logger: logger, routing: routing))
+            // The worker's receiver for its outgoing connections; listeners get their own (below).
+            inbound.append(InboundSIP(worker: loop.index, loop: loop, listenerTag: config.listeners.first?.tag.name ?? "",
+                                      limits: config.parserLimits, security: config.security, logger: logger, routing: routing))
         }
         var udpByWorker: [Int: UDPEndpoint] = [:]
         var tcpByWorker: [Int: TCPConnectionTable] = [:], tlsByWorker: [Int: TCPConnectionTable] = [:]
@@ -55,7 +56,10 @@ public final class EdgeServer: @unchecked Sendable {
             var address = spec.address
             let name = spec.description
             for loop in workers.loops where spec.proto != .sctp || loop.index == 0 {
-                let receiver = inbound[loop.index]
+                // Each listener's own receiver, so a new call is known by the tag it came in on.
+                let receiver = InboundSIP(worker: loop.index, loop: loop, listenerTag: spec.tag.name, limits: config.parserLimits,
+                                          security: config.security, logger: logger, routing: routing)
+                inbound.append(receiver)
                 do {
                     switch spec.proto {
                     case .udp:
@@ -100,14 +104,20 @@ public final class EdgeServer: @unchecked Sendable {
             let (host, port) = spec.advertised
             local[spec.proto] = LocalAddress(host: host, port: port, tag: spec.tag.name)
         }
-        let dispatcher = config.dispatcher.destinations.isEmpty ? nil : Dispatcher(config.dispatcher, logger: logger)
-        self.dispatcher = dispatcher
+        let sets = config.sets.map { Dispatcher($0, logger: logger) }
+        var localHosts = Set(bound.map { "\($0.advertised.host):\($0.advertised.port)" })
+        for spec in bound {
+            let ip = spec.address.family == .inet6 ? "[\(spec.address.ipString)]" : spec.address.ipString
+            localHosts.insert("\(ip):\(spec.address.port)")
+        }
+        let router = Router(sets: sets, routes: config.routes, trusted: config.security.trusted, localHosts: localHosts)
+        self.router = router
         // Always there (a reload may set a limit where there was none); no limit admits every call.
         let sourceLimit = SourceCallLimit(limit: config.security.maxCallsPerSource, trusted: config.security.trusted)
         self.sourceLimit = sourceLimit
         let b2buaConfig = B2BUAConfig(local: local, backends: config.destinations, maxCallSeconds: UInt64(config.calls.maxCallSeconds),
                                       sessionExpires: UInt32(config.calls.sessionExpires), minSE: UInt32(config.calls.minSE),
-                                      pingSeconds: UInt64(config.calls.pingSeconds), picker: dispatcher,
+                                      pingSeconds: UInt64(config.calls.pingSeconds), picker: router,
                                       admission: sourceLimit)
         var senders: [LoopBound<EdgeSender>] = []
         for loop in workers.loops {
@@ -164,8 +174,8 @@ public final class EdgeServer: @unchecked Sendable {
     private let store: DialogStore?
     /// Concurrent calls per source.
     let sourceLimit: SourceCallLimit
-    /// The dispatcher set new calls go through (nil: no destinations configured).
-    public let dispatcher: Dispatcher?
+    /// Where new calls go: routes and dispatcher sets.
+    public let router: Router
     /// The file the config came from (`ds_reload` reads it again).
     public let configPath: String
     /// The management interface, when `[mi]` is configured.
@@ -189,7 +199,9 @@ public final class EdgeServer: @unchecked Sendable {
         }
         try workers.start()
         try mi?.start()
-        if let dispatcher, let prober = routing.b2buas.first { dispatcher.startProbing(from: prober) }
+        if let prober = routing.b2buas.first {
+            for set in router.sets { set.startProbing(from: prober) }
+        }
         let first = workers.loops[0]
         first.execute { Self.returnFreedMemory(every: 30_000, on: first) }
     }
@@ -255,6 +267,7 @@ public final class EdgeServer: @unchecked Sendable {
     public func reloadSecurity(_ settings: EdgeConfig.SecuritySettings) {
         for i in inbound { i.reload(settings) }
         sourceLimit.reload(limit: settings.maxCallsPerSource, trusted: settings.trusted)
+        router.reloadTrusted(settings.trusted)
     }
 
     public func resetStatistics() {

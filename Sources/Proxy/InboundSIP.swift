@@ -35,10 +35,10 @@ final class CallRouting: @unchecked Sendable {
         }
     }
 
-    func deliver(_ m: SIPMessage, from peer: Hop) {
+    func deliver(_ m: SIPMessage, from peer: Hop, listenerTag: String) {
         guard !b2buas.isEmpty else { return }
         let b2bua = b2buas[owner(of: m)]
-        workers.handOver(to: b2bua.loop.index) { b2bua.value.receive(m, from: peer) }
+        workers.handOver(to: b2bua.loop.index) { b2bua.value.receive(m, from: peer, listenerTag: listenerTag) }
     }
 }
 
@@ -85,8 +85,12 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
         }
     }
 
-    init(worker: Int, loop: EventLoop, limits: SIPParserLimits, security: EdgeConfig.SecuritySettings, logger: Logger, routing: CallRouting) {
+    /// The tag of the listener this receiver serves.
+    let listenerTag: String
+
+    init(worker: Int, loop: EventLoop, listenerTag: String, limits: SIPParserLimits, security: EdgeConfig.SecuritySettings, logger: Logger, routing: CallRouting) {
         self.worker = worker
+        self.listenerTag = listenerTag
         self.limits = limits
         self.logger = logger
         self.routing = routing
@@ -144,7 +148,7 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
             try message.validate(limits: limits)
             if message.isRequest { try message.checkRequestURIScheme() }
             logger.debug("worker \(worker): \(proto.rawValue) from \(peer): \(message.method?.description ?? "\(message.statusCode ?? 0)")")
-            if proto != .sctp { routing.deliver(message, from: Hop(proto, peer, worker: proto == .udp ? nil : worker)) }
+            if proto != .sctp { routing.deliver(message, from: Hop(proto, peer, worker: proto == .udp ? nil : worker), listenerTag: listenerTag) }
         } catch {
             invalid.add(1, ordering: .relaxed)
             var outcome = "dropped"

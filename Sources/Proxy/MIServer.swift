@@ -91,28 +91,34 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
         case "which":
             return Self.commands
         case "ds_list":
-            guard let dispatcher = edge.dispatcher else { return ["sets": []] }
-            let destinations: [[String: Any]] = dispatcher.snapshot().map {
-                ["uri": $0.uri, "state": $0.state.rawValue, "weight": $0.weight, "priority": $0.priority,
-                 "attrs": $0.attrs, "active_calls": $0.activeCalls]
+            let sets: [[String: Any]] = edge.router.sets.map { set in
+                ["id": set.settings.setID, "algorithm": set.settings.algorithm.rawValue,
+                 "destinations": set.snapshot().map {
+                     ["uri": $0.uri, "state": $0.state.rawValue, "weight": $0.weight, "priority": $0.priority,
+                      "attrs": $0.attrs, "active_calls": $0.activeCalls] as [String: Any]
+                 }] as [String: Any]
             }
-            return ["sets": [["id": dispatcher.settings.setID, "algorithm": dispatcher.settings.algorithm.rawValue,
-                              "destinations": destinations]]]
+            return ["sets": sets]
         case "ds_set_state":
-            guard let dispatcher = edge.dispatcher else { throw MIError(code: -32602, message: "no dispatcher is configured") }
             guard let uri = params["uri"] as? String ?? params["address"] as? String else {
                 throw MIError(code: -32602, message: "ds_set_state needs uri=sip:HOST:PORT and state=active|inactive|probing|draining")
             }
             guard let text = params["state"] as? String, let state = Self.state(text) else {
                 throw MIError(code: -32602, message: "state must be active, inactive, probing or draining (or a, i, p, d)")
             }
-            guard dispatcher.setState(uri: uri, to: state) else { throw MIError(code: -32602, message: "no destination \(uri)") }
+            // In every set that has it, or only in set=N.
+            let wanted = (params["set"] as? String).flatMap { Int($0) }
+            let changed = edge.router.sets.filter { wanted == nil || $0.settings.setID == wanted }.map { $0.setState(uri: uri, to: state) }
+            guard changed.contains(true) else { throw MIError(code: -32602, message: "no destination \(uri)") }
             return "OK"
         case "ds_reload":
-            guard let dispatcher = edge.dispatcher else { throw MIError(code: -32602, message: "no dispatcher is configured") }
             let config = try reloadedConfig()
-            dispatcher.reload(config.dispatcher)
-            logger.notice("mi: dispatcher reloaded from \(edge.configPath): \(config.dispatcher.destinations.count) destinations")
+            let ids = Set(config.sets.map(\.setID))
+            guard ids == Set(edge.router.sets.map(\.settings.setID)) else {
+                throw MIError(code: -32000, message: "the sets' ids changed (adding or removing a set needs a restart); nothing changed")
+            }
+            for settings in config.sets { edge.router.set(id: settings.setID)?.reload(settings) }
+            logger.notice("mi: dispatcher reloaded from \(edge.configPath): \(config.sets.reduce(0) { $0 + $1.destinations.count }) destinations")
             return "OK"
         case "address_reload":
             // OpenSIPS's permissions module name: the ACL (trusted networks) and the limits again.
@@ -191,11 +197,9 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
         ]
         for (method, n) in totals.requests { out["core:rcv_requests_\(method.lowercased())"] = n }
         for (cls, n) in totals.replies { out["core:rcv_replies_\(cls)"] = n }
-        if let dispatcher = edge.dispatcher {
-            let snapshot = dispatcher.snapshot()
-            for state in Dispatcher.State.allCases {
-                out["dispatcher:\(state.rawValue)_destinations"] = snapshot.filter { $0.state == state }.count
-            }
+        let snapshot = edge.router.sets.flatMap { $0.snapshot() }
+        for state in Dispatcher.State.allCases {
+            out["dispatcher:\(state.rawValue)_destinations"] = snapshot.filter { $0.state == state }.count
         }
         // `get_statistics statistics=dialog:` (a group, as OpenSIPS takes it) narrows the answer.
         if let wanted = params["statistics"] as? String, !wanted.isEmpty, wanted != "all" {

@@ -21,7 +21,8 @@ import Testing
         func uasPort(_ i: Int) -> Int { base + 10 * (i + 1) }
         func uri(_ i: Int) -> String { "sip:127.0.0.1:\(uasPort(i))" }
 
-        init?(dispatcher: String, weights: [Int] = [1, 1, 1], scenarios: [String?] = [nil, nil, nil], extra: String = "") throws {
+        init?(dispatcher: String, weights: [Int] = [1, 1, 1], scenarios: [String?] = [nil, nil, nil], extra: String = "",
+              tail: (Int) -> String = { _ in "" }) throws {
             guard let sipp = try? CallTests.requireSIPp() else { return nil }
             self.sipp = sipp
             self.scenarios = scenarios
@@ -47,6 +48,7 @@ import Testing
                     address = "127.0.0.1"
                     port = \(base)
                     tag = "public"
+                    \(tail(base))
                     """)
                 if edge.waitFor("mi listening udp") { chosen = (base, edge) } else { edge.stop() }
             }
@@ -88,11 +90,12 @@ import Testing
 
         /// `calls` SIPp calls through the edge (bounded by `timeout`), in the background if asked.
         @discardableResult
-        func call(_ calls: Int, rate: Int = 200, scenario: String? = nil, timeout: Int = 30, wait: Bool = true) throws -> Process {
+        func call(_ calls: Int, rate: Int = 200, scenario: String? = nil, timeout: Int = 30, wait: Bool = true,
+                  arguments: [String] = []) throws -> Process {
             var args = scenario == nil ? ["-sn", "uac"] : ["-sf", "uac.xml"]
             if let scenario { try scenario.write(to: dir.appendingPathComponent("uac.xml"), atomically: true, encoding: .utf8) }
             args += ["127.0.0.1:\(edgePort)", "-i", "127.0.0.1", "-p", "\(base + 40)", "-cp", "\(base + 42)", "-m", "\(calls)",
-                     "-r", "\(rate)", "-timeout", "\(timeout)s", "-nostdin"]
+                     "-r", "\(rate)", "-timeout", "\(timeout)s", "-nostdin"] + arguments
             let p = try CallTests.process(sipp, args, in: dir)
             if wait { finish(p, timeout: timeout) }
             return p
@@ -304,6 +307,38 @@ import Testing
         farm.finish(long, timeout: 20)
         #expect(long.terminationStatus == 0, "no call was dropped by the reloads\n\(farm.edge.output)")
         #expect(farm.edge.output.contains("dispatcher reloaded") && farm.edge.output.contains("[security] reloaded"))
+    }
+    @Test func routes_send_calls_to_their_set_and_trusted_callers_to_their_request_uri() throws {
+        // Set 1 holds all three; set 2 only destination 2; calls to +44... go to set 2.
+        guard let farm = try Farm(dispatcher: "algorithm = \"round-robin\"", tail: { base in """
+            [[dispatcher.set]]
+            id = 2
+            destinations = ["127.0.0.1:\(base + 30)"]
+            [[route]]
+            prefix = "+44"
+            set = 2
+            """ }) else { return }
+        defer { farm.stop() }
+        #expect(try farm.call(10, rate: 50, arguments: ["-s", "+442071234567"]).terminationStatus == 0)
+        #expect((0..<3).map { farm.invites($0) } == [0, 0, 10], "every +44 call went to set 2")
+        #expect(try farm.call(9, rate: 50, arguments: ["-s", "100"]).terminationStatus == 0)
+        #expect((0..<3).map { farm.invites($0) } == [3, 3, 13], "the others went round set 1")
+        let sets = try farm.mi(["ds_list"]).output
+        #expect(sets.contains("\"id\" : 2") && sets.contains("\"id\" : 1"))
+    }
+
+    @Test func a_trusted_caller_reaches_its_request_uri_and_a_user_the_edge_does_not_know_gets_404() throws {
+        guard let farm = try Farm(dispatcher: "algorithm = \"round-robin\"",
+                                  tail: { _ in "[security]\ntrusted = [\"127.0.0.1/32\"]" }) else { return }
+        defer { farm.stop() }
+        // An INVITE for a user at the edge itself: no registrar entry for it yet, so 404.
+        let unknown = try farm.call(1, rate: 10, timeout: 5)
+        #expect(unknown.terminationStatus != 0 && (0..<3).allSatisfy { farm.invites($0) == 0 }, "refused, nowhere sent")
+        // An INVITE whose Request-URI names destination 1 goes there, not round the set.
+        let direct = Scenarios.patientCaller.replacingOccurrences(of: "pause milliseconds=\"4000\"", with: "pause milliseconds=\"10\"")
+            .replacingOccurrences(of: "INVITE sip:service@[remote_ip]:[remote_port]", with: "INVITE sip:service@127.0.0.1:\(farm.uasPort(1))")
+        #expect(try farm.call(5, rate: 10, scenario: direct).terminationStatus == 0, "\(farm.edge.output)")
+        #expect((0..<3).map { farm.invites($0) } == [0, 5, 0])
     }
 }
 
