@@ -39,6 +39,8 @@ public struct B2BUAConfig: Sendable {
     public var picker: (any DestinationPicker)?
     /// Limits on calls per source (nil: none).
     public var admission: (any CallAdmission)?
+    /// The registrar that answers REGISTER (nil: 501).
+    public var registrar: (any RegistrationHandler)?
     public var timers: TransactionTimerValues
     /// A call still up after this many seconds is ended with a BYE to both legs (0: never).
     public var maxCallSeconds: UInt64
@@ -53,9 +55,11 @@ public struct B2BUAConfig: Sendable {
 
     public init(local: [TransportProtocol: LocalAddress], backends: [Hop], timers: TransactionTimerValues = .rfc3261,
                 maxCallSeconds: UInt64 = 43_200, sessionExpires: UInt32 = 0, minSE: UInt32 = 90, pingSeconds: UInt64 = 0,
-                sharingTag: String = "", picker: (any DestinationPicker)? = nil, admission: (any CallAdmission)? = nil) {
+                sharingTag: String = "", picker: (any DestinationPicker)? = nil, admission: (any CallAdmission)? = nil,
+                registrar: (any RegistrationHandler)? = nil) {
         self.local = local
         self.admission = admission
+        self.registrar = registrar
         self.backends = backends
         self.picker = picker
         self.timers = timers
@@ -299,6 +303,13 @@ public final class B2BUA: TimerTarget {
             cancel(request, tx, key: key)
         case .options:
             respond(tx, status: 200, extra: [("Allow", Self.allow), ("Accept", "application/sdp")])
+        case .register:
+            if let registrar = config.registrar {
+                let (status, headers) = registrar.register(request, from: tx.peer)
+                respond(tx, status: status, extra: headers)
+            } else {
+                respond(tx, status: 501)
+            }
         default:
             respond(tx, status: 501)
         }

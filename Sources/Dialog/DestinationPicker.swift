@@ -104,3 +104,9 @@ public protocol CallAdmission: AnyObject, Sendable {
     /// A call `admit` counted is over.
     func release(_ source: SocketAddress)
 }
+
+/// Answers REGISTER requests (the edge's registrar); called on the receiving worker's loop.
+public protocol RegistrationHandler: AnyObject, Sendable {
+    /// The status of the answer and its headers (the bindings' Contacts, Min-Expires...).
+    func register(_ request: SIPMessage, from hop: Hop) -> (status: Int, headers: [(String, String)])
+}

@@ -18,6 +18,8 @@ public final class DialogStore: DialogStateSink, Sendable {
     public let path: String
     /// Key -> encoded record, or nil for a deletion.
     private let pending = Mutex<[String: [UInt8]?]>([:])
+    /// User -> the registrar's bindings for it (empty: the row goes).
+    private let pendingRegistrations = Mutex<[String: [Binding]]>([:])
     private let running = Atomic<Bool>(false)
     private let finished = Atomic<Bool>(false)
     /// The connection is used by the writer thread only, once it runs (and before, by `loadAll`).
@@ -52,7 +54,8 @@ public final class DialogStore: DialogStateSink, Sendable {
         }
         db = handle
         for statement in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL",
-                          "CREATE TABLE IF NOT EXISTS dialogs (key TEXT PRIMARY KEY, record BLOB NOT NULL)"] {
+                          "CREATE TABLE IF NOT EXISTS dialogs (key TEXT PRIMARY KEY, record BLOB NOT NULL)",
+                          "CREATE TABLE IF NOT EXISTS registrations (user TEXT PRIMARY KEY, bindings TEXT NOT NULL)"] {
             if let error = Self.exec(handle, statement) {
                 sqlite3_close(handle)
                 throw StoreError(description: "\(path): \(statement): \(error)")
@@ -83,6 +86,25 @@ public final class DialogStore: DialogStateSink, Sendable {
             }
         }
         return out
+    }
+
+    /// Every stored registration, by user. Call before `start`.
+    func loadRegistrations() -> [String: [Binding]] {
+        var statement: OpaquePointer?
+        guard sqlite3_prepare_v2(db, "SELECT user, bindings FROM registrations", -1, &statement, nil) == SQLITE_OK else { return [:] }
+        defer { sqlite3_finalize(statement) }
+        var out: [String: [Binding]] = [:]
+        while sqlite3_step(statement) == SQLITE_ROW {
+            guard let user = sqlite3_column_text(statement, 0).map({ String(cString: $0) }),
+                  let text = sqlite3_column_text(statement, 1).map({ String(cString: $0) }) else { continue }
+            out[user] = text.split(separator: "\n").compactMap { Binding(encodedLine: $0) }
+        }
+        return out
+    }
+
+    /// The registrar's bindings of `user` changed (none left: the row goes).
+    func registrationChanged(user: String, bindings: [Binding]) {
+        pendingRegistrations.withLock { $0[user] = bindings }
     }
 
     /// Starts the writer thread.
@@ -133,7 +155,12 @@ public final class DialogStore: DialogStateSink, Sendable {
             defer { p.removeAll(keepingCapacity: true) }
             return p
         }
-        guard !batch.isEmpty else { return false }
+        let registrations = pendingRegistrations.withLock { p -> [String: [Binding]] in
+            defer { p.removeAll(keepingCapacity: true) }
+            return p
+        }
+        if !registrations.isEmpty { writeRegistrations(registrations) }
+        guard !batch.isEmpty else { return !registrations.isEmpty }
         // Only what changes the file: a dialog that ended before its first write needs nothing.
         var work: [(String, [UInt8]?)] = []
         for (key, value) in batch {
@@ -168,6 +195,29 @@ public final class DialogStore: DialogStateSink, Sendable {
         batchesWritten.add(1, ordering: .relaxed)
         rowsWritten.add(work.count, ordering: .relaxed)
         return true
+    }
+
+    private func writeRegistrations(_ batch: [String: [Binding]]) {
+        var upsert: OpaquePointer?, delete: OpaquePointer?
+        sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO registrations (user, bindings) VALUES (?1, ?2)", -1, &upsert, nil)
+        sqlite3_prepare_v2(db, "DELETE FROM registrations WHERE user = ?1", -1, &delete, nil)
+        defer {
+            sqlite3_finalize(upsert)
+            sqlite3_finalize(delete)
+        }
+        _ = Self.exec(db, "BEGIN")
+        for (user, bindings) in batch {
+            let statement = bindings.isEmpty ? delete : upsert
+            sqlite3_reset(statement)
+            _ = sipedge_sqlite_bind_text(statement, 1, user, Int32(user.utf8.count))
+            if !bindings.isEmpty {
+                let text = bindings.map(\.encodedLine).joined(separator: "\n")
+                _ = sipedge_sqlite_bind_text(statement, 2, text, Int32(text.utf8.count))
+            }
+            if sqlite3_step(statement) != SQLITE_DONE { log("database \(path): \(String(cString: sqlite3_errmsg(db)))") }
+        }
+        if let error = Self.exec(db, "COMMIT") { log("database \(path): COMMIT: \(error)") }
+        rowsWritten.add(batch.count, ordering: .relaxed)
     }
 
     private static func exec(_ db: OpaquePointer, _ sql: String) -> String? {

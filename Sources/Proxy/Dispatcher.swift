@@ -305,8 +305,12 @@ public final class Router: DestinationPicker, Sendable {
     /// The index of a call sent straight to its Request-URI.
     static let direct = -1
 
-    public init(sets: [Dispatcher], routes: [RouteSettings], trusted: NetworkList, localHosts: Set<String>) {
+    /// Where users registered from (nil: no registrar).
+    let registrar: Registrar?
+
+    public init(sets: [Dispatcher], routes: [RouteSettings], trusted: NetworkList, localHosts: Set<String>, registrar: Registrar? = nil) {
         self.sets = sets
+        self.registrar = registrar
         self.routes = routes
         self.trusted = Mutex(trusted)
         self.localHosts = Set(localHosts.map { $0.lowercased() })
@@ -319,7 +323,12 @@ public final class Router: DestinationPicker, Sendable {
     public func pick(_ call: CallRequest, excluding tried: [Int]) throws(CallRefusal) -> CallDestination? {
         if trusted.withLock({ $0.contains(call.source.address) }) {
             if localHosts.contains("\(call.requestHost.lowercased()):\(call.requestPort)") {
-                throw CallRefusal(status: 404, reason: "no registered user \(call.requestUser)")
+                // A user of this edge: where it registered from (over its own connection, or its NAT binding).
+                guard let binding = registrar?.lookup(call.requestUser) else {
+                    throw CallRefusal(status: 404, reason: "no registered user \(call.requestUser)")
+                }
+                return tried.contains(Self.direct) ? nil
+                    : CallDestination(index: Self.direct, hop: binding.target, requestURI: Array(binding.contact.utf8))
             }
             guard let hop = Hop(destination: String(decoding: call.requestURI, as: UTF8.self)) else {
                 throw CallRefusal(status: 404, reason: "cannot route to \(call.requestHost): a numeric address is needed")

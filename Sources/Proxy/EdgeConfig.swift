@@ -42,6 +42,8 @@ public struct EdgeConfig: Sendable, Equatable {
     public var mi: MISettings?
     /// ACL and flood limits.
     public var security: SecuritySettings
+    /// The registrar (nil: REGISTER is answered 501).
+    public var registrar: RegistrarSettings?
 
     /// The `[security]` section.
     public struct SecuritySettings: Sendable, Equatable {
@@ -220,6 +222,16 @@ extension EdgeConfig {
             c.maxCallsPerSource = try t.int("max_calls_per_source", default: 0, range: 0...1_000_000)
             return c
         } ?? SecuritySettings()
+        let registrar = try reader.table("registrar") { (t: inout TableReader) throws(ConfigError) -> RegistrarSettings in
+            var r = RegistrarSettings()
+            r.minExpires = try t.int("min_expires", default: 60, range: 1...86_400)
+            r.maxExpires = try t.int("max_expires", default: 3_600, range: r.minExpires...604_800)
+            r.defaultExpires = try t.int("default_expires", default: min(3_600, r.maxExpires), range: r.minExpires...r.maxExpires)
+            r.maxContacts = try t.int("max_contacts", default: 10, range: 1...1_000)
+            r.maxUsers = try t.int("max_users", default: 100_000, range: 1...10_000_000)
+            r.keepaliveSeconds = try t.int("keepalive_seconds", default: 30, range: 0...3_600)
+            return r
+        }
         let databasePath = try reader.table("database") { (t: inout TableReader) throws(ConfigError) in
             let path = try t.string("path", default: "")
             return path.isEmpty ? nil : path
@@ -261,7 +273,7 @@ extension EdgeConfig {
         }
         try reader.finish()
         return EdgeConfig(workers: workers, listeners: listeners, tls: tls, parserLimits: limits, logLevel: logLevel,
-                          streamLimits: streamLimits, dispatcher: dispatcher, extraSets: extraSets, routes: routes, calls: calls, databasePath: databasePath, mi: mi, security: security)
+                          streamLimits: streamLimits, dispatcher: dispatcher, extraSets: extraSets, routes: routes, calls: calls, databasePath: databasePath, mi: mi, security: security, registrar: registrar)
     }
 
     /// `host`, `host:port`, `[v6]` or `[v6]:port`.

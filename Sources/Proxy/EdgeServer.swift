@@ -104,13 +104,32 @@ public final class EdgeServer: @unchecked Sendable {
             let (host, port) = spec.advertised
             local[spec.proto] = LocalAddress(host: host, port: port, tag: spec.tag.name)
         }
+        // The database (dialogs and registrations), opened before anything that writes to it.
+        let store: DialogStore?
+        if let path = config.databasePath {
+            do {
+                store = try DialogStore(path: path, log: { logger.error("\($0)") })
+            } catch {
+                throw ListenerError(listener: "database", reason: "\(error)", underlying: nil)
+            }
+        } else {
+            store = nil
+        }
+        let registrar = config.registrar.map { Registrar($0, store: store, logger: logger) }
+        if let registrar, let store {
+            let saved = store.loadRegistrations()
+            registrar.restore(saved)
+            if !saved.isEmpty { logger.info("database \(store.path): \(saved.count) registered users restored") }
+        }
+        self.registrar = registrar
         let sets = config.sets.map { Dispatcher($0, logger: logger) }
         var localHosts = Set(bound.map { "\($0.advertised.host):\($0.advertised.port)" })
         for spec in bound {
             let ip = spec.address.family == .inet6 ? "[\(spec.address.ipString)]" : spec.address.ipString
             localHosts.insert("\(ip):\(spec.address.port)")
         }
-        let router = Router(sets: sets, routes: config.routes, trusted: config.security.trusted, localHosts: localHosts)
+        let router = Router(sets: sets, routes: config.routes, trusted: config.security.trusted, localHosts: localHosts,
+                            registrar: registrar)
         self.router = router
         // Always there (a reload may set a limit where there was none); no limit admits every call.
         let sourceLimit = SourceCallLimit(limit: config.security.maxCallsPerSource, trusted: config.security.trusted)
@@ -118,7 +137,7 @@ public final class EdgeServer: @unchecked Sendable {
         let b2buaConfig = B2BUAConfig(local: local, backends: config.destinations, maxCallSeconds: UInt64(config.calls.maxCallSeconds),
                                       sessionExpires: UInt32(config.calls.sessionExpires), minSE: UInt32(config.calls.minSE),
                                       pingSeconds: UInt64(config.calls.pingSeconds), picker: router,
-                                      admission: sourceLimit)
+                                      admission: sourceLimit, registrar: registrar)
         var senders: [LoopBound<EdgeSender>] = []
         for loop in workers.loops {
             let receiver = inbound[loop.index]
@@ -140,13 +159,7 @@ public final class EdgeServer: @unchecked Sendable {
         for s in senders { s.value.peers = senders }
         // Dialogs kept on disk: each goes back to the worker its identifiers name, before the
         // loops start, and every change from now on is written there.
-        if let path = config.databasePath {
-            let store: DialogStore
-            do {
-                store = try DialogStore(path: path, log: { logger.error("\($0)") })
-            } catch {
-                throw ListenerError(listener: "database", reason: "\(error)", underlying: nil)
-            }
+        if let store {
             let records = store.loadAll { key, error in logger.warning("database: dialog \(key) skipped: \(error)") }
             for record in records {
                 let owner = ShardedIdentifiers.worker(of: record.client.localTag.utf8, workers: workers.count)
@@ -155,11 +168,10 @@ public final class EdgeServer: @unchecked Sendable {
                 workers.handOver(to: owner) { b2bua.value.restore(record) }
             }
             for b2bua in routing.b2buas { b2bua.value.sink = store }
-            if !records.isEmpty { logger.info("database \(path): \(records.count) dialogs restored") }
-            self.store = store
-        } else {
-            self.store = nil
+            if !records.isEmpty { logger.info("database \(store.path): \(records.count) dialogs restored") }
         }
+        self.store = store
+        self.senders = senders
         endpoints += senders.map { LoopBound($0.value as AnyObject, on: $0.loop) }
         self.routing = routing
         self.inbound = inbound
@@ -176,6 +188,9 @@ public final class EdgeServer: @unchecked Sendable {
     let sourceLimit: SourceCallLimit
     /// Where new calls go: routes and dispatcher sets.
     public let router: Router
+    /// The location table (nil: no registrar configured).
+    public let registrar: Registrar?
+    private let senders: [LoopBound<EdgeSender>]
     /// The file the config came from (`ds_reload` reads it again).
     public let configPath: String
     /// The management interface, when `[mi]` is configured.
@@ -204,7 +219,27 @@ public final class EdgeServer: @unchecked Sendable {
         }
         let first = workers.loops[0]
         first.execute { Self.returnFreedMemory(every: 30_000, on: first) }
+        if let registrar, let sender = senders.first {
+            first.execute { Self.tendLocations(registrar, sender: sender, every: UInt64(registrar.settings.keepaliveSeconds) * 1_000) }
+        }
     }
+
+    /// Every 10 s, expired registrations go; every `keepalive` ms, each NATed UDP contact gets a
+    /// CRLF datagram (RFC 5626 §4.4.1), which keeps its NAT binding open.
+    private static func tendLocations(_ registrar: Registrar, sender: LoopBound<EdgeSender>, every keepalive: UInt64,
+                                      sinceKeepalive: UInt64 = 0) {
+        _ = sender.loop.schedule(afterMilliseconds: 10_000) {
+            registrar.sweep()
+            var elapsed = sinceKeepalive + 10_000
+            if keepalive > 0 && elapsed >= keepalive {
+                elapsed = 0
+                for hop in registrar.nattedUDPTargets() { _ = sender.value.send(Self.keepalive, to: hop) }
+            }
+            tendLocations(registrar, sender: sender, every: keepalive, sinceKeepalive: elapsed)
+        }
+    }
+
+    private static let keepalive = Array("\r\n\r\n".utf8)
 
     /// Transactions and retransmission buffers come and go by the thousand per second; glibc keeps
     /// what they freed in its arenas. Every 30 s worker 0 hands free pages back to the kernel

@@ -17,7 +17,7 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
     /// For calls per second: calls started at the previous `get_statistics`, and when.
     private var lastSample: (time: Double, started: Int)
 
-    public static let commands = ["ds_list", "ds_set_state", "ds_reload", "address_reload", "dlg_list", "dlg_end_dlg",
+    public static let commands = ["ds_list", "ds_set_state", "ds_reload", "address_reload", "ul_dump", "dlg_list", "dlg_end_dlg",
                                   "get_statistics", "reset_statistics", "which", "version"]
 
     init(settings: EdgeConfig.MISettings, edge: EdgeServer, logger: Logger, loopIndex: Int) throws(ListenerError) {
@@ -69,14 +69,29 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
         } catch {
             reply = ["jsonrpc": "2.0", "id": id, "error": ["code": -32700, "message": "parse error: \(error)"]]
         }
-        if let data = try? JSONSerialization.data(withJSONObject: reply, options: [.sortedKeys]) {
-            endpoint.send(Array(data), to: peer)
+        guard var data = try? JSONSerialization.data(withJSONObject: reply, options: [.sortedKeys]) else { return }
+        if data.count > Self.maxDatagram {
+            // One answer, one datagram: a list that does not fit is asked for in pages.
+            let error: [String: Any] = ["jsonrpc": "2.0", "id": id, "error": [
+                "code": -32000, "message": "the answer (\(data.count) bytes) does not fit in one datagram; ask for less with offset= and limit="]]
+            data = (try? JSONSerialization.data(withJSONObject: error, options: [.sortedKeys])) ?? Data()
         }
+        endpoint.send(Array(data), to: peer)
     }
 
     public func unreachable(_ destination: SocketAddress, error: SystemError, on endpoint: UDPEndpoint) {}
     public func truncated(from peer: SocketAddress, on endpoint: UDPEndpoint) {
         logger.notice("mi: a request from \(peer) was larger than a datagram buffer; dropped")
+    }
+
+    static let maxDatagram = 65_000
+
+    /// `offset=` and `limit=` of a listing (100 by default), applied to `items`.
+    static func page<T>(_ items: [T], _ params: [String: Any]) -> (items: [T], total: Int) {
+        let offset = max(0, (params["offset"] as? String).flatMap { Int($0) } ?? 0)
+        let limit = max(0, (params["limit"] as? String).flatMap { Int($0) } ?? 100)
+        guard offset < items.count else { return ([], items.count) }
+        return (Array(items[offset..<min(items.count, offset + limit)]), items.count)
     }
 
     struct MIError: Error {
@@ -126,8 +141,23 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
             edge.reloadSecurity(config.security)
             logger.notice("mi: [security] reloaded from \(edge.configPath)")
             return "OK"
+        case "ul_dump":
+            guard let registrar = edge.registrar else { return ["AORs": [], "total": 0] }
+            let now = Registrar.now()
+            var all = registrar.dump().sorted { $0.key < $1.key }
+            if let aor = params["aor"] as? String { all = all.filter { $0.key == aor } }
+            let (page, total) = Self.page(all, params)
+            let aors: [[String: Any]] = page.map { user, bindings in
+                ["AOR": user, "Contacts": bindings.map {
+                    ["Contact": $0.contact, "Expires": Int($0.expiresAt > now ? $0.expiresAt - now : 0),
+                     "Received": $0.source.description, "NAT": $0.natted, "Call-ID": $0.callID, "CSeq": Int($0.cseq),
+                     "User-Agent": $0.userAgent] as [String: Any]
+                }]
+            }
+            return ["AORs": aors, "total": total]
         case "dlg_list":
-            return ["Dialogs": edge.dialogRecords().map(Self.describe)]
+            let (page, total) = Self.page(edge.dialogRecords().sorted { $0.startedAt < $1.startedAt }, params)
+            return ["Dialogs": page.map(Self.describe), "total": total]
         case "dlg_end_dlg":
             guard let key = params["dialog_id"] as? String ?? params["callid"] as? String else {
                 throw MIError(code: -32602, message: "dlg_end_dlg needs dialog_id=KEY (as dlg_list shows it) or callid=CALL-ID")

@@ -1,0 +1,109 @@
+import Foundation
+import Glibc
+import Testing
+
+/// The edge as registrar: SIPp registers users through it (UDP and TCP), the farm's calls reach
+/// each user where it registered, and the location table survives a restart.
+@Suite(.serialized) struct RegistrarTests {
+    static func registerScenario(contactPort: Int, prefix: String) -> String {
+        Scenarios.scenario("register", ["""
+              <send retrans="500"><![CDATA[
+            REGISTER sip:[remote_ip]:[remote_port] SIP/2.0
+            Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+            From: <sip:\(prefix)[call_number]@[remote_ip]>;tag=[pid]reg[call_number]
+            To: <sip:\(prefix)[call_number]@[remote_ip]>
+            Call-ID: [call_id]
+            CSeq: 1 REGISTER
+            Contact: <sip:\(prefix)[call_number]@127.0.0.1:\(contactPort);transport=[transport]>
+            Expires: 300
+            User-Agent: sipp-phone
+            Max-Forwards: 70
+            Content-Length: 0
+
+              ]]></send>
+            """, #"<recv response="200"/>"#])
+    }
+
+    @Test func a_thousand_users_register_over_udp_and_tcp_and_the_farm_reaches_each_one_even_after_a_restart() throws {
+        guard let sipp = try? CallTests.requireSIPp() else { return }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-reg-\(getpid())-\(UInt16.random(in: 0...9999))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let db = dir.appendingPathComponent("edge.db").path
+        let base = Int.random(in: 11_000...31_000)
+        let (edgePort, phonePort, farmPort) = (base, base + 10, base + 20)
+        let edge = try CallTests.Edge(config: """
+            workers = 2
+            [registrar]
+            min_expires = 60
+            [security]
+            trusted = ["127.0.0.1/32"]
+            [mi]
+            port = 0
+            [database]
+            path = "\(db)"
+            [[listener]]
+            proto = "udp"
+            address = "127.0.0.1"
+            port = \(edgePort)
+            tag = "public"
+            [[listener]]
+            proto = "tcp"
+            address = "127.0.0.1"
+            port = \(edgePort)
+            tag = "public"
+            """)
+        defer { edge.stop() }
+        #expect(edge.waitFor("mi listening udp"))
+        let run = { (args: [String]) throws -> Process in
+            let p = try CallTests.process(sipp, args, in: dir)
+            for _ in 0..<300 where p.isRunning { usleep(100_000) }
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            p.waitUntilExit()
+            return p
+        }
+        // 1,000 users over UDP from the port the phones will answer on, 1,000 more over TCP.
+        try Self.registerScenario(contactPort: phonePort, prefix: "u").write(to: dir.appendingPathComponent("reg.xml"), atomically: true, encoding: .utf8)
+        try Self.registerScenario(contactPort: phonePort, prefix: "t").write(to: dir.appendingPathComponent("regtcp.xml"), atomically: true, encoding: .utf8)
+        let udp = try run(["-sf", "reg.xml", "127.0.0.1:\(edgePort)", "-i", "127.0.0.1", "-p", "\(phonePort)", "-cp", "\(base + 1)",
+                           "-m", "1000", "-r", "500", "-nostdin", "-timeout", "20s"])
+        #expect(udp.terminationStatus == 0, "every UDP REGISTER got 200")
+        let tcp = try run(["-sf", "regtcp.xml", "127.0.0.1:\(edgePort)", "-t", "t1", "-i", "127.0.0.1", "-p", "\(base + 30)", "-cp", "\(base + 2)",
+                           "-m", "1000", "-r", "500", "-nostdin", "-timeout", "20s"])
+        #expect(tcp.terminationStatus == 0, "every TCP REGISTER got 200")
+        let mi = { (args: [String]) -> String in
+            MISecretTests.sh([CommandTests.binary.path, "mi", "--address", edge.bound("mi listening udp")!] + args).1
+        }
+        // Too many users for one datagram: the MI says so, and pages are asked for.
+        #expect(mi(["ul_dump", "limit=5000"]).contains("does not fit in one datagram"))
+        let dump = try JSONSerialization.jsonObject(with: Data(mi(["ul_dump", "limit=10"]).utf8)) as? [String: Any]
+        #expect(dump?["total"] as? Int == 2_000 && (dump?["AORs"] as? [Any])?.count == 10, "ul_dump counts every user")
+        let one = try JSONSerialization.jsonObject(with: Data(mi(["ul_dump", "aor=t7"]).utf8)) as? [String: Any]
+        let tcpUser = (one?["AORs"] as? [[String: Any]])?.first?["Contacts"] as? [[String: Any]]
+        #expect((tcpUser?.first?["Received"] as? String)?.hasPrefix("tcp:127.0.0.1:") == true && tcpUser?.first?["NAT"] as? Bool == true,
+                "a TCP registration is reached over its connection: \(String(describing: tcpUser))")
+        // The registrations are in the database: the edge is killed and comes back with them.
+        usleep(300_000)
+        try edge.killAndRestart()
+        #expect(edge.waitFor("mi listening udp"))
+        #expect(edge.output.contains("2000 registered users restored"), "\(edge.output)")
+        // The phones answer on the port they registered from; the farm (trusted) calls each UDP user.
+        let phones = try CallTests.process(sipp, ["-sn", "uas", "-i", "127.0.0.1", "-p", "\(phonePort)", "-cp", "\(base + 3)", "-nostdin",
+                                                  "-trace_msg", "-message_file", "phones.msg"], in: dir)
+        defer { if phones.isRunning { kill(phones.processIdentifier, SIGKILL) } }
+        usleep(300_000)
+        var users = "SEQUENTIAL\n"
+        for n in 1...1_000 { users += "u\(n);\n" }
+        try users.write(to: dir.appendingPathComponent("users.csv"), atomically: true, encoding: .utf8)
+        let farm = Scenarios.patientCaller.replacingOccurrences(of: "pause milliseconds=\"4000\"", with: "pause milliseconds=\"10\"")
+            .replacingOccurrences(of: "sip:service@[remote_ip]:[remote_port]", with: "sip:[field0]@[remote_ip]:[remote_port]")
+        try farm.write(to: dir.appendingPathComponent("farm.xml"), atomically: true, encoding: .utf8)
+        let calls = try run(["-sf", "farm.xml", "127.0.0.1:\(edgePort)", "-inf", "users.csv", "-i", "127.0.0.1", "-p", "\(farmPort)",
+                             "-cp", "\(base + 4)", "-m", "1000", "-r", "200", "-nostdin", "-timeout", "25s"])
+        #expect(calls.terminationStatus == 0, "every call from the farm reached its user\n\(edge.output.suffix(2_000))")
+        kill(phones.processIdentifier, SIGKILL)
+        phones.waitUntilExit()
+        let trace = (try? String(contentsOf: dir.appendingPathComponent("phones.msg"), encoding: .utf8)) ?? ""
+        let reached = Set((1...1_000).filter { trace.contains("INVITE sip:u\($0)@127.0.0.1:\(phonePort)") })
+        #expect(reached.count == 1_000, "each user got its own call: \(reached.count)")
+    }
+}
