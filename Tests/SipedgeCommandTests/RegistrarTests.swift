@@ -106,4 +106,118 @@ import Testing
         let reached = Set((1...1_000).filter { trace.contains("INVITE sip:u\($0)@127.0.0.1:\(phonePort)") })
         #expect(reached.count == 1_000, "each user got its own call: \(reached.count)")
     }
+    /// A phone on one TCP connection: it registers over it and takes its calls over it.
+    final class TCPPhone {
+        let fd: Int32
+        var buffer: [UInt8] = []
+
+        init?(port: Int) {
+            fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            a.sin_port = in_port_t(UInt16(port).bigEndian)
+            inet_pton(AF_INET, "127.0.0.1", &a.sin_addr)
+            let ok = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            } }
+            var timeout = timeval(tv_sec: 10, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            if ok != 0 { close(fd); return nil }
+        }
+
+        deinit { close(fd) }
+
+        func send(_ text: String) {
+            let bytes = Array(text.utf8)
+            _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }
+        }
+
+        /// The next whole message on the connection (headers and Content-Length body), or nil.
+        func receive() -> String? {
+            while true {
+                let text = String(decoding: buffer, as: UTF8.self)
+                if let end = text.range(of: "\r\n\r\n") {
+                    let head = String(text[..<end.lowerBound])
+                    let length = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
+                        .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
+                    let total = head.utf8.count + 4 + length
+                    if buffer.count >= total {
+                        let message = String(decoding: buffer[0..<total], as: UTF8.self)
+                        buffer.removeFirst(total)
+                        return message
+                    }
+                }
+                var chunk = [UInt8](repeating: 0, count: 8_192)
+                let n = recv(fd, &chunk, chunk.count, 0)
+                guard n > 0 else { return nil }
+                buffer += chunk[0..<n]
+            }
+        }
+
+        /// A response to `request`: its Via, From, To (tagged), Call-ID and CSeq.
+        static func answer(_ request: String, _ status: String, body: String = "") -> String {
+            var out = "SIP/2.0 \(status)\r\n"
+            for line in request.split(separator: "\r\n") {
+                let lower = line.lowercased()
+                if lower.hasPrefix("via:") || lower.hasPrefix("from:") || lower.hasPrefix("call-id:") || lower.hasPrefix("cseq:") {
+                    out += line + "\r\n"
+                } else if lower.hasPrefix("to:") {
+                    out += line + (line.contains("tag=") ? "" : ";tag=phone1") + "\r\n"
+                }
+            }
+            out += "Contact: <sip:tcpuser@127.0.0.1:9;transport=tcp>\r\n"
+            if !body.isEmpty { out += "Content-Type: application/sdp\r\n" }
+            return out + "Content-Length: \(body.utf8.count)\r\n\r\n" + body
+        }
+    }
+
+    @Test func a_call_reaches_a_tcp_user_over_the_connection_it_registered_on() throws {
+        guard let sipp = try? CallTests.requireSIPp() else { return }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-tcpreg-\(getpid())-\(UInt16.random(in: 0...9999))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let base = Int.random(in: 11_000...31_000)
+        let edge = try CallTests.Edge(config: """
+            workers = 2
+            [registrar]
+            [security]
+            trusted = ["127.0.0.1/32"]
+            [[listener]]
+            proto = "udp"
+            address = "127.0.0.1"
+            port = \(base)
+            tag = "public"
+            [[listener]]
+            proto = "tcp"
+            address = "127.0.0.1"
+            port = \(base)
+            tag = "public"
+            """)
+        defer { edge.stop() }
+        #expect(edge.waitFor("listening tcp"))
+        let phone = try #require(TCPPhone(port: base))
+        // Its Contact names a port nobody listens on: only its own connection reaches it.
+        phone.send("REGISTER sip:127.0.0.1:\(base) SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKtcpreg1\r\n"
+            + "From: <sip:tcpuser@127.0.0.1>;tag=r1\r\nTo: <sip:tcpuser@127.0.0.1>\r\nCall-ID: tcpreg-1\r\nCSeq: 1 REGISTER\r\n"
+            + "Contact: <sip:tcpuser@127.0.0.1:9;transport=tcp>\r\nExpires: 300\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+        let registered = phone.receive() ?? ""
+        #expect(registered.hasPrefix("SIP/2.0 200 OK"), "\(registered)")
+        // The farm (trusted, over UDP) calls the user; the phone answers on its connection.
+        let farm = Scenarios.patientCaller.replacingOccurrences(of: "pause milliseconds=\"4000\"", with: "pause milliseconds=\"200\"")
+            .replacingOccurrences(of: "sip:service@[remote_ip]:[remote_port]", with: "sip:tcpuser@[remote_ip]:[remote_port]")
+        try farm.write(to: dir.appendingPathComponent("farm.xml"), atomically: true, encoding: .utf8)
+        let caller = try CallTests.process(sipp, ["-sf", "farm.xml", "127.0.0.1:\(base)", "-i", "127.0.0.1", "-p", "\(base + 20)",
+                                                  "-cp", "\(base + 21)", "-m", "1", "-nostdin", "-timeout", "15s"], in: dir)
+        defer { if caller.isRunning { kill(caller.processIdentifier, SIGKILL) } }
+        let invite = phone.receive() ?? ""
+        #expect(invite.hasPrefix("INVITE sip:tcpuser@127.0.0.1:9;transport=tcp SIP/2.0"), "\(invite)")
+        #expect(invite.contains("Via: SIP/2.0/TCP"), "the edge's Via names TCP")
+        phone.send(TCPPhone.answer(invite, "200 OK", body: "v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\n"))
+        let ack = phone.receive() ?? ""
+        #expect(ack.hasPrefix("ACK "), "\(ack)")
+        let bye = phone.receive() ?? ""
+        #expect(bye.hasPrefix("BYE "), "\(bye)")
+        phone.send(TCPPhone.answer(bye, "200 OK"))
+        for _ in 0..<100 where caller.isRunning { usleep(100_000) }
+        #expect(caller.terminationStatus == 0, "the caller's call was answered and ended\n\(edge.output)")
+    }
 }
