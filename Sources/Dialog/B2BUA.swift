@@ -170,8 +170,9 @@ final class TransactionRecord<Machine> {
     var origin: AnyObject?
     /// What the B2BUA itself sent this request for, when its answer is not relayed.
     var purpose = Purpose.relay
-    /// For a probe: told the final status, or nil when none came.
-    var onFinal: ((Int?) -> Void)?
+    /// For a request the B2BUA sent for itself (a probe, a registration): told the final
+    /// response, or nil when none came.
+    var onFinal: ((SIPMessage?) -> Void)?
     /// Ended early by the B2BUA (its INVITE is answered and acknowledged): nothing more is armed.
     var finished = false
 
@@ -304,11 +305,15 @@ public final class B2BUA: TimerTarget {
         case .options:
             respond(tx, status: 200, extra: [("Allow", Self.allow), ("Accept", "application/sdp")])
         case .register:
-            if let registrar = config.registrar {
-                let (status, headers) = registrar.register(request, from: tx.peer)
-                respond(tx, status: status, extra: headers)
-            } else {
+            guard let registrar = config.registrar else {
                 respond(tx, status: 501)
+                break
+            }
+            switch registrar.register(request, from: tx.peer) {
+            case .answer(let status, let headers):
+                respond(tx, status: status, extra: headers)
+            case .forward(let upstream):
+                forwardRegistration(request, tx, upstream, registrar: registrar)
             }
         default:
             respond(tx, status: 501)
@@ -1039,6 +1044,34 @@ public final class B2BUA: TimerTarget {
         if addTimer && !supportedWritten { b.header("Supported", "timer") }
     }
 
+    /// Sends a phone's REGISTER on to the upstream registrar (the Asterisk) as the edge's own: our
+    /// Via, Call-ID and CSeq, the edge as Contact, the phone's identity and credentials. The
+    /// answer goes back to the phone: a challenge as it came, a 2xx as the phone's own bindings.
+    private func forwardRegistration(_ request: SIPMessage, _ tx: ServerTxRecord, _ up: UpstreamRegistration,
+                                     registrar: any RegistrationHandler) {
+        let local = config.address(for: up.hop.transport)
+        var b = MessageBuilder(requestLine: "REGISTER", uri: up.requestURI)
+        b.header("Via", via(up.hop))
+        b.header("Max-Forwards", "70")
+        if let from = request.firstValue(.from) { b.header("From", from.bytes) }
+        if let to = request.firstValue(.to) { b.header("To", to.bytes) }
+        b.header("Call-ID", up.callID)
+        b.header("CSeq", "\(up.cseq) REGISTER")
+        b.header("Contact", "<sip:\(up.user)@\(local.host):\(local.port)\(up.hop.transport == .udp ? "" : ";transport=\(up.hop.transport.rawValue)")>")
+        b.header("Expires", "\(up.expires)")
+        for kind: HeaderKind in [.authorization, .proxyAuthorization, .userAgent] {
+            for i in 0..<request.headerCount where request.header(at: i).kind == kind {
+                let h = request.header(at: i)
+                b.header(h.name.string, h.value.bytes)
+            }
+        }
+        startClient(b.finish(), to: up.hop, call: nil, purpose: .probe, onFinal: { [weak self] response in
+            guard let self, self.serverTransactions[tx.key] === tx else { return }
+            let (status, headers) = registrar.upstreamAnswered(request, from: tx.peer, upstream: up, response: response)
+            self.respond(tx, status: status, extra: headers)
+        })
+    }
+
     /// Sends an OPTIONS outside any dialog to `hop` (the dispatcher's probe); `done` gets the final
     /// status, or nil when none came (Timer F, an ICMP refusal, a refused connection).
     public func probe(_ hop: Hop, _ done: @escaping (Int?) -> Void) {
@@ -1054,7 +1087,7 @@ public final class B2BUA: TimerTarget {
         b.header("Call-ID", ids.make())
         b.header("CSeq", "1 OPTIONS")
         b.header("Accept", "application/sdp")
-        startClient(b.finish(), to: hop, call: nil, purpose: .probe, onFinal: done)
+        startClient(b.finish(), to: hop, call: nil, purpose: .probe, onFinal: { done($0?.statusCode) })
     }
 
     /// The transport says `hop` refused what we sent (ICMP unreachable, a refused or broken
@@ -1080,7 +1113,7 @@ public final class B2BUA: TimerTarget {
     }
 
     private func startClient(_ bytes: [UInt8], to destination: Hop, call: Call?, origin: ServerTxRecord? = nil,
-                             purpose: ClientTxRecord.Purpose = .relay, onFinal: ((Int?) -> Void)? = nil) {
+                             purpose: ClientTxRecord.Purpose = .relay, onFinal: ((SIPMessage?) -> Void)? = nil) {
         guard let request = try? SIPMessage(parsing: bytes), let key = TransactionKey.client(forRequest: request) else {
             onFinal?(nil)
             return
@@ -1154,7 +1187,7 @@ public final class B2BUA: TimerTarget {
                 guard let message else { break }
                 if let onFinal = tx.onFinal, let status = message.statusCode, status >= 200 {
                     tx.onFinal = nil
-                    onFinal(status)
+                    onFinal(message)
                 } else if let origin = tx.origin as? ServerTxRecord {
                     relayResponse(message, clientTx: tx, origin: origin)
                 } else if let call = tx.call {

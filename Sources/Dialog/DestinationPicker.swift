@@ -105,8 +105,37 @@ public protocol CallAdmission: AnyObject, Sendable {
     func release(_ source: SocketAddress)
 }
 
+/// A REGISTER the registrar wants sent on to the upstream registrar (mid-registrar).
+public struct UpstreamRegistration: Sendable {
+    public var hop: Hop
+    public var requestURI: [UInt8]
+    public var user: String
+    /// The edge's own Call-ID and CSeq for this user's upstream registration.
+    public var callID: String
+    public var cseq: UInt32
+    public var expires: Int
+
+    public init(hop: Hop, requestURI: [UInt8], user: String, callID: String, cseq: UInt32, expires: Int) {
+        self.hop = hop
+        self.requestURI = requestURI
+        self.user = user
+        self.callID = callID
+        self.cseq = cseq
+        self.expires = expires
+    }
+}
+
+/// What to do with a REGISTER: answer it now, or send it on upstream first.
+public enum RegistrationStep: Sendable {
+    case answer(status: Int, headers: [(String, String)])
+    case forward(UpstreamRegistration)
+}
+
 /// Answers REGISTER requests (the edge's registrar); called on the receiving worker's loop.
 public protocol RegistrationHandler: AnyObject, Sendable {
-    /// The status of the answer and its headers (the bindings' Contacts, Min-Expires...).
-    func register(_ request: SIPMessage, from hop: Hop) -> (status: Int, headers: [(String, String)])
+    /// Answer now (the bindings' Contacts, Min-Expires...), or forward upstream.
+    func register(_ request: SIPMessage, from hop: Hop) -> RegistrationStep
+    /// The upstream registrar answered a forwarded REGISTER (nil: it did not): the answer for the phone.
+    func upstreamAnswered(_ request: SIPMessage, from hop: Hop, upstream: UpstreamRegistration, response: SIPMessage?)
+        -> (status: Int, headers: [(String, String)])
 }

@@ -230,6 +230,13 @@ extension EdgeConfig {
             r.maxContacts = try t.int("max_contacts", default: 10, range: 1...1_000)
             r.maxUsers = try t.int("max_users", default: 100_000, range: 1...10_000_000)
             r.keepaliveSeconds = try t.int("keepalive_seconds", default: 30, range: 0...3_600)
+            if let text = try t.optionalString("upstream"), !text.isEmpty {
+                guard let hop = Hop(destination: text), hop.transport != .sctp else {
+                    throw t.error("upstream", "\"\(text)\" is not \"ip[:port]\" or \"sip:ip[:port][;transport=udp|tcp|tls]\"")
+                }
+                r.upstream = hop
+            }
+            r.upstreamIntervalSeconds = try t.int("upstream_interval_seconds", default: 600, range: 0...86_400)
             return r
         }
         let databasePath = try reader.table("database") { (t: inout TableReader) throws(ConfigError) in

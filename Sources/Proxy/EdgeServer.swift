@@ -224,13 +224,14 @@ public final class EdgeServer: @unchecked Sendable {
         }
     }
 
-    /// Every 10 s, expired registrations go; every `keepalive` ms, each NATed UDP contact gets a
+    /// Every 10 s (or each keep-alive interval, if shorter), expired registrations go; every `keepalive` ms, each NATed UDP contact gets a
     /// CRLF datagram (RFC 5626 §4.4.1), which keeps its NAT binding open.
     private static func tendLocations(_ registrar: Registrar, sender: LoopBound<EdgeSender>, every keepalive: UInt64,
                                       sinceKeepalive: UInt64 = 0) {
-        _ = sender.loop.schedule(afterMilliseconds: 10_000) {
+        let tick = keepalive > 0 ? min(10_000, keepalive) : 10_000
+        _ = sender.loop.schedule(afterMilliseconds: tick) {
             registrar.sweep()
-            var elapsed = sinceKeepalive + 10_000
+            var elapsed = sinceKeepalive + tick
             if keepalive > 0 && elapsed >= keepalive {
                 elapsed = 0
                 for hop in registrar.nattedUDPTargets() { _ = sender.value.send(Self.keepalive, to: hop) }

@@ -37,6 +37,12 @@ public struct RegistrarSettings: Sendable, Equatable {
     public var maxUsers = 100_000
     /// Keep-alive (a CRLF datagram) toward NATed UDP contacts every this many seconds (0: none).
     public var keepaliveSeconds = 30
+    /// The registrar of the farm (the Asterisk) REGISTERs are sent on to, mid-registrar style
+    /// (nil: the edge is the only registrar).
+    public var upstream: Hop?
+    /// A user's registration goes upstream at most once per this many seconds; in between the
+    /// edge answers its refreshes itself.
+    public var upstreamIntervalSeconds = 600
 
     public init() {}
 }
@@ -70,51 +76,138 @@ public final class Registrar: RegistrationHandler, Sendable {
         }
     }
 
-    public func register(_ request: SIPMessage, from hop: Hop) -> (status: Int, headers: [(String, String)]) {
+    /// A REGISTER read and checked (RFC 3261 §10.3), not yet applied.
+    struct Request {
+        var user: String
+        var callID: String
+        var cseq: UInt32
+        var removeAll: Bool
+        var contacts: [(uri: String, expires: Int)]
+        var userAgent: String
+        var isQuery: Bool { contacts.isEmpty && !removeAll }
+    }
+
+    func read(_ request: SIPMessage) -> Result<Request, Refusal> {
         guard let to = try? request.to(), let user = to.uri.user?.string, !user.isEmpty,
               let callID = request.callID?.string, let cseq = try? request.cseq().number else {
-            return (400, [("Warning", "399 sipedge \"REGISTER needs a To user, a Call-ID and a CSeq\"")])
+            return .failure(Refusal(400, [("Warning", "399 sipedge \"REGISTER needs a To user, a Call-ID and a CSeq\"")]))
         }
         let headerExpires = ((try? request.expires()) ?? nil).map(Int.init)
-        let contacts: [NameAddress]
-        var removeAll = false
+        var r = Request(user: user, callID: callID, cseq: cseq, removeAll: false, contacts: [],
+                        userAgent: request.firstValue(.userAgent)?.string ?? "")
         switch (try? request.contact()) ?? nil {
         case .star?:
-            guard headerExpires == 0 else { return (400, [("Warning", "399 sipedge \"Contact: * needs Expires: 0\"")]) }
-            removeAll = true
-            contacts = []
+            guard headerExpires == 0 else { return .failure(Refusal(400, [("Warning", "399 sipedge \"Contact: * needs Expires: 0\"")])) }
+            r.removeAll = true
         case .addresses(let list)?:
-            contacts = list
-        case nil:
-            contacts = []   // a query: the answer lists the bindings
-        }
-        let now = Self.now()
-        let userAgent = request.firstValue(.userAgent)?.string ?? ""
-        var requested: [(String, Int)] = []
-        for c in contacts {
-            let uri = c.uri.text.string
-            var expires = (c.parameter("expires") ?? nil).flatMap { Int($0.string) } ?? headerExpires ?? settings.defaultExpires
-            if expires > 0 && expires < settings.minExpires {
-                return (423, [("Min-Expires", "\(settings.minExpires)")])
+            for c in list {
+                var expires = (c.parameter("expires") ?? nil).flatMap { Int($0.string) } ?? headerExpires ?? settings.defaultExpires
+                if expires > 0 && expires < settings.minExpires {
+                    return .failure(Refusal(423, [("Min-Expires", "\(settings.minExpires)")]))
+                }
+                expires = min(expires, settings.maxExpires)
+                r.contacts.append((c.uri.text.string, expires))
             }
-            expires = min(expires, settings.maxExpires)
-            requested.append((uri, expires))
+        case nil:
+            break   // a query: the answer lists the bindings
         }
+        return .success(r)
+    }
+
+    struct Refusal: Error {
+        let status: Int
+        let headers: [(String, String)]
+        init(_ status: Int, _ headers: [(String, String)] = []) {
+            self.status = status
+            self.headers = headers
+        }
+    }
+
+    /// The edge's own upstream registration of each user: its Call-ID, last CSeq, and until when
+    /// refreshes are answered without going upstream.
+    struct Upstream {
+        var callID: String
+        var cseq: UInt32
+        var until: UInt64
+    }
+
+    private let upstreamState = Mutex<[String: Upstream]>([:])
+
+    public func register(_ request: SIPMessage, from hop: Hop) -> RegistrationStep {
+        let r: Request
+        switch read(request) {
+        case .failure(let refusal): return .answer(status: refusal.status, headers: refusal.headers)
+        case .success(let read): r = read
+        }
+        if let upstream = settings.upstream, !r.isQuery {
+            let now = Self.now()
+            let removing = r.removeAll || r.contacts.allSatisfy { $0.expires == 0 }
+            // Up when the user is not registered there (or no longer; an answer to a challenge is
+            // such a case) and when it leaves; otherwise the edge answers and the Asterisk hears nothing.
+            let step: UpstreamRegistration? = upstreamState.withLock { u in
+                let state = u[r.user]
+                guard state == nil || state!.until <= now || removing else { return nil }
+                var next = state ?? Upstream(callID: "reg-\(r.user)-\(UInt64.random(in: 0...UInt64.max))", cseq: 0, until: 0)
+                next.cseq += 1
+                u[r.user] = next
+                let expires = removing ? 0 : settings.upstreamIntervalSeconds + settings.minExpires
+                return UpstreamRegistration(hop: upstream, requestURI: request.requestURIBytes?.bytes ?? Array("sip:\(upstream)".utf8),
+                                            user: r.user, callID: next.callID, cseq: next.cseq, expires: expires)
+            }
+            if let step { return .forward(step) }
+        }
+        let (status, headers) = apply(r, from: hop)
+        return .answer(status: status, headers: headers)
+    }
+
+    public func upstreamAnswered(_ request: SIPMessage, from hop: Hop, upstream: UpstreamRegistration, response: SIPMessage?)
+        -> (status: Int, headers: [(String, String)]) {
+        guard let response, let status = response.statusCode else {
+            logger.warning("registrar: the upstream registrar \(upstream.hop) did not answer for \(upstream.user)")
+            return (503, [("Retry-After", "30"), ("Warning", "399 sipedge \"the registrar behind the edge does not answer\"")])
+        }
+        guard status >= 200 && status < 300 else {
+            // A challenge (401/407) or a refusal goes back as it came, with what the phone needs.
+            var headers: [(String, String)] = []
+            for i in 0..<response.headerCount {
+                let h = response.header(at: i)
+                if [.wwwAuthenticate, .proxyAuthenticate, .minExpires, .retryAfter, .warning].contains(h.kind) {
+                    headers.append((h.name.string, h.value.string))
+                }
+            }
+            return (status, headers)
+        }
+        guard case .success(let r) = read(request) else { return (400, []) }
+        let granted = ((try? response.expires()) ?? nil).map(Int.init) ?? upstream.expires
+        upstreamState.withLock { u in
+            if upstream.expires == 0 {
+                u[upstream.user] = nil
+            } else {
+                u[upstream.user]?.until = Self.now() + UInt64(min(settings.upstreamIntervalSeconds, max(0, granted - 5)))
+            }
+        }
+        return apply(r, from: hop)
+    }
+
+    /// Applies a REGISTER to the table and gives the answer: 200 with every live binding.
+    private func apply(_ r: Request, from hop: Hop) -> (status: Int, headers: [(String, String)]) {
+        let now = Self.now()
+        let user = r.user
         let result: (Int, [Binding], String?) = table.withLock { t in
             var bindings = (t[user] ?? []).filter { $0.expiresAt > now }
-            if removeAll {
+            if r.removeAll {
                 bindings.removeAll()
             }
-            for (uri, expires) in requested {
+            for (uri, expires) in r.contacts {
                 if let i = bindings.firstIndex(where: { $0.contact == uri }) {
                     // §10.3 step 7: the same Call-ID with an older or equal CSeq is out of order.
-                    if bindings[i].callID == callID && bindings[i].cseq >= cseq { return (500, [], "out-of-order CSeq") }
+                    if bindings[i].callID == r.callID && bindings[i].cseq >= r.cseq { return (500, [], "out-of-order CSeq") }
                     bindings.remove(at: i)
                 }
                 guard expires > 0 else { continue }
                 let natted = Self.isNatted(contact: uri, source: hop)
                 bindings.append(Binding(contact: uri, source: hop, natted: natted, expiresAt: now + UInt64(expires),
-                                        callID: callID, cseq: cseq, userAgent: userAgent))
+                                        callID: r.callID, cseq: r.cseq, userAgent: r.userAgent))
             }
             if bindings.count > settings.maxContacts { bindings.removeFirst(bindings.count - settings.maxContacts) }
             if t[user] == nil && !bindings.isEmpty && t.count >= settings.maxUsers { return (503, [], "location table full") }
@@ -125,7 +218,7 @@ public final class Registrar: RegistrationHandler, Sendable {
             logger.notice("registrar: REGISTER for \(user) from \(hop): \(why)")
             return (result.0, result.0 == 503 ? [("Retry-After", "60")] : [])
         }
-        if !contacts.isEmpty || removeAll { store?.registrationChanged(user: user, bindings: result.1) }
+        if !r.isQuery { store?.registrationChanged(user: user, bindings: result.1) }
         let headers = result.1.map { ("Contact", "<\($0.contact)>;expires=\($0.expiresAt > now ? $0.expiresAt - now : 0)") }
         return (200, headers)
     }

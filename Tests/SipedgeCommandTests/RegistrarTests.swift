@@ -220,4 +220,123 @@ import Testing
         for _ in 0..<100 where caller.isRunning { usleep(100_000) }
         #expect(caller.terminationStatus == 0, "the caller's call was answered and ended\n\(edge.output)")
     }
+    @Test func registrations_go_to_the_asterisk_once_per_interval_with_the_edge_as_contact_and_challenges_come_back() throws {
+        guard let sipp = try? CallTests.requireSIPp() else { return }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-midreg-\(getpid())-\(UInt16.random(in: 0...9999))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let base = Int.random(in: 11_000...31_000)
+        let (edgePort, asteriskPort, phonePort) = (base, base + 10, base + 20)
+        let edge = try CallTests.Edge(config: """
+            workers = 2
+            [registrar]
+            upstream = "127.0.0.1:\(asteriskPort)"
+            upstream_interval_seconds = 600
+            keepalive_seconds = 1
+            [[listener]]
+            proto = "udp"
+            address = "127.0.0.1"
+            port = \(edgePort)
+            tag = "public"
+            """)
+        defer { edge.stop() }
+        #expect(edge.waitFor("listening udp"))
+        // The Asterisk stand-in: it challenges each user once, then accepts. It insists that the
+        // Contact names the edge, not the phone, and that the second REGISTER has credentials.
+        let asterisk = Scenarios.scenario("asterisk registrar", [
+            """
+              <recv request="REGISTER">
+                <action><ereg regexp="@127.0.0.1:\(edgePort)" search_in="hdr" header="Contact:" check_it="true" assign_to="c1"/></action>
+              </recv>
+            """,
+            Scenarios.calleeAnswers("401 Unauthorized", tag: true)
+                .replacingOccurrences(of: "Content-Length: 0", with: "WWW-Authenticate: Digest realm=\"farm\", nonce=\"n0nce\"\nX-C: [$c1]\nContent-Length: 0"),
+            """
+              <recv request="REGISTER">
+                <action><ereg regexp="Digest" search_in="hdr" header="Authorization:" check_it="true" assign_to="a2"/></action>
+              </recv>
+            """,
+            Scenarios.calleeAnswers("200 OK", tag: true)
+                .replacingOccurrences(of: "Content-Length: 0", with: "Expires: 660\nX-A: [$a2]\nContent-Length: 0"),
+        ])
+        try asterisk.write(to: dir.appendingPathComponent("asterisk.xml"), atomically: true, encoding: .utf8)
+        let upstream = try CallTests.process(sipp, ["-sf", "asterisk.xml", "-i", "127.0.0.1", "-p", "\(asteriskPort)", "-cp", "\(base + 11)",
+                                                    "-nostdin", "-trace_msg", "-message_file", "asterisk.msg"], in: dir)
+        defer { if upstream.isRunning { kill(upstream.processIdentifier, SIGKILL) } }
+        // Phones: REGISTER, 401, REGISTER with credentials, 200, then a refresh (with them) the edge answers.
+        func register(cseq: Int, credentials: Bool) -> String {
+            """
+              <send retrans="500"><![CDATA[
+            REGISTER sip:[remote_ip]:[remote_port] SIP/2.0
+            Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+            From: <sip:p[call_number]@[remote_ip]>;tag=[pid]reg[call_number]
+            To: <sip:p[call_number]@[remote_ip]>
+            Call-ID: [call_id]
+            CSeq: \(cseq) REGISTER
+            Contact: <sip:p[call_number]@[local_ip]:[local_port]>
+            \(credentials ? "Authorization: Digest username=\"p[call_number]\", realm=\"farm\", nonce=\"n0nce\", uri=\"sip:[remote_ip]\", response=\"0123456789abcdef0123456789abcdef\"" : "X-First: 1")
+            Expires: 300
+            Max-Forwards: 70
+            Content-Length: 0
+
+              ]]></send>
+            """
+        }
+        let phones = Scenarios.scenario("phone", [
+            register(cseq: 1, credentials: false),
+            """
+              <recv response="401">
+                <action><ereg regexp="realm=.farm." search_in="hdr" header="WWW-Authenticate:" check_it="true" assign_to="w"/></action>
+              </recv>
+            """,
+            register(cseq: 2, credentials: true).replacingOccurrences(of: "Max-Forwards: 70", with: "Max-Forwards: 70\nX-W: [$w]"),
+            #"<recv response="200"/>"#,
+            #"<pause milliseconds="200"/>"#,
+            register(cseq: 3, credentials: true),
+            #"<recv response="200"/>"#,
+        ])
+        try phones.write(to: dir.appendingPathComponent("phones.xml"), atomically: true, encoding: .utf8)
+        let p = try CallTests.process(sipp, ["-sf", "phones.xml", "127.0.0.1:\(edgePort)", "-i", "127.0.0.1", "-p", "\(phonePort)",
+                                             "-cp", "\(base + 21)", "-m", "10", "-r", "20", "-nostdin", "-timeout", "15s"], in: dir)
+        for _ in 0..<200 where p.isRunning { usleep(100_000) }
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0, "each phone was challenged through the edge, then registered and refreshed\n\(edge.output)")
+        kill(upstream.processIdentifier, SIGKILL)
+        upstream.waitUntilExit()
+        let seen = (try? String(contentsOf: dir.appendingPathComponent("asterisk.msg"), encoding: .utf8)) ?? ""
+        // Two REGISTERs per phone reached the Asterisk (challenge, credentials); the refreshes did not.
+        #expect(CallTests.CallRun.count("REGISTER sip:", in: seen) == 20, "\(CallTests.CallRun.count("REGISTER sip:", in: seen)) upstream")
+        #expect(!seen.contains("127.0.0.1:\(phonePort)"), "the phones' address never reached the Asterisk")
+    }
+
+    @Test func a_phone_behind_nat_gets_keepalives_on_the_address_it_registered_from() throws {
+        let base = Int.random(in: 11_000...31_000)
+        let edge = try CallTests.Edge(config: """
+            workers = 2
+            [registrar]
+            keepalive_seconds = 1
+            [[listener]]
+            proto = "udp"
+            address = "127.0.0.1"
+            port = \(base)
+            tag = "public"
+            """)
+        defer { edge.stop() }
+        #expect(edge.waitFor("listening udp"))
+        // Its Contact names a private address it cannot be reached at: the edge sees the NAT.
+        let fd = ProtectionTests.socket(from: "127.0.0.1")
+        defer { close(fd) }
+        ProtectionTests.send(fd, "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bKnat1\r\n"
+            + "From: <sip:natted@127.0.0.1>;tag=n1\r\nTo: <sip:natted@127.0.0.1>\r\nCall-ID: nat-1\r\nCSeq: 1 REGISTER\r\n"
+            + "Contact: <sip:natted@192.168.1.20:5060>\r\nExpires: 300\r\nContent-Length: 0\r\n\r\n", to: base)
+        #expect(ProtectionTests.statuses(fd, waiting: 1_000) == [200])
+        // Within about two seconds, a CRLF keep-alive arrives on the socket it registered from.
+        var buffer = [UInt8](repeating: 0, count: 64)
+        var keepalive = false
+        for _ in 0..<300 where !keepalive {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n > 0 { keepalive = buffer[0..<n].allSatisfy { $0 == 0x0D || $0 == 0x0A } } else { usleep(10_000) }
+        }
+        #expect(keepalive, "a CRLF keep-alive reached the NATed phone")
+    }
 }
