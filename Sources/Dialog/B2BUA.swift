@@ -176,7 +176,10 @@ final class TransactionRecord<Machine> {
     /// Ended early by the B2BUA (its INVITE is answered and acknowledged): nothing more is armed.
     var finished = false
 
-    enum Purpose { case relay, backendInvite, refresh(Side), ping(Side), probe, fireAndForget }
+    /// relay: answers a request of the other leg; backendInvite: a call's INVITE; refresh, ping:
+    /// session timer and dialog ping of a leg; ownRequest: a probe or a forwarded REGISTER, whose
+    /// answer goes to `onFinal`; fireAndForget: a BYE or CANCEL nobody waits for.
+    enum Purpose { case relay, backendInvite, refresh(Side), ping(Side), ownRequest, fireAndForget }
 
     init(id: UInt32, machine: Machine, request: SIPMessage, peer: Hop, key: TransactionKey) {
         self.id = id
@@ -547,6 +550,7 @@ public final class B2BUA: TimerTarget {
                                                    token: Self.token(.lifetime, call))
             }
             call.backendInvite = nil
+            call.request = nil   // answered: no more destinations to choose
             // Late offer (the caller's INVITE had no SDP): the backend's ACK carries the caller's
             // answer, so it waits for the caller's ACK.
             call.lateOffer = tx.request.body.isEmpty && !response.body.isEmpty
@@ -1065,7 +1069,7 @@ public final class B2BUA: TimerTarget {
                 b.header(h.name.string, h.value.bytes)
             }
         }
-        startClient(b.finish(), to: up.hop, call: nil, purpose: .probe, onFinal: { [weak self] response in
+        startClient(b.finish(), to: up.hop, call: nil, purpose: .ownRequest, onFinal: { [weak self] response in
             guard let self, self.serverTransactions[tx.key] === tx else { return }
             let (status, headers) = registrar.upstreamAnswered(request, from: tx.peer, upstream: up, response: response)
             self.respond(tx, status: status, extra: headers)
@@ -1087,7 +1091,7 @@ public final class B2BUA: TimerTarget {
         b.header("Call-ID", ids.make())
         b.header("CSeq", "1 OPTIONS")
         b.header("Accept", "application/sdp")
-        startClient(b.finish(), to: hop, call: nil, purpose: .probe, onFinal: { done($0?.statusCode) })
+        startClient(b.finish(), to: hop, call: nil, purpose: .ownRequest, onFinal: { done($0?.statusCode) })
     }
 
     /// The transport says `hop` refused what we sent (ICMP unreachable, a refused or broken
@@ -1197,7 +1201,7 @@ public final class B2BUA: TimerTarget {
                         // Answered and ACKed: a retransmitted 2xx is recognised by its Call-ID and
                         // CSeq, so the transaction need not wait out Timer M.
                         if call.backendAcknowledged, let status = message.statusCode, status >= 200, status < 300 { finish(tx) }
-                    case .relay, .fireAndForget, .probe: break
+                    case .relay, .fireAndForget, .ownRequest: break
                     case .refresh, .ping: ownRequestAnswered(message, tx: tx, call: call, purpose: tx.purpose)
                     }
                 }
@@ -1233,7 +1237,7 @@ public final class B2BUA: TimerTarget {
                     hangUp(call, reason: "SIP;cause=408;text=\"Session refresh failed\"")
                 case .ping:
                     hangUp(call, reason: "SIP;cause=408;text=\"Dialog ping failed\"")
-                case .relay, .fireAndForget, .probe:
+                case .relay, .fireAndForget, .ownRequest:
                     break
                 }
             case .terminate:

@@ -36,6 +36,13 @@ import Testing
         Set(text.split(whereSeparator: \.isNewline).filter { $0.lowercased().hasPrefix(prefix.lowercased()) }.map(String.init))
     }
 
+    /// `[[listener]]` sections on 127.0.0.1:`port` (0: any free port), tag "public": UDP, and TCP too.
+    static func listeners(port: Int, tcp: Bool = true) -> String {
+        (tcp ? ["udp", "tcp"] : ["udp"]).map {
+            "[[listener]]\nproto = \"\($0)\"\naddress = \"127.0.0.1\"\nport = \(port)\ntag = \"public\""
+        }.joined(separator: "\n")
+    }
+
     /// The sipedge under test, restartable in place (same config, same ports).
     final class Edge {
         let config: String
@@ -107,16 +114,7 @@ import Testing
                 \(extraConfig)
                 [dispatcher]
                 destinations = [\(list)]
-                [[listener]]
-                proto = "udp"
-                address = "127.0.0.1"
-                port = \(base)
-                tag = "public"
-                [[listener]]
-                proto = "tcp"
-                address = "127.0.0.1"
-                port = \(base)
-                tag = "public"
+                \(CallTests.listeners(port: base))
                 """
             let candidate = try Edge(config: config)
             if candidate.waitFor("listening tcp") { edge = candidate } else { candidate.stop() }
@@ -393,11 +391,7 @@ import Testing
             workers = 2
             [dispatcher]
             destinations = ["127.0.0.1:\(bobPort)"]
-            [[listener]]
-            proto = "udp"
-            address = "127.0.0.1"
-            port = \(edgePort)
-            tag = "public"
+            \(CallTests.listeners(port: edgePort, tcp: false))
             """)
         defer { edge.stop() }
         #expect(edge.waitFor("listening udp"))

@@ -123,16 +123,7 @@ import Testing
     @Test func run_listens_parses_what_arrives_and_stops_on_sigterm() throws {
         let (p, output) = try Self.start("""
             workers = 2
-            [[listener]]
-            proto = "udp"
-            address = "127.0.0.1"
-            port = 0
-            tag = "public"
-            [[listener]]
-            proto = "tcp"
-            address = "127.0.0.1"
-            port = 0
-            tag = "public"
+            \(CallTests.listeners(port: 0))
             """)
         defer { if p.isRunning { p.terminate() } }
         #expect(Self.waitFor(output, "listening tcp"))

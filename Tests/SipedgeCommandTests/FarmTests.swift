@@ -43,11 +43,7 @@ import Testing
                     [dispatcher]
                     \(dispatcher)
                     \(destinations)
-                    [[listener]]
-                    proto = "udp"
-                    address = "127.0.0.1"
-                    port = \(base)
-                    tag = "public"
+                    \(CallTests.listeners(port: base, tcp: false))
                     \(tail(base))
                     """)
                 if edge.waitFor("mi listening udp") { chosen = (base, edge) } else { edge.stop() }

@@ -49,11 +49,7 @@ import Testing
             address = "\(here)"
             port = 0
             secret = "s3cret"
-            [[listener]]
-            proto = "udp"
-            address = "127.0.0.1"
-            port = 0
-            tag = "public"
+            \(CallTests.listeners(port: 0, tcp: false))
             """)
         defer { edge.stop() }
         #expect(edge.waitFor("mi listening udp"))

@@ -106,11 +106,7 @@ import Testing
     @Test func every_rfc4475_message_sent_over_udp_gets_the_parsers_verdict_and_the_edge_stays_up() throws {
         let edge = try CallTests.Edge(config: """
             workers = 2
-            [[listener]]
-            proto = "udp"
-            address = "127.0.0.1"
-            port = 0
-            tag = "public"
+            \(CallTests.listeners(port: 0, tcp: false))
             """)
         defer { edge.stop() }
         #expect(edge.waitFor("listening udp"))

@@ -41,16 +41,7 @@ import Testing
             port = 0
             [database]
             path = "\(db)"
-            [[listener]]
-            proto = "udp"
-            address = "127.0.0.1"
-            port = \(edgePort)
-            tag = "public"
-            [[listener]]
-            proto = "tcp"
-            address = "127.0.0.1"
-            port = \(edgePort)
-            tag = "public"
+            \(CallTests.listeners(port: edgePort))
             """)
         defer { edge.stop() }
         #expect(edge.waitFor("mi listening udp"))
@@ -181,16 +172,7 @@ import Testing
             [registrar]
             [security]
             trusted = ["127.0.0.1/32"]
-            [[listener]]
-            proto = "udp"
-            address = "127.0.0.1"
-            port = \(base)
-            tag = "public"
-            [[listener]]
-            proto = "tcp"
-            address = "127.0.0.1"
-            port = \(base)
-            tag = "public"
+            \(CallTests.listeners(port: base))
             """)
         defer { edge.stop() }
         #expect(edge.waitFor("listening tcp"))
@@ -232,11 +214,7 @@ import Testing
             upstream = "127.0.0.1:\(asteriskPort)"
             upstream_interval_seconds = 600
             keepalive_seconds = 1
-            [[listener]]
-            proto = "udp"
-            address = "127.0.0.1"
-            port = \(edgePort)
-            tag = "public"
+            \(CallTests.listeners(port: edgePort, tcp: false))
             """)
         defer { edge.stop() }
         #expect(edge.waitFor("listening udp"))
@@ -315,11 +293,7 @@ import Testing
             workers = 2
             [registrar]
             keepalive_seconds = 1
-            [[listener]]
-            proto = "udp"
-            address = "127.0.0.1"
-            port = \(base)
-            tag = "public"
+            \(CallTests.listeners(port: base, tcp: false))
             """)
         defer { edge.stop() }
         #expect(edge.waitFor("listening udp"))
