@@ -11,9 +11,11 @@ RUN_SECONDS (20 by default), found by doubling then halving the interval. X and 
 (user + system, from /proc, every process and thread of the proxy) per 1000 calls over a fixed
 500 cps run. Every load is bounded: a run sends rate * RUN_SECONDS calls and SIPp's -timeout ends it.
 """
-import os, re, resource, signal, subprocess, sys, tempfile, time
+import os, re, resource, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import benchlib  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUN_SECONDS = int(os.environ.get("RUN_SECONDS", "20"))
 MAX_RATE = int(os.environ.get("MAX_RATE", "16000"))
@@ -157,23 +159,7 @@ def main():
         uas = sipp(["-sf", os.path.join(HERE, "uas.xml"), "-i", "127.0.0.1", "-p", str(UAS_PORT), "-cp", str(UAS_PORT + 1),
                     "-nostdin", "-max_socket", "65000"])
         procs.append(uas)
-        config = os.path.join(work, "sipedge.toml")
-        with open(config, "w") as f:
-            f.write(f"""workers = 2
-[log]
-level = "warning"
-[dispatcher]
-destinations = ["127.0.0.1:{UAS_PORT}"]
-[database]
-path = "{work}/dialogs.db"
-[[listener]]
-proto = "udp"
-address = "127.0.0.1"
-port = {EDGE_PORT}
-tag = "public"
-""")
-        edge = subprocess.Popen([os.path.join(ROOT, ".build/release/sipedge"), "run", "--config", config],
-                                stdout=open(os.path.join(work, "sipedge.log"), "w"), stderr=subprocess.STDOUT)
+        edge = benchlib.start_sipedge(work, EDGE_PORT, UAS_PORT)
         procs.append(edge)
         with open(os.path.join(HERE, "kamailio.cfg.in")) as f:
             cfg = f.read().replace("@PORT@", str(KAM_PORT)).replace("@BACKEND@", f"127.0.0.1:{UAS_PORT}").replace("@CHILDREN@", "2")
@@ -203,13 +189,7 @@ tag = "public"
         print(f"calls: sipedge {sipedge_cps} cps, kamailio {kam_cps} cps, ratio {ratio:.2f}, success {sipedge_success:.2f}%")
         print(f"cpu per 1000 calls at 500 cps: sipedge {x:.3f} s, kamailio {y:.3f} s")
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM if p is not procs[0] else signal.SIGKILL)
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        benchlib.stop_all(procs)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ dialogs it reports up. Prints, last:
 
 SIPEdge runs its shipped defaults for calls (2 workers, dialogs kept in SQLite), pings and
 session timers off (SIPp could not answer 200,000 pings a minute and keep up)."""
-import os, re, signal, subprocess, sys, tempfile, time
+import os, re, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import benchlib  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DIALOGS = int(os.environ.get("DIALOGS", "100000"))
 RATE = int(os.environ.get("RATE", "2500"))
@@ -26,26 +28,7 @@ def rss_kib(pid):
 def main():
     procs = []
     try:
-        config = os.path.join(work, "sipedge.toml")
-        with open(config, "w") as f:
-            f.write(f"""workers = 2
-[log]
-level = "warning"
-[dispatcher]
-destinations = ["127.0.0.1:{UAS_PORT}"]
-[calls]
-ping_interval_seconds = 0
-session_expires = 0
-[database]
-path = "{work}/dialogs.db"
-[[listener]]
-proto = "udp"
-address = "127.0.0.1"
-port = {EDGE_PORT}
-tag = "public"
-""")
-        edge = subprocess.Popen([os.path.join(ROOT, ".build/release/sipedge"), "run", "--config", config],
-                                stdout=open(os.path.join(work, "sipedge.log"), "w"), stderr=subprocess.STDOUT)
+        edge = benchlib.start_sipedge(work, EDGE_PORT, UAS_PORT, extra="[calls]\nping_interval_seconds = 0\nsession_expires = 0")
         procs.append(edge)
         uas = subprocess.Popen(["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(UAS_PORT), "-cp", str(UAS_PORT + 1),
                                 "-nostdin", "-max_socket", "65000"], cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -90,13 +73,7 @@ tag = "public"
         print(f"sipedge RSS: idle {idle} KiB, holding {established} dialogs {held} KiB")
         print(f"dialogs: {per:.0f} bytes per dialog")
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL if p is not edge else signal.SIGTERM)
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        benchlib.stop_all(procs)
 
 
 if __name__ == "__main__":
