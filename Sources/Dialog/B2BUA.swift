@@ -213,6 +213,13 @@ public final class B2BUA: TimerTarget {
     private var transactionsByID: [UInt32: AnyObject] = [:]
     private var calls: [String: Call] = [:]
     private var callsByNumber: [UInt32: Call] = [:]
+    /// Client Call-IDs of calls that ended in the last 64*T1, oldest first: a late copy of their
+    /// INVITE (UDP can deliver one after the ACK and BYE) must not start a new call. Bounded: past
+    /// `recentLimit` the oldest are forgotten early.
+    private var recentlyEnded: Set<String> = []
+    private var recentOrder: [(id: String, at: UInt64)] = []
+    private var recentHead = 0
+    private static let recentLimit = 131_072
     /// Calls set up and ended so far (statistics and tests).
     public private(set) var callsStarted = 0
     public private(set) var callsEnded = 0
@@ -285,6 +292,9 @@ public final class B2BUA: TimerTarget {
             return
         }
         guard let key, let method = request.method else { return }
+        if method == .invite, request.tag(of: .to) == nil, let id = request.callID, recentlyEnded.contains(id.string) {
+            return   // a late copy of the INVITE of a call that is over
+        }
         if method == .invite, request.tag(of: .to) == nil, let id = request.callID, let call = calls[id.string],
            call.side(ofCallID: id.bytes) == .client {
             // The INVITE of a call we already carry, whose transaction ended with the caller's ACK
@@ -825,11 +835,27 @@ public final class B2BUA: TimerTarget {
         calls[call.record.backend.callID] = nil
         callsByNumber[call.number] = nil
         callsEnded += 1
+        rememberEnded(call.record.client.callID)
         if let d = call.destination { picker.release(d) }
         call.destination = nil
         if let source = call.admitted { config.admission?.release(source) }
         call.admitted = nil
         if wasConfirmed { sink?.dialogEnded(key: call.record.key) }
+    }
+
+    private func rememberEnded(_ callID: String) {
+        let now = loop.now
+        let horizon = 64 * config.timers.t1
+        while recentHead < recentOrder.count,
+              now &- recentOrder[recentHead].at > horizon || recentOrder.count - recentHead >= Self.recentLimit {
+            recentlyEnded.remove(recentOrder[recentHead].id)
+            recentHead += 1
+        }
+        if recentHead > 4_096 && recentHead * 2 > recentOrder.count {
+            recentOrder.removeFirst(recentHead)
+            recentHead = 0
+        }
+        if recentlyEnded.insert(callID).inserted { recentOrder.append((callID, now)) }
     }
 
     /// A confirmed call changed: a new version of its record goes to the sink.

@@ -148,4 +148,38 @@ import Testing
         Self.send(fd, Self.options(1, from: "127.0.0.1"), to: port)
         #expect(Self.statuses(fd, waiting: 1_000) == [200])
     }
+    @Test func a_late_copy_of_an_invite_after_its_call_ended_does_not_start_another_call() throws {
+        // The caller is this test, on a raw UDP socket; the callee a SIPp UAS. After INVITE, 200,
+        // ACK, BYE, 200, the first INVITE arrives once more (UDP may deliver a copy that late).
+        guard let run = try CallTests.runCalls(1, timeout: 10, during: { edge, _ in
+            let port = edge.boundPort("listening udp")!
+            let fd = Self.socket(from: "127.0.0.3")
+            defer { close(fd) }
+            let head = "Via: SIP/2.0/UDP 127.0.0.3:5999;branch=z9hG4bKlate1\r\nMax-Forwards: 70\r\n"
+                + "From: <sip:late@127.0.0.3>;tag=l1\r\nTo: <sip:service@127.0.0.1>\r\nCall-ID: late-copy-1\r\n"
+            let invite = "INVITE sip:service@127.0.0.1:\(port) SIP/2.0\r\n" + head
+                + "CSeq: 1 INVITE\r\nContact: <sip:late@127.0.0.3:5999>\r\nContent-Length: 0\r\n\r\n"
+            Self.send(fd, invite, to: port)
+            var buffer = [UInt8](repeating: 0, count: 65_536)
+            var toTag = ""
+            for _ in 0..<300 where toTag.isEmpty {
+                let n = recv(fd, &buffer, buffer.count, 0)
+                let text = n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : ""
+                if text.hasPrefix("SIP/2.0 200"), let line = text.split(separator: "\r\n").first(where: { $0.hasPrefix("To:") }),
+                   let tag = line.split(separator: "=").last { toTag = String(tag) }
+                if n <= 0 { usleep(10_000) }
+            }
+            #expect(!toTag.isEmpty, "the call was answered")
+            let dialog = "Via: SIP/2.0/UDP 127.0.0.3:5999;branch=z9hG4bKlate2\r\nMax-Forwards: 70\r\n"
+                + "From: <sip:late@127.0.0.3>;tag=l1\r\nTo: <sip:service@127.0.0.1>;tag=\(toTag)\r\nCall-ID: late-copy-1\r\n"
+            Self.send(fd, "ACK sip:service@127.0.0.1:\(port) SIP/2.0\r\n" + dialog + "CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n", to: port)
+            Self.send(fd, "BYE sip:service@127.0.0.1:\(port) SIP/2.0\r\n" + dialog.replacingOccurrences(of: "late2", with: "late3")
+                + "CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n", to: port)
+            #expect(Self.statuses(fd, waiting: 1_000).contains(200), "the BYE was answered")
+            Self.send(fd, invite, to: port)
+            #expect(Self.statuses(fd, waiting: 1_000).isEmpty, "the late copy was absorbed, not answered")
+        }, destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        // SIPp's own call (runCalls places one) and ours: two INVITEs; the late copy would be a third.
+        #expect(CallTests.CallRun.count("INVITE sip:", in: run.uasLog) == 2, "the late copy started no call")
+    }
 }
