@@ -172,52 +172,48 @@ public final class DialogStore: DialogStateSink, Sendable {
             }
         }
         guard !work.isEmpty else { return true }
+        write(work, upsert: "INSERT OR REPLACE INTO dialogs (key, record) VALUES (?1, ?2)",
+              delete: "DELETE FROM dialogs WHERE key = ?1", asText: false)
+        batchesWritten.add(1, ordering: .relaxed)
+        return true
+    }
+
+    /// The registrations' rows: the bindings as lines of text (readable with the sqlite3 shell).
+    private func writeRegistrations(_ batch: [String: [Binding]]) {
+        let rows = batch.map { user, bindings -> (String, [UInt8]?) in
+            (user, bindings.isEmpty ? nil : Array(bindings.map(\.encodedLine).joined(separator: "\n").utf8))
+        }
+        write(rows, upsert: "INSERT OR REPLACE INTO registrations (user, bindings) VALUES (?1, ?2)",
+              delete: "DELETE FROM registrations WHERE user = ?1", asText: true)
+    }
+
+    /// One transaction: each row upserted (a value) or deleted (nil), by its key.
+    private func write(_ rows: [(String, [UInt8]?)], upsert upsertSQL: String, delete deleteSQL: String, asText: Bool) {
+        guard !rows.isEmpty else { return }
         var upsert: OpaquePointer?, delete: OpaquePointer?
-        sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO dialogs (key, record) VALUES (?1, ?2)", -1, &upsert, nil)
-        sqlite3_prepare_v2(db, "DELETE FROM dialogs WHERE key = ?1", -1, &delete, nil)
+        sqlite3_prepare_v2(db, upsertSQL, -1, &upsert, nil)
+        sqlite3_prepare_v2(db, deleteSQL, -1, &delete, nil)
         defer {
             sqlite3_finalize(upsert)
             sqlite3_finalize(delete)
         }
         _ = Self.exec(db, "BEGIN")
-        for (key, value) in work {
+        for (key, value) in rows {
             let statement = value == nil ? delete : upsert
             sqlite3_reset(statement)
             _ = sipedge_sqlite_bind_text(statement, 1, key, Int32(key.utf8.count))
             if let bytes = value {
-                _ = bytes.withUnsafeBytes { sipedge_sqlite_bind_blob(statement, 2, $0.baseAddress, Int32($0.count)) }
+                _ = bytes.withUnsafeBytes { raw in
+                    asText ? sipedge_sqlite_bind_text(statement, 2, raw.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(raw.count))
+                           : sipedge_sqlite_bind_blob(statement, 2, raw.baseAddress, Int32(raw.count))
+                }
             }
             if sqlite3_step(statement) != SQLITE_DONE {
                 log("database \(path): \(String(cString: sqlite3_errmsg(db)))")
             }
         }
         if let error = Self.exec(db, "COMMIT") { log("database \(path): COMMIT: \(error)") }
-        batchesWritten.add(1, ordering: .relaxed)
-        rowsWritten.add(work.count, ordering: .relaxed)
-        return true
-    }
-
-    private func writeRegistrations(_ batch: [String: [Binding]]) {
-        var upsert: OpaquePointer?, delete: OpaquePointer?
-        sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO registrations (user, bindings) VALUES (?1, ?2)", -1, &upsert, nil)
-        sqlite3_prepare_v2(db, "DELETE FROM registrations WHERE user = ?1", -1, &delete, nil)
-        defer {
-            sqlite3_finalize(upsert)
-            sqlite3_finalize(delete)
-        }
-        _ = Self.exec(db, "BEGIN")
-        for (user, bindings) in batch {
-            let statement = bindings.isEmpty ? delete : upsert
-            sqlite3_reset(statement)
-            _ = sipedge_sqlite_bind_text(statement, 1, user, Int32(user.utf8.count))
-            if !bindings.isEmpty {
-                let text = bindings.map(\.encodedLine).joined(separator: "\n")
-                _ = sipedge_sqlite_bind_text(statement, 2, text, Int32(text.utf8.count))
-            }
-            if sqlite3_step(statement) != SQLITE_DONE { log("database \(path): \(String(cString: sqlite3_errmsg(db)))") }
-        }
-        if let error = Self.exec(db, "COMMIT") { log("database \(path): COMMIT: \(error)") }
-        rowsWritten.add(batch.count, ordering: .relaxed)
+        rowsWritten.add(rows.count, ordering: .relaxed)
     }
 
     private static func exec(_ db: OpaquePointer, _ sql: String) -> String? {
