@@ -162,8 +162,8 @@ public final class EdgeServer: @unchecked Sendable {
         if let store {
             let records = store.loadAll { key, error in logger.warning("database: dialog \(key) skipped: \(error)") }
             for record in records {
-                let owner = ShardedIdentifiers.worker(of: record.client.localTag.utf8, workers: workers.count)
-                    ?? workers.owner(of: record.client.callID.utf8)
+                // The worker the client leg's requests will be routed to (its To tag is our tag).
+                let owner = routing.owner(tag: ByteView(text: record.client.localTag), callID: ByteView(text: record.client.callID))
                 let b2bua = routing.b2buas[owner]
                 workers.handOver(to: owner) { b2bua.value.restore(record) }
             }

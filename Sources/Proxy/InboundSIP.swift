@@ -17,13 +17,19 @@ final class CallRouting: @unchecked Sendable {
 
     /// Responses carry our Via branch, in-dialog requests our tag or Call-ID: all name their worker.
     /// A new request goes to the worker its Call-ID hashes to.
+    /// (The identifiers are read in place: no copy per message.)
     func owner(of m: SIPMessage) -> Int {
-        let n = workers.count
         if !m.isRequest, let branch = m.topViaBranch, branch.count > 7,
-           let w = ShardedIdentifiers.worker(of: branch.bytes.dropFirst(7), workers: n) { return w }
-        if let tag = m.tag(of: .to), let w = ShardedIdentifiers.worker(of: tag.bytes, workers: n) { return w }
-        if let id = m.callID, let w = ShardedIdentifiers.worker(of: id.bytes, workers: n) { return w }
-        return workers.owner(of: m.callID?.bytes ?? [])
+           let w = branch.withUnsafeBytes({ ShardedIdentifiers.worker(of: $0.dropFirst(7), workers: workers.count) }) { return w }
+        return owner(tag: m.tag(of: .to), callID: m.callID)
+    }
+
+    /// The worker of a dialog named by our tag or, failing that, its Call-ID (ours, or hashed).
+    func owner(tag: ByteView?, callID: ByteView?) -> Int {
+        let n = workers.count
+        if let tag, let w = tag.withUnsafeBytes({ ShardedIdentifiers.worker(of: $0, workers: n) }) { return w }
+        guard let callID else { return 0 }
+        return callID.withUnsafeBytes { ShardedIdentifiers.worker(of: $0, workers: n) ?? workers.owner(of: $0) }
     }
 
     /// An ICMP error names the destination, not the sender: with SO_REUSEPORT the kernel queues
