@@ -76,13 +76,24 @@ public struct B2BUAConfig: Sendable {
     }
 }
 
-/// Counters of one B2BUA, for `get_statistics`.
+/// Counters of one B2BUA, for `get_statistics`: kept as enum keys and a small array (nothing
+/// to build per message), named when asked for.
 public struct B2BUAStatistics: Sendable, Equatable {
-    /// Requests received, by method name, and responses received, by class ("2xx").
-    public var requests: [String: Int] = [:]
-    public var replies: [String: Int] = [:]
+    var requestCounts: [SIPMethod: Int] = [:]
+    /// Responses by class: index 1 is 1xx ... 6 is 6xx.
+    var replyCounts = [Int](repeating: 0, count: 7)
 
     public init() {}
+
+    /// Requests received, by method name.
+    public var requests: [String: Int] {
+        Dictionary(requestCounts.map { ($0.key.description, $0.value) }, uniquingKeysWith: +)
+    }
+
+    /// Responses received, by class ("2xx").
+    public var replies: [String: Int] {
+        Dictionary(uniqueKeysWithValues: (1...6).filter { replyCounts[$0] > 0 }.map { ("\($0)xx", replyCounts[$0]) })
+    }
 }
 
 /// Which leg of a call.
@@ -256,10 +267,10 @@ public final class B2BUA: TimerTarget {
     /// A parsed, validated message that came along `hop`.
     public func receive(_ message: SIPMessage, from hop: Hop, listenerTag: String = "") {
         loop.assertInLoop()
-        if let method = message.methodBytes {
-            statistics.requests[method.string, default: 0] += 1
-        } else if let status = message.statusCode {
-            statistics.replies["\(status / 100)xx", default: 0] += 1
+        if let method = message.method {
+            statistics.requestCounts[method, default: 0] += 1
+        } else if let status = message.statusCode, (100...699).contains(status) {
+            statistics.replyCounts[status / 100] += 1
         }
         if message.isRequest {
             receiveRequest(message, from: hop, listenerTag: listenerTag)
