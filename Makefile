@@ -17,7 +17,7 @@ deps:
 
 test: deps
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	SWIFT=$(SWIFT) scripts/run-tests.sh
 
 bench: bench-parser bench-transport bench-calls bench-dialogs
 

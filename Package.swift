@@ -1,6 +1,10 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
+// Release builds let the optimizer see across our modules: the parser, transport and dialog code
+// the edge calls per message is specialised and inlined where it is used.
+let crossModule: [SwiftSetting] = [.unsafeFlags(["-cross-module-optimization"], .when(configuration: .release))]
+
 let package = Package(
     name: "sipedge",
     platforms: [.macOS(.v15)],
@@ -16,7 +20,7 @@ let package = Package(
     ],
     targets: [
         // Bytes -> message views, typed header access, edit lists, stream framing. Standard library only.
-        .target(name: "SIPParser"),
+        .target(name: "SIPParser", swiftSettings: crossModule),
         // Linux interfaces Glibc does not import (epoll, eventfd, recvmmsg/sendmmsg, error queues).
         .target(name: "CTransportShim", linkerSettings: [.linkedLibrary("sctp")]),
         // OpenSSL's headers, and plain functions for its macros.
@@ -24,16 +28,16 @@ let package = Package(
         // SQLite's header (libsqlite3-dev), and plain functions for its macros.
         .target(name: "CSQLite", linkerSettings: [.linkedLibrary("sqlite3")]),
         // Event loops, sockets, timers. Knows nothing of SIP.
-        .target(name: "Transport", dependencies: ["CTransportShim", "CTLSShim"]),
+        .target(name: "Transport", dependencies: ["CTransportShim", "CTLSShim"], swiftSettings: crossModule),
         // Transactions, dialogs, B2BUA legs, dialog records (issue 4).
-        .target(name: "Dialog", dependencies: ["SIPParser", "Transport"]),
+        .target(name: "Dialog", dependencies: ["SIPParser", "Transport"], swiftSettings: crossModule),
         // Membership, replication, sharing tags, re-homing.
         .target(name: "Cluster", dependencies: ["Dialog"]),
         // The edge: config, routing, dispatcher, MI; the composition root.
         .target(name: "Proxy", dependencies: [
             "SIPParser", "Transport", "Dialog", "Cluster", "CSQLite", "TOMLKit",
             .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], swiftSettings: crossModule),
         .executableTarget(
             name: "sipedge",
             dependencies: [

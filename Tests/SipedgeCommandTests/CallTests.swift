@@ -51,7 +51,7 @@ import Testing
         private var earlier = ""
 
         /// The file it runs on (rewritten by tests of reloads).
-        let file = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-edge-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).toml")
+        let file = Scratch.file("edge", "toml")
 
         init(config: String) throws {
             self.config = config
@@ -89,6 +89,11 @@ import Testing
             if process.isRunning { process.terminate() }
             process.waitUntilExit()
         }
+
+        deinit {
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            Scratch.remove(file)
+        }
     }
 
     /// Runs `calls` SIPp calls through a sipedge whose destinations are `destinations(uasPort)`,
@@ -101,13 +106,13 @@ import Testing
                          during: ((Edge, Process) throws -> Void)? = nil,
                          destinations: (Int) -> [String]) throws -> CallRun? {
         guard let sipp = try? Self.requireSIPp() else { return nil }
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-calls-\(getpid())-\(UInt16.random(in: 0...9999))")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let dir = try Scratch.directory("calls")
+        defer { Scratch.remove(dir) }
         // Ports below Linux's ephemeral range (32768 up), so no outgoing connection holds them; a
         // port another test run took after all means another try on other ports.
         var base = 0, edge: Edge?
         for _ in 0..<3 where edge == nil {
-            base = Int.random(in: 11_000...32_000)
+            base = Scratch.ports()
             let list = destinations(base + 10).map { "\"\($0)\"" }.joined(separator: ", ")
             let config = """
                 workers = 2
@@ -325,7 +330,7 @@ import Testing
     @Test func calls_survive_a_sigkill_of_the_edge_and_are_ended_after_its_restart() throws {
         // Calls are set up, the edge is killed (SIGKILL: nothing flushed on the way out) and started
         // again on the same database; the callers' BYEs, sent after that, reach the callees.
-        let db = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-dialogs-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).db").path
+        let db = Scratch.file("dialogs", "db").path
         defer { for suffix in ["", "-wal", "-shm"] { unlink(db + suffix) } }
         guard let run = try Self.runCalls(5, timeout: 15, uacScenario: Scenarios.patientCaller,
                                           extraConfig: "[database]\npath = \"\(db)\"",
@@ -382,8 +387,9 @@ import Testing
             if ProcessInfo.processInfo.environment["CI"] == "true" { Issue.record("baresip is not installed (make test installs baresip-core)") }
             return
         }
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-baresip-\(getpid())-\(UInt16.random(in: 0...9999))")
-        let base = Int.random(in: 11_000...30_000)
+        let dir = try Scratch.directory("baresip")
+        defer { Scratch.remove(dir) }
+        let base = Scratch.ports()
         let (edgePort, alicePort, bobPort) = (base, base + 10, base + 20)
         try Self.baresipConfig(dir.appendingPathComponent("alice"), user: "alice", port: alicePort, rtp: (base + 100)...(base + 149))
         try Self.baresipConfig(dir.appendingPathComponent("bob"), user: "bob", port: bobPort, rtp: (base + 150)...(base + 199))

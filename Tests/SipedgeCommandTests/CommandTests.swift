@@ -88,7 +88,7 @@ import Testing
     @Test func check_config_accepts_the_shipped_file_and_names_line_and_key_of_errors() throws {
         let ok = try Self.run(["check-config", "conf/sipedge.toml"])
         #expect(ok.status == 0 && ok.out.contains("OK (2 listeners, 2 workers)"))
-        let bad = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-bad-\(getpid()).toml")
+        let bad = Scratch.file("bad", "toml")
         try "workers = 2\n\n[[listener]]\nproto = \"udp\"\naddress = \"127.0.0.1\"\nprot = 5060\n".write(to: bad, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(at: bad) }
         let r = try Self.run(["check-config", bad.path])
@@ -97,9 +97,11 @@ import Testing
 
     /// Starts `sipedge run` on `config`; returns the process and a reader of its output so far.
     static func start(_ config: String, file given: URL? = nil) throws -> (Process, () -> String) {
-        let file = given ?? FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-run-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).toml")
+        let file = given ?? Scratch.file("run", "toml")
         try config.write(to: file, atomically: true, encoding: .utf8)
         let p = Process()
+        // A file made here goes when the process does (an Edge keeps and removes its own).
+        if given == nil { p.terminationHandler = { _ in Scratch.remove(file) } }
         p.executableURL = binary
         p.arguments = ["run", "--config", file.path]
         p.currentDirectoryURL = packageRoot

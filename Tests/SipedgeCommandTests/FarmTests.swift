@@ -26,11 +26,10 @@ import Testing
             guard let sipp = try? CallTests.requireSIPp() else { return nil }
             self.sipp = sipp
             self.scenarios = scenarios
-            dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-farm-\(getpid())-\(UInt16.random(in: 0...9999))")
-            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            dir = try Scratch.directory("farm")
             var chosen: (Int, CallTests.Edge)?
             for _ in 0..<3 where chosen == nil {
-                let base = Int.random(in: 11_000...31_000)
+                let base = Scratch.ports()
                 let destinations = (0..<3).map { i in
                     "[[dispatcher.destination]]\nuri = \"sip:127.0.0.1:\(base + 10 * (i + 1))\"\nweight = \(weights[i])\n"
                 }.joined()
@@ -143,6 +142,8 @@ import Testing
             for i in 0..<3 { killUAS(i) }
             edge.stop()
         }
+
+        deinit { Scratch.remove(dir) }
     }
 
     static func distribution(_ algorithm: String, weights: [Int] = [1, 1, 1]) throws -> [Int]? {

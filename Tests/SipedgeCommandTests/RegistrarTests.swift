@@ -26,10 +26,10 @@ import Testing
 
     @Test func a_thousand_users_register_over_udp_and_tcp_and_the_farm_reaches_each_one_even_after_a_restart() throws {
         guard let sipp = try? CallTests.requireSIPp() else { return }
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-reg-\(getpid())-\(UInt16.random(in: 0...9999))")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let dir = try Scratch.directory("reg")
+        defer { Scratch.remove(dir) }
         let db = dir.appendingPathComponent("edge.db").path
-        let base = Int.random(in: 11_000...31_000)
+        let base = Scratch.ports()
         let (edgePort, phonePort, farmPort) = (base, base + 10, base + 20)
         let edge = try CallTests.Edge(config: """
             workers = 2
@@ -164,9 +164,9 @@ import Testing
 
     @Test func a_call_reaches_a_tcp_user_over_the_connection_it_registered_on() throws {
         guard let sipp = try? CallTests.requireSIPp() else { return }
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-tcpreg-\(getpid())-\(UInt16.random(in: 0...9999))")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let base = Int.random(in: 11_000...31_000)
+        let dir = try Scratch.directory("tcpreg")
+        defer { Scratch.remove(dir) }
+        let base = Scratch.ports()
         let edge = try CallTests.Edge(config: """
             workers = 2
             [registrar]
@@ -204,9 +204,9 @@ import Testing
     }
     @Test func registrations_go_to_the_asterisk_once_per_interval_with_the_edge_as_contact_and_challenges_come_back() throws {
         guard let sipp = try? CallTests.requireSIPp() else { return }
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sipedge-midreg-\(getpid())-\(UInt16.random(in: 0...9999))")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let base = Int.random(in: 11_000...31_000)
+        let dir = try Scratch.directory("midreg")
+        defer { Scratch.remove(dir) }
+        let base = Scratch.ports()
         let (edgePort, asteriskPort, phonePort) = (base, base + 10, base + 20)
         let edge = try CallTests.Edge(config: """
             workers = 2
@@ -288,7 +288,7 @@ import Testing
     }
 
     @Test func a_phone_behind_nat_gets_keepalives_on_the_address_it_registered_from() throws {
-        let base = Int.random(in: 11_000...31_000)
+        let base = Scratch.ports()
         let edge = try CallTests.Edge(config: """
             workers = 2
             [registrar]

@@ -7,8 +7,13 @@ import Testing
 /// Certificates made for the tests with the `openssl` command: a CA, a server certificate for
 /// localhost / 127.0.0.1 / ::1 signed by it, a client certificate signed by it, and a rogue
 /// self-signed server certificate for the same names.
-struct TestCertificates {
+final class TestCertificates {
     let dir: String
+
+    init(dir: String) { self.dir = dir }
+
+    /// The test's keys and certificates go with it.
+    deinit { try? FileManager.default.removeItem(atPath: dir) }
     var ca: String { dir + "/ca.pem" }
     var serverCert: String { dir + "/server.pem" }
     var serverKey: String { dir + "/server.key" }
