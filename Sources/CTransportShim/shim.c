@@ -170,3 +170,11 @@ int sipedge_random_bytes(void *buffer, size_t length) {
 int sipedge_malloc_trim(void) {
     return malloc_trim(0);
 }
+
+void sipedge_keep_freed_memory(size_t bytes) {
+    /* A heap shrinks only past this much free memory at its top (glibc's default is 128 KiB, so
+       every burst of frees gave pages back and the next burst asked for them again: mprotect and
+       page faults per call). Setting it fixes glibc's sliding thresholds too. */
+    mallopt(M_TRIM_THRESHOLD, (int)bytes);
+    mallopt(M_TOP_PAD, 1 << 20);
+}

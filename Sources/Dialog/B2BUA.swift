@@ -96,6 +96,70 @@ public struct B2BUAStatistics: Sendable, Equatable {
     }
 }
 
+/// The timers a transaction has armed: at most a few at a time, kept inline (no allocation per
+/// transaction, unlike a dictionary).
+struct ArmedTimers {
+    private var slots: (Slot, Slot, Slot, Slot) = (.empty, .empty, .empty, .empty)
+
+    enum Slot {
+        case empty
+        case armed(TransactionTimer, TimerID)
+    }
+
+    private func slot(_ i: Int) -> Slot {
+        switch i {
+        case 0: slots.0
+        case 1: slots.1
+        case 2: slots.2
+        default: slots.3
+        }
+    }
+
+    private mutating func set(_ i: Int, _ s: Slot) {
+        switch i {
+        case 0: slots.0 = s
+        case 1: slots.1 = s
+        case 2: slots.2 = s
+        default: slots.3 = s
+        }
+    }
+
+    subscript(timer: TransactionTimer) -> TimerID? {
+        get {
+            for i in 0..<4 { if case .armed(let t, let id) = slot(i), t == timer { return id } }
+            return nil
+        }
+        set {
+            var free: Int?
+            for i in 0..<4 {
+                switch slot(i) {
+                case .armed(let t, _) where t == timer:
+                    set(i, newValue.map { .armed(timer, $0) } ?? .empty)
+                    return
+                case .empty: if free == nil { free = i }
+                default: break
+                }
+            }
+            // Transactions arm at most three at once (RFC 3261 §17); a fifth would be left to fire
+            // on a finished transaction, which ignores it.
+            guard let newValue, let free else { return }
+            set(free, .armed(timer, newValue))
+        }
+    }
+
+    mutating func removeValue(forKey timer: TransactionTimer) -> TimerID? {
+        let old = self[timer]
+        self[timer] = nil
+        return old
+    }
+
+    func forEach(_ body: (TimerID) -> Void) {
+        for i in 0..<4 { if case .armed(_, let id) = slot(i) { body(id) } }
+    }
+
+    mutating func removeAll() { slots = (.empty, .empty, .empty, .empty) }
+}
+
 /// Which leg of a call.
 enum Side {
     case client, backend
@@ -175,7 +239,7 @@ final class TransactionRecord<Machine> {
     let request: SIPMessage
     let peer: Hop
     let key: TransactionKey
-    var timers: [TransactionTimer: TimerID] = [:]
+    var timers = ArmedTimers()
     weak var call: Call?
     /// For a request relayed from one leg to the other: the server transaction it answers.
     var origin: AnyObject?
@@ -246,19 +310,19 @@ public final class B2BUA: TimerTarget {
         self.ids = ShardedIdentifiers(worker: loop.index)
     }
 
-    private func newBranch() -> String { "z9hG4bK" + ids.make() }
-
-    private func via(_ hop: Hop) -> String {
+    /// Our Via toward `hop`, with a new branch, written into `b`.
+    private func via(_ hop: Hop, into b: inout MessageBuilder) {
         let local = config.address(for: hop.transport)
-        return "SIP/2.0/\(hop.transport.viaName) \(local.host):\(local.port);branch=\(newBranch());rport"
+        b.via(hop.transport, host: local.host, port: local.port, ids: &ids)
     }
 
     /// Our Contact on a leg: the user part, and the address of the leg's transport.
-    private func contact(_ leg: LegRecord) -> String {
+    private func contact(_ leg: LegRecord) -> MessageBuilder.OurContact {
         let local = config.address(for: leg.hop.transport)
-        let transport = leg.hop.transport == .udp ? "" : ";transport=\(leg.hop.transport.rawValue)"
-        return "<sip:\(leg.contactUser)@\(local.host):\(local.port)\(transport)>"
+        return MessageBuilder.OurContact(user: leg.contactUser, host: local.host, port: local.port, transport: leg.hop.transport)
     }
+
+    private func contact(_ leg: LegRecord, into b: inout MessageBuilder) { b.contact(contact(leg)) }
 
     private static func wallClock() -> UInt64 { UInt64(max(0, time(nil))) }
 
@@ -355,7 +419,7 @@ public final class B2BUA: TimerTarget {
             respond(tx, status: 400)
             return
         }
-        let maxForwards = ((try? invite.maxForwards()) ?? 70) ?? 70
+        let maxForwards = (try? invite.maxForwards()) ?? 70
         guard maxForwards > 0 else {
             respond(tx, status: 483)
             return
@@ -470,19 +534,19 @@ public final class B2BUA: TimerTarget {
         leg.inviteCSeq = leg.localCSeq
         call.record.backend = leg
         calls[leg.callID] = call
-        let maxForwards = ((try? invite.maxForwards()) ?? 70) ?? 70
+        let maxForwards = (try? invite.maxForwards()) ?? 70
         var b = MessageBuilder(requestLine: "INVITE", uri: target)
-        b.header("Via", via(destination))
-        b.header("Max-Forwards", "\(maxForwards - 1)")
-        b.header("From", leg.localURI + Array(";tag=\(leg.localTag)".utf8))
+        via(destination, into: &b)
+        b.header("Max-Forwards", number: maxForwards - 1)
+        b.header("From", leg.localURI, tag: leg.localTag)
         b.header("To", leg.remoteURI)
         b.header("Call-ID", leg.callID)
-        b.header("CSeq", "\(leg.localCSeq) INVITE")
-        b.header("Contact", contact(leg))
+        b.cseq(leg.localCSeq, "INVITE")
+        contact(leg, into: &b)
         b.header("Allow", Self.allow)
         if call.askedSessionExpires > 0 {
-            b.header("Session-Expires", "\(call.askedSessionExpires)")
-            b.header("Min-SE", "\(config.minSE)")
+            b.header("Session-Expires", number: call.askedSessionExpires)
+            b.header("Min-SE", number: config.minSE)
         }
         Self.copySessionHeaders(from: invite, into: &b, addTimer: call.askedSessionExpires > 0)
         let bytes = b.finish(contentType: invite.contentType, body: invite.body.bytes)
@@ -754,7 +818,7 @@ public final class B2BUA: TimerTarget {
         let method = origin.request.method
         let refreshes = method == .invite || method == .update
         var extra: [(String, String)] = []
-        var ourContact: String?
+        var ourContact: MessageBuilder.OurContact?
         if let call = clientTx.call, let answering = clientTx.request.callID.flatMap({ call.side(ofCallID: $0.bytes) }) {
             let asking = answering.other
             if method == .invite && status >= 200 {
@@ -805,14 +869,14 @@ public final class B2BUA: TimerTarget {
                                  contentType: ByteView? = nil, body: [UInt8] = []) -> [UInt8] {
         let leg = call[side]
         var b = MessageBuilder(requestLine: method, uri: leg.remoteTarget)
-        b.header("Via", via(leg.hop))
+        via(leg.hop, into: &b)
         b.header("Max-Forwards", "70")
         for route in leg.routeSet { b.header("Route", route) }
-        b.header("From", leg.localURI + Array(";tag=\(leg.localTag)".utf8))
-        b.header("To", leg.remoteURI + (leg.remoteTag.isEmpty ? [] : Array(";tag=\(leg.remoteTag)".utf8)))
+        b.header("From", leg.localURI, tag: leg.localTag)
+        b.header("To", leg.remoteURI, tag: leg.remoteTag)
         b.header("Call-ID", leg.callID)
-        b.header("CSeq", "\(cseq) \(method)")
-        if withContact { b.header("Contact", contact(leg)) }
+        b.cseq(cseq, method)
+        if withContact { contact(leg, into: &b) }
         for (name, value) in extra { b.header(name, value) }
         if let source { Self.copySessionHeaders(from: source, into: &b, addTimer: extra.contains { $0.0 == "Session-Expires" }) }
         return b.finish(contentType: contentType, body: body)
@@ -1092,7 +1156,7 @@ public final class B2BUA: TimerTarget {
                                      registrar: any RegistrationHandler) {
         let local = config.address(for: up.hop.transport)
         var b = MessageBuilder(requestLine: "REGISTER", uri: up.requestURI)
-        b.header("Via", via(up.hop))
+        via(up.hop, into: &b)
         b.header("Max-Forwards", "70")
         if let from = request.firstValue(.from) { b.header("From", from.bytes) }
         if let to = request.firstValue(.to) { b.header("To", to.bytes) }
@@ -1121,7 +1185,7 @@ public final class B2BUA: TimerTarget {
         let host = hop.address.family == .inet6 ? "[\(hop.address.ipString)]" : hop.address.ipString
         let transport = hop.transport == .udp ? "" : ";transport=\(hop.transport.rawValue)"
         var b = MessageBuilder(requestLine: "OPTIONS", uri: Array("sip:\(host):\(hop.address.port)\(transport)".utf8))
-        b.header("Via", via(hop))
+        via(hop, into: &b)
         b.header("Max-Forwards", "70")
         b.header("From", "<sip:edge@\(local.host):\(local.port)>;tag=\(ids.make())")
         b.header("To", "<sip:\(host):\(hop.address.port)>")
@@ -1173,7 +1237,7 @@ public final class B2BUA: TimerTarget {
     /// Ends a transaction before its own timers would.
     private func finish(_ tx: ServerTxRecord) {
         tx.finished = true
-        for t in tx.timers.values { loop.cancel(t) }
+        tx.timers.forEach { loop.cancel($0) }
         tx.timers.removeAll()
         serverTransactions[tx.key] = nil
         transactionsByID[tx.id] = nil
@@ -1181,7 +1245,7 @@ public final class B2BUA: TimerTarget {
 
     private func finish(_ tx: ClientTxRecord) {
         tx.finished = true
-        for t in tx.timers.values { loop.cancel(t) }
+        tx.timers.forEach { loop.cancel($0) }
         tx.timers.removeAll()
         clientTransactions[tx.key] = nil
         transactionsByID[tx.id] = nil
@@ -1206,7 +1270,7 @@ public final class B2BUA: TimerTarget {
                     if call.isConfirmed { hangUp(call, reason: "SIP;cause=408;text=\"No ACK\"", except: .client) } else { endCall(call) }
                 }
             case .terminate:
-                for t in tx.timers.values { loop.cancel(t) }
+                tx.timers.forEach { loop.cancel($0) }
                 serverTransactions[tx.key] = nil
                 transactionsByID[tx.id] = nil
             }
@@ -1278,14 +1342,14 @@ public final class B2BUA: TimerTarget {
                     break
                 }
             case .terminate:
-                for t in tx.timers.values { loop.cancel(t) }
+                tx.timers.forEach { loop.cancel($0) }
                 clientTransactions[tx.key] = nil
                 transactionsByID[tx.id] = nil
             }
         }
     }
 
-    private func arm(_ timer: TransactionTimer, _ ms: UInt64, id: UInt32, in timers: inout [TransactionTimer: TimerID]) {
+    private func arm(_ timer: TransactionTimer, _ ms: UInt64, id: UInt32, in timers: inout ArmedTimers) {
         if let old = timers[timer] { loop.cancel(old) }
         timers[timer] = loop.schedule(afterMilliseconds: ms, target: self, token: UInt64(id) << 8 | UInt64(timer.rawValue))
     }

@@ -1,4 +1,5 @@
 import SIPParser
+import Transport
 
 /// Writes SIP messages a B2BUA generates, header by header, into one byte array. Each leg's
 /// messages are written from the leg's own state, which is what hides one side's topology (Via,
@@ -32,6 +33,120 @@ public struct MessageBuilder {
         header(name, value.utf8)
     }
 
+    /// A header whose value is a run of a received message, copied straight from it.
+    public mutating func header(_ name: String, _ value: ByteView) {
+        append(name)
+        append(": ")
+        value.withUnsafeBytes { bytes.append(contentsOf: $0) }
+        append("\r\n")
+    }
+
+    /// A From or To value followed by `;tag=` and the tag (none when `tag` is empty).
+    public mutating func header(_ name: String, _ value: some Collection<UInt8>, tag: String) {
+        append(name)
+        append(": ")
+        bytes.append(contentsOf: value)
+        if !tag.isEmpty {
+            append(";tag=")
+            append(tag)
+        }
+        append("\r\n")
+    }
+
+    /// The same for a value read from a received message.
+    public mutating func header(_ name: String, _ value: ByteView, tag: String) {
+        append(name)
+        append(": ")
+        value.withUnsafeBytes { bytes.append(contentsOf: $0) }
+        if !tag.isEmpty {
+            append(";tag=")
+            append(tag)
+        }
+        append("\r\n")
+    }
+
+    /// A header whose value is a number.
+    public mutating func header(_ name: String, number: some BinaryInteger) {
+        append(name)
+        append(": ")
+        appendDecimal(number)
+        append("\r\n")
+    }
+
+    /// `CSeq: <number> <method>`.
+    public mutating func cseq(_ number: UInt32, _ method: String) {
+        append("CSeq: ")
+        appendDecimal(number)
+        append(" ")
+        append(method)
+        append("\r\n")
+    }
+
+    /// Our Via on a request we send: `SIP/2.0/<transport> host:port;branch=z9hG4bK<new id>;rport`.
+    public mutating func via(_ transport: TransportProtocol, host: String, port: UInt16, ids: inout ShardedIdentifiers) {
+        append("Via: SIP/2.0/")
+        switch transport {
+        case .udp: append("UDP ")
+        case .tcp: append("TCP ")
+        case .tls: append("TLS ")
+        case .sctp: append("SCTP ")
+        }
+        append(host)
+        append(":")
+        appendDecimal(port)
+        append(";branch=z9hG4bK")
+        ids.make(appendingTo: &bytes)
+        append(";rport\r\n")
+    }
+
+    /// The Contact the edge puts on one leg's messages: `<sip:user@host:port[;transport=x]>`.
+    public struct OurContact {
+        public var user: String
+        public var host: String
+        public var port: UInt16
+        public var transport: TransportProtocol
+
+        public init(user: String, host: String, port: UInt16, transport: TransportProtocol) {
+            self.user = user
+            self.host = host
+            self.port = port
+            self.transport = transport
+        }
+    }
+
+    /// Writes our Contact header.
+    public mutating func contact(_ c: OurContact) {
+        append("Contact: <sip:")
+        append(c.user)
+        append("@")
+        append(c.host)
+        append(":")
+        appendDecimal(c.port)
+        if c.transport != .udp {
+            append(";transport=")
+            append(c.transport.rawValue)
+        }
+        append(">\r\n")
+    }
+
+    private mutating func appendDecimal(_ value: some BinaryInteger) {
+        var v = UInt64(value)
+        if v < 10 {
+            bytes.append(UInt8(ascii: "0") + UInt8(v))
+            return
+        }
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
+        withUnsafeMutableBytes(of: &digits) { d in
+            var k = 0
+            while v > 0 {
+                d[k] = UInt8(ascii: "0") + UInt8(v % 10)
+                v /= 10
+                k += 1
+            }
+            for i in stride(from: k - 1, through: 0, by: -1) { bytes.append(d[i]) }
+        }
+    }
+
     /// Headers that describe the session rather than the hop, so a B2BUA carries them from one
     /// leg to the other (RFC 3262 reliability, RFC 4028 timers, capabilities, events, the body's
     /// disposition, the reason of a BYE or CANCEL). Nothing that names a peer's address or dialog.
@@ -44,14 +159,18 @@ public struct MessageBuilder {
     public mutating func copy(_ kinds: [HeaderKind], from message: SIPMessage) {
         for i in 0..<message.headerCount {
             let h = message.header(at: i)
-            if kinds.contains(h.kind) { header(h.name.string, h.value.bytes) }
+            guard kinds.contains(h.kind) else { continue }
+            h.name.withUnsafeBytes { bytes.append(contentsOf: $0) }
+            append(": ")
+            h.value.withUnsafeBytes { bytes.append(contentsOf: $0) }
+            append("\r\n")
         }
     }
 
     /// Ends the headers with Content-Length (and Content-Type when there is a body), then the body.
     public mutating func finish(contentType: ByteView? = nil, body: some Collection<UInt8> = EmptyCollection<UInt8>()) -> [UInt8] {
-        if let contentType, !body.isEmpty { header("Content-Type", contentType.bytes) }
-        header("Content-Length", "\(body.count)")
+        if let contentType, !body.isEmpty { header("Content-Type", contentType) }
+        header("Content-Length", number: body.count)
         append("\r\n")
         bytes.append(contentsOf: body)
         return bytes
@@ -90,7 +209,7 @@ public struct MessageBuilder {
     /// A response to `request` built from its own Via, From, To, Call-ID and CSeq (§8.2.6.2), with
     /// `toTag` added to To when it has none (a stateless error or a B2BUA leg's answer).
     public static func response(to request: SIPMessage, status: Int, reason: String? = nil, toTag: String?,
-                                contact: String? = nil, extraHeaders: [(String, String)] = [],
+                                contact: OurContact? = nil, extraHeaders: [(String, String)] = [],
                                 contentType: ByteView? = nil, body: [UInt8] = []) -> [UInt8] {
         var b = responseHead(to: request, status: status, reason: reason, toTag: toTag, contact: contact, extraHeaders: extraHeaders)
         b.header("Server", "SIPEdge")
@@ -99,23 +218,19 @@ public struct MessageBuilder {
 
     /// The status line and headers of such a response, for a caller that adds more before `finish`.
     public static func responseHead(to request: SIPMessage, status: Int, reason: String? = nil, toTag: String?,
-                                    contact: String? = nil, extraHeaders: [(String, String)] = []) -> MessageBuilder {
+                                    contact: OurContact? = nil, extraHeaders: [(String, String)] = []) -> MessageBuilder {
         var b = MessageBuilder(status: status, reason: (reason ?? Self.reason(status)).utf8)
         for i in 0..<request.headerCount {
             let h = request.header(at: i)
-            if h.kind == .via { b.header("Via", h.value.bytes) }
+            if h.kind == .via { b.header("Via", h.value) }
         }
-        if let from = request.firstValue(.from) { b.header("From", from.bytes) }
+        if let from = request.firstValue(.from) { b.header("From", from) }
         if let to = request.firstValue(.to) {
-            if let toTag, request.tag(of: .to) == nil {
-                b.header("To", to.bytes + Array(";tag=\(toTag)".utf8))
-            } else {
-                b.header("To", to.bytes)
-            }
+            b.header("To", to, tag: request.tag(of: .to) == nil ? toTag ?? "" : "")
         }
-        if let callID = request.callID { b.header("Call-ID", callID.bytes) }
-        if let cseq = request.firstValue(.cseq) { b.header("CSeq", cseq.bytes) }
-        if let contact { b.header("Contact", contact) }
+        if let callID = request.callID { b.header("Call-ID", callID) }
+        if let cseq = request.firstValue(.cseq) { b.header("CSeq", cseq) }
+        if let contact { b.contact(contact) }
         for (name, value) in extraHeaders { b.header(name, value) }
         return b
     }

@@ -386,6 +386,7 @@ public struct ServerTransaction: Sendable {
 /// What finds a message's transaction: the top Via branch and the method (ACK finds its INVITE;
 /// CANCEL has its own), plus the sent-by for server transactions.
 public struct TransactionKey: Hashable, Sendable {
+    private static let magicCookie = Array("z9hG4bK".utf8)
     public let branch: [UInt8]
     public let method: String
     public let sentBy: [UInt8]
@@ -407,9 +408,20 @@ public struct TransactionKey: Hashable, Sendable {
     /// which the owner matches by dialog instead.
     public static func server(forRequest request: SIPMessage) -> TransactionKey? {
         guard request.isRequest, let branch = request.topViaBranch, branch.count > 7,
-              branch.bytes.starts(with: Array("z9hG4bK".utf8)),
+              branch.withUnsafeBytes({ $0.starts(with: Self.magicCookie) }),
               let via = try? request.topVia(), let method = request.method else { return nil }
-        let sentBy = Array(via.host.bytes) + Array(":\(via.port ?? 5060)".utf8)
+        // host ":" port, written once into one array.
+        var sentBy: [UInt8] = []
+        sentBy.reserveCapacity(via.host.count + 6)
+        via.host.withUnsafeBytes { sentBy.append(contentsOf: $0) }
+        sentBy.append(UInt8(ascii: ":"))
+        let port = max(0, via.port ?? 5060)
+        var divisor = 1
+        while divisor <= port / 10 { divisor *= 10 }
+        while divisor > 0 {
+            sentBy.append(UInt8(ascii: "0") + UInt8(port / divisor % 10))
+            divisor /= 10
+        }
         let name = method == .ack ? "INVITE" : method.description
         return TransactionKey(branch: branch.bytes, method: name, sentBy: sentBy)
     }

@@ -218,6 +218,8 @@ public final class EdgeServer: @unchecked Sendable {
             for set in router.sets { set.startProbing(from: prober) }
         }
         let first = workers.loops[0]
+        // Freed memory stays in the heaps between the 30 s trims (no give-back and take-again per call).
+        ProcessMemory.keepFreedMemory(upTo: 64 << 20)
         first.execute { Self.returnFreedMemory(every: 30_000, on: first) }
         if let registrar, let sender = senders.first {
             first.execute { Self.tendLocations(registrar, sender: sender, every: UInt64(registrar.settings.keepaliveSeconds) * 1_000) }

@@ -28,8 +28,8 @@ public struct NetworkList: Sendable, Equatable {
     public var isEmpty: Bool { networks.isEmpty }
 
     public func contains(_ address: SocketAddress) -> Bool {
-        let bytes = address.addressBytes
-        return networks.contains { n in
+        guard !networks.isEmpty else { return false }
+        return address.withAddressBytes { bytes in networks.contains { n in
             guard n.bytes.count == bytes.count else { return false }
             var left = n.prefix
             for i in 0..<bytes.count where left > 0 {
@@ -39,7 +39,7 @@ public struct NetworkList: Sendable, Equatable {
                 left -= bits
             }
             return true
-        }
+        } }
     }
 }
 

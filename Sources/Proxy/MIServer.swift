@@ -33,7 +33,7 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
         do {
             endpoint = try UDPEndpoint(loop: loop, bindTo: settings.address, reusePort: false, receiver: self)
         } catch {
-            throw ListenerError(listener: "mi udp:\(settings.address)", reason: "\(error)", underlying: error as? SystemError)
+            throw ListenerError(listener: "mi udp:\(settings.address)", reason: "\(error)", underlying: error)
         }
     }
 

@@ -20,6 +20,14 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         return family == .inet ? Array(all[4..<8]) : all
     }
 
+    /// Calls `body` with the address bytes in network byte order (4 or 16), without allocating.
+    public func withAddressBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        var both = (high, low)
+        return withUnsafeBytes(of: &both) { raw in
+            family == .inet ? body(UnsafeRawBufferPointer(rebasing: raw[4..<8])) : body(raw)
+        }
+    }
+
     /// Whether it is a loopback address: 127.0.0.0/8, ::1, or 127.0.0.0/8 mapped into IPv6.
     public var isLoopback: Bool {
         let ip = ipString

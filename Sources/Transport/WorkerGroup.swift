@@ -69,9 +69,57 @@ public struct ShardedIdentifiers: Sendable {
         return state.1 &+ s0
     }
 
-    /// A new identifier, e.g. `s3x9f2k1c8d0a7b6e5`.
+    /// A new identifier, e.g. `s3x9f2k1c8d0a7b`: 60 random bits in base 36, so that with fewer than
+    /// ten workers it fits a small (unallocated) String.
     public mutating func make() -> String {
-        "s\(worker)x" + String(next64(), radix: 36)
+        var buffer: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        return withUnsafeMutableBytes(of: &buffer) { raw in
+            let n = write(into: raw)
+            return String(decoding: UnsafeRawBufferPointer(rebasing: raw[..<n]), as: UTF8.self)
+        }
+    }
+
+    /// Appends a new identifier to `bytes` (a Via branch written straight into a message).
+    public mutating func make(appendingTo bytes: inout [UInt8]) {
+        var buffer: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &buffer) { raw in
+            let n = write(into: raw)
+            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: raw[..<n]))
+        }
+    }
+
+    /// Writes `s<worker>x<base 36>` at the start of `out` (32 bytes); returns its length.
+    private mutating func write(into out: UnsafeMutableRawBufferPointer) -> Int {
+        var n = 0
+        out[n] = UInt8(ascii: "s"); n += 1
+        n += Self.writeDecimal(UInt64(worker), into: UnsafeMutableRawBufferPointer(rebasing: out[n...]))
+        out[n] = UInt8(ascii: "x"); n += 1
+        var value = next64() >> 4
+        var reversed: (UInt64, UInt64) = (0, 0)
+        let count = withUnsafeMutableBytes(of: &reversed) { r -> Int in
+            var k = 0
+            repeat {
+                let d = UInt8(value % 36)
+                r[k] = d < 10 ? UInt8(ascii: "0") + d : UInt8(ascii: "a") + d - 10
+                value /= 36
+                k += 1
+            } while value > 0
+            for i in 0..<k { out[n + i] = r[k - 1 - i] }
+            return k
+        }
+        return n + count
+    }
+
+    /// Writes `value` in decimal at the start of `out` (20 bytes suffice); returns the digits written.
+    static func writeDecimal(_ value: UInt64, into out: UnsafeMutableRawBufferPointer) -> Int {
+        var digits = 1, v = value
+        while v >= 10 { v /= 10; digits += 1 }
+        v = value
+        for i in stride(from: digits - 1, through: 0, by: -1) {
+            out[i] = UInt8(ascii: "0") + UInt8(v % 10)
+            v /= 10
+        }
+        return digits
     }
 
     /// The worker an identifier of ours names, if it is one (any prefix such as `z9hG4bK` removed).

@@ -83,7 +83,11 @@ public final class EventLoop: @unchecked Sendable {
     private var expired: [LoopTimer] = []
     private var events = [sipedge_epoll_event](repeating: sipedge_epoll_event(), count: 256)
     /// Work run at the end of every iteration (batched sends flush here).
-    private var endOfIteration: [() -> Void] = []
+    private var endOfIteration: [any IterationEndHandler] = []
+    /// The arrays the inbox and the end-of-iteration hooks are swapped into while they run, kept
+    /// so that a turn allocates nothing for them.
+    private var inboxRunning: [@Sendable () -> Void] = []
+    private var endOfIterationRunning: [any IterationEndHandler] = []
     /// Where the loop reports what it cannot hand to anyone (a handler that threw...).
     public var log: @Sendable (String) -> Void = { line in sipedge_log_line("sipedge: \(line)") }
 
@@ -213,10 +217,11 @@ public final class EventLoop: @unchecked Sendable {
         timers.cancel(timer)
     }
 
-    /// Runs `body` once at the end of the current iteration (e.g. to flush a batch of sends).
-    public func atEndOfIteration(_ body: @escaping () -> Void) {
+    /// Calls `handler.iterationEnded()` once at the end of the current iteration (e.g. to flush a
+    /// batch of sends). The handler is held only until then.
+    public func atEndOfIteration(_ handler: any IterationEndHandler) {
         assertInLoop()
-        endOfIteration.append(body)
+        endOfIteration.append(handler)
     }
 
     // MARK: - Running
@@ -310,12 +315,12 @@ public final class EventLoop: @unchecked Sendable {
 
     private func runInbox() {
         wakePending.store(false, ordering: .releasing)
-        let work = inbox.withLock { queue -> [@Sendable () -> Void] in
-            let taken = queue
-            queue.removeAll(keepingCapacity: true)
-            return taken
-        }
+        var work = inboxRunning
+        inboxRunning = []
+        inbox.withLock { queue in swap(&queue, &work) }
         for w in work { w() }
+        work.removeAll(keepingCapacity: true)
+        inboxRunning = work
     }
 
     private func fireTimers() {
@@ -332,11 +337,16 @@ public final class EventLoop: @unchecked Sendable {
 
     private func runEndOfIteration() {
         while !endOfIteration.isEmpty {
-            let hooks = endOfIteration
-            endOfIteration.removeAll(keepingCapacity: true)
-            for h in hooks { h() }
+            swap(&endOfIteration, &endOfIterationRunning)
+            for h in endOfIterationRunning { h.iterationEnded() }
+            endOfIterationRunning.removeAll(keepingCapacity: true)
         }
     }
+}
+
+/// Something that wants to act once at the end of a loop iteration (a batch of sends to flush).
+public protocol IterationEndHandler: AnyObject {
+    func iterationEnded()
 }
 
 /// A one-shot wait between threads for set-up paths (a mutex-guarded flag and a condition variable).

@@ -69,4 +69,9 @@ public enum ProcessMemory {
     /// true if any were returned.
     @discardableResult
     public static func returnFreedPages() -> Bool { sipedge_malloc_trim() == 1 }
+
+    /// Freed memory up to `bytes` per heap stays with the process until `returnFreedPages`,
+    /// instead of going back to the kernel at every free and being asked for again at the next
+    /// allocation.
+    public static func keepFreedMemory(upTo bytes: Int) { sipedge_keep_freed_memory(bytes) }
 }

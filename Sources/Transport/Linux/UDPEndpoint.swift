@@ -22,7 +22,7 @@ extension DatagramReceiver {
 /// batch flushed at the end of each loop iteration, and reports ICMP errors (IP_RECVERR).
 /// With `reusePort`, every worker opens its own socket on the same address (SO_REUSEPORT) and the
 /// kernel spreads datagrams over them.
-public final class UDPEndpoint: EventHandler {
+public final class UDPEndpoint: EventHandler, IterationEndHandler {
     public let loop: EventLoop
     public let localAddress: SocketAddress
     /// Datagrams per `recvmmsg`/`sendmmsg` call.
@@ -93,11 +93,13 @@ public final class UDPEndpoint: EventHandler {
             flush()
         } else if !flushScheduled {
             flushScheduled = true
-            loop.atEndOfIteration { [unowned self] in
-                self.flushScheduled = false
-                self.flush()
-            }
+            loop.atEndOfIteration(self)
         }
+    }
+
+    public func iterationEnded() {
+        flushScheduled = false
+        flush()
     }
 
     /// Sends what is queued now, `batchSize` datagrams per system call.
