@@ -52,6 +52,9 @@ public struct B2BUAConfig: Sendable {
     public var pingSeconds: UInt64
     /// The sharing tag written into new dialog records.
     public var sharingTag: String
+    /// Each worker's own UDP address, by worker index (`worker_ports`; empty: none). Legs toward
+    /// dispatcher destinations use it, so their answers arrive at the worker that owns the call.
+    public var workerUDP: [LocalAddress] = []
 
     public init(local: [TransportProtocol: LocalAddress], backends: [Hop], timers: TransactionTimerValues = .rfc3261,
                 maxCallSeconds: UInt64 = 43_200, sessionExpires: UInt32 = 0, minSE: UInt32 = 90, pingSeconds: UInt64 = 0,
@@ -302,23 +305,41 @@ public final class B2BUA: TimerTarget {
     public private(set) var statistics = B2BUAStatistics()
     public var activeCalls: Int { callsByNumber.count }
 
+    /// This worker's own UDP address, if it has one.
+    private let ownUDP: LocalAddress?
+
     public init(loop: EventLoop, config: B2BUAConfig, sender: any MessageSender) {
         self.loop = loop
         self.config = config
+        self.ownUDP = config.workerUDP.indices.contains(loop.index) ? config.workerUDP[loop.index] : nil
         self.sender = sender
         self.picker = config.picker ?? RoundRobinDestinations(config.backends)
         self.ids = ShardedIdentifiers(worker: loop.index)
     }
 
+    /// Our address on messages along `hop`: this worker's own UDP port when the hop uses it, else
+    /// the listener's.
+    private func localAddress(_ hop: Hop) -> LocalAddress {
+        if hop.transport == .udp, hop.worker == loop.index, let ownUDP { return ownUDP }
+        return config.address(for: hop.transport)
+    }
+
+    /// The hop toward a dispatcher destination (or probe): by this worker's own UDP port when it
+    /// has one, so the answers come straight back to it.
+    private func byOwnPort(_ hop: Hop) -> Hop {
+        guard hop.transport == .udp, ownUDP != nil else { return hop }
+        return Hop(.udp, hop.address, worker: loop.index)
+    }
+
     /// Our Via toward `hop`, with a new branch, written into `b`.
     private func via(_ hop: Hop, into b: inout MessageBuilder) {
-        let local = config.address(for: hop.transport)
+        let local = localAddress(hop)
         b.via(hop.transport, host: local.host, port: local.port, ids: &ids)
     }
 
     /// Our Contact on a leg: the user part, and the address of the leg's transport.
     private func contact(_ leg: LegRecord) -> MessageBuilder.OurContact {
-        let local = config.address(for: leg.hop.transport)
+        let local = localAddress(leg.hop)
         return MessageBuilder.OurContact(user: leg.contactUser, host: local.host, port: local.port, transport: leg.hop.transport)
     }
 
@@ -511,7 +532,9 @@ public final class B2BUA: TimerTarget {
                 return .refused(error)
             }
             guard let choice else { return .exhausted }
-            (index, destination) = (choice.index, choice.hop)
+            // A dispatcher destination (an Asterisk) is reached by this worker's own port; a phone
+            // or a trusted caller's target by the listener it knows.
+            (index, destination) = (choice.index, choice.index >= 0 ? byOwnPort(choice.hop) : choice.hop)
             call.tried.append(index)
             call.destination = index
             if let uri = choice.requestURI {
@@ -1179,9 +1202,10 @@ public final class B2BUA: TimerTarget {
 
     /// Sends an OPTIONS outside any dialog to `hop` (the dispatcher's probe); `done` gets the final
     /// status, or nil when none came (Timer F, an ICMP refusal, a refused connection).
-    public func probe(_ hop: Hop, _ done: @escaping (Int?) -> Void) {
+    public func probe(_ destination: Hop, _ done: @escaping (Int?) -> Void) {
         loop.assertInLoop()
-        let local = config.address(for: hop.transport)
+        let hop = byOwnPort(destination)
+        let local = localAddress(hop)
         let host = hop.address.family == .inet6 ? "[\(hop.address.ipString)]" : hop.address.ipString
         let transport = hop.transport == .udp ? "" : ";transport=\(hop.transport.rawValue)"
         var b = MessageBuilder(requestLine: "OPTIONS", uri: Array("sip:\(host):\(hop.address.port)\(transport)".utf8))

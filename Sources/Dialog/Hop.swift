@@ -3,11 +3,14 @@ import Transport
 
 /// Where one leg's messages go: the transport, the peer's address and, for a connection the peer
 /// opened to us, the worker whose loop holds that connection (responses and requests toward that
-/// peer must use it: a phone behind NAT or a TCP client cannot be reached any other way).
+/// peer must use it: a phone behind NAT or a TCP client cannot be reached any other way). Over UDP,
+/// a worker is named when the leg uses that worker's own port (`worker_ports`) rather than the
+/// listener's shared one.
 public struct Hop: Sendable, Hashable, CustomStringConvertible {
     public var transport: TransportProtocol
     public var address: SocketAddress
-    /// The worker holding the peer's connection; nil: UDP, or a connection the sending worker opens.
+    /// The worker holding the peer's connection, or whose own UDP port the leg uses; nil: the
+    /// shared UDP socket, or a connection the sending worker opens.
     public var worker: Int?
 
     public init(_ transport: TransportProtocol, _ address: SocketAddress, worker: Int? = nil) {

@@ -18,6 +18,8 @@ public struct EdgeConfig: Sendable, Equatable {
     }
 
     public var workers: Int
+    /// Wake-up coalescing of the worker loops, in microseconds (0: off); see EventLoop.
+    public var coalesceMicroseconds: Int = 0
     public var listeners: [ListenerSpec]
     public var tls: TLSFiles?
     public var parserLimits: SIPParserLimits
@@ -110,6 +112,7 @@ extension EdgeConfig {
         }
         var reader = TableReader(root, path: "", text: text)
         let workers = try reader.int("workers", default: 2, range: 1...256)
+        let coalesce = try reader.int("coalesce_microseconds", default: 0, range: 0...20_000)
         let logLevel = try reader.table("log") { (log: inout TableReader) throws(ConfigError) in
             let level = try log.string("level", default: "info")
             guard EdgeConfig.logLevels.contains(level) else {
@@ -272,15 +275,32 @@ extension EdgeConfig {
                 }
                 (advertisedHost, advertisedPort) = parsed
             }
-            return ListenerSpec(proto: proto, address: address, advertisedHost: advertisedHost, advertisedPort: advertisedPort, tag: tag)
+            let workerPorts = try t.int("worker_ports", default: 0, range: 0...65_535)
+            if workerPorts > 0 && proto != .udp { throw t.error("worker_ports", "only a udp listener has ports per worker") }
+            return ListenerSpec(proto: proto, address: address, advertisedHost: advertisedHost, advertisedPort: advertisedPort, tag: tag,
+                                workerPorts: workerPorts > 0 ? UInt16(workerPorts) : nil)
         }
         guard !listeners.isEmpty else { throw ConfigError(line: nil, key: "listener", message: "at least one [[listener]] is required") }
         if listeners.contains(where: { $0.proto == .tls }) && tls == nil {
             throw ConfigError(line: reader.line(of: "listener"), key: "tls", message: "a TLS listener needs a [tls] section with certificate and private_key")
         }
+        for (i, spec) in listeners.enumerated() {
+            guard let first = spec.workerPorts.map(Int.init) else { continue }
+            let range = first..<(first + workers)
+            if range.upperBound > 65_536 {
+                throw ConfigError(line: reader.line(of: "listener"), key: "listener[\(i + 1)].worker_ports",
+                                  message: "\(workers) workers need ports \(first)-\(first + workers - 1), past 65535")
+            }
+            if let clash = listeners.first(where: { $0.proto == .udp && range.contains(Int($0.address.port)) && $0.address.port != 0 }) {
+                throw ConfigError(line: reader.line(of: "listener"), key: "listener[\(i + 1)].worker_ports",
+                                  message: "ports \(first)-\(first + workers - 1) include the listener port \(clash.address.port)")
+            }
+        }
         try reader.finish()
-        return EdgeConfig(workers: workers, listeners: listeners, tls: tls, parserLimits: limits, logLevel: logLevel,
+        var config = EdgeConfig(workers: workers, listeners: listeners, tls: tls, parserLimits: limits, logLevel: logLevel,
                           streamLimits: streamLimits, dispatcher: dispatcher, extraSets: extraSets, routes: routes, calls: calls, databasePath: databasePath, mi: mi, security: security, registrar: registrar)
+        config.coalesceMicroseconds = coalesce
+        return config
     }
 
     /// `host`, `host:port`, `[v6]` or `[v6]:port`.

@@ -31,13 +31,15 @@ public final class EdgeServer: @unchecked Sendable {
         let routing = CallRouting(workers: workers)
         var inbound: [InboundSIP] = []
         for loop in workers.loops {
+            loop.coalesceMicroseconds = UInt32(config.coalesceMicroseconds)
             let log = logger
             loop.log = { line in log.warning("\(line)") }
             // The worker's receiver for its outgoing connections; listeners get their own (below).
             inbound.append(InboundSIP(worker: loop.index, loop: loop, listenerTag: config.listeners.first?.tag.name ?? "",
                                       limits: config.parserLimits, security: config.security, logger: logger, routing: routing))
         }
-        var udpByWorker: [Int: UDPEndpoint] = [:]
+        var udpByWorker: [Int: UDPEndpoint] = [:], ownUDPByWorker: [Int: UDPEndpoint] = [:]
+        var workerUDP: [LocalAddress] = []
         var tcpByWorker: [Int: TCPConnectionTable] = [:], tlsByWorker: [Int: TCPConnectionTable] = [:]
         let tlsServer: TLSContext?
         if let files = config.tls, config.listeners.contains(where: { $0.proto == .tls }) {
@@ -67,6 +69,21 @@ public final class EdgeServer: @unchecked Sendable {
                         address = e.localAddress
                         endpoints.append(LoopBound(e, on: loop))
                         if udpByWorker[loop.index] == nil { udpByWorker[loop.index] = e }
+                        if let first = spec.workerPorts {
+                            // The worker's own port: what its calls' backend legs use.
+                            let own = InboundSIP(worker: loop.index, loop: loop, listenerTag: spec.tag.name, limits: config.parserLimits,
+                                                 security: config.security, logger: logger, routing: routing, ownPort: true)
+                            inbound.append(own)
+                            let port = Int(first) + loop.index
+                            let o = try UDPEndpoint(loop: loop, bindTo: address.with(port: UInt16(port)), reusePort: false, receiver: own)
+                            endpoints.append(LoopBound(o, on: loop))
+                            if ownUDPByWorker[loop.index] == nil {
+                                ownUDPByWorker[loop.index] = o
+                                let host = spec.advertisedHost ?? (address.family == .inet6 ? "[\(address.ipString)]" : address.ipString)
+                                workerUDP.append(LocalAddress(host: host, port: UInt16(port), tag: spec.tag.name))
+                            }
+                            logger.info("worker \(loop.index): own udp port \(o.localAddress)")
+                        }
                     case .tcp, .tls:
                         let table = TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits),
                                                        limits: config.streamLimits, tls: spec.proto == .tls ? tlsServer : nil,
@@ -134,10 +151,11 @@ public final class EdgeServer: @unchecked Sendable {
         // Always there (a reload may set a limit where there was none); no limit admits every call.
         let sourceLimit = SourceCallLimit(limit: config.security.maxCallsPerSource, trusted: config.security.trusted)
         self.sourceLimit = sourceLimit
-        let b2buaConfig = B2BUAConfig(local: local, backends: config.destinations, maxCallSeconds: UInt64(config.calls.maxCallSeconds),
+        var b2buaConfig = B2BUAConfig(local: local, backends: config.destinations, maxCallSeconds: UInt64(config.calls.maxCallSeconds),
                                       sessionExpires: UInt32(config.calls.sessionExpires), minSE: UInt32(config.calls.minSE),
                                       pingSeconds: UInt64(config.calls.pingSeconds), picker: router,
                                       admission: sourceLimit, registrar: registrar)
+        b2buaConfig.workerUDP = workerUDP.count == workers.count ? workerUDP : []
         var senders: [LoopBound<EdgeSender>] = []
         for loop in workers.loops {
             let receiver = inbound[loop.index]
@@ -150,7 +168,7 @@ public final class EdgeServer: @unchecked Sendable {
                 TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits), limits: config.streamLimits,
                                    tls: $0, receiver: receiver)
             }
-            let sender = EdgeSender(worker: loop.index, udp: udpByWorker[loop.index], tcp: tcp, tlsAccepted: tlsByWorker[loop.index],
+            let sender = EdgeSender(worker: loop.index, udp: udpByWorker[loop.index], ownUDP: ownUDPByWorker[loop.index], tcp: tcp, tlsAccepted: tlsByWorker[loop.index],
                                     tlsOutgoing: tls, workers: workers)
             senders.append(LoopBound(sender, on: loop))
             let b2bua = B2BUA(loop: loop, config: b2buaConfig, sender: sender)
@@ -334,16 +352,19 @@ public final class EdgeServer: @unchecked Sendable {
 final class EdgeSender: MessageSender, @unchecked Sendable {
     let worker: Int
     let udp: UDPEndpoint?
+    /// This worker's own UDP socket (`worker_ports`), for hops that name this worker.
+    let ownUDP: UDPEndpoint?
     let tcp: TCPConnectionTable
     let tlsAccepted: TCPConnectionTable?
     let tlsOutgoing: TCPConnectionTable?
     let workers: WorkerGroup
     var peers: [LoopBound<EdgeSender>] = []
 
-    init(worker: Int, udp: UDPEndpoint?, tcp: TCPConnectionTable, tlsAccepted: TCPConnectionTable?, tlsOutgoing: TCPConnectionTable?,
+    init(worker: Int, udp: UDPEndpoint?, ownUDP: UDPEndpoint?, tcp: TCPConnectionTable, tlsAccepted: TCPConnectionTable?, tlsOutgoing: TCPConnectionTable?,
          workers: WorkerGroup) {
         self.worker = worker
         self.udp = udp
+        self.ownUDP = ownUDP
         self.tcp = tcp
         self.tlsAccepted = tlsAccepted
         self.tlsOutgoing = tlsOutgoing
@@ -353,9 +374,13 @@ final class EdgeSender: MessageSender, @unchecked Sendable {
     func send(_ bytes: [UInt8], to hop: Hop) -> Bool {
         switch hop.transport {
         case .udp:
-            guard let udp else { return false }
-            udp.send(bytes, to: hop.address)
-            return true
+            if let owner = hop.worker, owner != worker, owner < peers.count {
+                // By another worker's own port (a message it received, owned here).
+                let peer = peers[owner]
+                workers.handOver(to: owner) { _ = peer.value.sendHere(bytes, to: hop) }
+                return true
+            }
+            return sendHere(bytes, to: hop)
         case .tcp, .tls:
             if let owner = hop.worker, owner != worker, owner < peers.count {
                 let peer = peers[owner]
@@ -371,6 +396,11 @@ final class EdgeSender: MessageSender, @unchecked Sendable {
     /// On this worker: over an open connection to the peer, else over a new one (RFC 3261 §18.2.2:
     /// a response whose connection is gone goes over a new connection to the same address).
     func sendHere(_ bytes: [UInt8], to hop: Hop) -> Bool {
+        if hop.transport == .udp {
+            guard let socket = hop.worker == worker ? ownUDP ?? udp : udp else { return false }
+            socket.send(bytes, to: hop.address)
+            return true
+        }
         let tables = hop.transport == .tls ? [tlsAccepted, tlsOutgoing].compactMap { $0 } : [tcp]
         for table in tables {
             if let c = table.connection(to: hop.address), c.isOpen { return c.send(bytes) }

@@ -93,9 +93,14 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
 
     /// The tag of the listener this receiver serves.
     let listenerTag: String
+    /// Whether it serves a UDP socket of this worker's own (`worker_ports`): what arrives there is
+    /// answered from there, and the hop says so.
+    let ownPort: Bool
 
-    init(worker: Int, loop: EventLoop, listenerTag: String, limits: SIPParserLimits, security: EdgeConfig.SecuritySettings, logger: Logger, routing: CallRouting) {
+    init(worker: Int, loop: EventLoop, listenerTag: String, limits: SIPParserLimits, security: EdgeConfig.SecuritySettings, logger: Logger, routing: CallRouting,
+         ownPort: Bool = false) {
         self.worker = worker
+        self.ownPort = ownPort
         self.listenerTag = listenerTag
         self.limits = limits
         self.logger = logger
@@ -154,7 +159,9 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
             try message.validate(limits: limits)
             if message.isRequest { try message.checkRequestURIScheme() }
             logger.debug("worker \(worker): \(proto.rawValue) from \(peer): \(message.method?.description ?? "\(message.statusCode ?? 0)")")
-            if proto != .sctp { routing.deliver(message, from: Hop(proto, peer, worker: proto == .udp ? nil : worker), listenerTag: listenerTag) }
+            if proto != .sctp {
+                routing.deliver(message, from: Hop(proto, peer, worker: proto == .udp && !ownPort ? nil : worker), listenerTag: listenerTag)
+            }
         } catch {
             invalid.add(1, ordering: .relaxed)
             var outcome = "dropped"

@@ -34,13 +34,17 @@ public struct ListenerSpec: Hashable, Sendable, CustomStringConvertible {
     public let advertisedHost: String?
     public let advertisedPort: UInt16?
     public let tag: ListenerTag
+    /// UDP: worker N also has a socket of its own on `workerPorts + N` (nil: none).
+    public let workerPorts: UInt16?
 
-    public init(proto: TransportProtocol, address: SocketAddress, advertisedHost: String? = nil, advertisedPort: UInt16? = nil, tag: ListenerTag) {
+    public init(proto: TransportProtocol, address: SocketAddress, advertisedHost: String? = nil, advertisedPort: UInt16? = nil, tag: ListenerTag,
+                workerPorts: UInt16? = nil) {
         self.proto = proto
         self.address = address
         self.advertisedHost = advertisedHost
         self.advertisedPort = advertisedPort
         self.tag = tag
+        self.workerPorts = workerPorts
     }
 
     /// What to write as this listener's host:port in outgoing messages.

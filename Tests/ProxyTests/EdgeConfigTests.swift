@@ -47,6 +47,13 @@ import Transport
         #expect(config.tls?.verifyClients == true && config.tls?.verifyServers == true)
     }
 
+    @Test func worker_ports_and_coalescing_are_read() throws {
+        let config = try EdgeConfig.parse("coalesce_microseconds = 1500\n[[listener]]\nproto = \"udp\"\naddress = \"127.0.0.1\"\nworker_ports = 6100\n")
+        #expect(config.coalesceMicroseconds == 1_500 && config.listeners[0].workerPorts == 6_100)
+        let plain = try EdgeConfig.parse(Self.minimal)
+        #expect(plain.coalesceMicroseconds == 0 && plain.listeners[0].workerPorts == nil)
+    }
+
     @Test func errors_name_line_and_key() {
         let cases: [(String, String)] = [
             ("workers = 0\n" + Self.minimal, "line 1: workers: must be in 1...256, not 0"),
@@ -63,6 +70,10 @@ import Transport
             ("[[listener]]\nproto = \"tls\"\naddress = \"::1\"\n", "tls: a TLS listener needs a [tls] section"),
             ("[tcp]\nmax_buffered_bytes = 1\n" + Self.minimal, "line 2: tcp.max_buffered_bytes: must be in 4096...16777216"),
             ("[tls]\ncertificate = \"a.pem\"\n" + Self.minimal, "tls.private_key: is required"),
+            ("coalesce_microseconds = 30000\n" + Self.minimal, "line 1: coalesce_microseconds: must be in 0...20000"),
+            ("[[listener]]\nproto = \"tcp\"\naddress = \"::1\"\nworker_ports = 6000\n", "listener[1].worker_ports: only a udp listener"),
+            ("workers = 4\n[[listener]]\nproto = \"udp\"\naddress = \"::1\"\nworker_ports = 65534\n", "worker_ports: 4 workers need ports 65534-65537, past 65535"),
+            ("[[listener]]\nproto = \"udp\"\naddress = \"::1\"\nport = 5061\nworker_ports = 5060\n", "worker_ports: ports 5060-5061 include the listener port 5061"),
         ]
         for (text, expected) in cases {
             do {

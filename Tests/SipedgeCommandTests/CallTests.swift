@@ -37,9 +37,11 @@ import Testing
     }
 
     /// `[[listener]]` sections on 127.0.0.1:`port` (0: any free port), tag "public": UDP, and TCP too.
-    static func listeners(port: Int, tcp: Bool = true) -> String {
+    /// `workerPorts`: the UDP listener gives each worker a port of its own from there.
+    static func listeners(port: Int, tcp: Bool = true, workerPorts: Int? = nil) -> String {
         (tcp ? ["udp", "tcp"] : ["udp"]).map {
             "[[listener]]\nproto = \"\($0)\"\naddress = \"127.0.0.1\"\nport = \(port)\ntag = \"public\""
+                + ($0 == "udp" ? workerPorts.map { "\nworker_ports = \($0)" } ?? "" : "")
         }.joined(separator: "\n")
     }
 
@@ -102,7 +104,7 @@ import Testing
     /// the ports and the edge's output.
     static func runCalls(_ calls: Int, timeout: Int = 30, uacScenario: String? = nil, uasScenario: String? = nil,
                          lostPercent: Int = 0, extraConfig: String = "", transport: String = "udp", rate: Int = 50,
-                         uacArguments: [String] = [], uasArguments: [String] = [],
+                         uacArguments: [String] = [], uasArguments: [String] = [], workerPorts: Bool = false,
                          during: ((Edge, Process) throws -> Void)? = nil,
                          destinations: (Int) -> [String]) throws -> CallRun? {
         guard let sipp = try? Self.requireSIPp() else { return nil }
@@ -119,7 +121,7 @@ import Testing
                 \(extraConfig)
                 [dispatcher]
                 destinations = [\(list)]
-                \(CallTests.listeners(port: base))
+                \(CallTests.listeners(port: base, workerPorts: workerPorts ? base + 50 : nil))
                 """
             let candidate = try Edge(config: config)
             if candidate.waitFor("listening tcp") { edge = candidate } else { candidate.stop() }
@@ -185,6 +187,36 @@ import Testing
         #expect(uacCallIDs.isDisjoint(with: uasCallIDs), "no Call-ID crosses from one side to the other")
         #expect(run.sidesHidden, "neither side sees the other's address")
         #expect(Self.lines(run.uacLog, prefix: "Via:").isDisjoint(with: Self.lines(run.uasLog, prefix: "Via:")))
+    }
+
+    @Test func with_worker_ports_each_worker_reaches_the_backend_from_its_own_port() throws {
+        // Two workers, each with a port of its own (listener port + 50, + 51): the INVITEs, ACKs
+        // and BYEs the callee receives come from them (Via, Contact), its answers go back there,
+        // and every call completes; no Via or Contact on the backend side names the shared port.
+        guard let run = try Self.runCalls(40, workerPorts: true, destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every call succeeded\n\(run.output)")
+        #expect(run.output.contains("40 calls started, 0 still up"), "\(run.output)")
+        let edgePort = run.uasPort - 10
+        let vias = Self.lines(run.uasLog, prefix: "Via:")
+        let fromWorker0 = vias.filter { $0.contains("127.0.0.1:\(edgePort + 50);") }.count
+        let fromWorker1 = vias.filter { $0.contains("127.0.0.1:\(edgePort + 51);") }.count
+        #expect(fromWorker0 > 0 && fromWorker1 > 0, "both workers sent calls: \(fromWorker0) and \(fromWorker1) branches")
+        #expect(fromWorker0 + fromWorker1 == vias.count, "every Via the callee saw names a worker's own port")
+        #expect(Self.lines(run.uasLog, prefix: "Contact: <sip:edge@").allSatisfy {
+            $0.contains(":\(edgePort + 50)>") || $0.contains(":\(edgePort + 51)>")
+        })
+        // (From and To keep the listener's address: they name the parties, not where to send.)
+        #expect(!(vias.union(Self.lines(run.uasLog, prefix: "Contact:"))).contains { $0.contains("127.0.0.1:\(edgePort)") })
+        #expect(run.sidesHidden)
+    }
+
+    @Test func calls_complete_with_wakeup_coalescing() throws {
+        // Workers that pause up to 5 ms before looking for more datagrams still carry every call,
+        // retransmission timers and all.
+        guard let run = try Self.runCalls(60, extraConfig: "coalesce_microseconds = 5000", rate: 100,
+                                          destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every call succeeded\n\(run.output)")
+        #expect(run.output.contains("60 calls started, 0 still up"), "\(run.output)")
     }
 
     @Test func rfc3261_9_cancel_reaches_the_backend_and_the_caller_gets_487() throws {
