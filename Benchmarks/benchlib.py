@@ -5,27 +5,30 @@ import os, signal, subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start_sipedge(work, edge_port, backend_port, extra=""):
-    """The release build on 127.0.0.1:edge_port (UDP), 2 workers, dialogs in work/dialogs.db,
-    new calls to 127.0.0.1:backend_port; `extra` adds TOML sections. Its log goes to work/sipedge.log."""
-    config = os.path.join(work, "sipedge.toml")
+def start_sipedge(work, edge_port, backend_port, extra="", top="", listener="", name="sipedge"):
+    """The release build on 127.0.0.1:edge_port (UDP), 2 workers, dialogs in work/<name>.db,
+    new calls to 127.0.0.1:backend_port; `top` adds top-level keys, `extra` TOML sections,
+    `listener` keys of the listener. Its log goes to work/<name>.log."""
+    config = os.path.join(work, f"{name}.toml")
     with open(config, "w") as f:
         f.write(f"""workers = 2
+{top}
 [log]
 level = "warning"
 [dispatcher]
 destinations = ["127.0.0.1:{backend_port}"]
 [database]
-path = "{work}/dialogs.db"
+path = "{work}/{name}.db"
 {extra}
 [[listener]]
 proto = "udp"
 address = "127.0.0.1"
 port = {edge_port}
 tag = "public"
+{listener}
 """)
     return subprocess.Popen([os.path.join(ROOT, ".build/release/sipedge"), "run", "--config", config],
-                            stdout=open(os.path.join(work, "sipedge.log"), "w"), stderr=subprocess.STDOUT)
+                            stdout=open(os.path.join(work, f"{name}.log"), "w"), stderr=subprocess.STDOUT)
 
 
 def stop_all(procs):

@@ -10,6 +10,9 @@ N and M: the highest rate each sustains with at least 99.9 % of calls completed 
 RUN_SECONDS (20 by default), found by doubling then halving the interval. X and Y: CPU seconds
 (user + system, from /proc, every process and thread of the proxy) per 1000 calls over a fixed
 500 cps run. Every load is bounded: a run sends rate * RUN_SECONDS calls and SIPp's -timeout ends it.
+Before the last line, the same CPU figure for a second SIPEdge with `worker_ports` and
+`coalesce_microseconds` (COALESCE_US, 2000 by default): what an operator who accepts a few
+milliseconds per message buys with them.
 """
 import os, re, resource, subprocess, sys, tempfile, time
 
@@ -21,6 +24,9 @@ RUN_SECONDS = int(os.environ.get("RUN_SECONDS", "20"))
 MAX_RATE = int(os.environ.get("MAX_RATE", "16000"))
 TICKS = os.sysconf("SC_CLK_TCK")
 UAS_PORT, UAC_PORT, EDGE_PORT, KAM_PORT = 15080, 15070, 15060, 15090
+# The second SIPEdge: the same, with each worker's own port toward the backend and wake-up
+# coalescing (a latency-for-CPU trade an operator may choose; off by default).
+TUNED_PORT, TUNED_WORKER_PORTS, COALESCE_US = 15062, 15100, int(os.environ.get("COALESCE_US", "2000"))
 work = tempfile.mkdtemp(prefix="sipedge-bench-calls-")
 
 
@@ -151,7 +157,8 @@ def port_free(port):
 
 
 def main():
-    busy = [p for p in (UAS_PORT, UAC_PORT, EDGE_PORT, KAM_PORT) if not port_free(p)]
+    busy = [p for p in (UAS_PORT, UAC_PORT, EDGE_PORT, KAM_PORT, TUNED_PORT, TUNED_WORKER_PORTS, TUNED_WORKER_PORTS + 1)
+            if not port_free(p)]
     if busy:
         sys.exit(f"UDP ports {busy} are in use (a SIPp or proxy left from an earlier run?)")
     procs = []
@@ -161,6 +168,9 @@ def main():
         procs.append(uas)
         edge = benchlib.start_sipedge(work, EDGE_PORT, UAS_PORT)
         procs.append(edge)
+        tuned = benchlib.start_sipedge(work, TUNED_PORT, UAS_PORT, top=f"coalesce_microseconds = {COALESCE_US}",
+                                       listener=f"worker_ports = {TUNED_WORKER_PORTS}", name="sipedge-tuned")
+        procs.append(tuned)
         with open(os.path.join(HERE, "kamailio.cfg.in")) as f:
             cfg = f.read().replace("@PORT@", str(KAM_PORT)).replace("@BACKEND@", f"127.0.0.1:{UAS_PORT}").replace("@CHILDREN@", "2")
         kcfg = os.path.join(work, "kamailio.cfg")
@@ -172,7 +182,7 @@ def main():
                                stdout=open(os.path.join(work, "kamailio.log"), "w"), stderr=subprocess.STDOUT)
         procs.append(kam)
         time.sleep(2)
-        for p, name in [(edge, "sipedge"), (kam, "kamailio")]:
+        for p, name in [(edge, "sipedge"), (tuned, "sipedge (tuned)"), (kam, "kamailio")]:
             if p.poll() is not None:
                 sys.exit(f"{name} did not start; see {work}")
 
@@ -181,12 +191,15 @@ def main():
         kam_cps, kam_success, kam_limited = highest_rate(KAM_PORT, "kamailio")
         print("cpu per 1000 calls at 500 cps")
         x = cpu_per_thousand(edge.pid, EDGE_PORT, "sipedge")
+        t = cpu_per_thousand(tuned.pid, TUNED_PORT, "sipedge (tuned)")
         y = cpu_per_thousand(kam.pid, KAM_PORT, "kamailio")
         if sipedge_limited or kam_limited:
             print("note: SIPp's UAC used 90 % or more of a core in some runs: there the load generator, not the proxy, "
                   "set the ceiling (the cpu line below does not depend on it)")
         ratio = sipedge_cps / kam_cps if kam_cps else float("inf")
         print(f"calls: sipedge {sipedge_cps} cps, kamailio {kam_cps} cps, ratio {ratio:.2f}, success {sipedge_success:.2f}%")
+        print(f"cpu per 1000 calls at 500 cps, sipedge with worker_ports and coalesce_microseconds = {COALESCE_US} "
+              f"(each message may wait up to {COALESCE_US / 1000:g} ms): {t:.3f} s, {t / y:.2f} x kamailio")
         print(f"cpu per 1000 calls at 500 cps: sipedge {x:.3f} s, kamailio {y:.3f} s")
     finally:
         benchlib.stop_all(procs)

@@ -30,7 +30,9 @@ public final class DialogStore: DialogStateSink, Sendable {
     /// Batches and rows written so far (tests, statistics).
     public let batchesWritten = Atomic<Int>(0)
     public let rowsWritten = Atomic<Int>(0)
-    /// How long the writer sleeps when there is nothing to write.
+    /// How long the writer sleeps between batches: what changes meanwhile goes in one transaction,
+    /// and a call that starts and ends within it is never written (like OpenSIPS's delayed
+    /// dialog writes). A node that dies loses at most this much of the latest changes.
     private let idleMicroseconds: UInt32
     /// Where write failures are reported (the log).
     private let log: @Sendable (String) -> Void
@@ -142,7 +144,8 @@ public final class DialogStore: DialogStateSink, Sendable {
 
     private func writeUntilStopped() {
         while running.load(ordering: .acquiring) {
-            if !writeBatch() { usleep(idleMicroseconds) }
+            writeBatch()
+            usleep(idleMicroseconds)
         }
         _ = writeBatch()
         finished.store(true, ordering: .releasing)

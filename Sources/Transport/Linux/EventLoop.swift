@@ -88,12 +88,14 @@ public final class EventLoop: @unchecked Sendable {
     /// so that a turn allocates nothing for them.
     private var inboxRunning: [@Sendable () -> Void] = []
     private var endOfIterationRunning: [any IterationEndHandler] = []
-    /// Coalescing (0: off): when the loop is woken often (it slept less than `4 ×` this many
-    /// microseconds before the last event), it waits this long before looking for events again, so
-    /// that one wake-up serves several datagrams instead of one each. Trades at most this much
-    /// latency per message for fewer wake-ups.
+    /// Coalescing (0: off): when a wait for events slept, but less than `4 ×` this many
+    /// microseconds (the loop is woken often), the loop pauses this long before its next look, and
+    /// goes on pausing while each look finds work, so that one wake-up serves the datagrams of a
+    /// whole pause instead of one each. It stops when a look finds nothing (quiet: the next wait
+    /// blocks) or a turn's work took more than a quarter of the pause (busy: batches are already
+    /// large). Trades at most this much latency per message for fewer wake-ups.
     public var coalesceMicroseconds: UInt32 = 0
-    private var lastSleepNanoseconds: UInt64 = .max
+    private var pauseBeforeNextWait = false
     /// Where the loop reports what it cannot hand to anyone (a handler that threw...).
     public var log: @Sendable (String) -> Void = { line in sipedge_log_line("sipedge: \(line)") }
 
@@ -297,16 +299,23 @@ public final class EventLoop: @unchecked Sendable {
         }
         if !endOfIteration.isEmpty { timeout = 0 }
         let window = UInt64(coalesceMicroseconds) * 1_000
-        if window > 0, timeout != 0, lastSleepNanoseconds < 4 * window {
-            var pause = timespec(tv_sec: 0, tv_nsec: Int(window))
+        if window > 0, timeout != 0, pauseBeforeNextWait {
+            var pause = timespec(tv_sec: 0, tv_nsec: Int(min(window, UInt64(timeout < 0 ? Int32.max : timeout) * 1_000_000)))
             _ = nanosleep(&pause, nil)
             timeout = 0
         }
+        let paused = pauseBeforeNextWait && timeout == 0
+        pauseBeforeNextWait = false
         let before = window > 0 ? Self.monotonicNanoseconds() : 0
         let n = events.withUnsafeMutableBufferPointer { sipedge_epoll_wait(epoll, $0.baseAddress, Int32($0.count), timeout) }
-        if window > 0 {
-            // A wait that returned at once (after a pause) says nothing of how busy the loop is.
-            if timeout != 0 || n == 0 { lastSleepNanoseconds = Self.monotonicNanoseconds() &- before }
+        let woke = window > 0 ? Self.monotonicNanoseconds() : 0
+        if window > 0 && n > 0 {
+            let slept = woke &- before
+            pauseBeforeNextWait = paused || (timeout != 0 && slept < 4 * window)
+        }
+        defer {
+            // A turn whose work took long: the loop is loaded, batches fill by themselves.
+            if pauseBeforeNextWait && Self.monotonicNanoseconds() &- woke > window / 4 { pauseBeforeNextWait = false }
         }
         if n < 0 && Glibc.errno != EINTR {
             log("epoll_wait: \(SystemError("epoll_wait", errno: Glibc.errno))")
