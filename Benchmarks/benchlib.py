@@ -1,6 +1,6 @@
 """What the call benchmarks (calls/, dialogs/) share: SIPEdge started on a small config in front of
 one backend, and every process they started stopped again."""
-import os, signal, subprocess
+import os, shutil, signal, subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,3 +41,10 @@ def stop_all(procs):
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def remove_work(work):
+    """A finished run's scratch directory goes (configs, logs, SIPp statistics), unless
+    KEEP_BENCH_FILES is set; a run that failed keeps it, and says where."""
+    if not os.environ.get("KEEP_BENCH_FILES"):
+        shutil.rmtree(work, ignore_errors=True)

@@ -157,6 +157,7 @@ def port_free(port):
 
 
 def main():
+    finished = False
     busy = [p for p in (UAS_PORT, UAC_PORT, EDGE_PORT, KAM_PORT, TUNED_PORT, TUNED_WORKER_PORTS, TUNED_WORKER_PORTS + 1)
             if not port_free(p)]
     if busy:
@@ -201,8 +202,11 @@ def main():
         print(f"cpu per 1000 calls at 500 cps, sipedge with worker_ports and coalesce_microseconds = {COALESCE_US} "
               f"(each message may wait up to {COALESCE_US / 1000:g} ms): {t:.3f} s, {t / y:.2f} x kamailio")
         print(f"cpu per 1000 calls at 500 cps: sipedge {x:.3f} s, kamailio {y:.3f} s")
+        finished = True
     finally:
         benchlib.stop_all(procs)
+    if finished:
+        benchlib.remove_work(work)
 
 
 if __name__ == "__main__":
