@@ -44,7 +44,7 @@ public final class WorkerGroup: Sendable {
 /// Makes the identifiers a node generates (Via branches, tags, Call-IDs, Contact user parts) so
 /// that they carry the worker that owns them: `s<worker>x<random>`. A response or an in-dialog
 /// request then goes straight to its owner (DESIGN.md, Threads). One generator per loop; not
-/// cryptographic, but unpredictable enough (seeded from the kernel, 64 random bits per id).
+/// cryptographic, but unpredictable enough (seeded from the kernel, 60 random bits per id).
 public struct ShardedIdentifiers: Sendable {
     public let worker: Int
     private var state: (UInt64, UInt64)
