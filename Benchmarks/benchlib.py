@@ -1,6 +1,6 @@
 """What the call benchmarks (calls/, dialogs/) share: SIPEdge started on a small config in front of
 one backend, and every process they started stopped again."""
-import os, shutil, signal, subprocess
+import contextlib, os, shutil, signal, subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,8 +43,17 @@ def stop_all(procs):
                 p.kill()
 
 
-def remove_work(work):
-    """A finished run's scratch directory goes (configs, logs, SIPp statistics), unless
-    KEEP_BENCH_FILES is set; a run that failed keeps it, and says where."""
+@contextlib.contextmanager
+def run(work):
+    """The list a benchmark adds the processes it starts to: all stopped when it ends. A finished
+    run's scratch directory goes too (configs, logs, SIPp statistics) unless KEEP_BENCH_FILES is
+    set; a run that failed keeps it for reading."""
+    procs = []
+    try:
+        yield procs
+    except BaseException:
+        stop_all(procs)
+        raise
+    stop_all(procs)
     if not os.environ.get("KEEP_BENCH_FILES"):
         shutil.rmtree(work, ignore_errors=True)

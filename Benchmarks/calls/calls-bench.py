@@ -157,13 +157,11 @@ def port_free(port):
 
 
 def main():
-    finished = False
     busy = [p for p in (UAS_PORT, UAC_PORT, EDGE_PORT, KAM_PORT, TUNED_PORT, TUNED_WORKER_PORTS, TUNED_WORKER_PORTS + 1)
             if not port_free(p)]
     if busy:
         sys.exit(f"UDP ports {busy} are in use (a SIPp or proxy left from an earlier run?)")
-    procs = []
-    try:
+    with benchlib.run(work) as procs:
         uas = sipp(["-sf", os.path.join(HERE, "uas.xml"), "-i", "127.0.0.1", "-p", str(UAS_PORT), "-cp", str(UAS_PORT + 1),
                     "-nostdin", "-max_socket", "65000"])
         procs.append(uas)
@@ -202,11 +200,6 @@ def main():
         print(f"cpu per 1000 calls at 500 cps, sipedge with worker_ports and coalesce_microseconds = {COALESCE_US} "
               f"(each message may wait up to {COALESCE_US / 1000:g} ms): {t:.3f} s, {t / y:.2f} x kamailio")
         print(f"cpu per 1000 calls at 500 cps: sipedge {x:.3f} s, kamailio {y:.3f} s")
-        finished = True
-    finally:
-        benchlib.stop_all(procs)
-    if finished:
-        benchlib.remove_work(work)
 
 
 if __name__ == "__main__":

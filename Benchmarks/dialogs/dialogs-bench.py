@@ -26,9 +26,7 @@ def rss_kib(pid):
 
 
 def main():
-    finished = False
-    procs = []
-    try:
+    with benchlib.run(work) as procs:
         edge = benchlib.start_sipedge(work, EDGE_PORT, UAS_PORT, extra="[calls]\nping_interval_seconds = 0\nsession_expires = 0")
         procs.append(edge)
         uas = subprocess.Popen(["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(UAS_PORT), "-cp", str(UAS_PORT + 1),
@@ -73,11 +71,6 @@ def main():
         per = (held - idle) * 1024 / established
         print(f"sipedge RSS: idle {idle} KiB, holding {established} dialogs {held} KiB")
         print(f"dialogs: {per:.0f} bytes per dialog")
-        finished = True
-    finally:
-        benchlib.stop_all(procs)
-    if finished:
-        benchlib.remove_work(work)
 
 
 if __name__ == "__main__":
