@@ -35,10 +35,7 @@ public struct MessageBuilder {
 
     /// A header whose value is a run of a received message, copied straight from it.
     public mutating func header(_ name: String, _ value: ByteView) {
-        append(name)
-        append(": ")
-        value.withUnsafeBytes { bytes.append(contentsOf: $0) }
-        append("\r\n")
+        value.withUnsafeBytes { header(name, $0) }
     }
 
     /// A From or To value followed by `;tag=` and the tag (none when `tag` is empty).
@@ -55,14 +52,7 @@ public struct MessageBuilder {
 
     /// The same for a value read from a received message.
     public mutating func header(_ name: String, _ value: ByteView, tag: String) {
-        append(name)
-        append(": ")
-        value.withUnsafeBytes { bytes.append(contentsOf: $0) }
-        if !tag.isEmpty {
-            append(";tag=")
-            append(tag)
-        }
-        append("\r\n")
+        value.withUnsafeBytes { header(name, $0, tag: tag) }
     }
 
     /// A header whose value is a number.
