@@ -1258,20 +1258,17 @@ public final class B2BUA: TimerTarget {
         perform(tx.machine.start(), client: tx, message: nil)
     }
 
-    /// Ends a transaction before its own timers would.
-    private func finish(_ tx: ServerTxRecord) {
-        tx.finished = true
-        tx.timers.forEach { loop.cancel($0) }
-        tx.timers.removeAll()
-        serverTransactions[tx.key] = nil
-        transactionsByID[tx.id] = nil
-    }
+    /// Ends a transaction (its machine said so, or before its own timers would): its timers are
+    /// cancelled and it leaves its table.
+    private func finish(_ tx: ServerTxRecord) { release(tx, from: &serverTransactions) }
 
-    private func finish(_ tx: ClientTxRecord) {
+    private func finish(_ tx: ClientTxRecord) { release(tx, from: &clientTransactions) }
+
+    private func release<Machine>(_ tx: TransactionRecord<Machine>, from table: inout [TransactionKey: TransactionRecord<Machine>]) {
         tx.finished = true
         tx.timers.forEach { loop.cancel($0) }
         tx.timers.removeAll()
-        clientTransactions[tx.key] = nil
+        table[tx.key] = nil
         transactionsByID[tx.id] = nil
     }
 
@@ -1294,9 +1291,7 @@ public final class B2BUA: TimerTarget {
                     if call.isConfirmed { hangUp(call, reason: "SIP;cause=408;text=\"No ACK\"", except: .client) } else { endCall(call) }
                 }
             case .terminate:
-                tx.timers.forEach { loop.cancel($0) }
-                serverTransactions[tx.key] = nil
-                transactionsByID[tx.id] = nil
+                finish(tx)
             }
         }
     }
@@ -1366,9 +1361,7 @@ public final class B2BUA: TimerTarget {
                     break
                 }
             case .terminate:
-                tx.timers.forEach { loop.cancel($0) }
-                clientTransactions[tx.key] = nil
-                transactionsByID[tx.id] = nil
+                finish(tx)
             }
         }
     }

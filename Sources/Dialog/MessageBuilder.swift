@@ -119,23 +119,7 @@ public struct MessageBuilder {
         append(">\r\n")
     }
 
-    private mutating func appendDecimal(_ value: some BinaryInteger) {
-        var v = UInt64(value)
-        if v < 10 {
-            bytes.append(UInt8(ascii: "0") + UInt8(v))
-            return
-        }
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
-        withUnsafeMutableBytes(of: &digits) { d in
-            var k = 0
-            while v > 0 {
-                d[k] = UInt8(ascii: "0") + UInt8(v % 10)
-                v /= 10
-                k += 1
-            }
-            for i in stride(from: k - 1, through: 0, by: -1) { bytes.append(d[i]) }
-        }
-    }
+    private mutating func appendDecimal(_ value: some BinaryInteger) { bytes.appendDecimal(value) }
 
     /// Headers that describe the session rather than the hop, so a B2BUA carries them from one
     /// leg to the other (RFC 3262 reliability, RFC 4028 timers, capabilities, events, the body's

@@ -421,13 +421,7 @@ public struct TransactionKey: Hashable, Sendable {
         sentBy.reserveCapacity(via.host.count + 6)
         via.host.withUnsafeBytes { sentBy.append(contentsOf: $0) }
         sentBy.append(UInt8(ascii: ":"))
-        let port = max(0, via.port ?? 5060)
-        var divisor = 1
-        while divisor <= port / 10 { divisor *= 10 }
-        while divisor > 0 {
-            sentBy.append(UInt8(ascii: "0") + UInt8(port / divisor % 10))
-            divisor /= 10
-        }
+        sentBy.appendDecimal(max(0, via.port ?? 5060))
         let name = method == .ack ? "INVITE" : method.description
         return TransactionKey(branch: branch.bytes, method: name, sentBy: sentBy)
     }

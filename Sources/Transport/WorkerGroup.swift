@@ -140,3 +140,14 @@ public struct ShardedIdentifiers: Sendable {
         return nil
     }
 }
+
+extension Array where Element == UInt8 {
+    /// Appends `value` in decimal, without building a String (ports, CSeq numbers, lengths).
+    public mutating func appendDecimal(_ value: some BinaryInteger) {
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
+        Swift.withUnsafeMutableBytes(of: &digits) { raw in
+            let n = ShardedIdentifiers.writeDecimal(UInt64(value), into: raw)
+            append(contentsOf: UnsafeRawBufferPointer(rebasing: raw[..<n]))
+        }
+    }
+}

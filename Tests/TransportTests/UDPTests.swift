@@ -104,4 +104,30 @@ import Testing
         #expect(SocketAddress(ip: "::1", port: 5060)?.description == "[::1]:5060")
         #expect(SocketAddress(ip: "example.com", port: 1) == nil && SocketAddress(ip: "1.2.3.4", port: 70_000) == nil)
     }
+
+    @Test func a_coalescing_loop_pauses_while_datagrams_keep_coming_and_blocks_when_they_stop() throws {
+        let a = try EventLoop(index: 0), b = try EventLoop(index: 1)
+        let ca = Collector(), cb = Collector()
+        let ea = try UDPEndpoint(loop: a, bindTo: SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: false, receiver: ca)
+        let eb = try UDPEndpoint(loop: b, bindTo: SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: false, receiver: cb)
+        b.coalesceMicroseconds = 2_000
+        try a.start()
+        try b.start()
+        defer { a.stop(); b.stop() }
+        // 300 datagrams, one every 300 µs: the receiving loop is woken often, so it pauses.
+        let sender = LoopBound(ea, on: a), target = eb.localAddress
+        for i in 0..<300 {
+            try a.submitAndWait { sender.value.send(Array("datagram \(i)".utf8), to: target) }
+            usleep(300)
+        }
+        #expect(LoopTests.eventually { cb.received.withLock { $0.count } == 300 }, "every datagram arrived")
+        let busy = try b.submitAndWait { b.pauses }
+        #expect(busy > 0, "the loop paused while datagrams kept coming")
+        // Quiet: the loop goes back to a blocking wait instead of pausing and polling forever.
+        usleep(100_000)
+        let settled = try b.submitAndWait { b.pauses }
+        usleep(300_000)
+        #expect(try b.submitAndWait { b.pauses } == settled, "no pauses once nothing arrives")
+        #expect(settled < 300, "fewer pauses than datagrams: each pause served several")
+    }
 }

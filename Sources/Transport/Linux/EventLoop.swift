@@ -96,6 +96,8 @@ public final class EventLoop: @unchecked Sendable {
     /// large). Trades at most this much latency per message for fewer wake-ups.
     public var coalesceMicroseconds: UInt32 = 0
     private var pauseBeforeNextWait = false
+    /// Coalescing pauses taken so far (read on the loop).
+    public private(set) var pauses = 0
     /// Where the loop reports what it cannot hand to anyone (a handler that threw...).
     public var log: @Sendable (String) -> Void = { line in sipedge_log_line("sipedge: \(line)") }
 
@@ -302,6 +304,7 @@ public final class EventLoop: @unchecked Sendable {
         if window > 0, timeout != 0, pauseBeforeNextWait {
             var pause = timespec(tv_sec: 0, tv_nsec: Int(min(window, UInt64(timeout < 0 ? Int32.max : timeout) * 1_000_000)))
             _ = nanosleep(&pause, nil)
+            pauses += 1
             timeout = 0
         }
         let paused = pauseBeforeNextWait && timeout == 0
