@@ -3,7 +3,7 @@ import PackageDescription
 
 // Release builds let the optimizer see across our modules: the parser, transport and dialog code
 // the edge calls per message is specialised and inlined where it is used.
-let crossModule: [SwiftSetting] = [.unsafeFlags(["-cross-module-optimization"], .when(configuration: .release))]
+let crossModule: [SwiftSetting] = [.unsafeFlags(["-cross-module-optimization", "-enforce-exclusivity=unchecked"], .when(configuration: .release))]
 
 let package = Package(
     name: "sipedge",

@@ -284,6 +284,10 @@ public final class B2BUA: TimerTarget {
     private let picker: any DestinationPicker
     /// Told of every change to a confirmed dialog, and of its end (persistence, replication).
     public weak var sink: (any DialogStateSink)?
+    /// A CANCEL whose INVITE is not on this worker (it came from another source port, so the
+    /// kernel queued it on another worker's socket) is offered here with the worker it first
+    /// reached; true when another worker takes it, false when every worker has looked (481).
+    public var passOnCancel: ((_ cancel: SIPMessage, _ hop: Hop, _ listenerTag: String, _ firstWorker: Int) -> Bool)?
     private var ids: ShardedIdentifiers
     private var nextTxID: UInt32 = 1
     private var serverTransactions: [TransactionKey: ServerTxRecord] = [:]
@@ -350,7 +354,8 @@ public final class B2BUA: TimerTarget {
     // MARK: - Receiving
 
     /// A parsed, validated message that came along `hop`.
-    public func receive(_ message: SIPMessage, from hop: Hop, listenerTag: String = "") {
+    /// `firstWorker`: the worker a CANCEL passed on by `passOnCancel` first reached.
+    public func receive(_ message: SIPMessage, from hop: Hop, listenerTag: String = "", firstWorker: Int? = nil) {
         loop.assertInLoop()
         if let method = message.method {
             statistics.requestCounts[method, default: 0] += 1
@@ -358,7 +363,7 @@ public final class B2BUA: TimerTarget {
             statistics.replyCounts[status / 100] += 1
         }
         if message.isRequest {
-            receiveRequest(message, from: hop, listenerTag: listenerTag)
+            receiveRequest(message, from: hop, listenerTag: listenerTag, firstWorker: firstWorker ?? loop.index)
         } else if let key = TransactionKey.client(forResponse: message), let tx = clientTransactions[key] {
             let actions = tx.machine.handle(.response(message))
             perform(actions, client: tx, message: message)
@@ -372,7 +377,7 @@ public final class B2BUA: TimerTarget {
         // Any other response matching no transaction is dropped (§17.1.3).
     }
 
-    private func receiveRequest(_ request: SIPMessage, from hop: Hop, listenerTag: String) {
+    private func receiveRequest(_ request: SIPMessage, from hop: Hop, listenerTag: String, firstWorker: Int) {
         let key = TransactionKey.server(forRequest: request)
         if request.method == .ack {
             if let key, let tx = serverTransactions[key] {
@@ -388,6 +393,11 @@ public final class B2BUA: TimerTarget {
             return
         }
         guard let key, let method = request.method else { return }
+        if method == .cancel, request.tag(of: .to) == nil,
+           serverTransactions[TransactionKey(branch: key.branch, method: "INVITE", sentBy: key.sentBy)] == nil,
+           passOnCancel?(request, hop, listenerTag, firstWorker) == true {
+            return   // another worker may hold its INVITE
+        }
         if method == .invite, request.tag(of: .to) == nil, let id = request.callID, recentlyEnded.contains(id.string) {
             return   // a late copy of the INVITE of a call that is over
         }

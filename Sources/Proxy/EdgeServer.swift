@@ -172,6 +172,9 @@ public final class EdgeServer: @unchecked Sendable {
                                     tlsOutgoing: tls, workers: workers)
             senders.append(LoopBound(sender, on: loop))
             let b2bua = B2BUA(loop: loop, config: b2buaConfig, sender: sender)
+            b2bua.passOnCancel = { [routing, worker = loop.index] cancel, hop, tag, first in
+                routing.passOnCancel(cancel, from: hop, listenerTag: tag, at: worker, firstWorker: first)
+            }
             routing.b2buas.append(LoopBound(b2bua, on: loop))
         }
         for s in senders { s.value.peers = senders }
@@ -181,7 +184,7 @@ public final class EdgeServer: @unchecked Sendable {
             let records = store.loadAll { key, error in logger.warning("database: dialog \(key) skipped: \(error)") }
             for record in records {
                 // The worker the client leg's requests will be routed to (its To tag is our tag).
-                let owner = routing.owner(tag: ByteView(text: record.client.localTag), callID: ByteView(text: record.client.callID))
+                let owner = routing.owner(tag: ByteView(text: record.client.localTag), callID: ByteView(text: record.client.callID)) ?? 0
                 let b2bua = routing.b2buas[owner]
                 workers.handOver(to: owner) { b2bua.value.restore(record) }
             }

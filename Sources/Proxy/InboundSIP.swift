@@ -16,20 +16,32 @@ final class CallRouting: @unchecked Sendable {
     init(workers: WorkerGroup) { self.workers = workers }
 
     /// Responses carry our Via branch, in-dialog requests our tag or Call-ID: all name their worker.
-    /// A new request goes to the worker its Call-ID hashes to.
-    /// (The identifiers are read in place: no copy per message.)
-    func owner(of m: SIPMessage) -> Int {
+    /// A new request stays with the worker that received it (`receiver`): the kernel keeps one
+    /// source on one worker's socket (the SO_REUSEPORT hash of its addresses) and a TCP or TLS
+    /// connection on one worker, so its retransmissions and CANCEL arrive there too, with no
+    /// hand-over. (A CANCEL that another source port brought elsewhere is passed from worker to
+    /// worker: `passOnCancel`.) The identifiers are read in place: no copy per message.
+    func owner(of m: SIPMessage, receiver: Int) -> Int {
         if !m.isRequest, let branch = m.topViaBranch, branch.count > 7,
            let w = branch.withUnsafeBytes({ ShardedIdentifiers.worker(of: $0.dropFirst(7), workers: workers.count) }) { return w }
-        return owner(tag: m.tag(of: .to), callID: m.callID)
+        return owner(tag: m.tag(of: .to), callID: m.callID) ?? receiver
     }
 
-    /// The worker of a dialog named by our tag or, failing that, its Call-ID (ours, or hashed).
-    func owner(tag: ByteView?, callID: ByteView?) -> Int {
+    /// The worker of a dialog named by our tag or, failing that, our Call-ID; nil when neither is ours.
+    func owner(tag: ByteView?, callID: ByteView?) -> Int? {
         let n = workers.count
         if let tag, let w = tag.withUnsafeBytes({ ShardedIdentifiers.worker(of: $0, workers: n) }) { return w }
-        guard let callID else { return 0 }
-        return callID.withUnsafeBytes { ShardedIdentifiers.worker(of: $0, workers: n) ?? workers.owner(of: $0) }
+        return callID?.withUnsafeBytes { ShardedIdentifiers.worker(of: $0, workers: n) }
+    }
+
+    /// Offers a CANCEL that matched no INVITE on `worker` to the next worker, until it is back
+    /// with the one it first reached (which then answers 481).
+    func passOnCancel(_ cancel: SIPMessage, from peer: Hop, listenerTag: String, at worker: Int, firstWorker: Int) -> Bool {
+        let next = (worker + 1) % b2buas.count
+        guard next != firstWorker else { return false }
+        let b2bua = b2buas[next]
+        workers.handOver(to: next) { b2bua.value.receive(cancel, from: peer, listenerTag: listenerTag, firstWorker: firstWorker) }
+        return true
     }
 
     /// An ICMP error names the destination, not the sender: with SO_REUSEPORT the kernel queues
@@ -41,9 +53,9 @@ final class CallRouting: @unchecked Sendable {
         }
     }
 
-    func deliver(_ m: SIPMessage, from peer: Hop, listenerTag: String) {
+    func deliver(_ m: SIPMessage, from peer: Hop, listenerTag: String, receiver: Int) {
         guard !b2buas.isEmpty else { return }
-        let b2bua = b2buas[owner(of: m)]
+        let b2bua = b2buas[owner(of: m, receiver: receiver)]
         workers.handOver(to: b2bua.loop.index) { b2bua.value.receive(m, from: peer, listenerTag: listenerTag) }
     }
 }
@@ -160,7 +172,7 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
             if message.isRequest { try message.checkRequestURIScheme() }
             logger.debug("worker \(worker): \(proto.rawValue) from \(peer): \(message.method?.description ?? "\(message.statusCode ?? 0)")")
             if proto != .sctp {
-                routing.deliver(message, from: Hop(proto, peer, worker: proto == .udp && !ownPort ? nil : worker), listenerTag: listenerTag)
+                routing.deliver(message, from: Hop(proto, peer, worker: proto == .udp && !ownPort ? nil : worker), listenerTag: listenerTag, receiver: worker)
             }
         } catch {
             invalid.add(1, ordering: .relaxed)

@@ -29,16 +29,6 @@ public final class WorkerGroup: Sendable {
         let loop = loops[worker]
         if loop.inLoop { work() } else { loop.execute(work) }
     }
-
-    /// The worker that owns a new key (an initial request's Call-ID): FNV-1a over its bytes.
-    public func owner(of key: some Sequence<UInt8>) -> Int {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in key {
-            hash ^= UInt64(byte)
-            hash &*= 0x0000_0100_0000_01b3
-        }
-        return Int(hash % UInt64(loops.count))
-    }
 }
 
 /// Makes the identifiers a node generates (Via branches, tags, Call-IDs, Contact user parts) so

@@ -193,7 +193,9 @@ import Testing
         // Two workers, each with a port of its own (listener port + 50, + 51): the INVITEs, ACKs
         // and BYEs the callee receives come from them (Via, Contact), its answers go back there,
         // and every call completes; no Via or Contact on the backend side names the shared port.
-        guard let run = try Self.runCalls(40, workerPorts: true, destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        // The caller opens a socket per call (SIPp -t un): the kernel spreads the calls over both
+        // workers, each keeping the calls that reached it.
+        guard let run = try Self.runCalls(40, uacArguments: ["-t", "un", "-max_socket", "1000"], workerPorts: true, destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every call succeeded\n\(run.output)")
         #expect(run.output.contains("40 calls started, 0 still up"), "\(run.output)")
         let edgePort = run.uasPort - 10
@@ -224,6 +226,35 @@ import Testing
                                           destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every caller got 200 for its CANCEL and 487 for its INVITE\n\(run.output)")
         #expect(CallRun.count("CANCEL sip:", in: run.uasLog) >= 10, "the backend saw each CANCEL")
+    }
+
+    @Test func a_cancel_from_another_source_port_finds_its_invite_on_another_worker() throws {
+        // Two workers share the UDP port; the kernel queues each source's datagrams on one of them.
+        // Twelve callers (raw sockets) each send their CANCEL from a second port: about half land
+        // on the worker that does not hold the INVITE, which passes them on.
+        guard let run = try Self.runCalls(1, timeout: 15, uacScenario: Scenarios.cancellingCaller, uasScenario: Scenarios.ringingCallee,
+                                          during: { edge, _ in
+            let port = edge.boundPort("listening udp")!
+            for i in 0..<12 {
+                let (a, b) = (ProtectionTests.socket(from: "127.0.0.4"), ProtectionTests.socket(from: "127.0.0.4"))
+                defer { close(a); close(b) }
+                var address = sockaddr_in(), length = socklen_t(MemoryLayout<sockaddr_in>.size)
+                _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(a, $0, &length) } }
+                let portA = Int(UInt16(bigEndian: address.sin_port))
+                let head = "Via: SIP/2.0/UDP 127.0.0.4:\(portA);branch=z9hG4bKother\(i)\r\nMax-Forwards: 70\r\n"
+                    + "From: <sip:other@127.0.0.4>;tag=o\(i)\r\nTo: <sip:service@127.0.0.1>\r\nCall-ID: other-port-\(i)\r\n"
+                ProtectionTests.send(a, "INVITE sip:service@127.0.0.1:\(port) SIP/2.0\r\n" + head
+                    + "CSeq: 1 INVITE\r\nContact: <sip:other@127.0.0.4:\(portA)>\r\nContent-Length: 0\r\n\r\n", to: port)
+                let ringing = ProtectionTests.statuses(a, waiting: 2_000)
+                #expect(ringing.contains(180), "call \(i) rang: \(ringing)")
+                ProtectionTests.send(b, "CANCEL sip:service@127.0.0.1:\(port) SIP/2.0\r\n" + head
+                    + "CSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n", to: port)
+                // Each answer goes back where its request came from.
+                let cancelled = ProtectionTests.statuses(b, waiting: 2_000), finals = ProtectionTests.statuses(a, waiting: 2_000)
+                #expect(cancelled == [200] && finals == [487], "call \(i): 200 for the CANCEL (\(cancelled)), 487 for the INVITE (\(finals))")
+            }
+        }, destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(CallRun.count("CANCEL sip:", in: run.uasLog) >= 13, "the backend saw every CANCEL")
     }
 
     @Test func rfc3261_14_a_reinvite_from_the_caller_reaches_the_callee_and_back() throws {
