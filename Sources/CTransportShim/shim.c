@@ -178,3 +178,18 @@ void sipedge_keep_freed_memory(size_t bytes) {
     mallopt(M_TRIM_THRESHOLD, (int)bytes);
     mallopt(M_TOP_PAD, 1 << 20);
 }
+
+void sipedge_reserve_heap(size_t bytes) {
+    /* A thread's arena grows a few pages at a time, with an mprotect each time it passes its
+       highest size so far (and M_TOP_PAD does not apply to it). Growing it once, here, then
+       freeing: the pages are mapped read-write but untouched (no resident memory but the chunk
+       headers), and they stay in the heap up to M_TRIM_THRESHOLD. */
+    enum { chunk = 64 << 10 };
+    size_t count = bytes / chunk;
+    void **chunks = malloc(count * sizeof(void *));
+    if (!chunks) return;
+    size_t n = 0;
+    while (n < count && (chunks[n] = malloc(chunk - 64)) != NULL) n++;
+    while (n > 0) free(chunks[--n]);
+    free(chunks);
+}

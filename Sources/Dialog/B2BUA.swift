@@ -389,7 +389,11 @@ public final class B2BUA: TimerTarget {
             return
         }
         if let key, let tx = serverTransactions[key] {
-            perform(tx.machine.handle(.retransmission), server: tx)
+            if tx.machine.isInvite, !tx.machine.hasResponded {
+                sendTrying(tx)   // the caller retransmits before the 100 was due: it goes now
+            } else {
+                perform(tx.machine.handle(.retransmission), server: tx)
+            }
             return
         }
         guard let key, let method = request.method else { return }
@@ -443,8 +447,16 @@ public final class B2BUA: TimerTarget {
 
     // MARK: - Calls
 
+    /// §17.2.1: a 100 Trying quenches the caller's retransmissions, unless the TU answers within
+    /// 200 ms. A new call's 100 waits that long: when the farm rings or answers first (the usual
+    /// case), its 180 or final response does the job and the 100 is never built or sent.
+    static let tryingDelayMilliseconds: UInt64 = 200
+
+    private func sendTrying(_ tx: ServerTxRecord) {
+        perform(tx.machine.start(trying: MessageBuilder.response(to: tx.request, status: 100, toTag: nil)), server: tx)
+    }
+
     private func newCall(_ invite: SIPMessage, _ tx: ServerTxRecord, listenerTag: String) {
-        perform(tx.machine.start(trying: MessageBuilder.response(to: invite, status: 100, toTag: nil)), server: tx)
         guard let fromTag = invite.tag(of: .from), let callID = invite.callID?.string,
               let from = try? invite.from(), let to = try? invite.to(), let uri = try? invite.requestURI() else {
             respond(tx, status: 400)
@@ -504,7 +516,7 @@ public final class B2BUA: TimerTarget {
         callsStarted += 1
         switch tryNextBackend(call) {
         case .sent:
-            break
+            _ = loop.schedule(afterMilliseconds: Self.tryingDelayMilliseconds, target: self, token: Self.token(.trying, call))
         case .exhausted:
             respond(tx, status: 503, extra: [("Retry-After", "30"), ("Warning", "399 sipedge \"no destination available\"")])
             call.clientInvite = nil
@@ -583,8 +595,10 @@ public final class B2BUA: TimerTarget {
         }
         Self.copySessionHeaders(from: invite, into: &b, addTimer: call.askedSessionExpires > 0)
         let bytes = b.finish(contentType: invite.contentType, body: invite.body.bytes)
-        call.backendInvite = try? SIPMessage(parsing: bytes)
-        startClient(bytes, to: destination, call: call, purpose: .backendInvite)
+        // Parsed once: the CANCEL and ACK are built from it, and its transaction runs on it.
+        let parsed = try? SIPMessage(parsing: bytes)
+        call.backendInvite = parsed
+        startClient(parsed, to: destination, call: call, purpose: .backendInvite)
         return .sent
     }
 
@@ -1253,7 +1267,13 @@ public final class B2BUA: TimerTarget {
 
     private func startClient(_ bytes: [UInt8], to destination: Hop, call: Call?, origin: ServerTxRecord? = nil,
                              purpose: ClientTxRecord.Purpose = .relay, onFinal: ((SIPMessage?) -> Void)? = nil) {
-        guard let request = try? SIPMessage(parsing: bytes), let key = TransactionKey.client(forRequest: request) else {
+        startClient(try? SIPMessage(parsing: bytes), to: destination, call: call, origin: origin, purpose: purpose, onFinal: onFinal)
+    }
+
+    /// `request`: one we built, parsed (nil if it did not parse: the transaction fails at once).
+    private func startClient(_ request: SIPMessage?, to destination: Hop, call: Call?, origin: ServerTxRecord? = nil,
+                             purpose: ClientTxRecord.Purpose = .relay, onFinal: ((SIPMessage?) -> Void)? = nil) {
+        guard let request, let key = TransactionKey.client(forRequest: request) else {
             onFinal?(nil)
             return
         }
@@ -1383,7 +1403,7 @@ public final class B2BUA: TimerTarget {
 
     /// Call timers share the token space with transaction timers: the top byte says which.
     private enum CallTimer: UInt64 {
-        case answer = 1, lifetime, sessionClient, sessionBackend, ping
+        case answer = 1, lifetime, sessionClient, sessionBackend, ping, trying
     }
 
     private static func token(_ kind: CallTimer, _ call: Call) -> UInt64 { kind.rawValue << 56 | UInt64(call.number) }
@@ -1399,6 +1419,8 @@ public final class B2BUA: TimerTarget {
             case .sessionClient: sessionTimerFired(call, .client)
             case .sessionBackend: sessionTimerFired(call, .backend)
             case .ping: ping(call)
+            case .trying:
+                if let tx = call.clientInvite, !tx.finished, !tx.machine.hasResponded { sendTrying(tx) }
             case .answer:
                 guard let answer = call.answer else { return }
                 if loop.now >= call.answerDeadline {

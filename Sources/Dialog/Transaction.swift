@@ -281,8 +281,11 @@ public struct ServerTransaction: Sendable {
         self.retransmitInterval = timers.t1
     }
 
-    /// For INVITE: the 100 Trying to send at once (§17.2.1: a proxy always sends it), which
-    /// also becomes the response that answers retransmissions.
+    /// Whether the TU has given this transaction a response (a 100 Trying counts).
+    public var hasResponded: Bool { lastResponse != nil }
+
+    /// For INVITE: the 100 Trying to send (§17.2.1), which also becomes the response that
+    /// answers retransmissions.
     public mutating func start(trying: [UInt8]?) -> [TransactionAction] {
         guard isInvite, let trying else { return [] }
         lastResponse = trying

@@ -233,14 +233,16 @@ public final class EdgeServer: @unchecked Sendable {
         } catch {
             throw SystemError("database thread", errno: EAGAIN)
         }
+        // Freed memory stays in the heaps between the 30 s trims (no give-back and take-again per
+        // call), and each worker's heap starts with room for its first tens of thousands of calls.
+        ProcessMemory.keepFreedMemory(upTo: 64 << 20)
         try workers.start()
+        for loop in workers.loops { loop.execute { ProcessMemory.reserveHeap(48 << 20) } }
         try mi?.start()
         if let prober = routing.b2buas.first {
             for set in router.sets { set.startProbing(from: prober) }
         }
         let first = workers.loops[0]
-        // Freed memory stays in the heaps between the 30 s trims (no give-back and take-again per call).
-        ProcessMemory.keepFreedMemory(upTo: 64 << 20)
         first.execute { Self.returnFreedMemory(every: 30_000, on: first) }
         if let registrar, let sender = senders.first {
             first.execute { Self.tendLocations(registrar, sender: sender, every: UInt64(registrar.settings.keepaliveSeconds) * 1_000) }

@@ -257,6 +257,20 @@ import Testing
         #expect(CallRun.count("CANCEL sip:", in: run.uasLog) >= 13, "the backend saw every CANCEL")
     }
 
+    @Test func rfc3261_17_2_1_the_100_trying_goes_only_when_the_farm_is_slower_than_200_ms() throws {
+        // A callee that rings at once: its 180 quenches the caller's retransmissions, no 100 from us.
+        guard let fast = try Self.runCalls(5, destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(fast.status == 0, "\(fast.output)")
+        #expect(CallRun.count("SIP/2.0 180", in: fast.uacLog) >= 5)
+        #expect(CallRun.count("SIP/2.0 100", in: fast.uacLog) == 0, "no 100 ahead of a prompt 180")
+        // A callee that takes a second: the 100 goes after 200 ms, before the caller's first retransmission at 500 ms.
+        guard let slow = try Self.runCalls(5, uasScenario: Scenarios.thoughtfulCallee, destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(slow.status == 0, "\(slow.output)")
+        #expect(CallRun.count("SIP/2.0 100", in: slow.uacLog) == 5, "one 100 per call")
+        let invites = slow.uacLog.components(separatedBy: "INVITE sip:").count - 1
+        #expect(invites == 5, "no INVITE was sent twice: \(invites)")
+    }
+
     @Test func rfc3261_14_a_reinvite_from_the_caller_reaches_the_callee_and_back() throws {
         guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.holdingCaller, uasScenario: Scenarios.answeringCallee,
                                           destinations: { ["127.0.0.1:\($0)"] }) else { return }
@@ -574,6 +588,17 @@ enum Scenarios {
         callerSends("CANCEL", cseq: 1, withTag: false, retransmit: false, sameBranch: true),
         #"<recv response="200"/>"#, #"<recv response="487"/>"#,
         callerSends("ACK", cseq: 1, withTag: true, retransmit: false, sameBranch: true),
+    ])
+
+    /// Callee: thinks for a second before it rings and answers, then waits for the ACK and BYE.
+    static let thoughtfulCallee = scenario("thoughtful callee", [
+        #"<recv request="INVITE"/>"#,
+        #"<pause milliseconds="1000"/>"#,
+        calleeAnswers("180 Ringing", tag: true),
+        calleeAnswers("200 OK", tag: true, sdp: true),
+        #"<recv request="ACK"/>"#,
+        #"<recv request="BYE"/>"#,
+        calleeAnswers("200 OK", tag: true),
     ])
 
     /// Callee: rings, then answers the CANCEL with 200 and the INVITE with 487, waits for the ACK.

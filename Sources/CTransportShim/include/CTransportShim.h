@@ -78,5 +78,6 @@ ssize_t sipedge_sctp_receive(int fd, void *buffer, size_t capacity, struct socka
 int sipedge_malloc_trim(void);
 /// Lets the malloc heaps keep up to `bytes` freed at their top rather than hand them back at once.
 void sipedge_keep_freed_memory(size_t bytes);
+void sipedge_reserve_heap(size_t bytes);
 
 #endif

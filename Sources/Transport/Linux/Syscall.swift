@@ -74,4 +74,8 @@ public enum ProcessMemory {
     /// instead of going back to the kernel at every free and being asked for again at the next
     /// allocation.
     public static func keepFreedMemory(upTo bytes: Int) { sipedge_keep_freed_memory(bytes) }
+
+    /// Grows the calling thread's heap by `bytes` once (address space, not resident memory), so
+    /// that it does not grow page by page, a system call each time, while calls pile up.
+    public static func reserveHeap(_ bytes: Int) { sipedge_reserve_heap(bytes) }
 }
