@@ -277,8 +277,12 @@ extension EdgeConfig {
             }
             let workerPorts = try t.int("worker_ports", default: 0, range: 0...65_535)
             if workerPorts > 0 && proto != .udp { throw t.error("worker_ports", "only a udp listener has ports per worker") }
+            let spread = try t.string("spread_calls_by", default: "source")
+            guard spread == "source" || spread == "call-id" else {
+                throw t.error("spread_calls_by", "must be \"source\" or \"call-id\", not \"\(spread)\"")
+            }
             return ListenerSpec(proto: proto, address: address, advertisedHost: advertisedHost, advertisedPort: advertisedPort, tag: tag,
-                                workerPorts: workerPorts > 0 ? UInt16(workerPorts) : nil)
+                                workerPorts: workerPorts > 0 ? UInt16(workerPorts) : nil, spreadByCallID: spread == "call-id")
         }
         guard !listeners.isEmpty else { throw ConfigError(line: nil, key: "listener", message: "at least one [[listener]] is required") }
         if listeners.contains(where: { $0.proto == .tls }) && tls == nil {

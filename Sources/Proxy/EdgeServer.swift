@@ -60,7 +60,7 @@ public final class EdgeServer: @unchecked Sendable {
             for loop in workers.loops where spec.proto != .sctp || loop.index == 0 {
                 // Each listener's own receiver, so a new call is known by the tag it came in on.
                 let receiver = InboundSIP(worker: loop.index, loop: loop, listenerTag: spec.tag.name, limits: config.parserLimits,
-                                          security: config.security, logger: logger, routing: routing)
+                                          security: config.security, logger: logger, routing: routing, spreadByCallID: spec.spreadByCallID)
                 inbound.append(receiver)
                 do {
                     switch spec.proto {

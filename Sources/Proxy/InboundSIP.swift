@@ -21,10 +21,24 @@ final class CallRouting: @unchecked Sendable {
     /// connection on one worker, so its retransmissions and CANCEL arrive there too, with no
     /// hand-over. (A CANCEL that another source port brought elsewhere is passed from worker to
     /// worker: `passOnCancel`.) The identifiers are read in place: no copy per message.
-    func owner(of m: SIPMessage, receiver: Int) -> Int {
+    /// With `spreadByCallID` (a listener's `spread_calls_by = "call-id"`) a new request goes to
+    /// the worker its Call-ID hashes to instead.
+    func owner(of m: SIPMessage, receiver: Int, spreadByCallID: Bool = false) -> Int {
         if !m.isRequest, let branch = m.topViaBranch, branch.count > 7,
            let w = branch.withUnsafeBytes({ ShardedIdentifiers.worker(of: $0.dropFirst(7), workers: workers.count) }) { return w }
-        return owner(tag: m.tag(of: .to), callID: m.callID) ?? receiver
+        if let w = owner(tag: m.tag(of: .to), callID: m.callID) { return w }
+        guard spreadByCallID, let callID = m.callID else { return receiver }
+        return callID.withUnsafeBytes { Self.hash($0) } % workers.count
+    }
+
+    /// FNV-1a over a Call-ID.
+    static func hash(_ bytes: UnsafeRawBufferPointer) -> Int {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in bytes {
+            hash ^= UInt64(byte)
+            hash &*= 0x0000_0100_0000_01b3
+        }
+        return Int(hash >> 1)
     }
 
     /// The worker of a dialog named by our tag or, failing that, our Call-ID; nil when neither is ours.
@@ -53,9 +67,9 @@ final class CallRouting: @unchecked Sendable {
         }
     }
 
-    func deliver(_ m: SIPMessage, from peer: Hop, listenerTag: String, receiver: Int) {
+    func deliver(_ m: SIPMessage, from peer: Hop, listenerTag: String, receiver: Int, spreadByCallID: Bool) {
         guard !b2buas.isEmpty else { return }
-        let b2bua = b2buas[owner(of: m, receiver: receiver)]
+        let b2bua = b2buas[owner(of: m, receiver: receiver, spreadByCallID: spreadByCallID)]
         workers.handOver(to: b2bua.loop.index) { b2bua.value.receive(m, from: peer, listenerTag: listenerTag) }
     }
 }
@@ -108,10 +122,13 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
     /// Whether it serves a UDP socket of this worker's own (`worker_ports`): what arrives there is
     /// answered from there, and the hop says so.
     let ownPort: Bool
+    /// New calls go to the worker their Call-ID hashes to (`spread_calls_by = "call-id"`).
+    let spreadByCallID: Bool
 
     init(worker: Int, loop: EventLoop, listenerTag: String, limits: SIPParserLimits, security: EdgeConfig.SecuritySettings, logger: Logger, routing: CallRouting,
-         ownPort: Bool = false) {
+         ownPort: Bool = false, spreadByCallID: Bool = false) {
         self.worker = worker
+        self.spreadByCallID = spreadByCallID
         self.ownPort = ownPort
         self.listenerTag = listenerTag
         self.limits = limits
@@ -172,7 +189,7 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
             if message.isRequest { try message.checkRequestURIScheme() }
             logger.debug("worker \(worker): \(proto.rawValue) from \(peer): \(message.method?.description ?? "\(message.statusCode ?? 0)")")
             if proto != .sctp {
-                routing.deliver(message, from: Hop(proto, peer, worker: proto == .udp && !ownPort ? nil : worker), listenerTag: listenerTag, receiver: worker)
+                routing.deliver(message, from: Hop(proto, peer, worker: proto == .udp && !ownPort ? nil : worker), listenerTag: listenerTag, receiver: worker, spreadByCallID: spreadByCallID)
             }
         } catch {
             invalid.add(1, ordering: .relaxed)

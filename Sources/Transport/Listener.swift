@@ -36,9 +36,13 @@ public struct ListenerSpec: Hashable, Sendable, CustomStringConvertible {
     public let tag: ListenerTag
     /// UDP: worker N also has a socket of its own on `workerPorts + N` (nil: none).
     public let workerPorts: UInt16?
+    /// New calls go to the worker their Call-ID hashes to, not the one that received them: one
+    /// busy source (a carrier trunk) is spread over every worker, at a hand-over per message.
+    public let spreadByCallID: Bool
 
     public init(proto: TransportProtocol, address: SocketAddress, advertisedHost: String? = nil, advertisedPort: UInt16? = nil, tag: ListenerTag,
-                workerPorts: UInt16? = nil) {
+                workerPorts: UInt16? = nil, spreadByCallID: Bool = false) {
+        self.spreadByCallID = spreadByCallID
         self.proto = proto
         self.address = address
         self.advertisedHost = advertisedHost

@@ -48,10 +48,10 @@ import Transport
     }
 
     @Test func worker_ports_and_coalescing_are_read() throws {
-        let config = try EdgeConfig.parse("coalesce_microseconds = 1500\n[[listener]]\nproto = \"udp\"\naddress = \"127.0.0.1\"\nworker_ports = 6100\n")
-        #expect(config.coalesceMicroseconds == 1_500 && config.listeners[0].workerPorts == 6_100)
+        let config = try EdgeConfig.parse("coalesce_microseconds = 1500\n[[listener]]\nproto = \"udp\"\naddress = \"127.0.0.1\"\nworker_ports = 6100\nspread_calls_by = \"call-id\"\n")
+        #expect(config.coalesceMicroseconds == 1_500 && config.listeners[0].workerPorts == 6_100 && config.listeners[0].spreadByCallID)
         let plain = try EdgeConfig.parse(Self.minimal)
-        #expect(plain.coalesceMicroseconds == 0 && plain.listeners[0].workerPorts == nil)
+        #expect(plain.coalesceMicroseconds == 0 && plain.listeners[0].workerPorts == nil && !plain.listeners[0].spreadByCallID)
     }
 
     @Test func errors_name_line_and_key() {
@@ -72,6 +72,7 @@ import Transport
             ("[tls]\ncertificate = \"a.pem\"\n" + Self.minimal, "tls.private_key: is required"),
             ("coalesce_microseconds = 30000\n" + Self.minimal, "line 1: coalesce_microseconds: must be in 0...20000"),
             ("[[listener]]\nproto = \"tcp\"\naddress = \"::1\"\nworker_ports = 6000\n", "listener[1].worker_ports: only a udp listener"),
+            ("[[listener]]\nproto = \"udp\"\naddress = \"::1\"\nspread_calls_by = \"tag\"\n", "listener[1].spread_calls_by: must be \"source\" or \"call-id\""),
             ("workers = 4\n[[listener]]\nproto = \"udp\"\naddress = \"::1\"\nworker_ports = 65534\n", "worker_ports: 4 workers need ports 65534-65537, past 65535"),
             ("[[listener]]\nproto = \"udp\"\naddress = \"::1\"\nport = 5061\nworker_ports = 5060\n", "worker_ports: ports 5060-5061 include the listener port 5061"),
         ]

@@ -38,10 +38,11 @@ import Testing
 
     /// `[[listener]]` sections on 127.0.0.1:`port` (0: any free port), tag "public": UDP, and TCP too.
     /// `workerPorts`: the UDP listener gives each worker a port of its own from there.
-    static func listeners(port: Int, tcp: Bool = true, workerPorts: Int? = nil) -> String {
+    static func listeners(port: Int, tcp: Bool = true, workerPorts: Int? = nil, spreadByCallID: Bool = false) -> String {
         (tcp ? ["udp", "tcp"] : ["udp"]).map {
             "[[listener]]\nproto = \"\($0)\"\naddress = \"127.0.0.1\"\nport = \(port)\ntag = \"public\""
                 + ($0 == "udp" ? workerPorts.map { "\nworker_ports = \($0)" } ?? "" : "")
+                + (spreadByCallID ? "\nspread_calls_by = \"call-id\"" : "")
         }.joined(separator: "\n")
     }
 
@@ -104,7 +105,7 @@ import Testing
     /// the ports and the edge's output.
     static func runCalls(_ calls: Int, timeout: Int = 30, uacScenario: String? = nil, uasScenario: String? = nil,
                          lostPercent: Int = 0, extraConfig: String = "", transport: String = "udp", rate: Int = 50,
-                         uacArguments: [String] = [], uasArguments: [String] = [], workerPorts: Bool = false,
+                         uacArguments: [String] = [], uasArguments: [String] = [], workerPorts: Bool = false, spreadByCallID: Bool = false,
                          during: ((Edge, Process) throws -> Void)? = nil,
                          destinations: (Int) -> [String]) throws -> CallRun? {
         guard let sipp = try? Self.requireSIPp() else { return nil }
@@ -121,7 +122,7 @@ import Testing
                 \(extraConfig)
                 [dispatcher]
                 destinations = [\(list)]
-                \(CallTests.listeners(port: base, workerPorts: workerPorts ? base + 50 : nil))
+                \(CallTests.listeners(port: base, workerPorts: workerPorts ? base + 50 : nil, spreadByCallID: spreadByCallID))
                 """
             let candidate = try Edge(config: config)
             if candidate.waitFor("listening tcp") { edge = candidate } else { candidate.stop() }
@@ -210,6 +211,19 @@ import Testing
         // (From and To keep the listener's address: they name the parties, not where to send.)
         #expect(!(vias.union(Self.lines(run.uasLog, prefix: "Contact:"))).contains { $0.contains("127.0.0.1:\(edgePort)") })
         #expect(run.sidesHidden)
+    }
+
+    @Test func spread_by_call_id_shares_one_sources_calls_between_the_workers() throws {
+        // One caller, one source port: with spread_calls_by = "call-id" its calls still reach the
+        // backend from both workers' own ports (without it, all would stay with one worker).
+        guard let run = try Self.runCalls(40, extraConfig: "", workerPorts: true, spreadByCallID: true,
+                                          destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every call succeeded\n\(run.output)")
+        let edgePort = run.uasPort - 10
+        let invites = Self.lines(run.uasLog, prefix: "Via:")
+        let fromWorker0 = invites.filter { $0.contains("127.0.0.1:\(edgePort + 50);") }.count
+        let fromWorker1 = invites.filter { $0.contains("127.0.0.1:\(edgePort + 51);") }.count
+        #expect(fromWorker0 > 0 && fromWorker1 > 0, "both workers carried calls: \(fromWorker0) and \(fromWorker1) branches")
     }
 
     @Test func calls_complete_with_wakeup_coalescing() throws {
