@@ -158,8 +158,8 @@ public final class Dispatcher: Sendable {
         shared.withLock { s in s.entries.firstIndex { $0.settings.hop == hop.withoutWorker && !$0.removed } }
     }
 
-    /// FNV-1a, as the workers' own sharding uses.
-    static func hash(_ bytes: [UInt8]) -> UInt64 {
+    /// FNV-1a (also what spreads calls by Call-ID over the workers).
+    static func hash(_ bytes: some Sequence<UInt8>) -> UInt64 {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for b in bytes {
             h ^= UInt64(b)

@@ -28,17 +28,7 @@ final class CallRouting: @unchecked Sendable {
            let w = branch.withUnsafeBytes({ ShardedIdentifiers.worker(of: $0.dropFirst(7), workers: workers.count) }) { return w }
         if let w = owner(tag: m.tag(of: .to), callID: m.callID) { return w }
         guard spreadByCallID, let callID = m.callID else { return receiver }
-        return callID.withUnsafeBytes { Self.hash($0) } % workers.count
-    }
-
-    /// FNV-1a over a Call-ID.
-    static func hash(_ bytes: UnsafeRawBufferPointer) -> Int {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in bytes {
-            hash ^= UInt64(byte)
-            hash &*= 0x0000_0100_0000_01b3
-        }
-        return Int(hash >> 1)
+        return Int(callID.withUnsafeBytes { Dispatcher.hash($0) } % UInt64(workers.count))
     }
 
     /// The worker of a dialog named by our tag or, failing that, our Call-ID; nil when neither is ours.
