@@ -216,7 +216,7 @@ import Testing
     @Test func spread_by_call_id_shares_one_sources_calls_between_the_workers() throws {
         // One caller, one source port: with spread_calls_by = "call-id" its calls still reach the
         // backend from both workers' own ports (without it, all would stay with one worker).
-        guard let run = try Self.runCalls(40, extraConfig: "", workerPorts: true, spreadByCallID: true,
+        guard let run = try Self.runCalls(40, workerPorts: true, spreadByCallID: true,
                                           destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every call succeeded\n\(run.output)")
         let edgePort = run.uasPort - 10
@@ -244,17 +244,27 @@ import Testing
 
     @Test func a_cancel_from_another_source_port_finds_its_invite_on_another_worker() throws {
         // Two workers share the UDP port; the kernel queues each source's datagrams on one of them.
-        // Twelve callers (raw sockets) each send their CANCEL from a second port: about half land
-        // on the worker that does not hold the INVITE, which passes them on.
-        guard let run = try Self.runCalls(1, timeout: 15, uacScenario: Scenarios.cancellingCaller, uasScenario: Scenarios.ringingCallee,
-                                          during: { edge, _ in
+        // Callers (raw sockets) each send their CANCEL from a second port, until three CANCELs
+        // have landed on the worker that does not hold their INVITE (the edge's debug log names
+        // the worker of each message), which passes them on.
+        var crossed = 0
+        guard let run = try Self.runCalls(1, timeout: 30, uacScenario: Scenarios.cancellingCaller, uasScenario: Scenarios.ringingCallee,
+                                          extraConfig: "[log]\nlevel = \"debug\"", during: { edge, _ in
             let port = edge.boundPort("listening udp")!
-            for i in 0..<12 {
+            func localPort(_ fd: Int32) -> Int {
+                var address = sockaddr_in(), length = socklen_t(MemoryLayout<sockaddr_in>.size)
+                _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+                return Int(UInt16(bigEndian: address.sin_port))
+            }
+            /// The worker whose log line says it received `method` from 127.0.0.4:`from`.
+            func worker(of method: String, from: Int) -> Substring? {
+                edge.output.split(whereSeparator: \.isNewline).first { $0.hasSuffix("udp from 127.0.0.4:\(from): \(method)") }
+                    .flatMap { $0.split(separator: "worker ").last?.split(separator: ":").first }
+            }
+            for i in 0..<40 where crossed < 3 {
                 let (a, b) = (ProtectionTests.socket(from: "127.0.0.4"), ProtectionTests.socket(from: "127.0.0.4"))
                 defer { close(a); close(b) }
-                var address = sockaddr_in(), length = socklen_t(MemoryLayout<sockaddr_in>.size)
-                _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(a, $0, &length) } }
-                let portA = Int(UInt16(bigEndian: address.sin_port))
+                let (portA, portB) = (localPort(a), localPort(b))
                 let head = "Via: SIP/2.0/UDP 127.0.0.4:\(portA);branch=z9hG4bKother\(i)\r\nMax-Forwards: 70\r\n"
                     + "From: <sip:other@127.0.0.4>;tag=o\(i)\r\nTo: <sip:service@127.0.0.1>\r\nCall-ID: other-port-\(i)\r\n"
                 ProtectionTests.send(a, "INVITE sip:service@127.0.0.1:\(port) SIP/2.0\r\n" + head
@@ -266,9 +276,13 @@ import Testing
                 // Each answer goes back where its request came from.
                 let cancelled = ProtectionTests.statuses(b, waiting: 2_000), finals = ProtectionTests.statuses(a, waiting: 2_000)
                 #expect(cancelled == [200] && finals == [487], "call \(i): 200 for the CANCEL (\(cancelled)), 487 for the INVITE (\(finals))")
+                let (invited, cancelling) = (worker(of: "INVITE", from: portA), worker(of: "CANCEL", from: portB))
+                #expect(invited != nil && cancelling != nil, "the log names both workers")
+                if invited != cancelling { crossed += 1 }
             }
         }, destinations: { ["127.0.0.1:\($0)"] }) else { return }
-        #expect(CallRun.count("CANCEL sip:", in: run.uasLog) >= 13, "the backend saw every CANCEL")
+        #expect(crossed == 3, "three CANCELs reached the worker without their INVITE")
+        #expect(CallRun.count("CANCEL sip:", in: run.uasLog) >= 4, "the backend saw every CANCEL")
     }
 
     @Test func rfc3261_17_2_1_the_100_trying_goes_only_when_the_farm_is_slower_than_200_ms() throws {
