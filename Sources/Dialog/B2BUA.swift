@@ -562,7 +562,7 @@ public final class B2BUA: TimerTarget {
             if let uri = choice.requestURI {
                 target = uri
             } else {
-                let host = destination.address.family == .inet6 ? "[\(destination.address.ipString)]" : destination.address.ipString
+                let host = destination.address.uriHost
                 let transport = destination.transport == .udp ? "" : ";transport=\(destination.transport.rawValue)"
                 target = Array("sip:\(call.user.isEmpty ? "" : call.user + "@")\(host):\(destination.address.port)\(transport)".utf8)
             }
@@ -1230,7 +1230,7 @@ public final class B2BUA: TimerTarget {
         loop.assertInLoop()
         let hop = byOwnPort(destination)
         let local = localAddress(hop)
-        let host = hop.address.family == .inet6 ? "[\(hop.address.ipString)]" : hop.address.ipString
+        let host = hop.address.uriHost
         let transport = hop.transport == .udp ? "" : ";transport=\(hop.transport.rawValue)"
         var b = MessageBuilder(requestLine: "OPTIONS", uri: Array("sip:\(host):\(hop.address.port)\(transport)".utf8))
         via(hop, into: &b)

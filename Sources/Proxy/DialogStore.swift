@@ -16,8 +16,9 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
 /// one: what waits is bounded by the number of live dialogs, whatever the rate of changes.
 public final class DialogStore: DialogStateSink, Sendable {
     public let path: String
-    /// Key -> encoded record, or nil for a deletion.
-    private let pending = Mutex<[String: [UInt8]?]>([:])
+    /// Key -> the latest record, or nil for a deletion. Records are encoded by the writer, and only
+    /// those it writes: a call that ends before the next batch is never encoded.
+    private let pending = Mutex<[String: DialogRecord?]>([:])
     /// User -> the registrar's bindings for it (empty: the row goes).
     private let pendingRegistrations = Mutex<[String: [Binding]]>([:])
     private let running = Atomic<Bool>(false)
@@ -34,6 +35,8 @@ public final class DialogStore: DialogStateSink, Sendable {
     /// and a call that starts and ends within it is never written (like OpenSIPS's delayed
     /// dialog writes). A node that dies loses at most this much of the latest changes.
     private let idleMicroseconds: UInt32
+    /// The writer's statements, prepared once (by their SQL text).
+    private nonisolated(unsafe) var statements: [String: OpaquePointer] = [:]
     /// Where write failures are reported (the log).
     private let log: @Sendable (String) -> Void
 
@@ -65,7 +68,10 @@ public final class DialogStore: DialogStateSink, Sendable {
         }
     }
 
-    deinit { sqlite3_close(db) }
+    deinit {
+        for statement in statements.values { sqlite3_finalize(statement) }
+        sqlite3_close(db)
+    }
 
     /// Every stored record that decodes (a row that does not is reported through `skipped`).
     /// Call before `start`.
@@ -134,8 +140,7 @@ public final class DialogStore: DialogStateSink, Sendable {
     }
 
     public func dialogChanged(_ record: DialogRecord) {
-        let bytes = record.encoded()
-        pending.withLock { $0[record.key] = .some(bytes) }
+        pending.withLock { $0[record.key] = .some(record) }
     }
 
     public func dialogEnded(key: String) {
@@ -154,7 +159,7 @@ public final class DialogStore: DialogStateSink, Sendable {
     /// Writes everything pending in one transaction; false if there was nothing.
     @discardableResult
     func writeBatch() -> Bool {
-        let batch = pending.withLock { p -> [String: [UInt8]?] in
+        let batch = pending.withLock { p -> [String: DialogRecord?] in
             defer { p.removeAll(keepingCapacity: true) }
             return p
         }
@@ -167,11 +172,11 @@ public final class DialogStore: DialogStateSink, Sendable {
         // Only what changes the file: a dialog that ended before its first write needs nothing.
         var work: [(String, [UInt8]?)] = []
         for (key, value) in batch {
-            if value == nil {
-                if stored.remove(key) != nil { work.append((key, nil)) }
-            } else {
+            if let record = value {
                 stored.insert(key)
-                work.append((key, value!))
+                work.append((key, record.encoded()))
+            } else if stored.remove(key) != nil {
+                work.append((key, nil))
             }
         }
         guard !work.isEmpty else { return true }
@@ -192,15 +197,10 @@ public final class DialogStore: DialogStateSink, Sendable {
 
     /// One transaction: each row upserted (a value) or deleted (nil), by its key.
     private func write(_ rows: [(String, [UInt8]?)], upsert upsertSQL: String, delete deleteSQL: String, asText: Bool) {
-        guard !rows.isEmpty else { return }
-        var upsert: OpaquePointer?, delete: OpaquePointer?
-        sqlite3_prepare_v2(db, upsertSQL, -1, &upsert, nil)
-        sqlite3_prepare_v2(db, deleteSQL, -1, &delete, nil)
-        defer {
-            sqlite3_finalize(upsert)
-            sqlite3_finalize(delete)
-        }
-        _ = Self.exec(db, "BEGIN")
+        guard !rows.isEmpty, let upsert = prepared(upsertSQL), let delete = prepared(deleteSQL),
+              let begin = prepared("BEGIN"), let commit = prepared("COMMIT") else { return }
+        sqlite3_reset(begin)
+        if sqlite3_step(begin) != SQLITE_DONE { log("database \(path): BEGIN: \(String(cString: sqlite3_errmsg(db)))") }
         for (key, value) in rows {
             let statement = value == nil ? delete : upsert
             sqlite3_reset(statement)
@@ -215,8 +215,24 @@ public final class DialogStore: DialogStateSink, Sendable {
                 log("database \(path): \(String(cString: sqlite3_errmsg(db)))")
             }
         }
-        if let error = Self.exec(db, "COMMIT") { log("database \(path): COMMIT: \(error)") }
+        sqlite3_reset(commit)
+        if sqlite3_step(commit) != SQLITE_DONE {
+            log("database \(path): COMMIT: \(String(cString: sqlite3_errmsg(db))); the batch is rolled back")
+            _ = Self.exec(db, "ROLLBACK")   // so that the next batch can begin
+        }
         rowsWritten.add(rows.count, ordering: .relaxed)
+    }
+
+    /// The statement for `sql`, prepared on first use and kept.
+    private func prepared(_ sql: String) -> OpaquePointer? {
+        if let statement = statements[sql] { return statement }
+        var statement: OpaquePointer?
+        guard sqlite3_prepare_v2(db, sql, -1, &statement, nil) == SQLITE_OK, let statement else {
+            log("database \(path): \(sql): \(String(cString: sqlite3_errmsg(db)))")
+            return nil
+        }
+        statements[sql] = statement
+        return statement
     }
 
     private static func exec(_ db: OpaquePointer, _ sql: String) -> String? {

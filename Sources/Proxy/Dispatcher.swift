@@ -34,7 +34,7 @@ public struct DestinationSettings: Sendable, Equatable {
 
     /// The canonical "sip:host:port[;transport=x]" form `ds_list` shows and `ds_set_state` takes.
     public var canonicalURI: String {
-        let host = hop.address.family == .inet6 ? "[\(hop.address.ipString)]" : hop.address.ipString
+        let host = hop.address.uriHost
         return "sip:\(host):\(hop.address.port)" + (hop.transport == .udp ? "" : ";transport=\(hop.transport.rawValue)")
     }
 }

@@ -79,7 +79,7 @@ public final class EdgeServer: @unchecked Sendable {
                             endpoints.append(LoopBound(o, on: loop))
                             if ownUDPByWorker[loop.index] == nil {
                                 ownUDPByWorker[loop.index] = o
-                                let host = spec.advertisedHost ?? (address.family == .inet6 ? "[\(address.ipString)]" : address.ipString)
+                                let host = spec.advertisedHost ?? address.uriHost
                                 workerUDP.append(LocalAddress(host: host, port: UInt16(port), tag: spec.tag.name))
                             }
                             logger.info("worker \(loop.index): own udp port \(o.localAddress)")
@@ -142,7 +142,7 @@ public final class EdgeServer: @unchecked Sendable {
         let sets = config.sets.map { Dispatcher($0, logger: logger) }
         var localHosts = Set(bound.map { "\($0.advertised.host):\($0.advertised.port)" })
         for spec in bound {
-            let ip = spec.address.family == .inet6 ? "[\(spec.address.ipString)]" : spec.address.ipString
+            let ip = spec.address.uriHost
             localHosts.insert("\(ip):\(spec.address.port)")
         }
         let router = Router(sets: sets, routes: config.routes, trusted: config.security.trusted, localHosts: localHosts,

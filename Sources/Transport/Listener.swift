@@ -53,7 +53,7 @@ public struct ListenerSpec: Hashable, Sendable, CustomStringConvertible {
 
     /// What to write as this listener's host:port in outgoing messages.
     public var advertised: (host: String, port: UInt16) {
-        let host = advertisedHost ?? (address.family == .inet6 ? "[\(address.ipString)]" : address.ipString)
+        let host = advertisedHost ?? address.uriHost
         return (host, advertisedPort ?? address.port)
     }
 

@@ -140,15 +140,24 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     public var ipString: String {
         var storage = sockaddr_storage()
         write(to: &storage)
-        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
-        withUnsafePointer(to: &storage) { p in
-            p.withMemoryRebound(to: UInt8.self, capacity: MemoryLayout<sockaddr_storage>.size) { bytes in
-                let offset = family == .inet ? MemoryLayout<sockaddr_in>.offset(of: \sockaddr_in.sin_addr)!
-                                             : MemoryLayout<sockaddr_in6>.offset(of: \sockaddr_in6.sin6_addr)!
-                _ = inet_ntop(kernelFamily, bytes + offset, &text, socklen_t(text.count))
+        // Text on the stack; an address of up to 15 characters (any IPv4) becomes a small String
+        // without a heap allocation.
+        return withUnsafeTemporaryAllocation(of: CChar.self, capacity: Int(INET6_ADDRSTRLEN) + 1) { text in
+            text[0] = 0
+            withUnsafePointer(to: &storage) { p in
+                p.withMemoryRebound(to: UInt8.self, capacity: MemoryLayout<sockaddr_storage>.size) { bytes in
+                    let offset = family == .inet ? MemoryLayout<sockaddr_in>.offset(of: \sockaddr_in.sin_addr)!
+                                                 : MemoryLayout<sockaddr_in6>.offset(of: \sockaddr_in6.sin6_addr)!
+                    _ = inet_ntop(kernelFamily, bytes + offset, text.baseAddress, socklen_t(text.count))
+                }
             }
+            return String(cString: text.baseAddress!)
         }
-        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// The address as a SIP URI or Via writes its host: `127.0.0.1` or `[::1]`.
+    public var uriHost: String {
+        family == .inet6 ? "[\(ipString)]" : ipString
     }
 
     /// `127.0.0.1:5060` or `[::1]:5060`.
