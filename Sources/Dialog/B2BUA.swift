@@ -1398,7 +1398,9 @@ public final class B2BUA: TimerTarget {
 
     private func arm(_ timer: TransactionTimer, _ ms: UInt64, id: UInt32, in timers: inout ArmedTimers) {
         if let old = timers[timer] { loop.cancel(old) }
-        timers[timer] = loop.schedule(afterMilliseconds: ms, target: self, token: UInt64(id) << 8 | UInt64(timer.rawValue))
+        let token = UInt64(id) << 8 | UInt64(timer.rawValue)
+        timers[timer] = timer.onlyEndsAWait ? loop.schedule(atLeastMilliseconds: ms, target: self, token: token)
+                                            : loop.schedule(afterMilliseconds: ms, target: self, token: token)
     }
 
     /// Call timers share the token space with transaction timers: the top byte says which.

@@ -31,6 +31,15 @@ public enum TransactionTimer: UInt8, Sendable, Hashable, CaseIterable {
     case l
     /// M (RFC 6026): client INVITE in Accepted, 64*T1.
     case m
+
+    /// D, I, J, K, L and M: a finished transaction waits for retransmissions, then ends. Nothing
+    /// is sent when they fire, so they may fire a little late, in bulk.
+    public var onlyEndsAWait: Bool {
+        switch self {
+        case .d, .i, .j, .k, .l, .m: true
+        case .a, .b, .e, .f, .g, .h: false
+        }
+    }
 }
 
 /// RFC 3261 timer base values (milliseconds); configurable, the RFC's by default.

@@ -33,14 +33,15 @@ public final class DialogStore: DialogStateSink, Sendable {
     public let rowsWritten = Atomic<Int>(0)
     /// How long the writer sleeps between batches: what changes meanwhile goes in one transaction,
     /// and a call that starts and ends within it is never written (like OpenSIPS's delayed
-    /// dialog writes). A node that dies loses at most this much of the latest changes.
+    /// dialog writes, whose default period is a minute). A node that dies loses at most this much
+    /// of the latest changes.
     private let idleMicroseconds: UInt32
     /// The writer's statements, prepared once (by their SQL text).
     private nonisolated(unsafe) var statements: [String: OpaquePointer] = [:]
     /// Where write failures are reported (the log).
     private let log: @Sendable (String) -> Void
 
-    public init(path: String, idleMilliseconds: UInt32 = 20, log: @escaping @Sendable (String) -> Void = { _ in }) throws(StoreError) {
+    public init(path: String, idleMilliseconds: UInt32 = 100, log: @escaping @Sendable (String) -> Void = { _ in }) throws(StoreError) {
         self.path = path
         self.log = log
         self.idleMicroseconds = idleMilliseconds * 1_000
@@ -150,7 +151,13 @@ public final class DialogStore: DialogStateSink, Sendable {
     private func writeUntilStopped() {
         while running.load(ordering: .acquiring) {
             writeBatch()
-            usleep(idleMicroseconds)
+            // In slices of at most 100 ms, so that `stop` does not wait out a long interval.
+            var left = idleMicroseconds
+            while left > 0 && running.load(ordering: .acquiring) {
+                let slice = min(left, 100_000)
+                usleep(slice)
+                left -= slice
+            }
         }
         _ = writeBatch()
         finished.store(true, ordering: .releasing)

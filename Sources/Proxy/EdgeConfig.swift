@@ -40,6 +40,8 @@ public struct EdgeConfig: Sendable, Equatable {
     public var calls: CallSettings
     /// The SQLite file dialogs are kept in across restarts (nil: not kept).
     public var databasePath: String?
+    /// How often the database thread writes what changed, in one transaction (milliseconds).
+    public var databaseWriteIntervalMilliseconds = 100
     /// The management interface (nil: none).
     public var mi: MISettings?
     /// ACL and flood limits.
@@ -242,10 +244,12 @@ extension EdgeConfig {
             r.upstreamIntervalSeconds = try t.int("upstream_interval_seconds", default: 600, range: 0...86_400)
             return r
         }
-        let databasePath = try reader.table("database") { (t: inout TableReader) throws(ConfigError) in
+        let database = try reader.table("database") { (t: inout TableReader) throws(ConfigError) in
             let path = try t.string("path", default: "")
-            return path.isEmpty ? nil : path
-        } ?? nil
+            let interval = try t.int("write_interval_milliseconds", default: 100, range: 1...60_000)
+            return (path: path.isEmpty ? nil : path, interval: interval)
+        }
+        let databasePath = database?.path
         let tls = try reader.table("tls") { (t: inout TableReader) throws(ConfigError) in
             TLSFiles(
                 certificate: try t.string("certificate", default: nil),
@@ -304,6 +308,7 @@ extension EdgeConfig {
         var config = EdgeConfig(workers: workers, listeners: listeners, tls: tls, parserLimits: limits, logLevel: logLevel,
                           streamLimits: streamLimits, dispatcher: dispatcher, extraSets: extraSets, routes: routes, calls: calls, databasePath: databasePath, mi: mi, security: security, registrar: registrar)
         config.coalesceMicroseconds = coalesce
+        if let database { config.databaseWriteIntervalMilliseconds = database.interval }
         return config
     }
 

@@ -125,7 +125,8 @@ public final class EdgeServer: @unchecked Sendable {
         let store: DialogStore?
         if let path = config.databasePath {
             do {
-                store = try DialogStore(path: path, log: { logger.error("\($0)") })
+                store = try DialogStore(path: path, idleMilliseconds: UInt32(config.databaseWriteIntervalMilliseconds),
+                                        log: { logger.error("\($0)") })
             } catch {
                 throw ListenerError(listener: "database", reason: "\(error)", underlying: nil)
             }

@@ -41,6 +41,28 @@ import Transport
         #expect(records.first { $0.key == "s0xbackend7" }?.client.localCSeq == 77)
     }
 
+    @Test func a_dialog_that_ends_within_the_write_interval_is_never_written_and_stop_does_not_wait_the_interval_out() throws {
+        let path = "/tmp/sipedge-store-\(getpid())-\(UInt32.random(in: 0...UInt32.max))/dialogs.db"
+        defer {
+            for suffix in ["", "-wal", "-shm"] { unlink(path + suffix) }
+            rmdir(String(path.dropLast("/dialogs.db".count)))
+        }
+        let store = try DialogStore(path: path, idleMilliseconds: 60_000)
+        try store.start()
+        usleep(50_000)                              // the writer's first (empty) look is over
+        store.dialogChanged(Self.record(1))         // a short call: up and gone within the minute
+        store.dialogEnded(key: "s0xbackend1")
+        store.dialogChanged(Self.record(2))         // a call still up when the node stops
+        var started = timespec(), stopped = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &started)
+        store.stop()
+        clock_gettime(CLOCK_MONOTONIC, &stopped)
+        #expect(stopped.tv_sec - started.tv_sec < 5, "stop waited for the writer's next slice, not the minute")
+        #expect(store.rowsWritten.load(ordering: .relaxed) == 1, "only the call still up was written")
+        let records = try DialogStore(path: path).loadAll()
+        #expect(records.map(\.key) == ["s0xbackend2"])
+    }
+
     @Test func an_unwritable_path_is_a_clear_error() {
         #expect(throws: StoreError.self) { try DialogStore(path: "/proc/sipedge/dialogs.db") }
     }

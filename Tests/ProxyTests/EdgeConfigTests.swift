@@ -16,6 +16,12 @@ import Transport
         #expect(config.listeners.map(\.proto) == [.udp, .tcp])
         #expect(config.listeners.allSatisfy { $0.address.port == 5060 && $0.tag.name == "public" && $0.address.ipString == "127.0.0.1" })
         #expect(config.tls == nil && config.streamLimits == StreamLimits())
+        #expect(config.databasePath == "var/sipedge.db" && config.databaseWriteIntervalMilliseconds == 100)
+    }
+
+    @Test func the_database_write_interval_is_read() throws {
+        let config = try EdgeConfig.parse("[database]\npath = \"d.db\"\nwrite_interval_milliseconds = 250\n" + Self.minimal)
+        #expect(config.databasePath == "d.db" && config.databaseWriteIntervalMilliseconds == 250)
     }
 
     @Test func defaults_fill_optional_keys() throws {
@@ -71,6 +77,7 @@ import Transport
             ("[tcp]\nmax_buffered_bytes = 1\n" + Self.minimal, "line 2: tcp.max_buffered_bytes: must be in 4096...16777216"),
             ("[tls]\ncertificate = \"a.pem\"\n" + Self.minimal, "tls.private_key: is required"),
             ("coalesce_microseconds = 30000\n" + Self.minimal, "line 1: coalesce_microseconds: must be in 0...20000"),
+            ("[database]\nwrite_interval_milliseconds = 0\n" + Self.minimal, "line 2: database.write_interval_milliseconds: must be in 1...60000"),
             ("[[listener]]\nproto = \"tcp\"\naddress = \"::1\"\nworker_ports = 6000\n", "listener[1].worker_ports: only a udp listener"),
             ("[[listener]]\nproto = \"udp\"\naddress = \"::1\"\nspread_calls_by = \"tag\"\n", "listener[1].spread_calls_by: must be \"source\" or \"call-id\""),
             ("workers = 4\n[[listener]]\nproto = \"udp\"\naddress = \"::1\"\nworker_ports = 65534\n", "worker_ports: 4 workers need ports 65534-65537, past 65535"),

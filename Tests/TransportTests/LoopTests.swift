@@ -44,6 +44,40 @@ import Testing
         #expect(fired.withLock { $0 } == ["a", "c"])
     }
 
+    /// Records the loop's clock at each firing, by token.
+    final class FiringClock: TimerTarget, @unchecked Sendable {
+        let firings = Mutex<[(token: UInt64, at: UInt64)]>([])
+        func timerFired(_ token: UInt64, on loop: EventLoop) {
+            firings.withLock { $0.append((token, EventLoop.monotonicMilliseconds())) }
+        }
+    }
+
+    @Test func timers_that_only_end_a_wait_fire_no_earlier_than_asked_and_share_wake_ups() throws {
+        // 40 waits of 1600-1639 ms, armed a millisecond apart: one wake-up each with exact timers;
+        // with a tolerance of a sixteenth (64 ms boundaries here) they end in at most two.
+        let loop = try EventLoop()
+        try loop.start()
+        defer { loop.stop() }
+        let clock = FiringClock()
+        var armedAt: [UInt64] = []
+        for i in 0..<40 {
+            armedAt.append(try loop.submitAndWait {
+                let now = EventLoop.monotonicMilliseconds()
+                loop.schedule(atLeastMilliseconds: 1_600 + UInt64(i), target: clock, token: UInt64(i))
+                return now
+            })
+            usleep(1_000)
+        }
+        #expect(Self.eventually(4) { clock.firings.withLock { $0.count } == 40 })
+        let firings = clock.firings.withLock { $0 }
+        for f in firings {
+            #expect(f.at >= armedAt[Int(f.token)] + 1_600 + f.token, "timer \(f.token) fired early")
+            #expect(f.at <= armedAt[Int(f.token)] + 1_600 + f.token + 100 + 50, "timer \(f.token) fired more than its tolerance late")
+        }
+        let wakeUps = Set(firings.map(\.at)).count
+        #expect(wakeUps <= 3, "\(wakeUps) distinct firing times")
+    }
+
     final class Thrower: EventHandler, Sendable {
         let failures = Atomic<Int>(0)
         func handle(_ events: IOEvents, on loop: EventLoop) throws { throw SystemError("test", errno: EIO) }

@@ -228,6 +228,20 @@ public final class EventLoop: @unchecked Sendable {
         return timers.arm(at: Self.monotonicMilliseconds() &+ delay, .target(target, token))
     }
 
+    /// Arms a timer that fires no earlier than `delay` and at most a sixteenth of it later (256 ms
+    /// at most), on a boundary every such timer with the same tolerance shares: for timers that only
+    /// release state (a finished transaction's wait for retransmissions), so that thousands of them
+    /// end in a few wake-ups instead of one each.
+    @discardableResult
+    public func schedule(atLeastMilliseconds delay: UInt64, target: any TimerTarget, token: UInt64) -> TimerID {
+        assertInLoop()
+        let deadline = Self.monotonicMilliseconds() &+ delay
+        var granularity: UInt64 = 256
+        while granularity > delay / 16 { granularity >>= 1 }
+        let shared = granularity > 1 ? (deadline + granularity - 1) & ~(granularity - 1) : deadline
+        return timers.arm(at: shared, .target(target, token))
+    }
+
     public func cancel(_ timer: TimerID) {
         assertInLoop()
         timers.cancel(timer)
