@@ -8,6 +8,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 #include <linux/errqueue.h>
+#include <linux/filter.h>
 #include <netinet/ip.h>
 #include <netinet/sctp.h>
 #include <sys/random.h>
@@ -193,3 +194,107 @@ void sipedge_reserve_heap(size_t bytes) {
     while (n > 0) free(chunks[--n]);
     free(chunks);
 }
+
+/* --- Steering responses to their worker (SO_ATTACH_REUSEPORT_CBPF) ----------------------------
+ *
+ * Classic BPF has no loops and only forward jumps of at most 255 instructions (conditional), so
+ * the searches are unrolled and every failed check falls through to its own "not steered" return
+ * (an index past the group: the kernel then uses its hash, as without a program). The packet
+ * seen is the UDP payload. All loads stay below STEER_MIN_LENGTH, which the first check demands.
+ */
+#define STEER_STATUS_SCAN 64   /* the status line's end is looked for in bytes 12..75 */
+#define STEER_VIA_SCAN 128     /* ";branch=" is looked for this far into the Via line */
+#define STEER_MIN_LENGTH (12 + STEER_STATUS_SCAN + 5 + STEER_VIA_SCAN + 24)
+#define STEER_NONE 0xFFFFFFFFu
+
+struct steer_program { struct sock_filter insns[1400]; unsigned short n; };
+
+static void emit(struct steer_program *p, struct sock_filter f) { p->insns[p->n++] = f; }
+
+/* Continues when A == value, returns "not steered" otherwise. */
+static void expect_eq(struct steer_program *p, uint32_t value) {
+    emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, value, 1, 0));
+    emit(p, (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, STEER_NONE));
+}
+
+/* Continues when A is an ASCII digit (leaving A - '0'), returns "not steered" otherwise. */
+static void expect_digit(struct steer_program *p) {
+    emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, '0', 1, 0));
+    emit(p, (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, STEER_NONE));
+    emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, '9', 0, 1));
+    emit(p, (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, STEER_NONE));
+    emit(p, (struct sock_filter)BPF_STMT(BPF_ALU | BPF_SUB | BPF_K, '0'));
+}
+
+static uint32_t word(const char s[4]) {
+    return (uint32_t)(unsigned char)s[0] << 24 | (uint32_t)(unsigned char)s[1] << 16 |
+           (uint32_t)(unsigned char)s[2] << 8 | (uint32_t)(unsigned char)s[3];
+}
+
+static void build_steering(struct steer_program *p) {
+    p->n = 0;
+    /* Long enough for every load below, and a response ("SIP/2.0 "). */
+    emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_LEN, 0));
+    emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, STEER_MIN_LENGTH, 1, 0));
+    emit(p, (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, STEER_NONE));
+    emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 0));
+    expect_eq(p, word("SIP/"));
+    emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 4));
+    expect_eq(p, word("2.0 "));
+    /* X = the start of the second line: the byte after the status line's LF. Each position:
+     * load, compare, and on a match set X and jump (unconditionally: 32-bit offset) past the scan. */
+    unsigned short scan_end = (unsigned short)(p->n + 4 * STEER_STATUS_SCAN);
+    for (int k = 12; k < 12 + STEER_STATUS_SCAN; k++) {
+        emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_B | BPF_ABS, (uint32_t)k));
+        emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, '\n', 0, 2));
+        emit(p, (struct sock_filter)BPF_STMT(BPF_LDX | BPF_W | BPF_IMM, (uint32_t)(k + 1)));
+        emit(p, (struct sock_filter)BPF_STMT(BPF_JMP | BPF_JA, (uint32_t)(scan_end - p->n)));
+    }
+    emit(p, (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, STEER_NONE));   /* no LF: not steered */
+    /* The second line is the top Via, written out ("Via: "; compact "v:" is not steered). */
+    emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_IND, 0));
+    expect_eq(p, word("Via:"));
+    /* Its ";branch=" (PJSIP writes rport and received first): X moves to it. */
+    unsigned short via_end = (unsigned short)(p->n + 6 * STEER_VIA_SCAN);
+    for (int k = 5; k < 5 + STEER_VIA_SCAN; k++) {
+        emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_IND, (uint32_t)k));
+        emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, word(";bra"), 0, 4));
+        emit(p, (struct sock_filter)BPF_STMT(BPF_MISC | BPF_TXA, 0));
+        emit(p, (struct sock_filter)BPF_STMT(BPF_ALU | BPF_ADD | BPF_K, (uint32_t)k));
+        emit(p, (struct sock_filter)BPF_STMT(BPF_MISC | BPF_TAX, 0));
+        emit(p, (struct sock_filter)BPF_STMT(BPF_JMP | BPF_JA, (uint32_t)(via_end - p->n)));
+    }
+    emit(p, (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, STEER_NONE));
+    /* ";branch=z9hG4bKs" then one or two digits, then "x". */
+    emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_IND, 4));
+    expect_eq(p, word("nch="));
+    emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_IND, 8));
+    expect_eq(p, word("z9hG"));
+    emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_IND, 12));
+    expect_eq(p, word("4bKs"));
+    emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_B | BPF_IND, 16));
+    expect_digit(p);
+    emit(p, (struct sock_filter)BPF_STMT(BPF_ST, 0));                      /* M[0] = first digit */
+    emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_B | BPF_IND, 17));
+    emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 'x', 0, 2));
+    emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_MEM, 0));
+    emit(p, (struct sock_filter)BPF_STMT(BPF_RET | BPF_A, 0));            /* s<d>x: worker d */
+    expect_digit(p);
+    emit(p, (struct sock_filter)BPF_STMT(BPF_ST, 1));                      /* M[1] = second digit */
+    emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_B | BPF_IND, 18));
+    expect_eq(p, 'x');
+    emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_MEM, 0));
+    emit(p, (struct sock_filter)BPF_STMT(BPF_ALU | BPF_MUL | BPF_K, 10));
+    emit(p, (struct sock_filter)BPF_STMT(BPF_LDX | BPF_W | BPF_MEM, 1));
+    emit(p, (struct sock_filter)BPF_STMT(BPF_ALU | BPF_ADD | BPF_X, 0));
+    emit(p, (struct sock_filter)BPF_STMT(BPF_RET | BPF_A, 0));            /* s<dd>x: worker dd */
+}
+
+int sipedge_steer_responses_by_branch(int fd) {
+    struct steer_program program;   /* 11 KiB on the stack; the kernel copies it */
+    build_steering(&program);
+    struct sock_fprog prog = { program.n, program.insns };
+    return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof prog);
+}
+
+int sipedge_steering_minimum_length(void) { return STEER_MIN_LENGTH; }

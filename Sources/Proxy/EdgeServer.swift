@@ -57,6 +57,7 @@ public final class EdgeServer: @unchecked Sendable {
         for spec in config.listeners {
             var address = spec.address
             let name = spec.description
+            var udpGroup: [UDPEndpoint] = []
             for loop in workers.loops where spec.proto != .sctp || loop.index == 0 {
                 // Each listener's own receiver, so a new call is known by the tag it came in on.
                 let receiver = InboundSIP(worker: loop.index, loop: loop, listenerTag: spec.tag.name, limits: config.parserLimits,
@@ -67,6 +68,7 @@ public final class EdgeServer: @unchecked Sendable {
                     case .udp:
                         let e = try UDPEndpoint(loop: loop, bindTo: address, reusePort: true, receiver: receiver)
                         address = e.localAddress
+                        udpGroup.append(e)
                         endpoints.append(LoopBound(e, on: loop))
                         if udpByWorker[loop.index] == nil { udpByWorker[loop.index] = e }
                         if let first = spec.workerPorts {
@@ -103,6 +105,15 @@ public final class EdgeServer: @unchecked Sendable {
                     throw error
                 } catch {
                     throw ListenerError(listener: name, reason: "\(error)", underlying: error as? SystemError)
+                }
+            }
+            if spec.proto == .udp, workers.count > 1, let first = udpGroup.first {
+                // Responses go straight to the worker their branch names (the sockets above were
+                // bound in worker order). Without it they still arrive, through a hand-over.
+                do {
+                    try first.steerResponsesByBranch()
+                } catch {
+                    logger.warning("\(name): responses not steered to their worker (\(error)); they are handed over")
                 }
             }
             bound.append(ListenerSpec(proto: spec.proto, address: address, advertisedHost: spec.advertisedHost,
@@ -301,6 +312,8 @@ public final class EdgeServer: @unchecked Sendable {
     public struct Totals: Sendable {
         public var received = 0, invalid = 0, blocked = 0, refusedCalls = 0, callsStarted = 0, callsEnded = 0, activeCalls = 0
         public var serverTransactions = 0, clientTransactions = 0
+        /// Messages a worker received for another worker's call and passed on.
+        public var handedOver = 0
         public var requests: [String: Int] = [:], replies: [String: Int] = [:]
     }
 
@@ -308,6 +321,7 @@ public final class EdgeServer: @unchecked Sendable {
         var t = Totals()
         (t.received, t.invalid) = counts
         t.blocked = blockedRequests
+        t.handedOver = handedOver
         t.refusedCalls = sourceLimit.refused.load(ordering: .relaxed)
         for b in routing.b2buas {
             guard let part = try? b.loop.submitAndWait({ () -> (B2BUAStatistics, Int, Int, Int, Int, Int) in
@@ -338,6 +352,7 @@ public final class EdgeServer: @unchecked Sendable {
             i.received.store(0, ordering: .relaxed)
             i.invalid.store(0, ordering: .relaxed)
             i.blocked.store(0, ordering: .relaxed)
+            i.handedOver.store(0, ordering: .relaxed)
         }
     }
 
@@ -347,6 +362,8 @@ public final class EdgeServer: @unchecked Sendable {
     }
 
     /// Requests refused or dropped because their source was over its rate.
+    /// Messages a worker received for another worker's call and passed on to it, over all workers.
+    public var handedOver: Int { inbound.reduce(0) { $0 + $1.handedOver.load(ordering: .relaxed) } }
     public var blockedRequests: Int { inbound.reduce(0) { $0 + $1.blocked.load(ordering: .relaxed) } }
 }
 

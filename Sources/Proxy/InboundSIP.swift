@@ -57,10 +57,13 @@ final class CallRouting: @unchecked Sendable {
         }
     }
 
-    func deliver(_ m: SIPMessage, from peer: Hop, listenerTag: String, receiver: Int, spreadByCallID: Bool) {
-        guard !b2buas.isEmpty else { return }
+    /// Hands `m` to the worker that owns it; returns that worker.
+    @discardableResult
+    func deliver(_ m: SIPMessage, from peer: Hop, listenerTag: String, receiver: Int, spreadByCallID: Bool) -> Int {
+        guard !b2buas.isEmpty else { return receiver }
         let b2bua = b2buas[owner(of: m, receiver: receiver, spreadByCallID: spreadByCallID)]
         workers.handOver(to: b2bua.loop.index) { b2bua.value.receive(m, from: peer, listenerTag: listenerTag) }
+        return b2bua.loop.index
     }
 }
 
@@ -73,6 +76,8 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
     let logger: Logger
     let routing: CallRouting
     let received = Atomic<Int>(0)
+    /// Messages this worker received for a call another worker owns, and passed on to it.
+    let handedOver = Atomic<Int>(0)
     let invalid = Atomic<Int>(0)
     /// Requests dropped or refused because their source was over its rate (flood protection).
     let blocked = Atomic<Int>(0)
@@ -179,7 +184,8 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
             if message.isRequest { try message.checkRequestURIScheme() }
             logger.debug("worker \(worker): \(proto.rawValue) from \(peer): \(message.method?.description ?? "\(message.statusCode ?? 0)")")
             if proto != .sctp {
-                routing.deliver(message, from: Hop(proto, peer, worker: proto == .udp && !ownPort ? nil : worker), listenerTag: listenerTag, receiver: worker, spreadByCallID: spreadByCallID)
+                let owner = routing.deliver(message, from: Hop(proto, peer, worker: proto == .udp && !ownPort ? nil : worker), listenerTag: listenerTag, receiver: worker, spreadByCallID: spreadByCallID)
+                if owner != worker { handedOver.add(1, ordering: .relaxed) }
             }
         } catch {
             invalid.add(1, ordering: .relaxed)

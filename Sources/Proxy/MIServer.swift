@@ -218,6 +218,7 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
             "core:drop_flood": totals.blocked,
             "dialog:refused_per_source_limit": totals.refusedCalls,
             "core:received_messages": totals.received,
+            "core:handed_over": totals.handedOver,
             "dialog:active_dialogs": totals.activeCalls,
             "dialog:processed_dialogs": totals.callsStarted,
             "dialog:ended_dialogs": totals.callsEnded,

@@ -86,6 +86,6 @@ struct RunCommand: ParsableCommand {
         let calls = server.callCounts()
         server.stop()
         let counts = server.counts
-        logger.info("stopped: \(counts.received) messages received, \(counts.invalid) invalid, \(calls.started) calls started, \(calls.active) still up")
+        logger.info("stopped: \(counts.received) messages received, \(counts.invalid) invalid, \(server.handedOver) handed over between workers, \(calls.started) calls started, \(calls.active) still up")
     }
 }

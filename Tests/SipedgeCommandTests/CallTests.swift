@@ -213,6 +213,23 @@ import Testing
         #expect(run.sidesHidden)
     }
 
+    @Test func the_kernel_queues_each_answer_on_the_worker_its_via_branch_names() throws {
+        // Two workers share the UDP port. The caller opens a socket per call (SIPp -t un), so the
+        // kernel spreads new calls over both workers; the callee answers every call from one
+        // address, which the kernel's hash alone queues on one worker. The edge's BPF program
+        // (SO_ATTACH_REUSEPORT_CBPF) reads the worker from the top Via branch instead, so the
+        // answers of both workers' calls reach their own worker: nothing is handed over.
+        guard let run = try Self.runCalls(40, extraConfig: "[log]\nlevel = \"debug\"", uacArguments: ["-t", "un", "-max_socket", "1000"],
+                                          destinations: { ["127.0.0.1:\($0)"] }) else { return }
+        #expect(run.status == 0, "every call succeeded\n\(run.output)")
+        let lines = run.output.split(separator: "\n").map(String.init)
+        let invites = (0...1).map { w in lines.filter { $0.contains("worker \(w): udp from") && $0.hasSuffix(": INVITE") }.count }
+        let answers = (0...1).map { w in lines.filter { $0.contains("worker \(w): udp from 127.0.0.1:\(run.uasPort): 200") }.count }
+        #expect(invites[0] > 0 && invites[1] > 0, "both workers took new calls: \(invites)")
+        #expect(answers[0] > 0 && answers[1] > 0, "the callee's 200s reached both workers: \(answers)")
+        #expect(run.output.contains("0 handed over between workers, 40 calls started"), "\(run.output.suffix(300))")
+    }
+
     @Test func spread_by_call_id_shares_one_sources_calls_between_the_workers() throws {
         // One caller, one source port: with spread_calls_by = "call-id" its calls still reach the
         // backend from both workers' own ports (without it, all would stay with one worker).

@@ -53,6 +53,15 @@ int sipedge_send_batch(int fd, sipedge_datagram *datagrams, unsigned count);
 
 /// Turns on IP_RECVERR / IPV6_RECVERR so ICMP errors are queued on the socket.
 int sipedge_enable_receive_errors(int fd, int family);
+
+/* Attaches to the SO_REUSEPORT group of `fd` a classic BPF program that sends a SIP response to
+ * the socket whose index is the worker number in its top Via branch (`;branch=z9hG4bKs<worker>x`),
+ * the n-th socket bound to the group being worker n's. Anything else (requests, short or odd
+ * datagrams, other branches) is left to the kernel's usual hash. Returns 0, or -1 with errno. */
+int sipedge_steer_responses_by_branch(int fd);
+
+/* How many bytes of the datagram the steering program may read: shorter ones are not steered. */
+int sipedge_steering_minimum_length(void);
 /// Reads one queued socket error: returns 1 and fills errno_out and the destination address the
 /// failed datagram was sent to, 0 if the queue is empty, -1 with errno otherwise.
 int sipedge_read_socket_error(int fd, int *errno_out, struct sockaddr_storage *destination, socklen_t *destination_length);

@@ -77,6 +77,17 @@ public final class UDPEndpoint: EventHandler, IterationEndHandler {
         sendArena.deallocate()
     }
 
+    /// Asks the kernel to deliver each SIP response that reaches this socket's SO_REUSEPORT group
+    /// to the socket of the worker its top Via branch names (`z9hG4bKs<worker>x…`): the group's
+    /// n-th socket must be worker n's, so call this after every worker bound its socket, in order.
+    /// The answer then reaches the thread that owns its transaction without a hand-over; what the
+    /// program cannot read (requests, compact Via, short datagrams) keeps the usual hash.
+    public func steerResponsesByBranch() throws(SystemError) {
+        if sipedge_steer_responses_by_branch(socket.descriptor) != 0 {
+            throw SystemError("setsockopt(SO_ATTACH_REUSEPORT_CBPF)", errno: Glibc.errno)
+        }
+    }
+
     /// Stops receiving; the socket closes when the endpoint goes away.
     public func close() {
         if let registration { loop.deregister(registration) }
