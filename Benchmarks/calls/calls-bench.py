@@ -9,10 +9,10 @@ same run, against the same SIPp backend. Prints, last:
 N and M: the highest rate each sustains with at least 99.9 % of calls completed over a run of
 RUN_SECONDS (20 by default), found by doubling then halving the interval. X and Y: CPU seconds
 (user + system, from /proc, every process and thread of the proxy) per 1000 calls over a fixed
-500 cps run. Every load is bounded: a run sends rate * RUN_SECONDS calls and SIPp's -timeout ends it.
-Before the last line, the same CPU figure for a second SIPEdge with `worker_ports` and
-`coalesce_microseconds` (COALESCE_US, 2000 by default): what an operator who accepts a few
-milliseconds per message buys with them.
+500 cps run, taken first, on the freshly started proxies. Every load is bounded: a run sends rate * RUN_SECONDS calls and SIPp's -timeout ends it.
+Before the last line, the same CPU figure for two more SIPEdges: one with `worker_ports` (each
+worker's own port toward the backend), one with `coalesce_microseconds = 0` (no message waits for
+its worker's next look; the default, 2000, lets one wait up to 2 ms when the worker is busy).
 """
 import os, re, resource, subprocess, sys, tempfile, time
 
@@ -24,9 +24,9 @@ RUN_SECONDS = int(os.environ.get("RUN_SECONDS", "20"))
 MAX_RATE = int(os.environ.get("MAX_RATE", "16000"))
 TICKS = os.sysconf("SC_CLK_TCK")
 UAS_PORT, UAC_PORT, EDGE_PORT, KAM_PORT = 15080, 15070, 15060, 15090
-# The second SIPEdge: the same, with each worker's own port toward the backend and wake-up
-# coalescing (a latency-for-CPU trade an operator may choose; off by default).
-TUNED_PORT, TUNED_WORKER_PORTS, COALESCE_US = 15062, 15100, int(os.environ.get("COALESCE_US", "2000"))
+# The second SIPEdge: the same, with each worker's own port toward the backend; the third without
+# wake-up coalescing.
+TUNED_PORT, TUNED_WORKER_PORTS, IMMEDIATE_PORT = 15062, 15100, 15064
 work = tempfile.mkdtemp(prefix="sipedge-bench-calls-")
 
 
@@ -157,7 +157,8 @@ def port_free(port):
 
 
 def main():
-    busy = [p for p in (UAS_PORT, UAC_PORT, EDGE_PORT, KAM_PORT, TUNED_PORT, TUNED_WORKER_PORTS, TUNED_WORKER_PORTS + 1)
+    busy = [p for p in (UAS_PORT, UAC_PORT, EDGE_PORT, KAM_PORT, TUNED_PORT, TUNED_WORKER_PORTS, TUNED_WORKER_PORTS + 1,
+                        IMMEDIATE_PORT)
             if not port_free(p)]
     if busy:
         sys.exit(f"UDP ports {busy} are in use (a SIPp or proxy left from an earlier run?)")
@@ -167,9 +168,12 @@ def main():
         procs.append(uas)
         edge = benchlib.start_sipedge(work, EDGE_PORT, UAS_PORT)
         procs.append(edge)
-        tuned = benchlib.start_sipedge(work, TUNED_PORT, UAS_PORT, top=f"coalesce_microseconds = {COALESCE_US}",
-                                       listener=f"worker_ports = {TUNED_WORKER_PORTS}", name="sipedge-tuned")
+        tuned = benchlib.start_sipedge(work, TUNED_PORT, UAS_PORT, listener=f"worker_ports = {TUNED_WORKER_PORTS}",
+                                       name="sipedge-worker-ports")
         procs.append(tuned)
+        immediate = benchlib.start_sipedge(work, IMMEDIATE_PORT, UAS_PORT, top="coalesce_microseconds = 0",
+                                           name="sipedge-immediate")
+        procs.append(immediate)
         with open(os.path.join(HERE, "kamailio.cfg.in")) as f:
             cfg = f.read().replace("@PORT@", str(KAM_PORT)).replace("@BACKEND@", f"127.0.0.1:{UAS_PORT}").replace("@CHILDREN@", "2")
         kcfg = os.path.join(work, "kamailio.cfg")
@@ -181,24 +185,33 @@ def main():
                                stdout=open(os.path.join(work, "kamailio.log"), "w"), stderr=subprocess.STDOUT)
         procs.append(kam)
         time.sleep(2)
-        for p, name in [(edge, "sipedge"), (tuned, "sipedge (tuned)"), (kam, "kamailio")]:
+        for p, name in [(edge, "sipedge"), (tuned, "sipedge (worker_ports)"), (immediate, "sipedge (no coalescing)"),
+                        (kam, "kamailio")]:
             if p.poll() is not None:
                 sys.exit(f"{name} did not start; see {work}")
 
+        # The CPU runs come first, while every proxy is in the same state (started, idle): after
+        # the rate search a proxy would carry what the overload runs left (calls SIPp gave up on,
+        # tables grown for thousands of calls per second), and the one searched last would have
+        # had the least time to shed it.
+        print("cpu per 1000 calls at 500 cps")
+        x = cpu_per_thousand(edge.pid, EDGE_PORT, "sipedge")
+        t = cpu_per_thousand(tuned.pid, TUNED_PORT, "sipedge (worker_ports)")
+        z = cpu_per_thousand(immediate.pid, IMMEDIATE_PORT, "sipedge (no coalescing)")
+        y = cpu_per_thousand(kam.pid, KAM_PORT, "kamailio")
         print(f"calls per second, {RUN_SECONDS} s per run (both proxies: 2 workers; SIPp UAC and UAS on the same 2 cores)")
         sipedge_cps, sipedge_success, sipedge_limited = highest_rate(EDGE_PORT, "sipedge")
         kam_cps, kam_success, kam_limited = highest_rate(KAM_PORT, "kamailio")
-        print("cpu per 1000 calls at 500 cps")
-        x = cpu_per_thousand(edge.pid, EDGE_PORT, "sipedge")
-        t = cpu_per_thousand(tuned.pid, TUNED_PORT, "sipedge (tuned)")
-        y = cpu_per_thousand(kam.pid, KAM_PORT, "kamailio")
         if sipedge_limited or kam_limited:
             print("note: SIPp's UAC used 90 % or more of a core in some runs: there the load generator, not the proxy, "
                   "set the ceiling (the cpu line below does not depend on it)")
         ratio = sipedge_cps / kam_cps if kam_cps else float("inf")
+        print(f"cpu per 1000 calls at 500 cps, sipedge with worker_ports: {t:.3f} s, {t / y:.2f} x kamailio")
+        print(f"cpu per 1000 calls at 500 cps, sipedge with coalesce_microseconds = 0 (no message waits): "
+              f"{z:.3f} s, {z / y:.2f} x kamailio")
+        print(f"cpu per 1000 calls at 500 cps, sipedge as shipped (coalesce_microseconds = 2000: a message waits "
+              f"up to 2 ms while its worker is busy): {x / y:.2f} x kamailio")
         print(f"calls: sipedge {sipedge_cps} cps, kamailio {kam_cps} cps, ratio {ratio:.2f}, success {sipedge_success:.2f}%")
-        print(f"cpu per 1000 calls at 500 cps, sipedge with worker_ports and coalesce_microseconds = {COALESCE_US} "
-              f"(each message may wait up to {COALESCE_US / 1000:g} ms): {t:.3f} s, {t / y:.2f} x kamailio")
         print(f"cpu per 1000 calls at 500 cps: sipedge {x:.3f} s, kamailio {y:.3f} s")
 
 

@@ -226,6 +226,7 @@ public final class DialogStore: DialogStateSink, Sendable {
         if sqlite3_step(commit) != SQLITE_DONE {
             log("database \(path): COMMIT: \(String(cString: sqlite3_errmsg(db))); the batch is rolled back")
             _ = Self.exec(db, "ROLLBACK")   // so that the next batch can begin
+            return
         }
         rowsWritten.add(rows.count, ordering: .relaxed)
     }

@@ -18,8 +18,8 @@ public struct EdgeConfig: Sendable, Equatable {
     }
 
     public var workers: Int
-    /// Wake-up coalescing of the worker loops, in microseconds (0: off); see EventLoop.
-    public var coalesceMicroseconds: Int = 0
+    /// Wake-up coalescing of the worker loops, in microseconds (0: off; 2000 by default); see EventLoop.
+    public var coalesceMicroseconds: Int = 2_000
     public var listeners: [ListenerSpec]
     public var tls: TLSFiles?
     public var parserLimits: SIPParserLimits
@@ -114,7 +114,7 @@ extension EdgeConfig {
         }
         var reader = TableReader(root, path: "", text: text)
         let workers = try reader.int("workers", default: 2, range: 1...256)
-        let coalesce = try reader.int("coalesce_microseconds", default: 0, range: 0...20_000)
+        let coalesce = try reader.int("coalesce_microseconds", default: 2_000, range: 0...20_000)
         let logLevel = try reader.table("log") { (log: inout TableReader) throws(ConfigError) in
             let level = try log.string("level", default: "info")
             guard EdgeConfig.logLevels.contains(level) else {

@@ -361,9 +361,10 @@ public final class EdgeServer: @unchecked Sendable {
         inbound.reduce((0, 0)) { ($0.0 + $1.received.load(ordering: .relaxed), $0.1 + $1.invalid.load(ordering: .relaxed)) }
     }
 
-    /// Requests refused or dropped because their source was over its rate.
     /// Messages a worker received for another worker's call and passed on to it, over all workers.
     public var handedOver: Int { inbound.reduce(0) { $0 + $1.handedOver.load(ordering: .relaxed) } }
+
+    /// Requests refused or dropped because their source was over its rate.
     public var blockedRequests: Int { inbound.reduce(0) { $0 + $1.blocked.load(ordering: .relaxed) } }
 }
 

@@ -57,7 +57,7 @@ import Transport
         let config = try EdgeConfig.parse("coalesce_microseconds = 1500\n[[listener]]\nproto = \"udp\"\naddress = \"127.0.0.1\"\nworker_ports = 6100\nspread_calls_by = \"call-id\"\n")
         #expect(config.coalesceMicroseconds == 1_500 && config.listeners[0].workerPorts == 6_100 && config.listeners[0].spreadByCallID)
         let plain = try EdgeConfig.parse(Self.minimal)
-        #expect(plain.coalesceMicroseconds == 0 && plain.listeners[0].workerPorts == nil && !plain.listeners[0].spreadByCallID)
+        #expect(plain.coalesceMicroseconds == 2_000 && plain.listeners[0].workerPorts == nil && !plain.listeners[0].spreadByCallID)
     }
 
     @Test func errors_name_line_and_key() {
