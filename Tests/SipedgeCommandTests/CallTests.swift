@@ -88,9 +88,13 @@ import Testing
             (process, read) = try CommandTests.start(config, file: file)
         }
 
+        /// SIGTERM, then waits for the exit and (bounded) for its last line, "stopped: ...", to
+        /// have been read from the pipe: what it printed last is in `output` afterwards.
         func stop() {
-            if process.isRunning { process.terminate() }
+            let wasRunning = process.isRunning
+            if wasRunning { process.terminate() }
             process.waitUntilExit()
+            if wasRunning { _ = CommandTests.waitFor(read, "stopped:") }
         }
 
         deinit {
