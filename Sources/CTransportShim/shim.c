@@ -207,9 +207,12 @@ void sipedge_reserve_heap(size_t bytes) {
 #define STEER_MIN_LENGTH (12 + STEER_STATUS_SCAN + 5 + STEER_VIA_SCAN + 24)
 #define STEER_NONE 0xFFFFFFFFu
 
-struct steer_program { struct sock_filter insns[1400]; unsigned short n; };
+#define STEER_CAPACITY 1400     /* the program below needs about 1,060 instructions */
+struct steer_program { struct sock_filter insns[STEER_CAPACITY]; unsigned short n; int overflow; };
 
-static void emit(struct steer_program *p, struct sock_filter f) { p->insns[p->n++] = f; }
+static void emit(struct steer_program *p, struct sock_filter f) {
+    if (p->n < STEER_CAPACITY) p->insns[p->n++] = f; else p->overflow = 1;
+}
 
 /* Continues when A == value, returns "not steered" otherwise. */
 static void expect_eq(struct steer_program *p, uint32_t value) {
@@ -233,6 +236,7 @@ static uint32_t word(const char s[4]) {
 
 static void build_steering(struct steer_program *p) {
     p->n = 0;
+    p->overflow = 0;
     /* Long enough for every load below, and a response ("SIP/2.0 "). */
     emit(p, (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_LEN, 0));
     emit(p, (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, STEER_MIN_LENGTH, 1, 0));
@@ -293,8 +297,7 @@ static void build_steering(struct steer_program *p) {
 int sipedge_steer_responses_by_branch(int fd) {
     struct steer_program program;   /* 11 KiB on the stack; the kernel copies it */
     build_steering(&program);
+    if (program.overflow) { errno = E2BIG; return -1; }
     struct sock_fprog prog = { program.n, program.insns };
     return setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof prog);
 }
-
-int sipedge_steering_minimum_length(void) { return STEER_MIN_LENGTH; }

@@ -357,7 +357,8 @@ public final class B2BUA: TimerTarget {
     /// `firstWorker`: the worker a CANCEL passed on by `passOnCancel` first reached.
     public func receive(_ message: SIPMessage, from hop: Hop, listenerTag: String = "", firstWorker: Int? = nil) {
         loop.assertInLoop()
-        if let method = message.method {
+        // (A CANCEL passed on from another worker was counted there.)
+        if firstWorker == nil, let method = message.method {
             statistics.requestCounts[method, default: 0] += 1
         } else if let status = message.statusCode, (100...699).contains(status) {
             statistics.replyCounts[status / 100] += 1

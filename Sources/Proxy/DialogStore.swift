@@ -41,7 +41,7 @@ public final class DialogStore: DialogStateSink, Sendable {
     /// Where write failures are reported (the log).
     private let log: @Sendable (String) -> Void
 
-    public init(path: String, idleMilliseconds: UInt32 = 100, log: @escaping @Sendable (String) -> Void = { _ in }) throws(StoreError) {
+    public init(path: String, idleMilliseconds: UInt32 = UInt32(EdgeConfig.defaultDatabaseWriteIntervalMilliseconds), log: @escaping @Sendable (String) -> Void = { _ in }) throws(StoreError) {
         self.path = path
         self.log = log
         self.idleMicroseconds = idleMilliseconds * 1_000

@@ -18,8 +18,9 @@ public struct EdgeConfig: Sendable, Equatable {
     }
 
     public var workers: Int
-    /// Wake-up coalescing of the worker loops, in microseconds (0: off; 2000 by default); see EventLoop.
-    public var coalesceMicroseconds: Int = 2_000
+    /// Wake-up coalescing of the worker loops, in microseconds (0: off); see EventLoop.
+    public var coalesceMicroseconds = Self.defaultCoalesceMicroseconds
+    public static let defaultCoalesceMicroseconds = 2_000
     public var listeners: [ListenerSpec]
     public var tls: TLSFiles?
     public var parserLimits: SIPParserLimits
@@ -41,7 +42,8 @@ public struct EdgeConfig: Sendable, Equatable {
     /// The SQLite file dialogs are kept in across restarts (nil: not kept).
     public var databasePath: String?
     /// How often the database thread writes what changed, in one transaction (milliseconds).
-    public var databaseWriteIntervalMilliseconds = 100
+    public var databaseWriteIntervalMilliseconds = Self.defaultDatabaseWriteIntervalMilliseconds
+    public static let defaultDatabaseWriteIntervalMilliseconds = 100
     /// The management interface (nil: none).
     public var mi: MISettings?
     /// ACL and flood limits.
@@ -114,7 +116,7 @@ extension EdgeConfig {
         }
         var reader = TableReader(root, path: "", text: text)
         let workers = try reader.int("workers", default: 2, range: 1...256)
-        let coalesce = try reader.int("coalesce_microseconds", default: 2_000, range: 0...20_000)
+        let coalesce = try reader.int("coalesce_microseconds", default: Self.defaultCoalesceMicroseconds, range: 0...20_000)
         let logLevel = try reader.table("log") { (log: inout TableReader) throws(ConfigError) in
             let level = try log.string("level", default: "info")
             guard EdgeConfig.logLevels.contains(level) else {
@@ -246,7 +248,7 @@ extension EdgeConfig {
         }
         let database = try reader.table("database") { (t: inout TableReader) throws(ConfigError) in
             let path = try t.string("path", default: "")
-            let interval = try t.int("write_interval_milliseconds", default: 100, range: 1...60_000)
+            let interval = try t.int("write_interval_milliseconds", default: Self.defaultDatabaseWriteIntervalMilliseconds, range: 1...60_000)
             return (path: path.isEmpty ? nil : path, interval: interval)
         }
         let databasePath = database?.path

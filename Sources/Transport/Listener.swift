@@ -42,13 +42,13 @@ public struct ListenerSpec: Hashable, Sendable, CustomStringConvertible {
 
     public init(proto: TransportProtocol, address: SocketAddress, advertisedHost: String? = nil, advertisedPort: UInt16? = nil, tag: ListenerTag,
                 workerPorts: UInt16? = nil, spreadByCallID: Bool = false) {
-        self.spreadByCallID = spreadByCallID
         self.proto = proto
         self.address = address
         self.advertisedHost = advertisedHost
         self.advertisedPort = advertisedPort
         self.tag = tag
         self.workerPorts = workerPorts
+        self.spreadByCallID = spreadByCallID
     }
 
     /// What to write as this listener's host:port in outgoing messages.

@@ -59,9 +59,6 @@ int sipedge_enable_receive_errors(int fd, int family);
  * the n-th socket bound to the group being worker n's. Anything else (requests, short or odd
  * datagrams, other branches) is left to the kernel's usual hash. Returns 0, or -1 with errno. */
 int sipedge_steer_responses_by_branch(int fd);
-
-/* How many bytes of the datagram the steering program may read: shorter ones are not steered. */
-int sipedge_steering_minimum_length(void);
 /// Reads one queued socket error: returns 1 and fills errno_out and the destination address the
 /// failed datagram was sent to, 0 if the queue is empty, -1 with errno otherwise.
 int sipedge_read_socket_error(int fd, int *errno_out, struct sockaddr_storage *destination, socklen_t *destination_length);
