@@ -207,6 +207,8 @@ final class Call {
     /// RFC 4028, per leg: when to refresh (we refresh) or give up (the peer refreshes).
     var sessionTimers: (client: TimerID?, backend: TimerID?) = (nil, nil)
     var pingTimer: TimerID?
+    /// The pings and session refreshes this call has in flight (ended with the call).
+    var ownRequests: [ClientTxRecord] = []
     /// The Request-URI user, to address each backend, and the From user (hashing dispatchers).
     var user = ""
     /// What the picker is told of this call.
@@ -384,7 +386,8 @@ public final class B2BUA: TimerTarget {
             if let key, let tx = serverTransactions[key] {
                 perform(tx.machine.handle(.ack), server: tx)
             }
-            if let id = request.callID, let call = calls[id.string], call.side(ofCallID: id.bytes) == .client {
+            if let id = request.callID, let call = calls[id.string], call.side(ofCallID: id.bytes) == .client,
+               Self.belongs(request, to: call.record.client) {
                 clientAcknowledged(call, ack: request)
             }
             return
@@ -422,6 +425,10 @@ public final class B2BUA: TimerTarget {
             return
         }
         switch method {
+        case .invite where isOurOwn(request):
+            // §16.3 item 4: our own request has come back to us (a destination that is this edge,
+            // or a route through it): a loop, ended at once rather than after Max-Forwards hops.
+            respond(tx, status: 482)
         case .invite:
             newCall(request, tx, listenerTag: listenerTag)
         case .cancel:
@@ -439,9 +446,27 @@ public final class B2BUA: TimerTarget {
             case .forward(let upstream):
                 forwardRegistration(request, tx, upstream, registrar: registrar)
             }
+        case .bye, .prack, .update, .info:
+            // Requests that exist only inside a dialog, sent without a To tag: no dialog of ours
+            // (RFC 3261 §15.1.2 for BYE; RFC 3262, 3311 and 6086 likewise).
+            respond(tx, status: 481)
         default:
             respond(tx, status: 501)
         }
+    }
+
+    /// Whether `request`'s top Via is one we wrote: a branch of our form (`z9hG4bKs<worker>x...`)
+    /// and a sent-by that is one of our addresses. No one else puts our address in their Via.
+    private func isOurOwn(_ request: SIPMessage) -> Bool {
+        guard let via = try? request.topVia(), let branch = via.branch, branch.count > 7,
+              branch.withUnsafeBytes({ ShardedIdentifiers.worker(of: $0.dropFirst(7), workers: 1_000) }) != nil else { return false }
+        let port = via.port ?? 5060
+        var host = via.host.string
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        func ours(_ a: LocalAddress) -> Bool {
+            Int(a.port) == port && (a.host == host || a.host == "[\(host)]")
+        }
+        return config.local.values.contains(where: ours) || config.workerUDP.contains(where: ours)
     }
 
     static let allow = "INVITE, ACK, BYE, CANCEL, OPTIONS, PRACK, UPDATE, INFO, NOTIFY, REFER, MESSAGE"
@@ -690,9 +715,9 @@ public final class B2BUA: TimerTarget {
             if !call.lateOffer { sendBackendACK(call) }
             armSessionTimer(call, .backend)
             armSessionTimer(call, .client)
-            if config.pingSeconds > 0 {
-                call.pingTimer = loop.schedule(afterMilliseconds: config.pingSeconds * 1_000, target: self, token: Self.token(.ping, call))
-            }
+            // Pings wait for the caller's ACK (clientAcknowledged): a 2xx that is never
+            // acknowledged (a forged source) must not make us send anything more than its
+            // retransmissions.
             extra = sessionHeaders(call, .client, inResponse: true)
         }
         var b = MessageBuilder.responseHead(to: tx.request, status: status, reason: response.reasonPhrase?.string,
@@ -747,6 +772,10 @@ public final class B2BUA: TimerTarget {
         if let tx = call.clientInvite, tx.machine.state == .accepted { finish(tx) }
         if let t = call.answerTimer { loop.cancel(t) }
         call.answerTimer = nil
+        if call.isConfirmed, call.pingTimer == nil, config.pingSeconds > 0 {
+            // The dialog is confirmed by both sides now: from here on, it may be pinged.
+            call.pingTimer = loop.schedule(afterMilliseconds: config.pingSeconds * 1_000, target: self, token: Self.token(.ping, call))
+        }
         if call.answer != nil, !call.backendAcknowledged, call.isConfirmed {
             // Late offer: the caller's ACK carries the answer to the backend's offer.
             if !ack.body.isEmpty { carrySDP(ack.body.bytes, from: .client, call: call) }
@@ -760,7 +789,8 @@ public final class B2BUA: TimerTarget {
     /// An in-dialog request (To has a tag): BYE ends the call on both legs; a session refresh is
     /// answered here; anything else crosses to the other leg.
     private func inDialog(_ request: SIPMessage, _ tx: ServerTxRecord) {
-        guard let id = request.callID, let call = calls[id.string], let side = call.side(ofCallID: id.bytes) else {
+        guard let id = request.callID, let call = calls[id.string], let side = call.side(ofCallID: id.bytes),
+              Self.belongs(request, to: call[side]) else {
             respond(tx, status: 481)
             return
         }
@@ -788,6 +818,15 @@ public final class B2BUA: TimerTarget {
                 relay(request, tx, call: call, from: side)
             }
         }
+    }
+
+    /// §12.2.2: a request belongs to a leg's dialog only when its whole dialog id matches: the
+    /// Call-ID (the caller looked the leg up by it), our tag in To and the peer's in From. Knowing
+    /// a Call-ID and one tag is not enough to end or change someone's call.
+    static func belongs(_ request: SIPMessage, to leg: LegRecord) -> Bool {
+        guard let ours = request.tag(of: .to), ours.equals(leg.localTag) else { return false }
+        guard let theirs = request.tag(of: .from) else { return leg.remoteTag.isEmpty }
+        return theirs.equals(leg.remoteTag)
     }
 
     /// An UPDATE without a body, or a re-INVITE offering the session the peer already has: it only
@@ -954,6 +993,14 @@ public final class B2BUA: TimerTarget {
         for t in [call.answerTimer, call.lifetimeTimer, call.sessionTimers.client, call.sessionTimers.backend, call.pingTimer] {
             if let t { loop.cancel(t) }
         }
+        call.answerTimer = nil
+        call.pingTimer = nil
+        call.lifetimeTimer = nil
+        call.sessionTimers = (nil, nil)
+        // Its pings and refreshes are about a dialog that is gone: no retransmission of them may
+        // go on (toward a forged source that would make us a reflector).
+        for tx in call.ownRequests where !tx.finished { finish(tx) }
+        call.ownRequests = []
         calls[call.record.client.callID] = nil
         calls[call.record.backend.callID] = nil
         callsByNumber[call.number] = nil
@@ -1284,6 +1331,14 @@ public final class B2BUA: TimerTarget {
         tx.origin = origin
         tx.purpose = purpose
         tx.onFinal = onFinal
+        if let call {
+            switch purpose {
+            case .ping, .refresh:
+                call.ownRequests.removeAll { $0.finished }
+                call.ownRequests.append(tx)
+            default: break
+            }
+        }
         clientTransactions[key] = tx
         transactionsByID[tx.id] = tx
         perform(tx.machine.start(), client: tx, message: nil)

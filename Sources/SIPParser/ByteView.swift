@@ -44,6 +44,17 @@ public struct ByteView: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Exact, byte-for-byte equality with `text` (tags and Call-IDs compare this way, RFC 3261 §19.3).
+    public func equals(_ text: String) -> Bool {
+        var other = text.utf8.makeIterator()
+        return base.withUnsafeBufferPointer { p in
+            for i in start..<end {
+                guard let b = other.next(), b == p[i] else { return false }
+            }
+            return other.next() == nil
+        }
+    }
+
     /// ASCII case-insensitive equality with `text`.
     public func equalsIgnoringCase(_ text: String) -> Bool {
         var other = text.utf8.makeIterator()

@@ -1,0 +1,267 @@
+import Foundation
+import Glibc
+import Testing
+
+/// A SIP peer written by hand on a UDP socket: it sends exactly what a test says (forged tags,
+/// missing ACKs) and reads every datagram the edge sends it.
+final class RawSIPPeer {
+    let fd: Int32
+    let ip: String
+    let port: Int
+    /// Everything received and not yet taken, oldest first.
+    private(set) var inbox: [String] = []
+
+    init(ip: String, port: Int) throws {
+        self.ip = ip
+        self.port = port
+        fd = Glibc.socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, ip, &a.sin_addr)
+        let bound = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard bound == 0 else {
+            close(fd)
+            throw POSIXError(.EADDRINUSE)
+        }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+    }
+
+    deinit { close(fd) }
+
+    func send(_ text: String, to port: Int) { ProtectionTests.send(fd, text, to: port) }
+
+    /// Reads what has arrived, for up to `ms` milliseconds.
+    func drain(for ms: Int) {
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        let end = Date().addingTimeInterval(Double(ms) / 1_000)
+        repeat {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n > 0 { inbox.append(String(decoding: buffer[0..<n], as: UTF8.self)) } else { usleep(5_000) }
+        } while Date() < end
+    }
+
+    /// The first message whose start line begins with `prefix` (and holds `containing`), taken
+    /// from the inbox; waits up to `ms` milliseconds for it.
+    func take(_ prefix: String, containing: String = "", waiting ms: Int = 3_000) -> String? {
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        let end = Date().addingTimeInterval(Double(ms) / 1_000)
+        while true {
+            if let i = inbox.firstIndex(where: { $0.hasPrefix(prefix) && (containing.isEmpty || $0.contains(containing)) }) { return inbox.remove(at: i) }
+            if Date() >= end { return nil }
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n > 0 { inbox.append(String(decoding: buffer[0..<n], as: UTF8.self)) } else { usleep(5_000) }
+        }
+    }
+
+    /// Forgets what was received.
+    func clear() { inbox = [] }
+
+    /// How many received messages start with `prefix`.
+    func count(_ prefix: String) -> Int { inbox.filter { $0.hasPrefix(prefix) }.count }
+
+    /// A header's value in `message` (first occurrence, full name).
+    static func header(_ name: String, in message: String) -> String? {
+        for line in message.split(separator: "\r\n") where line.lowercased().hasPrefix(name.lowercased() + ":") {
+            return line.dropFirst(name.count + 1).trimmingCharacters(in: .whitespaces)
+        }
+        return nil
+    }
+
+    /// The tag parameter of a From/To value.
+    static func tag(_ value: String?) -> String? {
+        value?.split(separator: ";").first { $0.hasPrefix("tag=") }.map { String($0.dropFirst(4)) }
+    }
+
+    /// The URI inside a Contact value's angle brackets.
+    static func uri(_ value: String?) -> String? {
+        guard let value, let open = value.firstIndex(of: "<"), let close = value.firstIndex(of: ">") else { return nil }
+        return String(value[value.index(after: open)..<close])
+    }
+
+    /// A response to `request` (its Via, From, To, Call-ID and CSeq copied), with `toTag` added
+    /// when its To has none, our Contact, and `body`.
+    func respond(to request: String, status: String, toTag: String, body: String = "", to port: Int) {
+        var lines = ["SIP/2.0 \(status)"]
+        for line in request.split(separator: "\r\n") {
+            let lower = line.lowercased()
+            if lower.hasPrefix("via:") || lower.hasPrefix("from:") || lower.hasPrefix("call-id:") || lower.hasPrefix("cseq:") {
+                lines.append(String(line))
+            } else if lower.hasPrefix("to:") {
+                lines.append(line.contains("tag=") ? String(line) : "\(line);tag=\(toTag)")
+            }
+        }
+        lines.append("Contact: <sip:peer@\(ip):\(self.port)>")
+        if !body.isEmpty { lines.append("Content-Type: application/sdp") }
+        lines.append("Content-Length: \(body.utf8.count)")
+        send(lines.joined(separator: "\r\n") + "\r\n\r\n" + body, to: port)
+    }
+}
+
+/// What hostile peers found (issue 12), each over the wire against the real binary, with a caller
+/// and a callee written by hand so that they can forge what a real phone never sends.
+@Suite(.serialized) struct HostileInputTests {
+    static let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n"
+
+    /// An edge whose one destination is `callee`, with `extra` config; probing off.
+    static func edge(callee: Int, base: Int, extra: String = "") throws -> CallTests.Edge {
+        try CallTests.Edge(config: """
+            workers = 2
+            \(extra)
+            [dispatcher]
+            probe_interval_seconds = 0
+            destinations = ["127.0.0.1:\(callee)"]
+            \(CallTests.listeners(port: base, tcp: false))
+            """)
+    }
+
+    /// A call set up by hand: the caller's and callee's views of their dialogs.
+    struct Call {
+        let callID: String, callerTag: String, edgeTagToCaller: String
+        let backendCallID: String, edgeTagToCallee: String, calleeTag: String
+        let edgeContactToCallee: String
+        var callerCSeq = 1
+    }
+
+    /// The caller INVITEs through the edge, the callee answers 200 with its tag, and the caller
+    /// ACKs when `ack`.
+    static func setUp(_ name: String, caller: RawSIPPeer, callee: RawSIPPeer, edgePort: Int, ack: Bool = true) throws -> Call {
+        let callID = "\(name)-\(getpid())@\(caller.ip)"
+        let invite = "INVITE sip:service@127.0.0.1:\(edgePort) SIP/2.0\r\n"
+            + "Via: SIP/2.0/UDP \(caller.ip):\(caller.port);branch=z9hG4bK\(name)1\r\nMax-Forwards: 70\r\n"
+            + "From: <sip:caller@\(caller.ip)>;tag=caller1\r\nTo: <sip:service@127.0.0.1>\r\nCall-ID: \(callID)\r\n"
+            + "CSeq: 1 INVITE\r\nContact: <sip:caller@\(caller.ip):\(caller.port)>\r\nContent-Type: application/sdp\r\n"
+            + "Content-Length: \(sdp.utf8.count)\r\n\r\n" + sdp
+        caller.send(invite, to: edgePort)
+        let backendInvite = try #require(callee.take("INVITE "), "the INVITE reached the callee; the caller got \(caller.inbox)")
+        callee.respond(to: backendInvite, status: "200 OK", toTag: "callee1", body: sdp, to: edgePort)
+        let answer = try #require(caller.take("SIP/2.0 200"), "the caller was answered")
+        let toCaller = try #require(RawSIPPeer.tag(RawSIPPeer.header("To", in: answer)))
+        _ = callee.take("ACK ")   // the edge's ACK of the callee's 200
+        let call = Call(callID: callID, callerTag: "caller1", edgeTagToCaller: toCaller,
+                        backendCallID: try #require(RawSIPPeer.header("Call-ID", in: backendInvite)),
+                        edgeTagToCallee: try #require(RawSIPPeer.tag(RawSIPPeer.header("From", in: backendInvite))),
+                        calleeTag: "callee1",
+                        edgeContactToCallee: try #require(RawSIPPeer.uri(RawSIPPeer.header("Contact", in: backendInvite))))
+        if ack { caller.send(request("ACK", call, cseq: 1, caller: caller, edgePort: edgePort, branch: "\(name)ack"), to: edgePort) }
+        return call
+    }
+
+    /// An in-dialog request from the caller; `toTag`/`fromTag` forge the dialog id when given
+    /// ("" leaves the tag out).
+    static func request(_ method: String, _ call: Call, cseq: Int, caller: RawSIPPeer, edgePort: Int, branch: String,
+                        toTag: String? = nil, fromTag: String? = nil) -> String {
+        let to = toTag ?? call.edgeTagToCaller, from = fromTag ?? call.callerTag
+        return "\(method) sip:service@127.0.0.1:\(edgePort) SIP/2.0\r\n"
+            + "Via: SIP/2.0/UDP \(caller.ip):\(caller.port);branch=z9hG4bK\(branch)\r\nMax-Forwards: 70\r\n"
+            + "From: <sip:caller@\(caller.ip)>" + (from.isEmpty ? "" : ";tag=\(from)") + "\r\n"
+            + "To: <sip:service@127.0.0.1>" + (to.isEmpty ? "" : ";tag=\(to)") + "\r\n"
+            + "Call-ID: \(call.callID)\r\nCSeq: \(cseq) \(method)\r\nContent-Length: 0\r\n\r\n"
+    }
+
+    /// An in-dialog request from the callee (the backend leg), forged like `request`.
+    static func calleeRequest(_ method: String, _ call: Call, cseq: Int, callee: RawSIPPeer, edgePort: Int, branch: String,
+                              toTag: String? = nil, fromTag: String? = nil) -> String {
+        let to = toTag ?? call.edgeTagToCallee, from = fromTag ?? call.calleeTag
+        return "\(method) \(call.edgeContactToCallee) SIP/2.0\r\n"
+            + "Via: SIP/2.0/UDP \(callee.ip):\(callee.port);branch=z9hG4bK\(branch)\r\nMax-Forwards: 70\r\n"
+            + "From: <sip:service@127.0.0.1>" + (from.isEmpty ? "" : ";tag=\(from)") + "\r\n"
+            + "To: <sip:caller@127.0.0.1>" + (to.isEmpty ? "" : ";tag=\(to)") + "\r\n"
+            + "Call-ID: \(call.backendCallID)\r\nCSeq: \(cseq) \(method)\r\nContent-Length: 0\r\n\r\n"
+    }
+
+    /// Ports for one test: the edge on `base`, the callee on `base + 10`, the caller on `base + 20`.
+    static func peers(_ base: Int) throws -> (caller: RawSIPPeer, callee: RawSIPPeer) {
+        (try RawSIPPeer(ip: "127.0.0.1", port: base + 20), try RawSIPPeer(ip: "127.0.0.1", port: base + 10))
+    }
+
+    @Test func rfc3261_12_2_2_an_in_dialog_request_must_match_the_whole_dialog_id_or_get_481() throws {
+        let base = Scratch.ports()
+        let (caller, callee) = try Self.peers(base)
+        let edge = try Self.edge(callee: callee.port, base: base)
+        defer { edge.stop() }
+        try #require(edge.waitFor("listening udp"), "\(edge.output)")
+        let setUp = try? Self.setUp("forged", caller: caller, callee: callee, edgePort: base)
+        var call = try #require(setUp, "\(edge.output)")
+        // Forgeries from the caller's side: a To tag that is not ours, no To tag, a From tag that is
+        // not the caller's, none at all; for BYE and for the other in-dialog methods.
+        var cseq = 2
+        for method in ["BYE", "INFO", "UPDATE", "INVITE", "OPTIONS"] {
+            for (to, from) in [("forged", nil), ("", nil), (nil, "forged"), (nil, "")] as [(String?, String?)] {
+                if method == "INVITE" || method == "OPTIONS", to == "" { continue }   // without a To tag, a new request
+                caller.send(Self.request(method, call, cseq: cseq, caller: caller, edgePort: base, branch: "f\(cseq)",
+                                         toTag: to, fromTag: from), to: base)
+                let answer = caller.take("SIP/2.0 ", containing: "CSeq: \(cseq) \(method)")
+                #expect(answer?.hasPrefix("SIP/2.0 481") == true, "\(method) with To tag \(to ?? "ours"), From tag \(from ?? "the caller's"): \(answer ?? "no answer")")
+                cseq += 1
+            }
+        }
+        // From the callee's side too.
+        for (to, from) in [("forged", nil), ("", nil), (nil, "forged")] as [(String?, String?)] {
+            callee.send(Self.calleeRequest("BYE", call, cseq: cseq, callee: callee, edgePort: base, branch: "g\(cseq)",
+                                           toTag: to, fromTag: from), to: base)
+            let answer = callee.take("SIP/2.0 ", containing: "CSeq: \(cseq) BYE")
+            #expect(answer?.hasPrefix("SIP/2.0 481") == true, "callee's BYE with To tag \(to ?? "ours"), From tag \(from ?? "its own"): \(answer ?? "no answer")")
+            cseq += 1
+        }
+        // None of that reached the other side, and the call is still up: the real BYE ends it.
+        callee.drain(for: 200)
+        #expect(callee.count("BYE") == 0 && callee.count("INFO") == 0 && callee.count("UPDATE") == 0, "nothing forged crossed: \(callee.inbox)")
+        call.callerCSeq = cseq
+        caller.send(Self.request("BYE", call, cseq: cseq, caller: caller, edgePort: base, branch: "real"), to: base)
+        let bye = caller.take("SIP/2.0 ", containing: "CSeq: \(cseq) BYE")
+        #expect(bye?.hasPrefix("SIP/2.0 200") == true, "the caller's real BYE: \(bye ?? "no answer")")
+        #expect(callee.take("BYE ") != nil, "and it ended the callee's leg")
+    }
+
+    @Test func no_dialog_is_pinged_before_the_callers_ack_and_no_ping_outlives_its_dialog() throws {
+        let base = Scratch.ports()
+        let (caller, callee) = try Self.peers(base)
+        let edge = try Self.edge(callee: callee.port, base: base, extra: "[calls]\nping_interval_seconds = 1")
+        defer { edge.stop() }
+        try #require(edge.waitFor("listening udp"), "\(edge.output)")
+        // A caller that never ACKs (a forged source): it gets the 2xx retransmissions RFC 3261
+        // requires, and nothing else; the callee hears nothing but its ACK.
+        _ = try Self.setUp("unacked", caller: caller, callee: callee, edgePort: base, ack: false)
+        caller.drain(for: 2_500)
+        callee.drain(for: 100)
+        #expect(caller.count("OPTIONS") == 0, "the unacknowledged caller was pinged: \(caller.inbox.map { $0.prefix(40) })")
+        #expect(callee.count("OPTIONS") == 0, "the callee of an unacknowledged call was pinged")
+        #expect(caller.count("SIP/2.0 200") >= 2, "the 2xx was retransmitted (RFC 3261 §13.3.1.4)")
+        caller.clear()
+        callee.clear()
+        // An acknowledged call is pinged; neither peer answers; the caller hangs up: the pings'
+        // retransmissions stop with the dialog.
+        var call = try Self.setUp("pinged", caller: caller, callee: callee, edgePort: base)
+        #expect(caller.take("OPTIONS ", containing: call.callID, waiting: 3_000) != nil, "an acknowledged dialog is pinged")
+        call.callerCSeq = 2
+        caller.send(Self.request("BYE", call, cseq: 2, caller: caller, edgePort: base, branch: "pingedbye"), to: base)
+        #expect(caller.take("SIP/2.0 200", containing: "BYE", waiting: 1_000) != nil, "the BYE was answered")
+        caller.clear()
+        callee.drain(for: 300)
+        callee.clear()
+        caller.drain(for: 3_000)
+        callee.drain(for: 100)
+        #expect(caller.inbox.filter { $0.hasPrefix("OPTIONS") && $0.contains(call.callID) }.isEmpty,
+                "pings went on after the dialog ended: \(caller.inbox.map { $0.prefix(40) })")
+        #expect(callee.count("OPTIONS") == 0, "pings toward the callee went on after the dialog ended")
+    }
+
+    @Test func rfc3261_16_3_a_call_that_comes_back_to_the_edge_gets_482_at_once() throws {
+        let base = Scratch.ports()
+        let caller = try RawSIPPeer(ip: "127.0.0.1", port: base + 20)
+        // The edge's only destination is the edge itself.
+        let edge = try Self.edge(callee: base, base: base)
+        defer { edge.stop() }
+        try #require(edge.waitFor("listening udp"), "\(edge.output)")
+        let invite = "INVITE sip:service@127.0.0.1:\(base) SIP/2.0\r\n"
+            + "Via: SIP/2.0/UDP 127.0.0.1:\(caller.port);branch=z9hG4bKloop1\r\nMax-Forwards: 70\r\n"
+            + "From: <sip:caller@127.0.0.1>;tag=loop1\r\nTo: <sip:service@127.0.0.1>\r\nCall-ID: loop-\(getpid())\r\n"
+            + "CSeq: 1 INVITE\r\nContact: <sip:caller@127.0.0.1:\(caller.port)>\r\nContent-Length: 0\r\n\r\n"
+        caller.send(invite, to: base)
+        let final = caller.take("SIP/2.0 4", waiting: 3_000)
+        #expect(final?.hasPrefix("SIP/2.0 482") == true, "the caller learns of the loop: \(final ?? "no answer")")
+        edge.stop()
+        #expect(edge.output.contains("1 calls started"), "one call, not one per hop: \(edge.output.suffix(300))")
+    }
+}
