@@ -16,6 +16,8 @@ public struct StoreError: Error, Sendable, CustomStringConvertible {
 /// one: what waits is bounded by the number of live dialogs, whatever the rate of changes.
 public final class DialogStore: DialogStateSink, Sendable {
     public let path: String
+    /// The descriptor of `<path>.lock`, held with flock(2) until the store stops (-1 after).
+    private let lock: Atomic<Int32>
     /// Key -> the latest record, or nil for a deletion. Records are encoded by the writer, and only
     /// those it writes: a call that ends before the next batch is never encoded.
     private let pending = Mutex<[String: DialogRecord?]>([:])
@@ -51,11 +53,14 @@ public final class DialogStore: DialogStateSink, Sendable {
                 throw StoreError(description: "\(path): cannot create \(directory): \(String(cString: strerror(errno)))")
             }
         }
+        let lockDescriptor = try Self.lockExclusively(path)
+        lock = Atomic(lockDescriptor)
         var handle: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
         guard sqlite3_open_v2(path, &handle, flags, nil) == SQLITE_OK, let handle else {
             let reason = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
             sqlite3_close(handle)
+            close(lockDescriptor)
             throw StoreError(description: "\(path): \(reason)")
         }
         db = handle
@@ -64,6 +69,7 @@ public final class DialogStore: DialogStateSink, Sendable {
                           "CREATE TABLE IF NOT EXISTS registrations (user TEXT PRIMARY KEY, bindings TEXT NOT NULL)"] {
             if let error = Self.exec(handle, statement) {
                 sqlite3_close(handle)
+                close(lockDescriptor)
                 throw StoreError(description: "\(path): \(statement): \(error)")
             }
         }
@@ -72,6 +78,35 @@ public final class DialogStore: DialogStateSink, Sendable {
     deinit {
         for statement in statements.values { sqlite3_finalize(statement) }
         sqlite3_close(db)
+        releaseLock()
+    }
+
+    /// Lets another process open the database (the store writes no more).
+    private func releaseLock() {
+        let fd = lock.exchange(-1, ordering: .acquiringAndReleasing)
+        if fd >= 0 { close(fd) }
+    }
+
+    /// One process at a time: two edges restoring and writing the same dialogs would each end
+    /// calls the other carries. `<path>.lock` is held with flock(2) while the store is open (the
+    /// kernel lets go of it when the process ends, however it ends) and holds the holder's pid.
+    private static func lockExclusively(_ path: String) throws(StoreError) -> Int32 {
+        let lockPath = path + ".lock"
+        let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw StoreError(description: "\(path): cannot open its lock file \(lockPath): \(String(cString: strerror(errno)))")
+        }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            var buffer = [UInt8](repeating: 0, count: 32)
+            let n = pread(fd, &buffer, buffer.count, 0)
+            let holder = String(decoding: buffer.prefix(max(n, 0)).filter { $0 >= 0x30 && $0 <= 0x39 }, as: UTF8.self)
+            close(fd)
+            throw StoreError(description: "\(path): in use by another process\(holder.isEmpty ? "" : " (pid \(holder))"); each sipedge needs a database of its own")
+        }
+        let pid = Array("\(getpid())\n".utf8)
+        _ = ftruncate(fd, 0)
+        _ = pwrite(fd, pid, pid.count, 0)
+        return fd
     }
 
     /// Every stored record that decodes (a row that does not is reported through `skipped`).
@@ -135,7 +170,9 @@ public final class DialogStore: DialogStateSink, Sendable {
     }
 
     /// Writes what is pending, stops the writer and waits for it (a clean shutdown loses nothing).
+    /// The database is another process's to open afterwards.
     public func stop() {
+        defer { releaseLock() }
         guard running.exchange(false, ordering: .acquiringAndReleasing) else { return }
         while !finished.load(ordering: .acquiring) { usleep(1_000) }
     }

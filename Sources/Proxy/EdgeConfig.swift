@@ -105,7 +105,9 @@ public struct ConfigError: Error, Sendable, CustomStringConvertible {
 
 extension EdgeConfig {
     /// Parses and checks `text`; every key is known, typed and in range, or this throws.
-    public static func parse(_ text: String) throws(ConfigError) -> EdgeConfig {
+    /// `checkingHost`: also every listener and MI address is one this host has (`check-config`
+    /// and `run` ask for it, so that the first finds what would stop the second).
+    public static func parse(_ text: String, checkingHost: Bool = false) throws(ConfigError) -> EdgeConfig {
         let root: TOMLTable
         do {
             root = try TOMLTable(string: text)
@@ -187,7 +189,7 @@ extension EdgeConfig {
         } ?? (DispatcherSettings(), [])
         let setIDs = (dispatcher.destinations.isEmpty ? [] : [1]) + extraSets.map(\.setID)
         guard Set(setIDs).count == setIDs.count else {
-            throw ConfigError(line: reader.line(of: "[dispatcher.set]"), key: "dispatcher.set", message: "two sets have the same id")
+            throw ConfigError(line: reader.line(of: "dispatcher.set"), key: "dispatcher.set", message: "two sets have the same id")
         }
         let routes = try reader.tableArray("route") { (t: inout TableReader) throws(ConfigError) -> RouteSettings in
             let route = RouteSettings(listenerTag: try t.optionalString("listener_tag"), domain: try t.optionalString("domain"),
@@ -291,6 +293,25 @@ extension EdgeConfig {
                                 workerPorts: workerPorts > 0 ? UInt16(workerPorts) : nil, spreadByCallID: spread == "call-id")
         }
         guard !listeners.isEmpty else { throw ConfigError(line: nil, key: "listener", message: "at least one [[listener]] is required") }
+        for (j, spec) in listeners.enumerated() where spec.address.port != 0 {
+            let wildcard = ["0.0.0.0", "::"]
+            guard let i = listeners[..<j].firstIndex(where: {
+                $0.proto == spec.proto && $0.address.port == spec.address.port && $0.address.family == spec.address.family
+                    && ($0.address == spec.address || wildcard.contains($0.address.ipString) || wildcard.contains(spec.address.ipString))
+            }) else { continue }
+            throw ConfigError(line: TableReader.line(of: "", inSection: "listener[\(j + 1)]", text: text), key: "listener[\(j + 1)]",
+                              message: "\(spec.proto.rawValue) \(spec.address) is already listener[\(i + 1)]'s (\(listeners[i].address))")
+        }
+        if checkingHost {
+            for (i, spec) in listeners.enumerated() where !Socket.isLocal(spec.address) {
+                throw ConfigError(line: TableReader.line(of: "address", inSection: "listener[\(i + 1)]", text: text), key: "listener[\(i + 1)].address",
+                                  message: "\(spec.address.ipString) is not an address of this host")
+            }
+            if let mi, !Socket.isLocal(mi.address) {
+                throw ConfigError(line: TableReader.line(of: "address", inSection: "mi", text: text), key: "mi.address",
+                                  message: "\(mi.address.ipString) is not an address of this host")
+            }
+        }
         if listeners.contains(where: { $0.proto == .tls }) && tls == nil {
             throw ConfigError(line: reader.line(of: "listener"), key: "tls", message: "a TLS listener needs a [tls] section with certificate and private_key")
         }
@@ -351,17 +372,45 @@ struct TableReader {
         ConfigError(line: line(of: key), key: path.isEmpty ? key : "\(path).\(key)", message: message)
     }
 
-    /// The first line that assigns `key` (or opens a table of that name), for error messages.
+    /// The line that assigns `key` in this reader's own section (or, failing that, the first line
+    /// anywhere that assigns it or opens a table of that name), for error messages.
     func line(of key: String) -> Int? {
-        var n = 0
-        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
-            n += 1
+        Self.line(of: key, inSection: path, text: text)
+    }
+
+    /// The line of `key` in the section `path` ("" for the top, "mi", "listener[2]",
+    /// "dispatcher.set[1]"): TOMLKit keeps no positions, so the text is read again, section by
+    /// section, and a key that several sections use is found in the right one.
+    static func line(of key: String, inSection path: String, text: String) -> Int? {
+        var name = path, index = 0
+        if path.hasSuffix("]"), let open = path.lastIndex(of: "[") {
+            name = String(path[..<open])
+            index = Int(path[path.index(after: open)..<path.index(before: path.endIndex)]) ?? 0
+        }
+        var inSection = path.isEmpty, seen = 0, fallback: Int?
+        for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = raw.trimmingPrefix(while: { $0 == " " || $0 == "\t" })
-            if line.hasPrefix("\(key) ") || line.hasPrefix("\(key)=") || line.hasPrefix("[\(key)]") || line.hasPrefix("[[\(key)]]") {
-                return n
+            if line.hasPrefix("[") {
+                let isArray = line.hasPrefix("[[")
+                let header = line.dropFirst(isArray ? 2 : 1).prefix { $0 != "]" }.trimmingPrefix(while: { $0 == " " })
+                let headerName = String(header.reversed().drop { $0 == " " }.reversed())
+                let full = path.isEmpty ? key : "\(name).\(key)"
+                if headerName == full || headerName == key && path.isEmpty { fallback = fallback ?? i + 1 }
+                if isArray && headerName == name && index > 0 {
+                    seen += 1
+                    inSection = seen == index
+                } else {
+                    inSection = !isArray && headerName == name && index == 0 && !path.isEmpty
+                }
+                if inSection && key.isEmpty { return i + 1 }
+                continue
+            }
+            if line.hasPrefix("\(key) ") || line.hasPrefix("\(key)=") {
+                if inSection { return i + 1 }
+                fallback = fallback ?? i + 1
             }
         }
-        return nil
+        return fallback
     }
 
     mutating func int(_ key: String, default value: Int?, range: ClosedRange<Int>) throws(ConfigError) -> Int {

@@ -58,6 +58,16 @@ public final class EdgeServer: @unchecked Sendable {
             var address = spec.address
             let name = spec.description
             var udpGroup: [UDPEndpoint] = []
+            if spec.proto == .udp || spec.proto == .tcp || spec.proto == .tls {
+                // Our workers share the address (SO_REUSEPORT); no other process may.
+                do {
+                    try Socket.ensureNotHeld(address, stream: spec.proto != .udp)
+                } catch {
+                    let held = error.errno == EADDRINUSE
+                    throw ListenerError(listener: name, reason: held ? "\(spec.address) is already in use by another process (another sipedge on this config?)" : "\(error)",
+                                        underlying: error)
+                }
+            }
             for loop in workers.loops where spec.proto != .sctp || loop.index == 0 {
                 // Each listener's own receiver, so a new call is known by the tag it came in on.
                 let receiver = InboundSIP(worker: loop.index, loop: loop, listenerTag: spec.tag.name, limits: config.parserLimits,

@@ -12,7 +12,7 @@ func loadConfig(_ path: String) throws -> EdgeConfig {
         throw ExitCode(2)
     }
     do {
-        return try EdgeConfig.parse(text)
+        return try EdgeConfig.parse(text, checkingHost: true)
     } catch {
         FileHandle.standardError.write(Data("\(path): \(error)\n".utf8))
         throw ExitCode(2)

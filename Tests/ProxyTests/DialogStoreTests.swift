@@ -19,7 +19,7 @@ import Transport
     @Test func dialogs_written_by_the_store_thread_are_there_after_reopening() throws {
         let path = "/tmp/sipedge-store-\(getpid())-\(UInt32.random(in: 0...UInt32.max))/dialogs.db"
         defer {
-            for suffix in ["", "-wal", "-shm"] { unlink(path + suffix) }
+            for suffix in ["", "-wal", "-shm", ".lock"] { unlink(path + suffix) }
             rmdir(String(path.dropLast("/dialogs.db".count)))
         }
         do {
@@ -44,7 +44,7 @@ import Transport
     @Test func a_dialog_that_ends_within_the_write_interval_is_never_written_and_stop_does_not_wait_the_interval_out() throws {
         let path = "/tmp/sipedge-store-\(getpid())-\(UInt32.random(in: 0...UInt32.max))/dialogs.db"
         defer {
-            for suffix in ["", "-wal", "-shm"] { unlink(path + suffix) }
+            for suffix in ["", "-wal", "-shm", ".lock"] { unlink(path + suffix) }
             rmdir(String(path.dropLast("/dialogs.db".count)))
         }
         let store = try DialogStore(path: path, idleMilliseconds: 60_000)

@@ -82,6 +82,16 @@ import Transport
             ("[[listener]]\nproto = \"udp\"\naddress = \"::1\"\nspread_calls_by = \"tag\"\n", "listener[1].spread_calls_by: must be \"source\" or \"call-id\""),
             ("workers = 4\n[[listener]]\nproto = \"udp\"\naddress = \"::1\"\nworker_ports = 65534\n", "worker_ports: 4 workers need ports 65534-65537, past 65535"),
             ("[[listener]]\nproto = \"udp\"\naddress = \"::1\"\nport = 5061\nworker_ports = 5060\n", "worker_ports: ports 5060-5061 include the listener port 5061"),
+            // The same listener twice (or under a wildcard of its family), at the second one's line.
+            (Self.minimal + "[[listener]]\nproto = \"tcp\"\naddress = \"127.0.0.1\"\n" + Self.minimal,
+             "line 7: listener[3]: udp 127.0.0.1:5060 is already listener[1]'s"),
+            (Self.minimal + "[[listener]]\nproto = \"udp\"\naddress = \"0.0.0.0\"\n", "line 4: listener[2]: udp 0.0.0.0:5060 is already listener[1]'s"),
+            // A key that several sections have is reported in the section where it is wrong.
+            ("[mi]\naddress = \"127.0.0.1\"\n[[listener]]\nproto = \"udp\"\naddress = \"::1\"\n[[listener]]\nproto = \"udp\"\naddress = \"here\"\n",
+             "line 8: listener[2].address: must be a numeric"),
+            ("[[listener]]\nproto = \"udp\"\naddress = \"::1\"\n[mi]\naddress = \"there\"\n", "line 5: mi.address: must be a numeric"),
+            ("[dispatcher]\nalgorithm = \"round-robin\"\n[[dispatcher.set]]\nid = 2\nalgorithm = \"dice\"\ndestinations = [\"127.0.0.1\"]\n" + Self.minimal,
+             "line 5: dispatcher.set[1].algorithm: must be one of"),
         ]
         for (text, expected) in cases {
             do {
@@ -91,5 +101,18 @@ import Transport
                 #expect(error.description.contains(expected), "\(error.description)")
             }
         }
+    }
+
+    @Test func an_address_this_host_does_not_have_is_an_error_when_the_host_is_checked() throws {
+        // 192.0.2.0/24 is TEST-NET-1 (RFC 5737): no host has it. Only a bind is tried; nothing is sent.
+        let text = "[[listener]]\nproto = \"udp\"\naddress = \"127.0.0.1\"\n[[listener]]\nproto = \"tcp\"\naddress = \"192.0.2.1\"\n"
+        #expect(throws: Never.self) { _ = try EdgeConfig.parse(text) }
+        #expect { _ = try EdgeConfig.parse(text, checkingHost: true) } throws: { error in
+            "\(error)".contains("line 6: listener[2].address: 192.0.2.1 is not an address of this host")
+        }
+        #expect { _ = try EdgeConfig.parse(Self.minimal + "[mi]\naddress = \"192.0.2.7\"\n", checkingHost: true) } throws: { error in
+            "\(error)".contains("line 5: mi.address: 192.0.2.7 is not an address of this host")
+        }
+        #expect(throws: Never.self) { _ = try EdgeConfig.parse(Self.minimal + "[[listener]]\nproto = \"tcp\"\naddress = \"0.0.0.0\"\nport = 5070\n", checkingHost: true) }
     }
 }

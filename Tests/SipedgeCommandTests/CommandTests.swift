@@ -93,6 +93,10 @@ import Testing
         defer { try? FileManager.default.removeItem(at: bad) }
         let r = try Self.run(["check-config", bad.path])
         #expect(r.status == 2 && r.err.contains("line 6: listener[1].prot: unknown key"), "\(r.err)")
+        // What would stop `run` stops `check-config`: an address this host does not have.
+        try "[[listener]]\nproto = \"udp\"\naddress = \"192.0.2.1\"\n".write(to: bad, atomically: true, encoding: .utf8)
+        let foreign = try Self.run(["check-config", bad.path])
+        #expect(foreign.status == 2 && foreign.err.contains("line 3: listener[1].address: 192.0.2.1 is not an address of this host"), "\(foreign.err)")
     }
 
     /// Starts `sipedge run` on `config`; returns the process and a reader of its output so far.

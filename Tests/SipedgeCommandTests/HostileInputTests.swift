@@ -264,4 +264,66 @@ final class RawSIPPeer {
         edge.stop()
         #expect(edge.output.contains("1 calls started"), "one call, not one per hop: \(edge.output.suffix(300))")
     }
+
+    /// Starts `sipedge run` on `config` and waits (bounded) for it to exit: its status and output.
+    static func runToExit(_ config: String) throws -> (status: Int32, output: String) {
+        let (p, read) = try CommandTests.start(config)
+        for _ in 0..<100 where p.isRunning { usleep(50_000) }
+        if p.isRunning {
+            p.terminate()
+            p.waitUntilExit()
+            return (-1, read())
+        }
+        p.waitUntilExit()
+        usleep(50_000)
+        return (p.terminationStatus, read())
+    }
+
+    @Test func a_second_instance_cannot_share_the_first_ones_listeners_mi_or_database() throws {
+        let base = Scratch.ports()
+        let dir = try Scratch.directory("second")
+        defer { Scratch.remove(dir) }
+        let db = dir.appendingPathComponent("sipedge.db").path
+        func config(listeners port: Int, mi: Int) -> String {
+            """
+            workers = 2
+            [dispatcher]
+            probe_interval_seconds = 0
+            destinations = ["127.0.0.1:\(base + 10)"]
+            [mi]
+            address = "127.0.0.1"
+            port = \(mi)
+            [database]
+            path = "\(db)"
+            \(CallTests.listeners(port: port))
+            """
+        }
+        let first = try CallTests.Edge(config: config(listeners: base, mi: base + 1))
+        defer { first.stop() }
+        try #require(first.waitFor("mi listening"), "\(first.output)")
+        // The same config again: its UDP listener is taken.
+        let same = try Self.runToExit(config(listeners: base, mi: base + 1))
+        #expect(same.status != 0 && same.status != -1, "a second edge on the same config did not stop: \(same.output)")
+        #expect(same.output.contains("udp:127.0.0.1:\(base)") && same.output.contains("already in use by another process"), "\(same.output)")
+        #expect(!same.output.contains("listening"), "\(same.output)")
+        // Only TCP shared: the TCP listener is named.
+        let tcpOnly = try Self.runToExit(config(listeners: base, mi: base + 1).replacingOccurrences(of: "proto = \"udp\"\naddress = \"127.0.0.1\"\nport = \(base)",
+                                                                                                 with: "proto = \"udp\"\naddress = \"127.0.0.1\"\nport = \(base + 5)"))
+        #expect(tcpOnly.status != 0 && tcpOnly.output.contains("tcp:127.0.0.1:\(base)") && tcpOnly.output.contains("already in use"), "\(tcpOnly.output)")
+        // Other listeners, the same MI address: the MI is named.
+        let mi = try Self.runToExit(config(listeners: base + 2, mi: base + 1).replacingOccurrences(of: db, with: db + "-other"))
+        #expect(mi.status != 0 && mi.status != -1, "\(mi.output)")
+        #expect(mi.output.contains("mi udp:127.0.0.1:\(base + 1)"), "\(mi.output)")
+        // Other listeners and MI, the same database: refused, naming the holder.
+        let database = try Self.runToExit(config(listeners: base + 3, mi: base + 4))
+        #expect(database.status != 0 && database.status != -1, "\(database.output)")
+        #expect(database.output.contains("\(db): in use by another process (pid \(first.process.processIdentifier))"), "\(database.output)")
+        // The first one still serves alone.
+        let fd = ProtectionTests.socket(from: "127.0.0.1")
+        defer { close(fd) }
+        ProtectionTests.send(fd, ProtectionTests.options(1, from: "127.0.0.1"), to: base)
+        #expect(ProtectionTests.statuses(fd, waiting: 1_000) == [200])
+        #expect(first.process.isRunning)
+    }
 }
+

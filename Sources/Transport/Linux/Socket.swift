@@ -35,6 +35,31 @@ public struct Socket: ~Copyable {
         if r != 0 { throw SystemError("bind \(address)", errno: Glibc.errno) }
     }
 
+    /// Throws when another socket already holds `address` (port 0 is never held). A group of
+    /// sockets that share an address through SO_REUSEPORT lets any process of the same user join
+    /// it without a word; asked before the first of a group binds, this refuses instead. The probe
+    /// binds without SO_REUSEPORT, which the kernel refuses wherever a socket is bound (a stream
+    /// probe sets SO_REUSEADDR, so that connections in TIME_WAIT do not count).
+    public static func ensureNotHeld(_ address: SocketAddress, stream: Bool) throws(SystemError) {
+        guard address.port != 0 else { return }
+        let probe = try Socket(family: address.kernelFamily, type: Int32((stream ? SOCK_STREAM : SOCK_DGRAM).rawValue))
+        if stream { try probe.setOption(SOL_SOCKET, SO_REUSEADDR, Int32(1), "SO_REUSEADDR") }
+        if address.family == .inet6 { try probe.setOption(Int32(IPPROTO_IPV6), IPV6_V6ONLY, Int32(1), "IPV6_V6ONLY") }
+        try probe.bind(to: address)
+    }
+
+    /// Whether `address` is one of this host's (a wildcard always is): a UDP socket binds to it
+    /// with port 0, or the kernel says EADDRNOTAVAIL. Nothing is sent.
+    public static func isLocal(_ address: SocketAddress) -> Bool {
+        guard let probe = try? Socket(family: address.kernelFamily, type: Int32(SOCK_DGRAM.rawValue)) else { return true }
+        do {
+            try probe.bind(to: address.with(port: 0))
+            return true
+        } catch {
+            return error.errno != EADDRNOTAVAIL
+        }
+    }
+
     public func listen(backlog: Int32) throws(SystemError) {
         try blocking("listen") { Glibc.listen(descriptor, backlog) }
     }

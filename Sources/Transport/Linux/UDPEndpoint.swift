@@ -53,7 +53,8 @@ public final class UDPEndpoint: EventHandler, IterationEndHandler {
         self.batchSize = min(max(batchSize, 1), 64)
         self.receiver = receiver
         let s = try Socket(family: address.kernelFamily, type: Int32(SOCK_DGRAM.rawValue))
-        try s.setOption(SOL_SOCKET, SO_REUSEADDR, Int32(1), "SO_REUSEADDR")
+        // No SO_REUSEADDR: for UDP it would let a second socket (another process) bind the same
+        // address beside this one, and UDP has no TIME_WAIT that would need it.
         if reusePort { try s.setOption(SOL_SOCKET, SO_REUSEPORT, Int32(1), "SO_REUSEPORT") }
         if address.family == .inet6 { try s.setOption(Int32(IPPROTO_IPV6), IPV6_V6ONLY, Int32(1), "IPV6_V6ONLY") }
         // Bigger kernel buffers absorb bursts; the kernel caps them at net.core.rmem_max.
