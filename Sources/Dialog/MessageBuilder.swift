@@ -209,3 +209,53 @@ public struct MessageBuilder {
         return b
     }
 }
+
+extension MessageBuilder {
+    /// A response built from the raw lines of a request that did not parse (or a stream that could
+    /// not be framed): the Via lines (at least one), From, To (tagged), Call-ID and CSeq copied as
+    /// written, the reason in a Warning; nil for a response, an ACK, or a request without a Via
+    /// (nowhere to answer along). Reads only the header section, at most 64 KiB. For errors only.
+    public static func salvagedResponse(_ bytes: some Collection<UInt8>, status: Int, toTag: String, warning: String) -> [UInt8]? {
+        let text = String(decoding: bytes.prefix(65_536), as: UTF8.self)
+        var lines: [Substring] = []
+        // "\r\n" is one Character in Swift: split on any newline.
+        for line in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline) {
+            if line.isEmpty { break }
+            lines.append(line)
+        }
+        guard let first = lines.first, !first.hasPrefix("SIP/"), !first.uppercased().hasPrefix("ACK ") else { return nil }
+        func trimmed(_ text: Substring) -> Substring {
+            var s = text
+            while let c = s.first, c == " " || c == "\t" { s.removeFirst() }
+            while let c = s.last, c == " " || c == "\t" { s.removeLast() }
+            return s
+        }
+        var headers: [(String, String)] = []
+        for line in lines.dropFirst() {
+            if line.first == " " || line.first == "\t", !headers.isEmpty {
+                headers[headers.count - 1].1 += " " + trimmed(line)
+                continue
+            }
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            let value = String(trimmed(line[line.index(after: colon)...]))
+            switch trimmed(line[..<colon]).lowercased() {
+            case "via", "v": headers.append(("Via", value))
+            case "from", "f": headers.append(("From", value))
+            case "to", "t": headers.append(("To", value))
+            case "call-id", "i": headers.append(("Call-ID", value))
+            case "cseq": headers.append(("CSeq", value))
+            default: continue
+            }
+        }
+        guard headers.contains(where: { $0.0 == "Via" }) else { return nil }
+        var b = MessageBuilder(status: status, reason: reason(status).utf8)
+        for (name, value) in headers where name == "Via" { b.header(name, value) }
+        for name in ["From", "To", "Call-ID", "CSeq"] {
+            guard let value = headers.first(where: { $0.0 == name })?.1 else { continue }
+            b.header(name, name == "To" && !value.lowercased().contains("tag=") ? value + ";tag=\(toTag)" : value)
+        }
+        b.header("Warning", "399 sipedge \"\(warning)\"")
+        b.header("Server", "SIPEdge")
+        return b.finish()
+    }
+}

@@ -198,7 +198,7 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
                 reply(response)
                 outcome = "answered \(status)"
             } else if let status = error.status, let reply, var tag = Optional(ShardedIdentifiers(worker: worker)),
-                      let response = Self.salvagedResponse(bytes, status: status, toTag: tag.make(), warning: "\(error.code)") {
+                      let response = MessageBuilder.salvagedResponse(bytes, status: status, toTag: tag.make(), warning: "\(error.code)") {
                 // The message did not parse far enough to be indexed: its Via, From, To, Call-ID and
                 // CSeq lines are taken as they were written, so the sender still learns why.
                 reply(response)
@@ -208,47 +208,6 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
             }
             logger.notice("\(proto.rawValue) from \(peer): invalid SIP message (\(bytes.count) bytes): \(error); \(outcome)")
         }
-    }
-
-    /// A response built from the raw lines of a request that did not parse: the Via lines (at least
-    /// one), From, To (tagged), Call-ID and CSeq copied as written; nil for a response, an ACK, or
-    /// a request without a Via (nowhere to answer along). Reads only the header section.
-    static func salvagedResponse(_ bytes: [UInt8], status: Int, toTag: String, warning: String) -> [UInt8]? {
-        let text = String(decoding: bytes.prefix(65_536), as: UTF8.self)
-        let head = text.components(separatedBy: "\r\n\r\n").first ?? text
-        // "\r\n" is one Character in Swift: split on any newline.
-        var lines = head.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).map(String.init)
-        guard let first = lines.first, !first.hasPrefix("SIP/"), !first.uppercased().hasPrefix("ACK ") else { return nil }
-        lines.removeFirst()
-        var headers: [(String, String)] = []
-        for line in lines {
-            if line.isEmpty { break }
-            if line.first == " " || line.first == "\t", !headers.isEmpty {
-                headers[headers.count - 1].1 += " " + line.trimmingCharacters(in: .whitespaces)
-                continue
-            }
-            guard let colon = line.firstIndex(of: ":") else { continue }
-            let name = line[..<colon].trimmingCharacters(in: .whitespaces).lowercased()
-            let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
-            switch name {
-            case "via", "v": headers.append(("Via", value))
-            case "from", "f": headers.append(("From", value))
-            case "to", "t": headers.append(("To", value))
-            case "call-id", "i": headers.append(("Call-ID", value))
-            case "cseq": headers.append(("CSeq", value))
-            default: continue
-            }
-        }
-        guard headers.contains(where: { $0.0 == "Via" }) else { return nil }
-        var b = MessageBuilder(status: status, reason: MessageBuilder.reason(status).utf8)
-        for (name, value) in headers where name == "Via" { b.header(name, value) }
-        for name in ["From", "To", "Call-ID", "CSeq"] {
-            guard let value = headers.first(where: { $0.0 == name })?.1 else { continue }
-            b.header(name, name == "To" && !value.lowercased().contains("tag=") ? value + ";tag=\(toTag)" : value)
-        }
-        b.header("Warning", "399 sipedge \"\(warning)\"")
-        b.header("Server", "SIPEdge")
-        return b.finish()
     }
 
     func received(_ datagram: [UInt8], from peer: SocketAddress, on endpoint: UDPEndpoint) {

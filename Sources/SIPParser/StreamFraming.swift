@@ -13,7 +13,9 @@ public enum StreamFrame: Sendable, Equatable {
 /// The stream-framing rule (RFC 3261 §18.3, RFC 5626 §4.4.1): a message ends after its headers'
 /// empty line plus Content-Length bytes; Content-Length is mandatory on streams. A stream that
 /// cannot be framed (garbage, bad or conflicting lengths, headers beyond the size limit) throws:
-/// the connection must then be closed, as nothing after the error can be trusted.
+/// the connection must then be closed, as nothing after the error can be trusted. Where the
+/// headers are whole, the error carries the status to answer first (400; 413 for a body over the
+/// limit), as a datagram with the same fault would get.
 public func frameSIPStream(_ bytes: UnsafeRawBufferPointer, limits: SIPParserLimits = .default) throws(SIPParseError) -> StreamFrame {
     let count = bytes.count
     guard count > 0, let base = bytes.baseAddress else { return .needMoreData }
@@ -68,21 +70,31 @@ public func frameSIPStream(_ bytes: UnsafeRawBufferPointer, limits: SIPParserLim
         if isCL {
             var c = Cursor(base, nameEnd, lineEnd - 1)
             c.skipLWS()
-            guard c.eat(UInt8(ascii: ":")) else { throw SIPParseError(.badContentLength, at: c.pos, status: nil, header: .contentLength) }
+            guard c.eat(UInt8(ascii: ":")) else { throw SIPParseError(.badContentLength, at: c.pos, status: 400, header: .contentLength) }
             c.skipLWS()
+            let digitsStart = c.pos
             guard let value = c.decimal(max: limits.maxMessageBytes) else {
-                throw SIPParseError(.badContentLength, at: c.pos, status: nil, header: .contentLength)
+                // Digits, but more than any message may hold (2^64 included): the body is too large.
+                if digitsStart < lineEnd - 1, isDigit(byte(digitsStart)) {
+                    var end = digitsStart
+                    while end < lineEnd - 1, isDigit(byte(end)) { end += 1 }
+                    var tail = Cursor(base, end, lineEnd - 1)
+                    tail.skipLWS()
+                    if tail.atEnd { throw SIPParseError(.bodyTooLarge, at: digitsStart, status: 413, header: .contentLength) }
+                }
+                throw SIPParseError(.badContentLength, at: c.pos, status: 400, header: .contentLength)
             }
             c.skipLWS()
-            guard c.atEnd else { throw SIPParseError(.badContentLength, at: c.pos, status: nil, header: .contentLength) }
+            guard c.atEnd else { throw SIPParseError(.badContentLength, at: c.pos, status: 400, header: .contentLength) }
             if contentLength >= 0 && value != contentLength {
-                throw SIPParseError(.conflictingContentLength, at: lineStart, status: nil, header: .contentLength)
+                throw SIPParseError(.conflictingContentLength, at: lineStart, status: 400, header: .contentLength)
             }
             contentLength = value
         }
         lineStart = lineEnd + 1
     }
-    guard contentLength >= 0 else { throw SIPParseError(.missingContentLength, at: headersEnd, status: nil, header: .contentLength) }
+    guard contentLength >= 0 else { throw SIPParseError(.missingContentLength, at: headersEnd, status: 400, header: .contentLength) }
+    guard contentLength <= limits.maxBodyBytes else { throw SIPParseError(.bodyTooLarge, at: 0, status: 413, header: .contentLength) }
     let total = headersEnd + contentLength
     guard total <= limits.maxMessageBytes else { throw SIPParseError(.messageTooLarge, at: 0, status: 513) }
     return count >= total ? .message(length: total) : .needMoreData

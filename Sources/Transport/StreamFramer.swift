@@ -10,6 +10,9 @@ public enum FrameDecision: Sendable, Equatable {
     case needMore
     /// The stream cannot be framed: the connection is closed, with this reason logged.
     case invalid(String)
+    /// The stream cannot be framed, but the peer can be told why: `reply` is sent, then the
+    /// connection is closed once it is written, with `reason` logged.
+    case refuse(reply: [UInt8], reason: String)
 }
 
 /// Splits a byte stream into frames. Transport knows no protocol: the layer above hands one in

@@ -43,7 +43,27 @@ import Testing
         let endless = Array("INVITE sip:a@b SIP/2.0\r\n".utf8) + Array(repeating: UInt8(ascii: "a"), count: 600)
         #expect(throws: SIPParseError(.messageTooLarge, at: 0)) { try frame(endless, limits: limits) }
         let big = Array("INVITE sip:a@b SIP/2.0\r\nContent-Length: 100000\r\n\r\n".utf8)
-        #expect(throws: SIPParseError(.badContentLength, at: 0)) { try frame(big, limits: limits) }
+        #expect(throws: SIPParseError(.bodyTooLarge, at: 0)) { try frame(big, limits: limits) }
+    }
+
+    @Test func content_length_faults_carry_the_status_to_answer_before_closing() {
+        func status(_ value: String, limits: SIPParserLimits = .default) -> (SIPParseError.Code, Int?)? {
+            let bytes = Array("OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\nContent-Length: \(value)\r\n\r\n".utf8)
+            do {
+                _ = try frame(bytes, limits: limits)
+                return nil
+            } catch {
+                return (error.code, error.status)
+            }
+        }
+        // A body over the limit is 413 (RFC 3261 §21.4.11), whatever the number's size; other faults 400.
+        for value in ["99999999", "70000", "18446744073709551616"] {
+            #expect(status(value)! == (.bodyTooLarge, 413), "\(value)")
+        }
+        #expect(status("600", limits: SIPParserLimits(maxBodyBytes: 500))! == (.bodyTooLarge, 413))
+        for value in ["-1", "1x", "", "0x10"] {
+            #expect(status(value)! == (.badContentLength, 400), "\(value)")
+        }
     }
 
     @Test func folded_content_length_is_framed() throws {

@@ -325,5 +325,55 @@ final class RawSIPPeer {
         #expect(ProtectionTests.statuses(fd, waiting: 1_000) == [200])
         #expect(first.process.isRunning)
     }
+
+    /// A blocking TCP connection to 127.0.0.1:`port` with a receive timeout of `ms`; -1 if refused.
+    static func connectTCP(_ port: Int, timeout ms: Int = 2_000) -> Int32 {
+        let fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, "127.0.0.1", &a.sin_addr)
+        let r = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard r == 0 else {
+            close(fd)
+            return -1
+        }
+        var tv = timeval(tv_sec: ms / 1_000, tv_usec: (ms % 1_000) * 1_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        return fd
+    }
+
+    /// Everything the peer sends until it closes (or `fd`'s receive timeout); and whether it closed.
+    static func readToClose(_ fd: Int32) -> (text: String, closed: Bool) {
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n > 0 { out += buffer[0..<n]; continue }
+            return (String(decoding: out, as: UTF8.self), n == 0 || (n < 0 && errno == ECONNRESET))
+        }
+    }
+
+    @Test func tcp_framing_faults_are_answered_before_the_connection_closes() throws {
+        let base = Scratch.ports()
+        let edge = try CallTests.Edge(config: "workers = 2\n" + CallTests.listeners(port: base))
+        defer { edge.stop() }
+        try #require(edge.waitFor("listening tcp"), "\(edge.output)")
+        let cases = [("99999999", "413"), ("70000", "413"), ("18446744073709551616", "413"), ("-1", "400"), ("1x", "400")]
+        for (length, expected) in cases {
+            let fd = Self.connectTCP(base)
+            try #require(fd >= 0)
+            defer { close(fd) }
+            let request = "OPTIONS sip:edge@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bKcl\(expected)\r\n"
+                + "Max-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=a\r\nTo: <sip:edge@127.0.0.1>\r\nCall-ID: cl-\(length)\r\n"
+                + "CSeq: 1 OPTIONS\r\nContent-Length: \(length)\r\n\r\n"
+            _ = request.withCString { send(fd, $0, strlen($0), 0) }
+            let (text, closed) = Self.readToClose(fd)
+            #expect(text.hasPrefix("SIP/2.0 \(expected) "), "Content-Length \(length): \(text.prefix(200))")
+            #expect(text.contains("Warning: 399 sipedge") && text.contains("Call-ID: cl-\(length)"), "\(text)")
+            #expect(closed, "Content-Length \(length): the connection was closed after the answer")
+        }
+        #expect(edge.process.isRunning)
+    }
 }
 

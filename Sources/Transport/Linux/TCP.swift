@@ -182,6 +182,8 @@ public final class TCPConnection: EventHandler {
     /// The TLS session, for a TLS connection; plaintext waits in `pendingPlaintext` until the handshake is done.
     private let tls: TLSSession?
     private var pendingPlaintext: [[UInt8]] = []
+    /// Set when the connection closes as soon as what is queued has been written.
+    private var closingReason: String?
 
     fileprivate init(table: TCPConnectionTable, socket: consuming Socket, remote: SocketAddress, connecting: Bool,
                      tls: TLSSession?) throws(SystemError) {
@@ -286,6 +288,10 @@ public final class TCPConnection: EventHandler {
             queue.removeFirst()
             queueHead = 0
         }
+        if let closingReason {
+            close(reason: closingReason)
+            return
+        }
         watchWritable(false)
     }
 
@@ -317,7 +323,7 @@ public final class TCPConnection: EventHandler {
             connected()
             guard isOpen else { return }
         }
-        if events.contains(.readable) || events.contains(.readHangUp) || events.contains(.hangUp) {
+        if closingReason == nil, events.contains(.readable) || events.contains(.readHangUp) || events.contains(.hangUp) {
             readAvailable()
         }
         if isOpen, events.contains(.writable), !connecting { flushQueue() }
@@ -339,7 +345,7 @@ public final class TCPConnection: EventHandler {
                     buffered.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[0..<r]))
                 }
                 deliverFrames()
-                guard isOpen else { return }
+                guard isOpen, closingReason == nil else { return }
                 if buffered.count > table.limits.maxBufferedBytes {
                     close(reason: "more than \(table.limits.maxBufferedBytes) bytes without a complete frame")
                     return
@@ -404,9 +410,26 @@ public final class TCPConnection: EventHandler {
             case .invalid(let why):
                 close(reason: why)
                 return
+            case .refuse(let reply, let why):
+                buffered = []
+                send(reply)
+                closeWhenWritten(reason: why)
+                return
             }
         }
         if start > 0 { buffered.removeFirst(min(start, buffered.count)) }
+    }
+
+    /// Reads nothing more and closes once the write queue is empty (now, if it is).
+    private func closeWhenWritten(reason: String) {
+        guard isOpen else { return }
+        guard queuedBytes > 0, let registration else {
+            close(reason: reason)
+            return
+        }
+        closingReason = reason
+        watchingWritable = true
+        try? loop.modify(registration, for: .writable)
     }
 
     /// Closes the connection (idempotent) and tells the receiver; a reason is also logged.
