@@ -140,7 +140,9 @@ extension EdgeConfig {
                 maxConnectionsPerSource: try t.int("max_connections_per_source", default: 1_024, range: 1...1_000_000),
                 maxBufferedBytes: try t.int("max_buffered_bytes", default: 131_072, range: 4_096...16_777_216),
                 maxQueuedBytes: try t.int("max_queued_bytes", default: 1 << 20, range: 4_096...268_435_456),
-                idleTimeoutMilliseconds: UInt64(try t.int("idle_timeout_seconds", default: 300, range: 0...86_400)) * 1_000)
+                idleTimeoutMilliseconds: UInt64(try t.int("idle_timeout_seconds", default: 300, range: 0...86_400)) * 1_000,
+                frameTimeoutMilliseconds: UInt64(try t.int("message_read_timeout_seconds", default: 10, range: 0...3_600)) * 1_000,
+                silentTimeoutMilliseconds: UInt64(try t.int("silent_timeout_seconds", default: 10, range: 0...3_600)) * 1_000)
         } ?? StreamLimits()
         let (dispatcher, extraSets) = try reader.table("dispatcher") { (t: inout TableReader) throws(ConfigError) -> (DispatcherSettings, [DispatcherSettings]) in
             var d = DispatcherSettings()

@@ -29,6 +29,8 @@ public final class EdgeServer: @unchecked Sendable {
             throw ListenerError(listener: "workers", reason: "cannot start event loops: \(error)", underlying: error)
         }
         let routing = CallRouting(workers: workers)
+        // TCP and TLS connections, counted for the whole node (not per worker).
+        let connectionCounts = ConnectionCounts()
         var inbound: [InboundSIP] = []
         for loop in workers.loops {
             loop.coalesceMicroseconds = UInt32(config.coalesceMicroseconds)
@@ -98,7 +100,7 @@ public final class EdgeServer: @unchecked Sendable {
                         }
                     case .tcp, .tls:
                         let table = TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits),
-                                                       limits: config.streamLimits, tls: spec.proto == .tls ? tlsServer : nil,
+                                                       limits: config.streamLimits, counts: connectionCounts, tls: spec.proto == .tls ? tlsServer : nil,
                                                        receiver: receiver)
                         let listener = try TCPListener(table: table, bindTo: address, reusePort: true)
                         address = listener.localAddress
@@ -182,12 +184,12 @@ public final class EdgeServer: @unchecked Sendable {
         for loop in workers.loops {
             let receiver = inbound[loop.index]
             let tcp = tcpByWorker[loop.index] ?? TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits),
-                                                                   limits: config.streamLimits, receiver: receiver)
+                                                                   limits: config.streamLimits, counts: connectionCounts, receiver: receiver)
             let tls = tlsByWorker[loop.index].map { _ in
-                TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits), limits: config.streamLimits,
+                TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits), limits: config.streamLimits, counts: connectionCounts,
                                    tls: tlsClient, receiver: receiver)
             } ?? tlsClient.map {
-                TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits), limits: config.streamLimits,
+                TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits), limits: config.streamLimits, counts: connectionCounts,
                                    tls: $0, receiver: receiver)
             }
             let sender = EdgeSender(worker: loop.index, udp: udpByWorker[loop.index], ownUDP: ownUDPByWorker[loop.index], tcp: tcp, tlsAccepted: tlsByWorker[loop.index],

@@ -375,5 +375,66 @@ final class RawSIPPeer {
         }
         #expect(edge.process.isRunning)
     }
+
+    @Test func slow_and_silent_connections_are_closed_and_the_per_source_limit_is_the_edges() throws {
+        let base = Scratch.ports()
+        let edge = try CallTests.Edge(config: """
+            workers = 2
+            [tcp]
+            message_read_timeout_seconds = 2
+            silent_timeout_seconds = 2
+            max_connections_per_source = 30
+            \(CallTests.listeners(port: base))
+            """)
+        defer { edge.stop() }
+        try #require(edge.waitFor("listening tcp"), "\(edge.output)")
+        let options = "OPTIONS sip:edge@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bKslow\r\n"
+            + "Max-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=a\r\nTo: <sip:edge@127.0.0.1>\r\nCall-ID: slow\r\n"
+            + "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        // 10 silent connections, 10 that trickle a byte every 300 ms, 1 that sends a whole request.
+        let silent = (0..<10).map { _ in Self.connectTCP(base, timeout: 100) }
+        let trickling = (0..<10).map { _ in Self.connectTCP(base, timeout: 100) }
+        let honest = Self.connectTCP(base, timeout: 2_000)
+        defer { for fd in silent + trickling + [honest] where fd >= 0 { close(fd) } }
+        try #require((silent + trickling + [honest]).allSatisfy { $0 >= 0 })
+        _ = options.withCString { send(honest, $0, strlen($0), 0) }
+        #expect(Self.readSome(honest).hasPrefix("SIP/2.0 200"), "the honest connection is served")
+        let bytes = Array(options.utf8)
+        var closedAt: [Int: Int] = [:]   // trickling index -> the byte at which the edge closed it
+        for step in 0..<14 {             // 14 x 300 ms: past the 2 s deadline (and its 1 s sweep)
+            for (i, fd) in trickling.enumerated() where closedAt[i] == nil {
+                if send(fd, [bytes[step]], 1, Int32(MSG_NOSIGNAL)) < 0 || Self.peerClosed(fd) { closedAt[i] = step }
+            }
+            usleep(300_000)
+        }
+        for (i, fd) in trickling.enumerated() where closedAt[i] == nil && Self.peerClosed(fd) { closedAt[i] = 14 }
+        #expect(closedAt.count == 10, "every trickling connection was closed: \(closedAt)")
+        #expect(silent.allSatisfy { Self.peerClosed($0) }, "every silent connection was closed")
+        #expect(!Self.peerClosed(honest), "the connection that sent a whole request stays open")
+        #expect(edge.output.contains("no complete message within 2 s of its first byte"))
+        #expect(edge.output.contains("nothing received within 2 s"))
+        // 40 more connections from this source, over 2 workers: 30 in all are let in, not 30 per worker.
+        var more: [Int32] = []
+        defer { for fd in more where fd >= 0 { close(fd) } }
+        for _ in 0..<40 { more.append(Self.connectTCP(base, timeout: 300)) }
+        usleep(300_000)
+        let open = more.filter { $0 >= 0 && !Self.peerClosed($0) }.count
+        #expect(open == 29, "the honest one and 29 of these are open: \(open)")
+        #expect(edge.output.contains("30 connections from that source already"))
+    }
+
+    /// Whether the peer has closed `fd` (a read says end of stream or reset; nothing to read is open).
+    static func peerClosed(_ fd: Int32) -> Bool {
+        var byte: UInt8 = 0
+        let n = recv(fd, &byte, 1, Int32(MSG_DONTWAIT | MSG_PEEK))
+        return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+    }
+
+    /// What arrives on `fd` within its receive timeout (one read).
+    static func readSome(_ fd: Int32) -> String {
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        let n = recv(fd, &buffer, buffer.count, 0)
+        return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : ""
+    }
 }
 

@@ -1,5 +1,6 @@
 import CTransportShim
 import Glibc
+import Synchronization
 
 /// Where TCP connections hand what they frame, and tell that they closed. Loop thread only.
 public protocol StreamReceiver: AnyObject {
@@ -21,15 +22,57 @@ public struct StreamLimits: Sendable, Equatable {
     public var maxQueuedBytes: Int
     /// A connection silent this long is closed (milliseconds; 0: never).
     public var idleTimeoutMilliseconds: UInt64
+    /// A frame whose first byte has arrived must be whole within this (milliseconds; 0: no
+    /// deadline): a peer trickling bytes cannot hold a connection open with activity alone.
+    public var frameTimeoutMilliseconds: UInt64
+    /// An accepted connection that has sent nothing (for TLS: not finished its handshake) within
+    /// this is closed (milliseconds; 0: only the idle timeout applies).
+    public var silentTimeoutMilliseconds: UInt64
 
     public init(maxConnections: Int = 65_536, maxConnectionsPerSource: Int = 1_024, maxBufferedBytes: Int = 131_072,
-                maxQueuedBytes: Int = 1 << 20, idleTimeoutMilliseconds: UInt64 = 300_000) {
+                maxQueuedBytes: Int = 1 << 20, idleTimeoutMilliseconds: UInt64 = 300_000,
+                frameTimeoutMilliseconds: UInt64 = 10_000, silentTimeoutMilliseconds: UInt64 = 10_000) {
         self.maxConnections = maxConnections
         self.maxConnectionsPerSource = maxConnectionsPerSource
         self.maxBufferedBytes = maxBufferedBytes
         self.maxQueuedBytes = maxQueuedBytes
         self.idleTimeoutMilliseconds = idleTimeoutMilliseconds
+        self.frameTimeoutMilliseconds = frameTimeoutMilliseconds
+        self.silentTimeoutMilliseconds = silentTimeoutMilliseconds
     }
+}
+
+/// The connections open per source address, and in all, across every table that shares it (one
+/// per node: the limits are the node's, whichever worker accepted). Touched only when a connection
+/// opens or closes, never per message.
+public final class ConnectionCounts: Sendable {
+    private let state = Mutex<(total: Int, bySource: [SocketAddress: Int])>((0, [:]))
+
+    public init() {}
+
+    /// Counts a new connection from `source` unless that would pass a limit; nil when counted,
+    /// else why not.
+    func admit(_ source: SocketAddress, limits: StreamLimits) -> String? {
+        state.withLock { s in
+            if s.total >= limits.maxConnections { return "\(limits.maxConnections) connections open already" }
+            let n = s.bySource[source, default: 0]
+            if n >= limits.maxConnectionsPerSource { return "\(limits.maxConnectionsPerSource) connections from that source already" }
+            s.total += 1
+            s.bySource[source] = n + 1
+            return nil
+        }
+    }
+
+    func release(_ source: SocketAddress) {
+        state.withLock { s in
+            s.total -= 1
+            let left = s.bySource[source, default: 1] - 1
+            s.bySource[source] = left > 0 ? left : nil
+        }
+    }
+
+    /// Connections open from `source` (tests, statistics).
+    public func count(from source: SocketAddress) -> Int { state.withLock { $0.bySource[source.with(port: 0), default: 0] } }
 }
 
 /// The TCP connections of one loop, keyed by remote address, so that responses and requests
@@ -43,15 +86,18 @@ public final class TCPConnectionTable {
     public let tls: TLSContext?
     public weak var receiver: (any StreamReceiver)?
     private var byAddress: [SocketAddress: TCPConnection] = [:]
-    private var perSource: [SocketAddress: Int] = [:]
+    /// Connections per source and in all, shared with the node's other tables.
+    private let counts: ConnectionCounts
     fileprivate let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 65_536, alignment: 16)
     private var sweepTimer: TimerID?
     /// Where refusals and cut-offs are reported (a log line each).
     public var log: (String) -> Void
 
-    public init(loop: EventLoop, framer: any StreamFramer, limits: StreamLimits = StreamLimits(), tls: TLSContext? = nil,
-                receiver: any StreamReceiver) {
+    /// `counts`: shared by every table of a node, so that its limits are the node's.
+    public init(loop: EventLoop, framer: any StreamFramer, limits: StreamLimits = StreamLimits(), counts: ConnectionCounts = ConnectionCounts(),
+                tls: TLSContext? = nil, receiver: any StreamReceiver) {
         self.loop = loop
+        self.counts = counts
         self.framer = framer
         self.tls = tls
         self.limits = limits
@@ -103,31 +149,31 @@ public final class TCPConnectionTable {
     func accept(_ accepted: AcceptedSocket) -> TCPConnection? {
         let socket = Socket(adopting: accepted.descriptor)
         guard let peer = accepted.peer else { return nil }
-        let source = peer.with(port: 0)
-        if retained.count >= limits.maxConnections {
-            log("TCP: refused \(peer): \(limits.maxConnections) connections open on this loop")
-            return nil
-        }
-        if perSource[source, default: 0] >= limits.maxConnectionsPerSource {
-            log("TCP: refused \(peer): \(limits.maxConnectionsPerSource) connections from that source already")
+        if let refusal = counts.admit(peer.with(port: 0), limits: limits) {
+            log("TCP: refused \(peer): \(refusal)")
             return nil
         }
         try? socket.setOption(Int32(IPPROTO_TCP), TCP_NODELAY, Int32(1), "TCP_NODELAY")
         do {
             let session = try tls.map { context throws(TLSError) in try TLSSession(context: context, serverName: nil) }
             let c = try TCPConnection(table: self, socket: socket, remote: peer, connecting: false, tls: session)
-            adopt(c)
+            c.accepted = true
+            adopt(c, counted: true)
             return c
         } catch {
+            counts.release(peer.with(port: 0))
             log("TCP: cannot take \(peer): \(error)")
             return nil
         }
     }
 
-    private func adopt(_ c: TCPConnection) {
+    /// `counted`: the connection was admitted already (an accepted one); an outgoing one is
+    /// counted here, past any limit (we chose to open it).
+    private func adopt(_ c: TCPConnection, counted: Bool = false) {
         byAddress[c.remote] = c
-        perSource[c.remote.with(port: 0), default: 0] += 1
-        if sweepTimer == nil, limits.idleTimeoutMilliseconds > 0 { armSweep() }
+        if !counted { _ = counts.admit(c.remote.with(port: 0), limits: StreamLimits(maxConnections: .max, maxConnectionsPerSource: .max)) }
+        let timed = limits.idleTimeoutMilliseconds > 0 || limits.frameTimeoutMilliseconds > 0 || limits.silentTimeoutMilliseconds > 0
+        if sweepTimer == nil, timed { armSweep() }
         retained[ObjectIdentifier(c)] = c
     }
 
@@ -137,9 +183,7 @@ public final class TCPConnectionTable {
     fileprivate func forget(_ c: TCPConnection) {
         guard retained.removeValue(forKey: ObjectIdentifier(c)) != nil else { return }
         for address in [c.remote] + c.aliases where byAddress[address] === c { byAddress[address] = nil }
-        let source = c.remote.with(port: 0)
-        let left = perSource[source, default: 1] - 1
-        perSource[source] = left > 0 ? left : nil
+        counts.release(c.remote.with(port: 0))
     }
 
     private func armSweep() {
@@ -147,8 +191,8 @@ public final class TCPConnectionTable {
             guard let self else { return }
             self.sweepTimer = nil
             let now = self.loop.now
-            for c in self.retained.values where now &- c.lastActivity > self.limits.idleTimeoutMilliseconds {
-                c.close(reason: "idle for \(self.limits.idleTimeoutMilliseconds / 1_000) s")
+            for c in Array(self.retained.values) {
+                if let why = c.overdue(now: now, limits: self.limits) { c.close(reason: why) }
             }
             if !self.retained.isEmpty { self.armSweep() }
         }
@@ -178,6 +222,13 @@ public final class TCPConnection: EventHandler {
     private var watchingWritable = false
     fileprivate var aliases: [SocketAddress] = []
     fileprivate var lastActivity: UInt64
+    /// When the connection opened, whether we accepted it (the silent timeout is for those), whether
+    /// the peer has sent anything yet (for TLS: finished its handshake), and since when part of a
+    /// frame has been waiting for the rest (nil: none).
+    fileprivate let openedAt: UInt64
+    fileprivate var accepted = false
+    private var heardFrom = false
+    private var partialSince: UInt64?
     public private(set) var isOpen = true
     /// The TLS session, for a TLS connection; plaintext waits in `pendingPlaintext` until the handshake is done.
     private let tls: TLSSession?
@@ -193,6 +244,7 @@ public final class TCPConnection: EventHandler {
         self.connecting = connecting
         self.tls = tls
         self.lastActivity = table.loop.now
+        self.openedAt = table.loop.now
         self.local = try? socket.localAddress()
         let fd = socket.descriptor
         self.socket = consume socket
@@ -341,10 +393,15 @@ public final class TCPConnection: EventHandler {
                 lastActivity = loop.now
                 if let tls {
                     guard decrypt(UnsafeRawBufferPointer(rebasing: scratch[0..<r]), with: tls) else { return }
+                    if tls.handshakeDone { heardFrom = true }
                 } else {
                     buffered.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[0..<r]))
+                    heardFrom = true
                 }
-                deliverFrames()
+                // The deadline runs from the first byte of the frame now at the front: a busy
+                // connection whose reads end mid-message starts a new one with each frame.
+                if deliverFrames() || buffered.isEmpty { partialSince = nil }
+                if !buffered.isEmpty, partialSince == nil { partialSince = loop.now }
                 guard isOpen, closingReason == nil else { return }
                 if buffered.count > table.limits.maxBufferedBytes {
                     close(reason: "more than \(table.limits.maxBufferedBytes) bytes without a complete frame")
@@ -388,8 +445,11 @@ public final class TCPConnection: EventHandler {
         return flushTLSOutput()
     }
 
-    private func deliverFrames() {
+    /// Hands up every whole frame buffered; true when there was at least one.
+    @discardableResult
+    private func deliverFrames() -> Bool {
         var start = 0
+        var delivered = false
         while isOpen && start < buffered.count {
             let decision = buffered.withUnsafeBytes { raw in
                 table.framer.decide(UnsafeRawBufferPointer(rebasing: raw[start...]))
@@ -398,6 +458,7 @@ public final class TCPConnection: EventHandler {
             case .frame(let n):
                 let frame = Array(buffered[start..<start + n])
                 start += n
+                delivered = true
                 table.receiver?.received(frame, on: self)
             case .reply(let n, let answer):
                 start += n
@@ -406,18 +467,35 @@ public final class TCPConnection: EventHandler {
                 start += n
             case .needMore:
                 buffered.removeFirst(start)
-                return
+                return delivered
             case .invalid(let why):
                 close(reason: why)
-                return
+                return delivered
             case .refuse(let reply, let why):
                 buffered = []
                 send(reply)
                 closeWhenWritten(reason: why)
-                return
+                return delivered
             }
         }
         if start > 0 { buffered.removeFirst(min(start, buffered.count)) }
+        return delivered
+    }
+
+    /// Why the connection must close now (nil: it may stay): idle too long, silent since it was
+    /// accepted, or a frame begun and not finished in time (a peer trickling bytes).
+    fileprivate func overdue(now: UInt64, limits: StreamLimits) -> String? {
+        if limits.idleTimeoutMilliseconds > 0, now &- lastActivity > limits.idleTimeoutMilliseconds {
+            return "idle for \(limits.idleTimeoutMilliseconds / 1_000) s"
+        }
+        if accepted, !heardFrom, limits.silentTimeoutMilliseconds > 0, now &- openedAt > limits.silentTimeoutMilliseconds {
+            return tls == nil ? "nothing received within \(limits.silentTimeoutMilliseconds / 1_000) s"
+                              : "TLS handshake not finished within \(limits.silentTimeoutMilliseconds / 1_000) s"
+        }
+        if let partialSince, limits.frameTimeoutMilliseconds > 0, now &- partialSince > limits.frameTimeoutMilliseconds {
+            return "no complete message within \(limits.frameTimeoutMilliseconds / 1_000) s of its first byte"
+        }
+        return nil
     }
 
     /// Reads nothing more and closes once the write queue is empty (now, if it is).
