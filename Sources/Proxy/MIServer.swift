@@ -47,37 +47,93 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
     }
 
     public func received(_ datagram: [UInt8], from peer: SocketAddress, on endpoint: UDPEndpoint) {
-        var id: Any = NSNull()
-        let reply: [String: Any]
-        do {
-            guard let request = try JSONSerialization.jsonObject(with: Data(datagram)) as? [String: Any] else {
-                throw MIError(code: -32600, message: "a request is a JSON object")
+        let reply: Any
+        switch try? JSONSerialization.jsonObject(with: Data(datagram), options: [.fragmentsAllowed]) {
+        case nil:
+            // Foundation's own text names its internals (NSCocoaErrorDomain...): say it plainly.
+            reply = Self.error(-32700, "parse error: the request is not valid JSON", id: NSNull())
+        case let batch as [Any]:
+            // JSON-RPC 2.0 §6: each element answered in one array; notifications are not; an empty
+            // batch is itself invalid; a batch of notifications gets nothing at all.
+            guard !batch.isEmpty else {
+                reply = Self.error(-32600, "invalid request: an empty batch", id: NSNull())
+                break
             }
-            id = request["id"] ?? NSNull()
-            guard request["jsonrpc"] as? String == "2.0", let method = request["method"] as? String else {
-                throw MIError(code: -32600, message: "a JSON-RPC 2.0 request has \"jsonrpc\": \"2.0\" and a \"method\"")
+            guard batch.count <= Self.maxBatch else {
+                reply = Self.error(-32600, "invalid request: a batch of more than \(Self.maxBatch) requests", id: NSNull())
+                break
             }
-            var params = request["params"] as? [String: Any] ?? [:]
-            let given = params.removeValue(forKey: "secret") as? String
-            if !peer.isLoopback && (secret.isEmpty || given != secret) {
-                logger.warning("mi: \(method) from \(peer) refused: \(secret.isEmpty ? "only loopback may use the MI" : "wrong or missing secret")")
-                throw MIError(code: -32001, message: "forbidden: requests from outside loopback need the configured secret")
-            }
-            reply = ["jsonrpc": "2.0", "id": id, "result": try run(method, params)]
-        } catch let error as MIError {
-            reply = ["jsonrpc": "2.0", "id": id, "error": ["code": error.code, "message": error.message]]
-        } catch {
-            reply = ["jsonrpc": "2.0", "id": id, "error": ["code": -32700, "message": "parse error: \(error)"]]
+            let answers = batch.compactMap { answer($0, from: peer) }
+            guard !answers.isEmpty else { return }
+            reply = answers
+        case let single?:
+            guard let answer = answer(single, from: peer) else { return }
+            reply = answer
         }
         guard var data = try? JSONSerialization.data(withJSONObject: reply, options: [.sortedKeys]) else { return }
         if data.count > Self.maxDatagram {
             // One answer, one datagram: a list that does not fit is asked for in pages.
-            let error: [String: Any] = ["jsonrpc": "2.0", "id": id, "error": [
-                "code": -32000, "message": "the answer (\(data.count) bytes) does not fit in one datagram; ask for less with offset= and limit="]]
+            let id = (reply as? [String: Any])?["id"] ?? NSNull()
+            let error = Self.error(-32000, "the answer (\(data.count) bytes) does not fit in one datagram; ask for less with offset= and limit=", id: id)
             data = (try? JSONSerialization.data(withJSONObject: error, options: [.sortedKeys])) ?? Data()
         }
         endpoint.send(Array(data), to: peer)
     }
+
+    /// The answer to one request object (JSON-RPC 2.0 §4, §5), or nil for a valid notification (a
+    /// request without an id), which is carried out and not answered.
+    private func answer(_ element: Any, from peer: SocketAddress) -> [String: Any]? {
+        guard let request = element as? [String: Any] else {
+            return Self.error(-32600, "invalid request: a request is a JSON object", id: NSNull())
+        }
+        // An id is a string, a number or null; anything else makes the request invalid.
+        let rawID = request["id"]
+        let isNotification = rawID == nil
+        let id: Any = rawID.flatMap { $0 is String || $0 is NSNumber || $0 is NSNull ? $0 : nil } ?? NSNull()
+        if let rawID, !(rawID is String || rawID is NSNumber || rawID is NSNull) {
+            return Self.error(-32600, "invalid request: \"id\" must be a string, a number or null", id: NSNull())
+        }
+        guard request["jsonrpc"] as? String == "2.0", let method = request["method"] as? String else {
+            return Self.error(-32600, "invalid request: a JSON-RPC 2.0 request has \"jsonrpc\": \"2.0\" and a \"method\" string", id: id)
+        }
+        var params: [String: Any] = [:]
+        switch request["params"] {
+        case nil: break
+        case let object as [String: Any]: params = object
+        case is [Any]:
+            return Self.error(-32602, "invalid params: SIPEdge's commands take named params (an object), not a list", id: id)
+        default:
+            return Self.error(-32600, "invalid request: \"params\" must be an object", id: id)
+        }
+        let given = params.removeValue(forKey: "secret") as? String
+        let shown = Self.shown(method)
+        let result: Any
+        do {
+            if !peer.isLoopback && (secret.isEmpty || given != secret) {
+                logger.warning("mi: \(shown) from \(peer) refused: \(secret.isEmpty ? "only loopback may use the MI" : "wrong or missing secret")")
+                throw MIError(code: -32001, message: "forbidden: requests from outside loopback need the configured secret")
+            }
+            result = try run(method, params)
+        } catch let error as MIError {
+            return isNotification ? nil : Self.error(error.code, error.message, id: id)
+        } catch {
+            return isNotification ? nil : Self.error(-32603, "internal error: \(error)", id: id)
+        }
+        return isNotification ? nil : ["jsonrpc": "2.0", "id": id, "result": result]
+    }
+
+    static func error(_ code: Int, _ message: String, id: Any) -> [String: Any] {
+        ["jsonrpc": "2.0", "id": id, "error": ["code": code, "message": message]]
+    }
+
+    /// A method name as it may appear in an answer or a log line: at most 64 characters (a peer's
+    /// 60 KB name is not echoed back whole).
+    static func shown(_ method: String) -> String {
+        method.count <= 64 ? method : method.prefix(64) + "... (\(method.utf8.count) bytes)"
+    }
+
+    /// Most requests in one batch.
+    static let maxBatch = 64
 
     public func unreachable(_ destination: SocketAddress, error: SystemError, on endpoint: UDPEndpoint) {}
     public func truncated(from peer: SocketAddress, on endpoint: UDPEndpoint) {
@@ -171,7 +227,7 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
             lastSample = (Self.now(), edge.callCounts().started)
             return "OK"
         default:
-            throw MIError(code: -32601, message: "unknown command \(method); `which` lists them")
+            throw MIError(code: -32601, message: "unknown command \(Self.shown(method)); `which` lists them")
         }
     }
 

@@ -436,5 +436,50 @@ final class RawSIPPeer {
         let n = recv(fd, &buffer, buffer.count, 0)
         return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : ""
     }
+
+    @Test func the_mi_answers_as_json_rpc_2_0_says_notifications_batches_bad_params_and_parse_errors() throws {
+        let base = Scratch.ports()
+        let edge = try CallTests.Edge(config: "workers = 1\n[mi]\naddress = \"127.0.0.1\"\nport = \(base + 1)\n" + CallTests.listeners(port: base, tcp: false))
+        defer { edge.stop() }
+        try #require(edge.waitFor("mi listening"), "\(edge.output)")
+        let fd = ProtectionTests.socket(from: "127.0.0.1")
+        defer { close(fd) }
+        /// The answer to `text` as parsed JSON (nil: none within `ms`), and its size.
+        func ask(_ text: String, waiting ms: Int = 1_000) -> (json: Any?, bytes: Int) {
+            ProtectionTests.send(fd, text, to: base + 1)
+            var buffer = [UInt8](repeating: 0, count: 65_536)
+            for _ in 0..<(ms / 10) {
+                let n = recv(fd, &buffer, buffer.count, 0)
+                if n > 0 { return (try? JSONSerialization.jsonObject(with: Data(buffer[0..<n]), options: [.fragmentsAllowed]), n) }
+                usleep(10_000)
+            }
+            return (nil, 0)
+        }
+        func code(_ answer: Any?) -> Int? { ((answer as? [String: Any])?["error"] as? [String: Any])?["code"] as? Int }
+        // A request without an id is a notification: no answer, whether it works or not.
+        #expect(ask(#"{"jsonrpc":"2.0","method":"version"}"#, waiting: 500).json == nil)
+        #expect(ask(#"{"jsonrpc":"2.0","method":"no_such_command"}"#, waiting: 500).json == nil)
+        // params of the wrong type.
+        #expect(code(ask(#"{"jsonrpc":"2.0","method":"version","params":"x","id":1}"#).json) == -32600)
+        #expect(code(ask(#"{"jsonrpc":"2.0","method":"ds_set_state","params":["a"],"id":2}"#).json) == -32602)
+        #expect(code(ask(#"{"jsonrpc":"2.0","method":"version","id":{"a":1}}"#).json) == -32600)
+        // Batches: empty, of non-requests, of a request and a notification, of notifications only.
+        #expect(code(ask("[]").json) == -32600)
+        let junk = ask("[1,2]").json as? [Any]
+        #expect(junk?.count == 2 && junk?.allSatisfy { code($0) == -32600 } == true, "\(String(describing: junk))")
+        let mixed = ask(#"[{"jsonrpc":"2.0","method":"version","id":7},{"jsonrpc":"2.0","method":"version"}]"#).json as? [[String: Any]]
+        #expect(mixed?.count == 1 && mixed?.first?["id"] as? Int == 7 && mixed?.first?["result"] != nil, "\(String(describing: mixed))")
+        #expect(ask(#"[{"jsonrpc":"2.0","method":"version"}]"#, waiting: 500).json == nil)
+        // A parse error says so plainly, without Foundation's internals.
+        let broken = ask(#"{"jsonrpc": "2.0", "method"#).json as? [String: Any]
+        let message = (broken?["error"] as? [String: Any])?["message"] as? String ?? ""
+        #expect(code(broken) == -32700 && broken?["id"] is NSNull, "\(String(describing: broken))")
+        #expect(!message.contains("NSCocoaErrorDomain") && !message.contains("Error Domain"), "\(message)")
+        // A 60 KB method name is not echoed back whole.
+        let long = ask(#"{"jsonrpc":"2.0","id":3,"method":""# + String(repeating: "m", count: 60_000) + #""}"#)
+        #expect(code(long.json) == -32601 && long.bytes < 1_000, "\(long.bytes) bytes")
+        // And the MI still works.
+        #expect(((ask(#"{"jsonrpc":"2.0","method":"version","id":9}"#).json as? [String: Any])?["result"]) != nil)
+    }
 }
 
