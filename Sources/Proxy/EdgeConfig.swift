@@ -25,6 +25,9 @@ public struct EdgeConfig: Sendable, Equatable {
     public var tls: TLSFiles?
     public var parserLimits: SIPParserLimits
     public var logLevel: String
+    /// Lines a peer can cause (refusals, invalid messages) are written once per this interval per
+    /// kind and source, then counted (seconds; 0: every line).
+    public var logSummarySeconds = 10
     /// Per-loop bounds on TCP/TLS peers.
     public var streamLimits: StreamLimits
     /// Where new calls go: the dispatcher set, its algorithm and probing.
@@ -119,13 +122,13 @@ extension EdgeConfig {
         var reader = TableReader(root, path: "", text: text)
         let workers = try reader.int("workers", default: 2, range: 1...256)
         let coalesce = try reader.int("coalesce_microseconds", default: Self.defaultCoalesceMicroseconds, range: 0...20_000)
-        let logLevel = try reader.table("log") { (log: inout TableReader) throws(ConfigError) in
+        let (logLevel, logSummary) = try reader.table("log") { (log: inout TableReader) throws(ConfigError) in
             let level = try log.string("level", default: "info")
             guard EdgeConfig.logLevels.contains(level) else {
                 throw log.error("level", "must be one of \(EdgeConfig.logLevels.joined(separator: ", "))")
             }
-            return level
-        } ?? "info"
+            return (level, try log.int("summary_interval_seconds", default: 10, range: 0...3_600))
+        } ?? ("info", 10)
         let limits = try reader.table("limits") { (t: inout TableReader) throws(ConfigError) in
             SIPParserLimits(
                 maxMessageBytes: try t.int("max_message_bytes", default: 65_535, range: 512...SIPParserLimits.hardMaxMessageBytes),
@@ -333,6 +336,7 @@ extension EdgeConfig {
         var config = EdgeConfig(workers: workers, listeners: listeners, tls: tls, parserLimits: limits, logLevel: logLevel,
                           streamLimits: streamLimits, dispatcher: dispatcher, extraSets: extraSets, routes: routes, calls: calls, databasePath: databasePath, mi: mi, security: security, registrar: registrar)
         config.coalesceMicroseconds = coalesce
+        config.logSummarySeconds = logSummary
         if let database { config.databaseWriteIntervalMilliseconds = database.interval }
         return config
     }

@@ -29,6 +29,14 @@ public final class EdgeServer: @unchecked Sendable {
             throw ListenerError(listener: "workers", reason: "cannot start event loops: \(error)", underlying: error)
         }
         let routing = CallRouting(workers: workers)
+        // What peers can make us log, once per interval per kind and source.
+        let summary = LogSummary(intervalMilliseconds: UInt64(config.logSummarySeconds) * 1_000, write: { logger.notice("\($0)") })
+        self.summary = summary
+        /// A table's refusals and cut-offs go to the log through the summary.
+        func summarised(_ table: TCPConnectionTable) -> TCPConnectionTable {
+            table.log = { peer, kind, line in if summary.admit("tcp \(kind)", from: peer) { logger.warning("\(line)") } }
+            return table
+        }
         // TCP and TLS connections, counted for the whole node (not per worker).
         let connectionCounts = ConnectionCounts()
         var inbound: [InboundSIP] = []
@@ -37,7 +45,7 @@ public final class EdgeServer: @unchecked Sendable {
             let log = logger
             loop.log = { line in log.warning("\(line)") }
             // The worker's receiver for its outgoing connections; listeners get their own (below).
-            inbound.append(InboundSIP(worker: loop.index, loop: loop, listenerTag: config.listeners.first?.tag.name ?? "",
+            inbound.append(InboundSIP(worker: loop.index, loop: loop, summary: summary, listenerTag: config.listeners.first?.tag.name ?? "",
                                       limits: config.parserLimits, security: config.security, logger: logger, routing: routing))
         }
         var udpByWorker: [Int: UDPEndpoint] = [:], ownUDPByWorker: [Int: UDPEndpoint] = [:]
@@ -72,7 +80,7 @@ public final class EdgeServer: @unchecked Sendable {
             }
             for loop in workers.loops where spec.proto != .sctp || loop.index == 0 {
                 // Each listener's own receiver, so a new call is known by the tag it came in on.
-                let receiver = InboundSIP(worker: loop.index, loop: loop, listenerTag: spec.tag.name, limits: config.parserLimits,
+                let receiver = InboundSIP(worker: loop.index, loop: loop, summary: summary, listenerTag: spec.tag.name, limits: config.parserLimits,
                                           security: config.security, logger: logger, routing: routing, spreadByCallID: spec.spreadByCallID)
                 inbound.append(receiver)
                 do {
@@ -85,7 +93,7 @@ public final class EdgeServer: @unchecked Sendable {
                         if udpByWorker[loop.index] == nil { udpByWorker[loop.index] = e }
                         if let first = spec.workerPorts {
                             // The worker's own port: what its calls' backend legs use.
-                            let own = InboundSIP(worker: loop.index, loop: loop, listenerTag: spec.tag.name, limits: config.parserLimits,
+                            let own = InboundSIP(worker: loop.index, loop: loop, summary: summary, listenerTag: spec.tag.name, limits: config.parserLimits,
                                                  security: config.security, logger: logger, routing: routing, ownPort: true)
                             inbound.append(own)
                             let port = Int(first) + loop.index
@@ -99,9 +107,9 @@ public final class EdgeServer: @unchecked Sendable {
                             logger.info("worker \(loop.index): own udp port \(o.localAddress)")
                         }
                     case .tcp, .tls:
-                        let table = TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits),
+                        let table = summarised(TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits),
                                                        limits: config.streamLimits, counts: connectionCounts, tls: spec.proto == .tls ? tlsServer : nil,
-                                                       receiver: receiver)
+                                                       receiver: receiver))
                         let listener = try TCPListener(table: table, bindTo: address, reusePort: true)
                         address = listener.localAddress
                         endpoints.append(LoopBound(table, on: loop))
@@ -183,14 +191,14 @@ public final class EdgeServer: @unchecked Sendable {
         var senders: [LoopBound<EdgeSender>] = []
         for loop in workers.loops {
             let receiver = inbound[loop.index]
-            let tcp = tcpByWorker[loop.index] ?? TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits),
-                                                                   limits: config.streamLimits, counts: connectionCounts, receiver: receiver)
+            let tcp = tcpByWorker[loop.index] ?? summarised(TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits),
+                                                                   limits: config.streamLimits, counts: connectionCounts, receiver: receiver))
             let tls = tlsByWorker[loop.index].map { _ in
-                TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits), limits: config.streamLimits, counts: connectionCounts,
-                                   tls: tlsClient, receiver: receiver)
+                summarised(TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits), limits: config.streamLimits,
+                                              counts: connectionCounts, tls: tlsClient, receiver: receiver))
             } ?? tlsClient.map {
-                TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits), limits: config.streamLimits, counts: connectionCounts,
-                                   tls: $0, receiver: receiver)
+                summarised(TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits), limits: config.streamLimits,
+                                              counts: connectionCounts, tls: $0, receiver: receiver))
             }
             let sender = EdgeSender(worker: loop.index, udp: udpByWorker[loop.index], ownUDP: ownUDPByWorker[loop.index], tcp: tcp, tlsAccepted: tlsByWorker[loop.index],
                                     tlsOutgoing: tls, workers: workers)
@@ -228,6 +236,8 @@ public final class EdgeServer: @unchecked Sendable {
     }
 
     private let routing: CallRouting
+    /// Lines peers can cause, summarised.
+    let summary: LogSummary
     private let store: DialogStore?
     /// Concurrent calls per source.
     let sourceLimit: SourceCallLimit
@@ -268,6 +278,7 @@ public final class EdgeServer: @unchecked Sendable {
         }
         let first = workers.loops[0]
         first.execute { Self.returnFreedMemory(every: 30_000, on: first) }
+        if summary.intervalMilliseconds > 0 { first.execute { [summary] in Self.flushSummary(summary, on: first) } }
         if let registrar, let sender = senders.first {
             first.execute { Self.tendLocations(registrar, sender: sender, every: UInt64(registrar.settings.keepaliveSeconds) * 1_000) }
         }
@@ -290,6 +301,14 @@ public final class EdgeServer: @unchecked Sendable {
     }
 
     private static let keepalive = Array("\r\n\r\n".utf8)
+
+    /// Every interval, the counts of lines not written in the last one.
+    private static func flushSummary(_ summary: LogSummary, on loop: EventLoop) {
+        _ = loop.schedule(afterMilliseconds: summary.intervalMilliseconds) {
+            summary.flush()
+            flushSummary(summary, on: loop)
+        }
+    }
 
     /// Transactions and retransmission buffers come and go by the thousand per second; glibc keeps
     /// what they freed in its arenas. Every 30 s worker 0 hands free pages back to the kernel

@@ -120,9 +120,13 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
     /// New calls go to the worker their Call-ID hashes to (`spread_calls_by = "call-id"`).
     let spreadByCallID: Bool
 
-    init(worker: Int, loop: EventLoop, listenerTag: String, limits: SIPParserLimits, security: EdgeConfig.SecuritySettings, logger: Logger, routing: CallRouting,
+    /// Where lines a peer can cause are summarised.
+    let summary: LogSummary
+
+    init(worker: Int, loop: EventLoop, summary: LogSummary, listenerTag: String, limits: SIPParserLimits, security: EdgeConfig.SecuritySettings, logger: Logger, routing: CallRouting,
          ownPort: Bool = false, spreadByCallID: Bool = false) {
         self.worker = worker
+        self.summary = summary
         self.spreadByCallID = spreadByCallID
         self.ownPort = ownPort
         self.listenerTag = listenerTag
@@ -206,7 +210,9 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
             } else if let status = error.status {
                 outcome = "dropped (\(status) would need the headers it lacks)"
             }
-            logger.notice("\(proto.rawValue) from \(peer): invalid SIP message (\(bytes.count) bytes): \(error); \(outcome)")
+            if summary.admit("invalid SIP message", from: peer) {
+                logger.notice("\(proto.rawValue) from \(peer): invalid SIP message (\(bytes.count) bytes): \(error); \(outcome)")
+            }
         }
     }
 
@@ -226,7 +232,9 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
     /// A connection that failed (refused, reset, cut off) fails what was waiting on it at once.
     func closed(_ connection: TCPConnection, reason: String?) {
         guard let reason else { return }
-        logger.info("\(connection.isSecure ? "tls" : "tcp"): \(connection.remote) closed: \(reason)")
+        if summary.admit("connection closed", from: connection.remote) {
+            logger.info("\(connection.isSecure ? "tls" : "tcp"): \(connection.remote) closed: \(reason)")
+        }
         routing.unreachable(Hop(connection.isSecure ? .tls : .tcp, connection.remote))
     }
 

@@ -110,7 +110,7 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
         let result: Any
         do {
             if !peer.isLoopback && (secret.isEmpty || given != secret) {
-                logger.warning("mi: \(shown) from \(peer) refused: \(secret.isEmpty ? "only loopback may use the MI" : "wrong or missing secret")")
+                if edge.summary.admit("mi refused", from: peer) { logger.warning("mi: \(shown) from \(peer) refused: \(secret.isEmpty ? "only loopback may use the MI" : "wrong or missing secret")") }
                 throw MIError(code: -32001, message: "forbidden: requests from outside loopback need the configured secret")
             }
             result = try run(method, params)

@@ -481,5 +481,35 @@ final class RawSIPPeer {
         // And the MI still works.
         #expect(((ask(#"{"jsonrpc":"2.0","method":"version","id":9}"#).json as? [String: Any])?["result"]) != nil)
     }
+
+    @Test func repeated_log_lines_from_one_source_are_summarised_once_per_interval() throws {
+        let base = Scratch.ports()
+        let edge = try CallTests.Edge(config: """
+            workers = 2
+            [log]
+            summary_interval_seconds = 2
+            [tcp]
+            max_connections_per_source = 2
+            \(CallTests.listeners(port: base))
+            """)
+        defer { edge.stop() }
+        try #require(edge.waitFor("listening tcp"), "\(edge.output)")
+        // 40 connections from one source, 38 of them refused; 300 invalid datagrams from another.
+        let connections = (0..<40).map { _ in Self.connectTCP(base, timeout: 100) }
+        defer { for fd in connections where fd >= 0 { close(fd) } }
+        let fd = ProtectionTests.socket(from: "127.0.0.5")
+        defer { close(fd) }
+        for n in 0..<300 { ProtectionTests.send(fd, "NOT SIP \(n)\r\n\r\n", to: base) }
+        usleep(500_000)
+        func lines(_ needle: String) -> Int { edge.output.split(separator: "\n").filter { $0.contains(needle) }.count }
+        #expect(lines("TCP: refused") >= 1 && lines("TCP: refused") <= 2, "\(lines("TCP: refused")) refusal lines")
+        #expect(lines("udp from 127.0.0.5") >= 1 && lines("udp from 127.0.0.5") <= 2, "\(lines("udp from 127.0.0.5")) lines for invalid datagrams")
+        // Once the interval is over, the counts are written.
+        #expect(edge.waitFor("lines from 127.0.0.5 were not written"), "\(edge.output.suffix(600))")
+        let counted = edge.output.split(separator: "\n").first { $0.contains("\"invalid SIP message\" lines from 127.0.0.5") }
+        #expect(counted?.contains("299 more") == true || counted?.contains("298 more") == true, "\(String(describing: counted))")
+        #expect(edge.output.contains("more \"tcp refused\" lines from 127.0.0.1 were not written"))
+        #expect(edge.output.split(separator: "\n").count < 40, "the whole attack took \(edge.output.split(separator: "\n").count) lines")
+    }
 }
 

@@ -96,7 +96,7 @@ final class TestClient {
         let collector = StreamCollector()
         collector.echo = echo
         let table = TCPConnectionTable(loop: loop, framer: LengthPrefixFramer(maxFrame: 70_000), limits: limits, receiver: collector)
-        table.log = { line in Self.logs.withLock { $0.append(line) } }
+        table.log = { _, _, line in Self.logs.withLock { $0.append(line) } }
         let listener = try TCPListener(table: table, bindTo: SocketAddress(ip: ip, port: 0)!, reusePort: false)
         try loop.start()
         return (loop, table, listener, collector)

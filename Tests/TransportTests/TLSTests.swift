@@ -95,8 +95,8 @@ final class TestCertificates {
         let framer = LengthPrefixFramer(maxFrame: 70_000)
         let serverTable = TCPConnectionTable(loop: serverLoop, framer: framer, tls: server, receiver: s)
         let clientTable = TCPConnectionTable(loop: clientLoop, framer: framer, tls: client, receiver: c)
-        serverTable.log = { _ in }
-        clientTable.log = { _ in }
+        serverTable.log = { _, _, _ in }
+        clientTable.log = { _, _, _ in }
         let listener = try TCPListener(table: serverTable, bindTo: SocketAddress(ip: ip, port: 0)!, reusePort: false)
         try serverLoop.start()
         try clientLoop.start()

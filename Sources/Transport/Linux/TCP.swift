@@ -90,8 +90,9 @@ public final class TCPConnectionTable {
     private let counts: ConnectionCounts
     fileprivate let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 65_536, alignment: 16)
     private var sweepTimer: TimerID?
-    /// Where refusals and cut-offs are reported (a log line each).
-    public var log: (String) -> Void
+    /// Where refusals and cut-offs are reported: the peer, the kind of event ("refused",
+    /// "closing"; a layer above may summarise repeats by it) and the line.
+    public var log: (_ peer: SocketAddress, _ kind: String, _ line: String) -> Void
 
     /// `counts`: shared by every table of a node, so that its limits are the node's.
     public init(loop: EventLoop, framer: any StreamFramer, limits: StreamLimits = StreamLimits(), counts: ConnectionCounts = ConnectionCounts(),
@@ -103,7 +104,7 @@ public final class TCPConnectionTable {
         self.limits = limits
         self.receiver = receiver
         let loopLog = loop.log
-        self.log = { loopLog($0) }
+        self.log = { _, _, line in loopLog(line) }
     }
 
     deinit { scratch.deallocate() }
@@ -150,7 +151,7 @@ public final class TCPConnectionTable {
         let socket = Socket(adopting: accepted.descriptor)
         guard let peer = accepted.peer else { return nil }
         if let refusal = counts.admit(peer.with(port: 0), limits: limits) {
-            log("TCP: refused \(peer): \(refusal)")
+            log(peer, "refused", "TCP: refused \(peer): \(refusal)")
             return nil
         }
         try? socket.setOption(Int32(IPPROTO_TCP), TCP_NODELAY, Int32(1), "TCP_NODELAY")
@@ -162,7 +163,7 @@ public final class TCPConnectionTable {
             return c
         } catch {
             counts.release(peer.with(port: 0))
-            log("TCP: cannot take \(peer): \(error)")
+            log(peer, "refused", "TCP: cannot take \(peer): \(error)")
             return nil
         }
     }
@@ -514,7 +515,7 @@ public final class TCPConnection: EventHandler {
     public func close(reason: String?) {
         guard isOpen else { return }
         isOpen = false
-        if let reason { table.log("\(tls == nil ? "TCP" : "TLS") \(remote): closing: \(reason)") }
+        if let reason { table.log(remote, "closing", "\(tls == nil ? "TCP" : "TLS") \(remote): closing: \(reason)") }
         if let registration { loop.deregister(registration) }
         registration = nil
         socket = nil
