@@ -127,8 +127,11 @@ import Testing
     }
 
     @Test func run_listens_parses_what_arrives_and_stops_on_sigterm() throws {
+        // Every invalid message logged (not one per interval and source, the default).
         let (p, output) = try Self.start("""
             workers = 2
+            [log]
+            summary_interval_seconds = 0
             \(CallTests.listeners(port: 0))
             """)
         defer { if p.isRunning { p.terminate() } }

@@ -380,6 +380,8 @@ final class RawSIPPeer {
         let base = Scratch.ports()
         let edge = try CallTests.Edge(config: """
             workers = 2
+            [log]
+            summary_interval_seconds = 0
             [tcp]
             message_read_timeout_seconds = 2
             silent_timeout_seconds = 2
