@@ -513,5 +513,42 @@ final class RawSIPPeer {
         #expect(edge.output.contains("more \"tcp refused\" lines from 127.0.0.1 were not written"))
         #expect(edge.output.split(separator: "\n").count < 40, "the whole attack took \(edge.output.split(separator: "\n").count) lines")
     }
+
+    @Test func a_tls_handshake_that_stalls_is_cut_off_after_the_silent_timeout() throws {
+        let base = Scratch.ports()
+        let dir = try Scratch.directory("tls-stall")
+        defer { Scratch.remove(dir) }
+        let (key, cert) = (dir.appendingPathComponent("k.pem").path, dir.appendingPathComponent("c.pem").path)
+        let made = MISecretTests.sh(["/usr/bin/openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                                     "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost"])
+        try #require(made.0 == 0, "openssl (make test installs it): \(made.1)")
+        let edge = try CallTests.Edge(config: """
+            workers = 2
+            [tcp]
+            silent_timeout_seconds = 2
+            [tls]
+            certificate = "\(cert)"
+            private_key = "\(key)"
+            [[listener]]
+            proto = "tls"
+            address = "127.0.0.1"
+            port = \(base)
+            """)
+        defer { edge.stop() }
+        try #require(edge.waitFor("listening tls"), "\(edge.output)")
+        // The first bytes of a ClientHello's record, and then nothing.
+        let fd = Self.connectTCP(base, timeout: 100)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        let start: [UInt8] = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01]
+        _ = send(fd, start, start.count, Int32(MSG_NOSIGNAL))
+        var closed = false
+        for _ in 0..<50 where !closed {   // up to 5 s: the 2 s timeout and the 1 s sweep
+            usleep(100_000)
+            closed = Self.peerClosed(fd)
+        }
+        #expect(closed, "the stalled handshake's connection was closed")
+        #expect(edge.output.contains("TLS handshake not finished within 2 s"), "\(edge.output.suffix(400))")
+    }
 }
 
