@@ -120,7 +120,6 @@ final class RawSIPPeer {
         let callID: String, callerTag: String, edgeTagToCaller: String
         let backendCallID: String, edgeTagToCallee: String, calleeTag: String
         let edgeContactToCallee: String
-        var callerCSeq = 1
     }
 
     /// The caller INVITEs through the edge, the callee answers 200 with its tag, and the caller
@@ -143,31 +142,27 @@ final class RawSIPPeer {
                         edgeTagToCallee: try #require(RawSIPPeer.tag(RawSIPPeer.header("From", in: backendInvite))),
                         calleeTag: "callee1",
                         edgeContactToCallee: try #require(RawSIPPeer.uri(RawSIPPeer.header("Contact", in: backendInvite))))
-        if ack { caller.send(request("ACK", call, cseq: 1, caller: caller, edgePort: edgePort, branch: "\(name)ack"), to: edgePort) }
+        if ack { caller.send(request("ACK", call, peer: caller, cseq: 1, edgePort: edgePort, branch: "\(name)ack"), to: edgePort) }
         return call
     }
 
-    /// An in-dialog request from the caller; `toTag`/`fromTag` forge the dialog id when given
-    /// ("" leaves the tag out).
-    static func request(_ method: String, _ call: Call, cseq: Int, caller: RawSIPPeer, edgePort: Int, branch: String,
-                        toTag: String? = nil, fromTag: String? = nil) -> String {
-        let to = toTag ?? call.edgeTagToCaller, from = fromTag ?? call.callerTag
-        return "\(method) sip:service@127.0.0.1:\(edgePort) SIP/2.0\r\n"
-            + "Via: SIP/2.0/UDP \(caller.ip):\(caller.port);branch=z9hG4bK\(branch)\r\nMax-Forwards: 70\r\n"
-            + "From: <sip:caller@\(caller.ip)>" + (from.isEmpty ? "" : ";tag=\(from)") + "\r\n"
-            + "To: <sip:service@127.0.0.1>" + (to.isEmpty ? "" : ";tag=\(to)") + "\r\n"
-            + "Call-ID: \(call.callID)\r\nCSeq: \(cseq) \(method)\r\nContent-Length: 0\r\n\r\n"
-    }
+    /// Which side of a call a hand-written request comes from.
+    enum Side { case caller, callee }
 
-    /// An in-dialog request from the callee (the backend leg), forged like `request`.
-    static func calleeRequest(_ method: String, _ call: Call, cseq: Int, callee: RawSIPPeer, edgePort: Int, branch: String,
-                              toTag: String? = nil, fromTag: String? = nil) -> String {
-        let to = toTag ?? call.edgeTagToCallee, from = fromTag ?? call.calleeTag
-        return "\(method) \(call.edgeContactToCallee) SIP/2.0\r\n"
-            + "Via: SIP/2.0/UDP \(callee.ip):\(callee.port);branch=z9hG4bK\(branch)\r\nMax-Forwards: 70\r\n"
-            + "From: <sip:service@127.0.0.1>" + (from.isEmpty ? "" : ";tag=\(from)") + "\r\n"
-            + "To: <sip:caller@127.0.0.1>" + (to.isEmpty ? "" : ";tag=\(to)") + "\r\n"
-            + "Call-ID: \(call.backendCallID)\r\nCSeq: \(cseq) \(method)\r\nContent-Length: 0\r\n\r\n"
+    /// An in-dialog request from `side` on its own leg; `toTag`/`fromTag` forge the dialog id when
+    /// given ("" leaves the tag out).
+    static func request(_ method: String, _ call: Call, from side: Side = .caller, peer: RawSIPPeer, cseq: Int, edgePort: Int,
+                        branch: String, toTag: String? = nil, fromTag: String? = nil) -> String {
+        let caller = side == .caller
+        let to = toTag ?? (caller ? call.edgeTagToCaller : call.edgeTagToCallee)
+        let from = fromTag ?? (caller ? call.callerTag : call.calleeTag)
+        let (uri, fromURI, toURI) = caller ? ("sip:service@127.0.0.1:\(edgePort)", "sip:caller@\(peer.ip)", "sip:service@127.0.0.1")
+                                           : (call.edgeContactToCallee, "sip:service@127.0.0.1", "sip:caller@127.0.0.1")
+        return "\(method) \(uri) SIP/2.0\r\n"
+            + "Via: SIP/2.0/UDP \(peer.ip):\(peer.port);branch=z9hG4bK\(branch)\r\nMax-Forwards: 70\r\n"
+            + "From: <\(fromURI)>" + (from.isEmpty ? "" : ";tag=\(from)") + "\r\n"
+            + "To: <\(toURI)>" + (to.isEmpty ? "" : ";tag=\(to)") + "\r\n"
+            + "Call-ID: \(caller ? call.callID : call.backendCallID)\r\nCSeq: \(cseq) \(method)\r\nContent-Length: 0\r\n\r\n"
     }
 
     /// Ports for one test: the edge on `base`, the callee on `base + 10`, the caller on `base + 20`.
@@ -182,14 +177,14 @@ final class RawSIPPeer {
         defer { edge.stop() }
         try #require(edge.waitFor("listening udp"), "\(edge.output)")
         let setUp = try? Self.setUp("forged", caller: caller, callee: callee, edgePort: base)
-        var call = try #require(setUp, "\(edge.output)")
+        let call = try #require(setUp, "\(edge.output)")
         // Forgeries from the caller's side: a To tag that is not ours, no To tag, a From tag that is
         // not the caller's, none at all; for BYE and for the other in-dialog methods.
         var cseq = 2
         for method in ["BYE", "INFO", "UPDATE", "INVITE", "OPTIONS"] {
             for (to, from) in [("forged", nil), ("", nil), (nil, "forged"), (nil, "")] as [(String?, String?)] {
                 if method == "INVITE" || method == "OPTIONS", to == "" { continue }   // without a To tag, a new request
-                caller.send(Self.request(method, call, cseq: cseq, caller: caller, edgePort: base, branch: "f\(cseq)",
+                caller.send(Self.request(method, call, peer: caller, cseq: cseq, edgePort: base, branch: "f\(cseq)",
                                          toTag: to, fromTag: from), to: base)
                 let answer = caller.take("SIP/2.0 ", containing: "CSeq: \(cseq) \(method)")
                 #expect(answer?.hasPrefix("SIP/2.0 481") == true, "\(method) with To tag \(to ?? "ours"), From tag \(from ?? "the caller's"): \(answer ?? "no answer")")
@@ -198,7 +193,7 @@ final class RawSIPPeer {
         }
         // From the callee's side too.
         for (to, from) in [("forged", nil), ("", nil), (nil, "forged")] as [(String?, String?)] {
-            callee.send(Self.calleeRequest("BYE", call, cseq: cseq, callee: callee, edgePort: base, branch: "g\(cseq)",
+            callee.send(Self.request("BYE", call, from: .callee, peer: callee, cseq: cseq, edgePort: base, branch: "g\(cseq)",
                                            toTag: to, fromTag: from), to: base)
             let answer = callee.take("SIP/2.0 ", containing: "CSeq: \(cseq) BYE")
             #expect(answer?.hasPrefix("SIP/2.0 481") == true, "callee's BYE with To tag \(to ?? "ours"), From tag \(from ?? "its own"): \(answer ?? "no answer")")
@@ -207,8 +202,7 @@ final class RawSIPPeer {
         // None of that reached the other side, and the call is still up: the real BYE ends it.
         callee.drain(for: 200)
         #expect(callee.count("BYE") == 0 && callee.count("INFO") == 0 && callee.count("UPDATE") == 0, "nothing forged crossed: \(callee.inbox)")
-        call.callerCSeq = cseq
-        caller.send(Self.request("BYE", call, cseq: cseq, caller: caller, edgePort: base, branch: "real"), to: base)
+        caller.send(Self.request("BYE", call, peer: caller, cseq: cseq, edgePort: base, branch: "real"), to: base)
         let bye = caller.take("SIP/2.0 ", containing: "CSeq: \(cseq) BYE")
         #expect(bye?.hasPrefix("SIP/2.0 200") == true, "the caller's real BYE: \(bye ?? "no answer")")
         #expect(callee.take("BYE ") != nil, "and it ended the callee's leg")
@@ -232,10 +226,9 @@ final class RawSIPPeer {
         callee.clear()
         // An acknowledged call is pinged; neither peer answers; the caller hangs up: the pings'
         // retransmissions stop with the dialog.
-        var call = try Self.setUp("pinged", caller: caller, callee: callee, edgePort: base)
+        let call = try Self.setUp("pinged", caller: caller, callee: callee, edgePort: base)
         #expect(caller.take("OPTIONS ", containing: call.callID, waiting: 3_000) != nil, "an acknowledged dialog is pinged")
-        call.callerCSeq = 2
-        caller.send(Self.request("BYE", call, cseq: 2, caller: caller, edgePort: base, branch: "pingedbye"), to: base)
+        caller.send(Self.request("BYE", call, peer: caller, cseq: 2, edgePort: base, branch: "pingedbye"), to: base)
         #expect(caller.take("SIP/2.0 200", containing: "BYE", waiting: 1_000) != nil, "the BYE was answered")
         caller.clear()
         callee.drain(for: 300)
