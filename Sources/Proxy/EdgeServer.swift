@@ -32,7 +32,7 @@ public final class EdgeServer: @unchecked Sendable {
         // What peers can make us log, once per interval per kind and source.
         let summary = LogSummary(intervalMilliseconds: UInt64(config.logSummarySeconds) * 1_000, write: { logger.notice("\($0)") })
         self.summary = summary
-        /// A table's refusals and cut-offs go to the log through the summary.
+        // A table's refusals and cut-offs go to the log through the summary.
         func summarised(_ table: TCPConnectionTable) -> TCPConnectionTable {
             table.log = { peer, kind, line in if summary.admit("tcp \(kind)", from: peer) { logger.warning("\(line)") } }
             return table
