@@ -26,7 +26,7 @@ public struct SIPStreamFraming: StreamFramer {
             // The same fault in a datagram gets its status: over a stream too, before the close.
             var tag = ShardedIdentifiers(worker: 0)
             if let status = error.status,
-               let reply = MessageBuilder.salvagedResponse(buffered.bindMemory(to: UInt8.self), status: status, toTag: tag.make(),
+               let reply = MessageBuilder.salvagedResponse(buffered, status: status, toTag: tag.make(),
                                                            warning: "\(error.code)") {
                 return .refuse(reply: reply, reason: "SIP framing: \(error); answered \(status)")
             }

@@ -88,11 +88,11 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
         }
         // An id is a string, a number or null; anything else makes the request invalid.
         let rawID = request["id"]
-        let isNotification = rawID == nil
-        let id: Any = rawID.flatMap { $0 is String || $0 is NSNumber || $0 is NSNull ? $0 : nil } ?? NSNull()
         if let rawID, !(rawID is String || rawID is NSNumber || rawID is NSNull) {
             return Self.error(-32600, "invalid request: \"id\" must be a string, a number or null", id: NSNull())
         }
+        let isNotification = rawID == nil
+        let id = rawID ?? NSNull()
         guard request["jsonrpc"] as? String == "2.0", let method = request["method"] as? String else {
             return Self.error(-32600, "invalid request: a JSON-RPC 2.0 request has \"jsonrpc\": \"2.0\" and a \"method\" string", id: id)
         }

@@ -50,13 +50,15 @@ public final class ConnectionCounts: Sendable {
 
     public init() {}
 
-    /// Counts a new connection from `source` unless that would pass a limit; nil when counted,
-    /// else why not.
-    func admit(_ source: SocketAddress, limits: StreamLimits) -> String? {
+    /// Counts a new connection from `source` unless that would pass one of `limits` (nil: none,
+    /// for a connection we open ourselves); nil when counted, else why not.
+    func admit(_ source: SocketAddress, limits: StreamLimits?) -> String? {
         state.withLock { s in
-            if s.total >= limits.maxConnections { return "\(limits.maxConnections) connections open already" }
             let n = s.bySource[source, default: 0]
-            if n >= limits.maxConnectionsPerSource { return "\(limits.maxConnectionsPerSource) connections from that source already" }
+            if let limits {
+                if s.total >= limits.maxConnections { return "\(limits.maxConnections) connections open already" }
+                if n >= limits.maxConnectionsPerSource { return "\(limits.maxConnectionsPerSource) connections from that source already" }
+            }
             s.total += 1
             s.bySource[source] = n + 1
             return nil
@@ -70,9 +72,6 @@ public final class ConnectionCounts: Sendable {
             s.bySource[source] = left > 0 ? left : nil
         }
     }
-
-    /// Connections open from `source` (tests, statistics).
-    public func count(from source: SocketAddress) -> Int { state.withLock { $0.bySource[source.with(port: 0), default: 0] } }
 }
 
 /// The TCP connections of one loop, keyed by remote address, so that responses and requests
@@ -172,7 +171,7 @@ public final class TCPConnectionTable {
     /// counted here, past any limit (we chose to open it).
     private func adopt(_ c: TCPConnection, counted: Bool = false) {
         byAddress[c.remote] = c
-        if !counted { _ = counts.admit(c.remote.with(port: 0), limits: StreamLimits(maxConnections: .max, maxConnectionsPerSource: .max)) }
+        if !counted { _ = counts.admit(c.remote.with(port: 0), limits: nil) }
         let timed = limits.idleTimeoutMilliseconds > 0 || limits.frameTimeoutMilliseconds > 0 || limits.silentTimeoutMilliseconds > 0
         if sweepTimer == nil, timed { armSweep() }
         retained[ObjectIdentifier(c)] = c
@@ -447,7 +446,6 @@ public final class TCPConnection: EventHandler {
     }
 
     /// Hands up every whole frame buffered; true when there was at least one.
-    @discardableResult
     private func deliverFrames() -> Bool {
         var start = 0
         var delivered = false
