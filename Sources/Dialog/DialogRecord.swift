@@ -70,6 +70,37 @@ public struct LegRecord: Sendable, Equatable {
 public struct DialogRecord: Sendable, Equatable {
     public enum State: UInt8, Sendable, Equatable { case early = 0, confirmed = 1, ended = 2 }
 
+    /// Which leg: the caller's (client) or the farm's (backend).
+    public enum Side: UInt8, Sendable, Equatable {
+        case client = 0, backend = 1
+        public var other: Side { self == .client ? .backend : .client }
+    }
+
+    /// A re-INVITE under way in the dialog (at most one: another meets 491, RFC 3261 §14.2): one
+    /// relayed from a leg to the other, or a session refresh the edge sent on a leg.
+    public enum PendingReinvite: Sendable, Equatable {
+        case none
+        case relayed(from: Side)
+        case refresh(Side)
+
+        var code: UInt8 {
+            switch self {
+            case .none: 0
+            case .relayed(let side): 1 + side.rawValue
+            case .refresh(let side): 3 + side.rawValue
+            }
+        }
+
+        init?(code: UInt64) {
+            switch code {
+            case 0: self = .none
+            case 1, 2: self = .relayed(from: code == 1 ? .client : .backend)
+            case 3, 4: self = .refresh(code == 3 ? .client : .backend)
+            default: return nil
+            }
+        }
+    }
+
     public var version: UInt64
     public var state: State
     /// The sharing tag the dialog belongs to (the node where it is active pings and times it out).
@@ -81,6 +112,12 @@ public struct DialogRecord: Sendable, Equatable {
     public var answeredAt: UInt64
     /// Wall-clock seconds when the maximum lifetime ends the call (0: never).
     public var endsAt: UInt64
+    /// The re-INVITE under way, if any.
+    public var reinvite: PendingReinvite
+    /// The caller's INVITE had no SDP: the backend's ACK carries the caller's answer (from its ACK).
+    public var lateOffer: Bool
+    /// The backend's 2xx was ACKed (a retransmitted 2xx gets the ACK again, rebuilt).
+    public var backendAcknowledged: Bool
 
     public init(client: LegRecord, backend: LegRecord, sharingTag: String = "", startedAt: UInt64) {
         self.version = 1
@@ -91,6 +128,21 @@ public struct DialogRecord: Sendable, Equatable {
         self.startedAt = startedAt
         self.answeredAt = 0
         self.endsAt = 0
+        self.reinvite = .none
+        self.lateOffer = false
+        self.backendAcknowledged = false
+    }
+
+    /// One leg, by side. The backend leg's hop is the backend destination the call went to.
+    public subscript(side: Side) -> LegRecord {
+        get { side == .client ? client : backend }
+        set { if side == .client { client = newValue } else { backend = newValue } }
+    }
+
+    /// A session description crossing from `side` to the other leg: the last SDP each way.
+    mutating func carry(_ body: [UInt8], from side: Side) {
+        self[side].lastSDPReceived = body
+        self[side.other].lastSDPSent = body
     }
 
     /// The key a dialog is stored and replicated under: the backend leg's Call-ID, which we made
@@ -106,8 +158,9 @@ public struct DialogRecordError: Error, Sendable, Equatable, CustomStringConvert
 }
 
 extension DialogRecord {
-    /// The format's first byte; a decoder refuses any other.
-    public static let formatVersion: UInt8 = 1
+    /// The format's first byte; a decoder refuses any other but the previous one (format 1, which
+    /// lacked the re-INVITE and offer/ACK state, read as none and false).
+    public static let formatVersion: UInt8 = 2
     /// The most bytes one string or byte field may claim (a corrupt length must not allocate much).
     static let maxFieldBytes = 65_536
 
@@ -123,6 +176,8 @@ extension DialogRecord {
         w.int(startedAt)
         w.int(answeredAt)
         w.int(endsAt)
+        w.int(UInt64(reinvite.code))
+        w.int((lateOffer ? 1 : 0) | (backendAcknowledged ? 2 : 0))
         w.leg(client)
         w.leg(backend)
         return w.bytes
@@ -130,11 +185,20 @@ extension DialogRecord {
 
     public init(decoding bytes: [UInt8]) throws(DialogRecordError) {
         var r = RecordReader(bytes: bytes)
-        guard try r.byte() == Self.formatVersion else { throw DialogRecordError(reason: "unknown format \(bytes[0])") }
+        let format = try r.byte()
+        guard format == Self.formatVersion || format == 1 else { throw DialogRecordError(reason: "unknown format \(format)") }
         let version = try r.int()
         guard let state = State(rawValue: UInt8(truncatingIfNeeded: try r.int())) else { throw DialogRecordError(reason: "bad state") }
         let sharingTag = try r.string()
         let startedAt = try r.int(), answeredAt = try r.int(), endsAt = try r.int()
+        var reinvite = PendingReinvite.none
+        var flags: UInt64 = 0
+        if format >= 2 {
+            guard let pending = PendingReinvite(code: try r.int()) else { throw DialogRecordError(reason: "bad re-INVITE state") }
+            reinvite = pending
+            flags = try r.int()
+            guard flags & ~3 == 0 else { throw DialogRecordError(reason: "bad flags \(flags)") }
+        }
         let client = try r.leg(), backend = try r.leg()
         guard r.offset == bytes.count else { throw DialogRecordError(reason: "\(bytes.count - r.offset) bytes left over") }
         self.init(client: client, backend: backend, sharingTag: sharingTag, startedAt: startedAt)
@@ -142,6 +206,9 @@ extension DialogRecord {
         self.state = state
         self.answeredAt = answeredAt
         self.endsAt = endsAt
+        self.reinvite = reinvite
+        self.lateOffer = flags & 1 != 0
+        self.backendAcknowledged = flags & 2 != 0
     }
 }
 

@@ -6,9 +6,13 @@ import Transport
 /// Record-Route, Contact, Call-ID) from the other: nothing of it is copied across.
 public struct MessageBuilder {
     public private(set) var bytes: [UInt8] = []
+    /// A request's method, and where its Via branch was written (`via`).
+    private var method = ""
+    private var branch: Range<Int>?
 
     public init(requestLine method: String, uri: [UInt8]) {
         bytes.reserveCapacity(1_024)
+        self.method = method
         append(method)
         append(" ")
         bytes.append(contentsOf: uri)
@@ -84,8 +88,25 @@ public struct MessageBuilder {
         append(host)
         append(":")
         appendDecimal(port)
+        let start = bytes.count + 8
         append(";branch=z9hG4bK")
         ids.make(appendingTo: &bytes)
+        branch = start..<bytes.count
+        append(";rport\r\n")
+    }
+
+    /// Our Via again with a branch already made (a CANCEL repeats its INVITE's, §9.1).
+    public mutating func via(_ transport: TransportProtocol, host: String, port: UInt16, branch value: [UInt8]) {
+        append("Via: SIP/2.0/")
+        append(transport.viaName)
+        append(" ")
+        append(host)
+        append(":")
+        appendDecimal(port)
+        append(";branch=")
+        let start = bytes.count
+        bytes.append(contentsOf: value)
+        branch = start..<bytes.count
         append(";rport\r\n")
     }
 
@@ -150,6 +171,13 @@ public struct MessageBuilder {
         return bytes
     }
 
+    /// Ends a request (as `finish`) whose Via this builder wrote: the bytes, with the key its
+    /// client transaction is found by, taken from what was written rather than parsed back.
+    public mutating func finishRequest(contentType: ByteView? = nil, body: some Collection<UInt8> = EmptyCollection<UInt8>()) -> BuiltRequest {
+        let bytes = finish(contentType: contentType, body: body)
+        return BuiltRequest(bytes: bytes, method: method, branch: branch.map { Array(bytes[$0]) } ?? [])
+    }
+
     private mutating func append(_ text: String) {
         bytes.append(contentsOf: text.utf8)
     }
@@ -208,6 +236,23 @@ public struct MessageBuilder {
         for (name, value) in extraHeaders { b.header(name, value) }
         return b
     }
+}
+
+/// A request the edge built and is about to send: its bytes, its method and its Via branch (what
+/// its client transaction is keyed by; RFC 3261 §17.1.3).
+public struct BuiltRequest: Sendable {
+    public let bytes: [UInt8]
+    public let method: String
+    public let branch: [UInt8]
+
+    public init(bytes: [UInt8], method: String, branch: [UInt8]) {
+        self.bytes = bytes
+        self.method = method
+        self.branch = branch
+    }
+
+    public var isInvite: Bool { method == "INVITE" }
+    var key: TransactionKey { TransactionKey(branch: branch, method: method, sentBy: []) }
 }
 
 extension MessageBuilder {

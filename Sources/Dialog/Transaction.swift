@@ -97,7 +97,6 @@ public struct ClientTransaction: Sendable {
         case transportError
     }
 
-    public let request: SIPMessage
     public let isInvite: Bool
     public let reliability: TransportReliability
     public let timers: TransactionTimerValues
@@ -106,19 +105,26 @@ public struct ClientTransaction: Sendable {
     public private(set) var ack: [UInt8]?
     private var retransmitInterval: UInt64
 
-    /// Creates the transaction; `start()` gives the first actions (send, timers).
-    public init(request: SIPMessage, reliability: TransportReliability, timers: TransactionTimerValues = .rfc3261) {
-        self.request = request
-        self.requestBytes = Array(request.bytes[0..<request.messageLength])
-        self.isInvite = request.method == .invite
+    /// Creates the transaction for a request as built (`bytes`, shared by every retransmission, not
+    /// copied or parsed: only a non-2xx final to an INVITE needs it parsed, for its ACK); `start()`
+    /// gives the first actions (send, timers).
+    public init(bytes: [UInt8], isInvite: Bool, reliability: TransportReliability, timers: TransactionTimerValues = .rfc3261) {
+        self.requestBytes = bytes
+        self.isInvite = isInvite
         self.reliability = reliability
         self.timers = timers
         self.state = isInvite ? .calling : .trying
         self.retransmitInterval = timers.t1
     }
 
-    /// The request as sent, copied once and shared by every retransmission.
-    private let requestBytes: [UInt8]
+    /// The same, for a request at hand as a parsed message.
+    public init(request: SIPMessage, reliability: TransportReliability, timers: TransactionTimerValues = .rfc3261) {
+        self.init(bytes: Array(request.bytes[0..<request.messageLength]), isInvite: request.method == .invite,
+                  reliability: reliability, timers: timers)
+    }
+
+    /// The request as sent.
+    public let requestBytes: [UInt8]
 
     /// Sends the request and arms A/B (INVITE) or E/F (non-INVITE); A and E only over UDP.
     public mutating func start() -> [TransactionAction] {
@@ -175,7 +181,7 @@ public struct ClientTransaction: Sendable {
             }
             // §17.1.1.3: ACK the non-2xx final here, hop by hop.
             state = .completed
-            let ackBytes = Self.nonSuccessACK(request: request, response: response)
+            let ackBytes = (try? SIPMessage(parsing: requestBytes)).map { Self.nonSuccessACK(request: $0, response: response) } ?? []
             ack = ackBytes
             let d = reliability == .unreliable ? timers.d : 0
             return [.disarm(.a), .disarm(.b), .send(ackBytes), .passUp, .arm(.d, milliseconds: d)]

@@ -177,12 +177,14 @@ public final class DialogStore: DialogStateSink, Sendable {
         while !finished.load(ordering: .acquiring) { usleep(1_000) }
     }
 
+    /// Confirmed dialogs are kept; an early one is not (a restart cannot resume a call set-up),
+    /// and an ended one that was answered is deleted.
     public func dialogChanged(_ record: DialogRecord) {
-        pending.withLock { $0[record.key] = .some(record) }
-    }
-
-    public func dialogEnded(key: String) {
-        pending.withLock { $0[key] = .some(nil) }
+        switch record.state {
+        case .early: return
+        case .confirmed: pending.withLock { $0[record.key] = .some(record) }
+        case .ended: if record.answeredAt > 0 { pending.withLock { $0[record.key] = .some(nil) } }
+        }
     }
 
     private func writeUntilStopped() {

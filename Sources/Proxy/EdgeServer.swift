@@ -147,10 +147,10 @@ public final class EdgeServer: @unchecked Sendable {
         }
         // One B2BUA per worker. It speaks through that worker's first UDP socket and its TCP/TLS
         // connection tables (a worker without a TCP listener gets a table for outgoing connections).
-        var local: [TransportProtocol: LocalAddress] = [:]
-        for spec in bound where local[spec.proto] == nil {
+        var local: [TransportProtocol: [LocalAddress]] = [:]
+        for spec in bound {
             let (host, port) = spec.advertised
-            local[spec.proto] = LocalAddress(host: host, port: port, tag: spec.tag.name)
+            local[spec.proto, default: []].append(LocalAddress(host: host, port: port, tag: spec.tag.name))
         }
         // The database (dialogs and registrations), opened before anything that writes to it.
         let store: DialogStore?
@@ -183,7 +183,7 @@ public final class EdgeServer: @unchecked Sendable {
         // Always there (a reload may set a limit where there was none); no limit admits every call.
         let sourceLimit = SourceCallLimit(limit: config.security.maxCallsPerSource, trusted: config.security.trusted)
         self.sourceLimit = sourceLimit
-        var b2buaConfig = B2BUAConfig(local: local, backends: config.destinations, maxCallSeconds: UInt64(config.calls.maxCallSeconds),
+        var b2buaConfig = B2BUAConfig(listeners: local, backends: config.destinations, maxCallSeconds: UInt64(config.calls.maxCallSeconds),
                                       sessionExpires: UInt32(config.calls.sessionExpires), minSE: UInt32(config.calls.minSE),
                                       pingSeconds: UInt64(config.calls.pingSeconds), picker: router,
                                       admission: sourceLimit, registrar: registrar)
@@ -203,7 +203,7 @@ public final class EdgeServer: @unchecked Sendable {
             let sender = EdgeSender(worker: loop.index, udp: udpByWorker[loop.index], ownUDP: ownUDPByWorker[loop.index], tcp: tcp, tlsAccepted: tlsByWorker[loop.index],
                                     tlsOutgoing: tls, workers: workers)
             senders.append(LoopBound(sender, on: loop))
-            let b2bua = B2BUA(loop: loop, config: b2buaConfig, sender: sender)
+            let b2bua = B2BUA(clock: loop, config: b2buaConfig, sender: sender)
             b2bua.passOnCancel = { [routing, worker = loop.index] cancel, hop, tag, first in
                 routing.passOnCancel(cancel, from: hop, listenerTag: tag, at: worker, firstWorker: first)
             }
@@ -220,7 +220,7 @@ public final class EdgeServer: @unchecked Sendable {
                 let b2bua = routing.b2buas[owner]
                 workers.handOver(to: owner) { b2bua.value.restore(record) }
             }
-            for b2bua in routing.b2buas { b2bua.value.sink = store }
+            for b2bua in routing.b2buas { b2bua.value.add(sink: store) }
             if !records.isEmpty { logger.info("database \(store.path): \(records.count) dialogs restored") }
         }
         self.store = store

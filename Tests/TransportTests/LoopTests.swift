@@ -47,7 +47,7 @@ import Testing
     /// Records the loop's clock at each firing, by token.
     final class FiringClock: TimerTarget, @unchecked Sendable {
         let firings = Mutex<[(token: UInt64, at: UInt64)]>([])
-        func timerFired(_ token: UInt64, on loop: EventLoop) {
+        func timerFired(_ token: UInt64) {
             firings.withLock { $0.append((token, EventLoop.monotonicMilliseconds())) }
         }
     }

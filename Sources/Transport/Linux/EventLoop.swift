@@ -50,7 +50,7 @@ public enum LoopTimer {
 
 /// An object that owns many timers and tells them apart by a token (transactions, connections).
 public protocol TimerTarget: AnyObject {
-    func timerFired(_ token: UInt64, on loop: EventLoop)
+    func timerFired(_ token: UInt64)
 }
 
 /// One event-loop thread: its own epoll set, an eventfd to wake it, a queue for work handed over
@@ -378,7 +378,7 @@ public final class EventLoop: @unchecked Sendable {
         for timer in expired {
             switch timer {
             case .closure(let body): body()
-            case .target(let target, let token): target.timerFired(token, on: self)
+            case .target(let target, let token): target.timerFired(token)
             }
         }
         expired.removeAll(keepingCapacity: true)

@@ -1,0 +1,154 @@
+import SIPParser
+import Transport
+
+/// Where dialog records go when they change: persistence, replication (DESIGN.md: Dialog declares
+/// the protocol, the layers above implement it). Called on the owning loop; must not block. Every
+/// new version comes here, early and confirmed alike; the last has state `.ended`.
+public protocol DialogStateSink: AnyObject {
+    func dialogChanged(_ record: DialogRecord)
+}
+
+/// A call through the edge: its dialog record (both legs), which only `DialogTable` writes, and
+/// what lives only while this node carries it: transactions in flight, timers, failover progress.
+final class Call {
+    let number: UInt32
+    /// The dialog's state: read anywhere, written only through `DialogTable.update` (the gate).
+    fileprivate(set) var record: DialogRecord
+    /// A passive copy (replicated, or kept for a sharing tag this node does not hold): no timers,
+    /// nothing sent, until `B2BUA.activate`.
+    fileprivate(set) var active: Bool
+    /// The client's INVITE server transaction, while responses still flow back to it.
+    var clientInvite: ServerTxRecord?
+    /// The 2xx sent to the client, retransmitted until its ACK comes (RFC 3261 §13.3.1.4).
+    var answer: [UInt8]?
+    var answerInterval: UInt64 = 0
+    var answerTimer: TimerID?
+    var answerDeadline: UInt64 = 0
+    /// Serial failover: the destinations tried (picker indices), the current one, and whether a
+    /// backend has committed to the call (a provisional with a To tag, or a 2xx).
+    var tried: [Int] = []
+    var destination: Int?
+    var committed = false
+    /// The backend INVITE's Request-URI and Via branch (a CANCEL repeats them, §9.1), until it is answered.
+    var backendInvite: (uri: [UInt8], branch: [UInt8])?
+    /// The session interval asked of the current backend (raised by a 422's Min-SE).
+    var askedSessionExpires: UInt32 = 0
+    /// The client cancelled: a late 2xx from the backend is ACKed and then ended with a BYE.
+    var cancelled = false
+    /// The ACK for the last relayed re-INVITE's 2xx, resent if that 2xx is retransmitted.
+    var reinviteACK: [UInt8]?
+    /// Ends the call when its maximum lifetime is up.
+    var lifetimeTimer: TimerID?
+    /// RFC 4028, per leg: when to refresh (we refresh) or give up (the peer refreshes).
+    var sessionTimers: (client: TimerID?, backend: TimerID?) = (nil, nil)
+    var pingTimer: TimerID?
+    /// The pings and session refreshes this call has in flight (ended with the call).
+    var ownRequests: [ClientTxRecord] = []
+    /// The Request-URI user, to address each backend.
+    var user = ""
+    /// What the picker is told of this call.
+    var request: CallRequest?
+    /// The source counted by the call admission, to release when the call ends.
+    var admitted: SocketAddress?
+
+    fileprivate init(number: UInt32, record: DialogRecord, active: Bool) {
+        self.number = number
+        self.record = record
+        self.active = active
+    }
+
+    subscript(side: DialogRecord.Side) -> LegRecord { record[side] }
+
+    func side(ofCallID id: some Collection<UInt8>) -> DialogRecord.Side? {
+        if id.elementsEqual(record.backend.callID.utf8) { return .backend }
+        if id.elementsEqual(record.client.callID.utf8) { return .client }
+        return nil
+    }
+
+    var isConfirmed: Bool { record.state == .confirmed }
+    var isEnded: Bool { record.state == .ended }
+}
+
+/// The dialogs of one worker, and the one gate their state passes: `update` is the only way to
+/// change a call's record, and each change bumps its version and goes to every sink (the database
+/// now, the cluster next). Calls are found by either leg's Call-ID and by number (timers).
+final class DialogTable {
+    private(set) var byCallID: [String: Call] = [:]
+    private(set) var byNumber: [UInt32: Call] = [:]
+    private(set) var sinks: [any DialogStateSink] = []
+    private var nextNumber: UInt32 = 1
+
+    var count: Int { byNumber.count }
+
+    func add(sink: any DialogStateSink) { sinks.append(sink) }
+
+    subscript(callID: String) -> Call? { byCallID[callID] }
+
+    /// A new call, from its first record (told to the sinks as version 1).
+    func insert(_ record: DialogRecord) -> Call {
+        let call = Call(number: takeNumber(), record: record, active: true)
+        index(call)
+        emit(call.record)
+        return call
+    }
+
+    /// A record that came from elsewhere (the database, another node), as it is: its version is
+    /// kept and it is not told back to the sinks it came from. `active`: whether this node carries it.
+    func adopt(_ record: DialogRecord, active: Bool) -> Call {
+        let call = Call(number: takeNumber(), record: record, active: active)
+        index(call)
+        return call
+    }
+
+    /// A newer version of an adopted record, for a passive copy (a replica catching up).
+    func replace(_ call: Call, with record: DialogRecord) {
+        guard record.version > call.record.version else { return }
+        unindex(call)
+        call.record = record
+        index(call)
+    }
+
+    func activate(_ call: Call) { call.active = true }
+
+    /// The gate: `change` edits the call's record; the new version goes to every sink. A change of
+    /// either leg's Call-ID (a new backend attempt) moves the call in the index.
+    func update(_ call: Call, _ change: (inout DialogRecord) -> Void) {
+        let ids = (call.record.client.callID, call.record.backend.callID)
+        change(&call.record)
+        if ids != (call.record.client.callID, call.record.backend.callID) {
+            if byCallID[ids.0] === call { byCallID[ids.0] = nil }
+            if byCallID[ids.1] === call { byCallID[ids.1] = nil }
+            index(call)
+        }
+        call.record.version &+= 1
+        emit(call.record)
+    }
+
+    /// The call is over: its last version (state `.ended`) goes to the sinks, and it leaves the table.
+    func end(_ call: Call) {
+        guard !call.isEnded else { return }
+        update(call) { $0.state = .ended }
+        unindex(call)
+    }
+
+    private func takeNumber() -> UInt32 {
+        defer { nextNumber &+= 1 }
+        return nextNumber
+    }
+
+    private func index(_ call: Call) {
+        byNumber[call.number] = call
+        if !call.record.client.callID.isEmpty { byCallID[call.record.client.callID] = call }
+        if !call.record.backend.callID.isEmpty { byCallID[call.record.backend.callID] = call }
+    }
+
+    private func unindex(_ call: Call) {
+        byNumber[call.number] = nil
+        if byCallID[call.record.client.callID] === call { byCallID[call.record.client.callID] = nil }
+        if byCallID[call.record.backend.callID] === call { byCallID[call.record.backend.callID] = nil }
+    }
+
+    private func emit(_ record: DialogRecord) {
+        for sink in sinks { sink.dialogChanged(record) }
+    }
+}

@@ -1,0 +1,192 @@
+import SIPParser
+import Transport
+
+// Topology hiding: every message on a leg is rebuilt from that leg's own record — our Via, our
+// Contact for the leg's listener tag, the leg's Call-ID and tags — and only a whitelist of headers
+// that describe the session (MessageBuilder.endToEnd, Refer-To, Referred-By) crosses from the
+// other leg. Identifiers of one leg that a message names (a Replaces) are translated to the other's.
+extension B2BUA {
+    /// Our address on a leg: this worker's own UDP port when the leg uses it, else the listener
+    /// with the leg's tag (any node's listener of that tag can speak for the leg).
+    func localAddress(_ leg: LegRecord) -> LocalAddress { localAddress(leg.hop, tag: leg.listenerTag) }
+
+    func localAddress(_ hop: Hop, tag: String? = nil) -> LocalAddress {
+        if hop.transport == .udp, hop.worker == clock.index, let ownUDP { return ownUDP }
+        return config.address(for: hop.transport, tag: tag)
+    }
+
+    /// The hop toward a dispatcher destination (or probe): by this worker's own UDP port when it
+    /// has one, so the answers come straight back to it.
+    func byOwnPort(_ hop: Hop) -> Hop {
+        guard hop.transport == .udp, ownUDP != nil else { return hop }
+        return Hop(.udp, hop.address, worker: clock.index)
+    }
+
+    /// Our Via on a leg's request, with a new branch.
+    func via(_ leg: LegRecord, into b: inout MessageBuilder) {
+        let local = localAddress(leg)
+        b.via(leg.hop.transport, host: local.host, port: local.port, ids: &ids)
+    }
+
+    func via(_ hop: Hop, into b: inout MessageBuilder) {
+        let local = localAddress(hop)
+        b.via(hop.transport, host: local.host, port: local.port, ids: &ids)
+    }
+
+    /// Our Contact on a leg: the user part, and the address of the leg's listener.
+    func contact(_ leg: LegRecord) -> MessageBuilder.OurContact {
+        let local = localAddress(leg)
+        return MessageBuilder.OurContact(user: leg.contactUser, host: local.host, port: local.port, transport: leg.hop.transport)
+    }
+
+    func contact(_ leg: LegRecord, into b: inout MessageBuilder) { b.contact(contact(leg)) }
+
+    /// Whether `request`'s top Via is one we wrote: a branch of our form (`z9hG4bKs<worker>x...`)
+    /// and a sent-by that is one of our addresses. No one else puts our address in their Via.
+    func isOurOwn(_ request: SIPMessage) -> Bool {
+        guard let via = try? request.topVia(), let branch = via.branch, branch.count > 7,
+              branch.withUnsafeBytes({ ShardedIdentifiers.worker(of: $0.dropFirst(7), workers: 1_000) }) != nil else { return false }
+        var host = via.host.string
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return config.isOurs(host: host, port: via.port ?? 5060)
+    }
+
+    /// "name-addr" or "addr-spec" of a From/To value without its header parameters (the tag).
+    static func addressPart(_ address: NameAddress) -> [UInt8] {
+        var end = address.paramsStart
+        let base = address.base
+        while end > 0, isLWSByte(base[end - 1]) { end -= 1 }
+        let start = address.displayStart >= 0 ? address.displayStart : (address.hasAngleBrackets ? address.uri.start - 1 : address.uri.start)
+        return Array(base[start..<end])
+    }
+
+    static let sdpType = ByteView(text: "application/sdp")
+
+    static func contactURI(of message: SIPMessage) -> [UInt8]? {
+        if let contact = try? message.contact(), case .addresses(let a) = contact, let first = a.first { return first.uri.text.bytes }
+        return nil
+    }
+
+    static func supports(_ message: SIPMessage, _ tag: String) -> Bool {
+        ((try? message.optionTags(.supported)) ?? []).contains { $0.equalsIgnoringCase(tag) }
+            || ((try? message.optionTags(.require)) ?? []).contains { $0.equalsIgnoringCase(tag) }
+    }
+
+    static func allows(_ message: SIPMessage, _ method: String) -> Bool {
+        message.values(.allow).contains { $0.equalsIgnoringCase(method) }
+    }
+
+    /// The session headers that cross legs (MessageBuilder.endToEnd) except the session timer's,
+    /// which each leg has its own of: Session-Expires and Min-SE stay behind, "timer" leaves
+    /// Supported and Require (and is added back to Supported when this leg asks for a timer).
+    static func copySessionHeaders(from source: SIPMessage, into b: inout MessageBuilder, addTimer: Bool) {
+        var supportedWritten = false
+        for i in 0..<source.headerCount {
+            let h = source.header(at: i)
+            guard MessageBuilder.endToEnd.contains(h.kind), h.kind != .sessionExpires, h.kind != .minSE else { continue }
+            if h.kind == .supported || h.kind == .require {
+                let tags = h.value.string.split(separator: ",").map { String($0.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed()) }
+                    .filter { !$0.isEmpty && $0.lowercased() != "timer" }
+                var kept = tags
+                if h.kind == .supported && addTimer && !supportedWritten { kept.append("timer"); supportedWritten = true }
+                if !kept.isEmpty { b.header(h.name.string, kept.joined(separator: ", ")) }
+            } else {
+                b.header(h.name.string, h.value.bytes)
+            }
+        }
+        if addTimer && !supportedWritten { b.header("Supported", "timer") }
+    }
+
+    // MARK: - Replaces (RFC 3891) across the legs
+
+    /// A Replaces value (`call-id;to-tag=x;from-tag=y[;early-only]`) that names a leg of a call on
+    /// this worker, rewritten to name that call's other leg as its peer sees it: the B2BUA is the
+    /// far end of each leg, so our tag on one leg becomes the peer's tag on the other and the
+    /// other way round. Nil when it names no dialog here (it is then passed as it is).
+    func translatedReplaces(_ value: String) -> (value: String, call: Call, side: DialogRecord.Side)? {
+        var parts = value.split(separator: ";", omittingEmptySubsequences: false).map { $0.trimmingSpaces }
+        guard let callID = parts.first, let call = table[String(callID)], let side = call.side(ofCallID: callID.utf8) else { return nil }
+        let named = call[side], other = call[side.other]
+        func mapped(_ tag: Substring) -> String? {
+            if tag == named.localTag { return other.remoteTag }
+            if tag == named.remoteTag { return other.localTag }
+            return nil
+        }
+        parts[0] = Substring(other.callID)
+        for i in parts.indices.dropFirst() {
+            guard let eq = parts[i].firstIndex(of: "=") else { continue }
+            let name = parts[i][..<eq].lowercased()
+            guard name == "to-tag" || name == "from-tag" else { continue }
+            guard let tag = mapped(parts[i][parts[i].index(after: eq)...]) else { return nil }
+            parts[i] = Substring("\(name)=\(tag)")
+        }
+        return (parts.joined(separator: ";"), call, side.other)
+    }
+
+    /// A Refer-To value with a Replaces among its URI headers (`<sip:x@y?Replaces=...>`, escaped):
+    /// the Replaces translated, and the URI pointed at the peer that holds the dialog it now
+    /// names. Anything else comes back as it was.
+    func translatedReferTo(_ value: [UInt8]) -> [UInt8] {
+        guard let question = value.firstIndex(of: UInt8(ascii: "?")),
+              let key = Self.firstIndex(ofCaseless: "replaces=", in: value, from: question) else { return value }
+        let start = key + 9
+        let end = value[start...].firstIndex { $0 == UInt8(ascii: "&") || $0 == UInt8(ascii: ">") } ?? value.endIndex
+        guard let translated = translatedReplaces(Self.percentDecoded(value[start..<end])) else { return value }
+        let opened = value[..<question].lastIndex(of: UInt8(ascii: "<")).map { $0 + 1 } ?? 0
+        return Array(value[..<opened]) + translated.call[translated.side].remoteTarget + Array(value[question..<start])
+            + Array(Self.percentEncoded(translated.value).utf8) + Array(value[end...])
+    }
+
+    /// Where `needle` (lowercase ASCII) first occurs in `bytes` from `from`, case folded.
+    static func firstIndex(ofCaseless needle: String, in bytes: [UInt8], from: Int) -> Int? {
+        let n = Array(needle.utf8)
+        guard bytes.count >= n.count else { return nil }
+        var i = from
+        while i + n.count <= bytes.count {
+            if (0..<n.count).allSatisfy({ bytes[i + $0] | 0x20 == n[$0] | 0x20 }) { return i }
+            i += 1
+        }
+        return nil
+    }
+
+    static func percentDecoded(_ text: ArraySlice<UInt8>) -> String {
+        var out: [UInt8] = []
+        var bytes = text
+        while let b = bytes.popFirst() {
+            if b == UInt8(ascii: "%"), bytes.count >= 2, let v = UInt8(String(decoding: bytes.prefix(2), as: UTF8.self), radix: 16) {
+                out.append(v)
+                bytes = bytes.dropFirst(2)
+            } else {
+                out.append(b)
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Escapes what may not stand in a URI header value (RFC 3261 §25.1 hvalue): ";", "=", "@", "%"...
+    static func percentEncoded(_ text: String) -> String {
+        var out = ""
+        for b in text.utf8 {
+            let c = Character(UnicodeScalar(b))
+            if (c.isLetter || c.isNumber) && b < 0x80 || "-_.!~*'()[]/:+$".contains(c) {
+                out.append(c)
+            } else {
+                out += "%" + String(b, radix: 16, uppercase: true).leftPadded(to: 2)
+            }
+        }
+        return out
+    }
+}
+
+extension Substring {
+    var trimmingSpaces: Substring {
+        var s = self
+        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
+        return s
+    }
+}
+
+extension String {
+    func leftPadded(to width: Int) -> String { String(repeating: "0", count: max(0, width - count)) + self }
+}
