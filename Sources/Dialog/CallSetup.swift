@@ -146,6 +146,11 @@ extension B2BUA {
             b.header("Min-SE", number: config.minSE)
         }
         Self.copySessionHeaders(from: invite, into: &b, addTimer: call.askedSessionExpires > 0)
+        if let replaces = invite.firstValue(.replaces) {
+            // RFC 3891: the dialog to replace, named as the backend knows it when it is a call of
+            // ours (attended transfer through the edge); else as written (the backend answers 481).
+            b.header("Replaces", translatedReplaces(replaces.string)?.value ?? replaces.string)
+        }
         // The built bytes go to the transaction as they are: no copy, no second parse.
         let built = b.finishRequest(contentType: invite.contentType, body: invite.body.bytes)
         call.backendInvite = (uri: target, branch: built.branch)
