@@ -125,6 +125,8 @@ extension Cursor {
                     guard quotedString() else { return false }
                 } else if peek() == UInt8(ascii: "[") {
                     guard host() else { return false }
+                } else if bytesEqualLowercase(base, ns, p.nameEnd, "received"), bareIPv6() {
+                    // RFC 3261 §25.1 via-received: an IPv6address stands bare (RFC 5118 §4.5).
                 } else {
                     guard token() != nil else { return false }
                 }
@@ -133,6 +135,21 @@ extension Cursor {
             }
             each(p)
         }
+    }
+
+    /// Consumes an IPv6 address written without brackets, when one is here (a run of hex digits,
+    /// colons and dots with a colon in it); false, position unchanged, when none is (a run with a
+    /// colon that is no IPv6 address then fails as a token would).
+    private mutating func bareIPv6() -> Bool {
+        var i = pos, colon = false
+        while i < end, isHexDigit(byte(i)) || byte(i) == UInt8(ascii: ":") || byte(i) == UInt8(ascii: ".") {
+            colon = colon || byte(i) == UInt8(ascii: ":")
+            i += 1
+        }
+        guard colon else { return false }
+        if !isIPv6Address(base, pos, i) { return false }
+        pos = i
+        return true
     }
 
     /// Consumes URI parameters `*( ";" pname [ "=" pvalue ] )` (no LWS allowed inside a URI).
@@ -164,4 +181,50 @@ package func bytesEqualLowercase(_ base: UnsafeRawPointer, _ start: Int, _ end: 
         i += 1
     }
     return true
+}
+
+/// Whether bytes `start..<end` are an RFC 3986 IPv6address: up to eight groups of 1-4 hex digits,
+/// at most one "::", optionally ending in a dotted IPv4 address that counts as two groups.
+package func isIPv6Address(_ base: UnsafeRawPointer, _ start: Int, _ end: Int) -> Bool {
+    @inline(__always) func byte(_ i: Int) -> UInt8 { base.load(fromByteOffset: i, as: UInt8.self) }
+    var groups = 0, i = start
+    var compressed = false
+    if end - start >= 2, byte(start) == UInt8(ascii: ":"), byte(start + 1) == UInt8(ascii: ":") {
+        compressed = true
+        i = start + 2
+        if i == end { return true }
+    }
+    while i < end {
+        let s = i
+        while i < end, isHexDigit(byte(i)) { i += 1 }
+        if i < end, byte(i) == UInt8(ascii: ".") {
+            // The last 32 bits as dotted decimal.
+            var octets = 0, j = s
+            while j <= end {
+                let os = j
+                var value = 0
+                while j < end, isDigit(byte(j)) { value = value * 10 + Int(byte(j) - 0x30); j += 1 }
+                guard j > os, j - os <= 3, value <= 255 else { return false }
+                octets += 1
+                if j == end { break }
+                guard byte(j) == UInt8(ascii: "."), octets < 4 else { return false }
+                j += 1
+            }
+            return octets == 4 && (compressed ? groups + 2 <= 7 : groups + 2 == 8)
+        }
+        guard i > s, i - s <= 4 else { return false }
+        groups += 1
+        if i == end { break }
+        guard byte(i) == UInt8(ascii: ":") else { return false }
+        i += 1
+        if i < end, byte(i) == UInt8(ascii: ":") {
+            guard !compressed else { return false }
+            compressed = true
+            i += 1
+            if i == end { break }
+        } else if i == end {
+            return false
+        }
+    }
+    return compressed ? groups <= 7 : groups == 8
 }

@@ -14,6 +14,25 @@ import Testing
         #expect(SIPMethod.invite.description == "INVITE")
     }
 
+    @Test func rfc3261_25_1_and_rfc5118_4_5_a_via_received_may_be_a_bare_ipv6_address() throws {
+        func via(_ params: String) throws(SIPParseError) -> ViaValue {
+            let m = try msg("OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::9]:5060\(params)\r\n"
+                            + "From: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+            try m.validate()
+            return try m.topVia()
+        }
+        for received in ["2001:db8::9", "2001:db8:0:0:0:0:0:9", "::1", "::", "fe80::1:2", "::ffff:192.0.2.1", "1:2:3:4:5:6:7:8",
+                         "1:2:3:4:5:6:192.0.2.1", "[2001:db8::9]", "192.0.2.1"] {
+            let v = try via(";received=\(received);branch=z9hG4bK1;rport=5060")
+            #expect(v.received?.string == received)
+            #expect(v.branch?.string == "z9hG4bK1", "parameters after it are still read")
+        }
+        for bad in ["2001:db8:::9", "1:2:3:4:5:6:7:8:9", "12345::1", "2001:db8::9:", "::ffff:192.0.2.256", "1::2::3", "1:2:3:4:5:6:7:192.0.2.1"] {
+            #expect(throws: SIPParseError.self, "received=\(bad)") { try via(";received=\(bad);branch=z9hG4bK1") }
+        }
+        #expect(try via(";maddr=[2001:db8::1];ttl=16;branch=z9hG4bK1").maddr?.string == "[2001:db8::1]")
+    }
+
     @Test func header_kinds_fit_their_table() {
         #expect(HeaderKind.allCases.count <= HeaderKind.tableSize)
     }

@@ -20,6 +20,8 @@ import Testing
 
     struct SkipInfo: Error {}
 
+    static var underCI: Bool { ProcessInfo.processInfo.environment["CI"] == "true" }
+
     static func process(_ path: String, _ args: [String], in dir: URL) throws -> Process {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: path)
@@ -182,7 +184,7 @@ import Testing
         var sidesHidden: Bool { !uasLog.contains("127.0.0.1:\(uacPort)") && !uacLog.contains("127.0.0.1:\(uasPort)") }
     }
 
-    @Test func sipp_calls_cross_the_b2bua_and_neither_side_sees_the_other() throws {
+    @Test(.needsSIPp) func sipp_calls_cross_the_b2bua_and_neither_side_sees_the_other() throws {
         guard let run = try Self.runCalls(50, destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "SIPp's exit status is 0 only when every call succeeded")
         #expect(run.output.contains("50 calls started, 0 still up"), "\(run.output)")
@@ -194,7 +196,7 @@ import Testing
         #expect(Self.lines(run.uacLog, prefix: "Via:").isDisjoint(with: Self.lines(run.uasLog, prefix: "Via:")))
     }
 
-    @Test func with_worker_ports_each_worker_reaches_the_backend_from_its_own_port() throws {
+    @Test(.needsSIPp) func with_worker_ports_each_worker_reaches_the_backend_from_its_own_port() throws {
         // Two workers, each with a port of its own (listener port + 50, + 51): the INVITEs, ACKs
         // and BYEs the callee receives come from them (Via, Contact), its answers go back there,
         // and every call completes; no Via or Contact on the backend side names the shared port.
@@ -217,7 +219,7 @@ import Testing
         #expect(run.sidesHidden)
     }
 
-    @Test func the_kernel_queues_each_answer_on_the_worker_its_via_branch_names() throws {
+    @Test(.needsSIPp) func the_kernel_queues_each_answer_on_the_worker_its_via_branch_names() throws {
         // Two workers share the UDP port. The caller opens a socket per call (SIPp -t un), so the
         // kernel spreads new calls over both workers; the callee answers every call from one
         // address, which the kernel's hash alone queues on one worker. The edge's BPF program
@@ -234,7 +236,7 @@ import Testing
         #expect(run.output.contains("0 handed over between workers, 40 calls started"), "\(run.output.suffix(300))")
     }
 
-    @Test func spread_by_call_id_shares_one_sources_calls_between_the_workers() throws {
+    @Test(.needsSIPp) func spread_by_call_id_shares_one_sources_calls_between_the_workers() throws {
         // One caller, one source port: with spread_calls_by = "call-id" its calls still reach the
         // backend from both workers' own ports (without it, all would stay with one worker).
         guard let run = try Self.runCalls(40, workerPorts: true, spreadByCallID: true,
@@ -247,7 +249,7 @@ import Testing
         #expect(fromWorker0 > 0 && fromWorker1 > 0, "both workers carried calls: \(fromWorker0) and \(fromWorker1) branches")
     }
 
-    @Test func calls_complete_with_wakeup_coalescing() throws {
+    @Test(.needsSIPp) func calls_complete_with_wakeup_coalescing() throws {
         // Workers that pause up to 5 ms before looking for more datagrams still carry every call,
         // retransmission timers and all.
         guard let run = try Self.runCalls(60, extraConfig: "coalesce_microseconds = 5000", rate: 100,
@@ -256,14 +258,14 @@ import Testing
         #expect(run.output.contains("60 calls started, 0 still up"), "\(run.output)")
     }
 
-    @Test func rfc3261_9_cancel_reaches_the_backend_and_the_caller_gets_487() throws {
+    @Test(.needsSIPp) func rfc3261_9_cancel_reaches_the_backend_and_the_caller_gets_487() throws {
         guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.cancellingCaller, uasScenario: Scenarios.ringingCallee,
                                           destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every caller got 200 for its CANCEL and 487 for its INVITE\n\(run.output)")
         #expect(CallRun.count("CANCEL sip:", in: run.uasLog) >= 10, "the backend saw each CANCEL")
     }
 
-    @Test func a_cancel_from_another_source_port_finds_its_invite_on_another_worker() throws {
+    @Test(.needsSIPp) func a_cancel_from_another_source_port_finds_its_invite_on_another_worker() throws {
         // Two workers share the UDP port; the kernel queues each source's datagrams on one of them.
         // Callers (raw sockets) each send their CANCEL from a second port, until three CANCELs
         // have landed on the worker that does not hold their INVITE (the edge's debug log names
@@ -306,7 +308,7 @@ import Testing
         #expect(CallRun.count("CANCEL sip:", in: run.uasLog) >= 4, "the backend saw every CANCEL")
     }
 
-    @Test func rfc3261_17_2_1_the_100_trying_goes_only_when_the_farm_is_slower_than_200_ms() throws {
+    @Test(.needsSIPp) func rfc3261_17_2_1_the_100_trying_goes_only_when_the_farm_is_slower_than_200_ms() throws {
         // A callee that rings at once: its 180 quenches the caller's retransmissions, no 100 from us.
         guard let fast = try Self.runCalls(5, destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(fast.status == 0, "\(fast.output)")
@@ -320,7 +322,7 @@ import Testing
         #expect(invites == 5, "no INVITE was sent twice: \(invites)")
     }
 
-    @Test func rfc3261_14_a_reinvite_from_the_caller_reaches_the_callee_and_back() throws {
+    @Test(.needsSIPp) func rfc3261_14_a_reinvite_from_the_caller_reaches_the_callee_and_back() throws {
         guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.holdingCaller, uasScenario: Scenarios.answeringCallee,
                                           destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every caller's re-INVITE was answered\n\(run.output)")
@@ -329,7 +331,7 @@ import Testing
         #expect(run.sidesHidden)
     }
 
-    @Test func rfc3261_17_calls_survive_lost_packets_through_retransmissions() throws {
+    @Test(.needsSIPp) func rfc3261_17_calls_survive_lost_packets_through_retransmissions() throws {
         // Both SIPp peers drop 10 % of what they send and receive, on purpose: every call must still
         // complete, through SIPp's retransmissions and the edge's (Timers A, E, G and the 2xx).
         guard let run = try Self.runCalls(30, timeout: 60, uasScenario: Scenarios.lossyCallee, lostPercent: 10,
@@ -337,7 +339,7 @@ import Testing
         #expect(run.status == 0, "every call completed despite the losses\n\(run.output)")
     }
 
-    @Test func rfc3262_reliable_provisional_and_prack_cross_with_rack_renumbered() throws {
+    @Test(.needsSIPp) func rfc3262_reliable_provisional_and_prack_cross_with_rack_renumbered() throws {
         guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.reliableCaller, uasScenario: Scenarios.reliableCallee,
                                           destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every caller PRACKed a reliable 183 and was answered\n\(run.output)")
@@ -345,7 +347,7 @@ import Testing
         #expect(run.uasLog.contains("Supported: 100rel"), "the caller's Supported reached the callee")
     }
 
-    @Test func a_call_past_its_maximum_lifetime_is_ended_on_both_legs() throws {
+    @Test(.needsSIPp) func a_call_past_its_maximum_lifetime_is_ended_on_both_legs() throws {
         // Neither SIPp peer hangs up: both wait for a BYE, which only the edge can send.
         guard let run = try Self.runCalls(5, timeout: 10, uacScenario: Scenarios.waitingCaller,
                                           extraConfig: "[calls]\nmax_duration_seconds = 1",
@@ -354,7 +356,7 @@ import Testing
         #expect(CallRun.count("Call lifetime reached", in: run.uasLog) >= 5, "the callee side got its BYE too")
     }
 
-    @Test func rfc3311_an_update_from_the_callee_reaches_the_caller_and_back() throws {
+    @Test(.needsSIPp) func rfc3311_an_update_from_the_callee_reaches_the_caller_and_back() throws {
         guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.updatedCaller, uasScenario: Scenarios.updatingCallee,
                                           destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every caller answered the callee's UPDATE\n\(run.output)")
@@ -363,7 +365,7 @@ import Testing
         #expect(run.sidesHidden)
     }
 
-    @Test func a_bye_from_the_callee_ends_both_legs() throws {
+    @Test(.needsSIPp) func a_bye_from_the_callee_ends_both_legs() throws {
         guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.waitingCaller, uasScenario: Scenarios.hangingUpCallee,
                                           destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every caller received the BYE and its 200 reached the callee's side\n\(run.output)")
@@ -371,14 +373,14 @@ import Testing
         #expect(run.sidesHidden)
     }
 
-    @Test func calls_fail_over_from_an_unreachable_backend_at_once() throws {
+    @Test(.needsSIPp) func calls_fail_over_from_an_unreachable_backend_at_once() throws {
         // Every other call starts with a port nobody listens on: the ICMP refusal moves it on.
         // Waiting for Timer B instead (32 s) would run into SIPp's 10 s limit and fail the calls.
         guard let run = try Self.runCalls(20, timeout: 10, destinations: { ["127.0.0.1:\($0 + 5)", "127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every call reached the live backend within SIPp's 10 s")
         #expect(run.output.contains("unreachable"))
     }
-    @Test func calls_over_tcp_cross_the_b2bua_on_both_legs() throws {
+    @Test(.needsSIPp) func calls_over_tcp_cross_the_b2bua_on_both_legs() throws {
         guard let run = try Self.runCalls(20, transport: "tcp", destinations: { ["sip:127.0.0.1:\($0);transport=tcp"] }) else { return }
         #expect(run.status == 0, "every call over TCP succeeded\n\(run.output)")
         #expect(run.output.contains("20 calls started, 0 still up"), "\(run.output)")
@@ -388,7 +390,7 @@ import Testing
         #expect(run.sidesHidden)
     }
 
-    @Test func rfc3261_14_a_reinvite_from_the_callee_over_tcp_reaches_the_caller_and_back() throws {
+    @Test(.needsSIPp) func rfc3261_14_a_reinvite_from_the_callee_over_tcp_reaches_the_caller_and_back() throws {
         guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.reinvitedCaller, uasScenario: Scenarios.reinvitingCallee,
                                           transport: "tcp", destinations: { ["sip:127.0.0.1:\($0);transport=tcp"] }) else { return }
         #expect(run.status == 0, "every caller answered the callee's re-INVITE\n\(run.output)")
@@ -397,7 +399,7 @@ import Testing
         #expect(run.sidesHidden)
     }
 
-    @Test func a_486_from_the_callee_reaches_the_caller_and_is_not_failed_over() throws {
+    @Test(.needsSIPp) func a_486_from_the_callee_reaches_the_caller_and_is_not_failed_over() throws {
         // Two destinations, both the same UAS: a failover on 486 would show as a second INVITE there.
         guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.rejectedCaller, uasScenario: Scenarios.busyCallee,
                                           destinations: { ["127.0.0.1:\($0)", "127.0.0.1:\($0)"] }) else { return }
@@ -406,7 +408,7 @@ import Testing
         #expect(run.output.contains("10 calls started, 0 still up"), "\(run.output)")
     }
 
-    @Test func rfc4028_session_timers_are_refreshed_per_leg() throws {
+    @Test(.needsSIPp) func rfc4028_session_timers_are_refreshed_per_leg() throws {
         // The caller refreshes its leg every 1.5 s (interval 4 s); the edge refreshes the backend
         // leg itself (UPDATE every 2 s), and the caller's refreshes never reach the callee.
         guard let run = try Self.runCalls(5, timeout: 20, uacScenario: Scenarios.refreshingCaller, uasScenario: Scenarios.refreshedCallee,
@@ -420,7 +422,7 @@ import Testing
         #expect(run.output.contains("5 calls started, 0 still up"), "\(run.output)")
     }
 
-    @Test func rfc4028_a_leg_that_stops_refreshing_ends_the_call_on_both() throws {
+    @Test(.needsSIPp) func rfc4028_a_leg_that_stops_refreshing_ends_the_call_on_both() throws {
         // The caller asks for a 3 s session it refreshes itself, then never does: the edge ends the
         // call (BYE to both) a second before the session would expire.
         guard let run = try Self.runCalls(5, timeout: 15, uacScenario: Scenarios.expiringCaller,
@@ -430,14 +432,14 @@ import Testing
         #expect(CallRun.count("Session timer expired", in: run.uasLog) >= 5, "the callee got its BYE, with the reason")
     }
 
-    @Test func rfc4028_an_interval_below_the_minimum_is_refused_with_422() throws {
+    @Test(.needsSIPp) func rfc4028_an_interval_below_the_minimum_is_refused_with_422() throws {
         guard let run = try Self.runCalls(3, timeout: 10, uacScenario: Scenarios.tooShortCaller,
                                           destinations: { ["127.0.0.1:\($0)"] }) else { return }
         #expect(run.status == 0, "every caller got 422 with Min-SE: 90\n\(run.output)")
         #expect(!run.uasLog.contains("INVITE sip:"), "nothing reached the callee")
     }
 
-    @Test func a_dialog_whose_callee_is_gone_is_ended_by_the_ping() throws {
+    @Test(.needsSIPp) func a_dialog_whose_callee_is_gone_is_ended_by_the_ping() throws {
         // Both SIPp peers answer in-dialog OPTIONS (-aa). After 2.5 s the callee is killed: the
         // next ping toward it is refused (ICMP) and the caller gets the edge's BYE.
         guard let run = try Self.runCalls(5, timeout: 15, uacScenario: Scenarios.waitingCaller,
@@ -453,7 +455,7 @@ import Testing
         #expect(run.uacLog.contains("Dialog ping failed"))
         #expect(run.output.contains("0 still up"), "\(run.output)")
     }
-    @Test func calls_survive_a_sigkill_of_the_edge_and_are_ended_after_its_restart() throws {
+    @Test(.needsSIPp) func calls_survive_a_sigkill_of_the_edge_and_are_ended_after_its_restart() throws {
         // Calls are set up, the edge is killed (SIGKILL: nothing flushed on the way out) and started
         // again on the same database; the callers' BYEs, sent after that, reach the callees.
         let db = Scratch.file("dialogs", "db").path
@@ -508,7 +510,7 @@ import Testing
         return (tx, rx)
     }
 
-    @Test func two_baresip_phones_talk_through_the_edge_and_a_bye_ends_both_legs() throws {
+    @Test(.enabled(if: CallTests.baresip != nil || CallTests.underCI, "needs baresip")) func two_baresip_phones_talk_through_the_edge_and_a_bye_ends_both_legs() throws {
         guard let baresip = Self.baresip else {
             if ProcessInfo.processInfo.environment["CI"] == "true" { Issue.record("baresip is not installed (make test installs baresip-core)") }
             return
@@ -565,7 +567,7 @@ import Testing
         edge.stop()
         #expect(edge.output.contains("1 calls started, 0 still up"), "\(edge.output)")
     }
-    @Test func rfc3264_a_late_offer_call_carries_the_callers_answer_in_the_backend_ack() throws {
+    @Test(.needsSIPp) func rfc3264_a_late_offer_call_carries_the_callers_answer_in_the_backend_ack() throws {
         // The caller's INVITE has no SDP: the callee offers in its 200 and the caller answers in
         // its ACK, which the edge must carry to the callee's leg.
         guard let run = try Self.runCalls(10, timeout: 15, uacScenario: Scenarios.lateOfferCaller, uasScenario: Scenarios.lateOfferCallee,
@@ -977,4 +979,12 @@ enum Scenarios {
         #"<recv request="BYE"/>"#,
         calleeAnswers("200 OK", tag: false).replacingOccurrences(of: "Content-Length: 0", with: "X-Answer: [$answer]\nContent-Length: 0"),
     ])
+}
+
+extension Trait where Self == ConditionTrait {
+    /// Runs where SIPp is installed and is reported as skipped where it is not, except under
+    /// CI=true, where the test runs and fails for want of it.
+    static var needsSIPp: Self {
+        .enabled(if: CallTests.sipp != nil || CallTests.underCI, "needs SIPp (sip-tester, which make test installs)")
+    }
 }

@@ -154,17 +154,17 @@ import Testing
         return (0..<3).map { farm.invites($0) }
     }
 
-    @Test func round_robin_spreads_1000_calls_evenly() throws {
+    @Test(.needsSIPp) func round_robin_spreads_1000_calls_evenly() throws {
         guard let counts = try Self.distribution("round-robin") else { return }
         #expect(counts.allSatisfy { (333...334).contains($0) }, "\(counts)")
     }
 
-    @Test func weighted_follows_the_weights_over_1000_calls() throws {
+    @Test(.needsSIPp) func weighted_follows_the_weights_over_1000_calls() throws {
         guard let counts = try Self.distribution("weighted", weights: [1, 2, 3]) else { return }
         #expect(abs(counts[0] - 167) <= 1 && abs(counts[1] - 333) <= 1 && abs(counts[2] - 500) <= 1, "\(counts)")
     }
 
-    @Test func hash_over_call_id_spreads_calls_and_hash_over_from_user_keeps_a_user_on_one_destination() throws {
+    @Test(.needsSIPp) func hash_over_call_id_spreads_calls_and_hash_over_from_user_keeps_a_user_on_one_destination() throws {
         guard let byCallID = try Self.distribution("hash-callid") else { return }
         // 1000 distinct Call-IDs: each destination near a third (4 standard deviations: ±60).
         #expect(byCallID.reduce(0, +) == 1_000 && byCallID.allSatisfy { (273...393).contains($0) }, "\(byCallID)")
@@ -173,7 +173,7 @@ import Testing
         #expect(byUser.sorted() == [0, 0, 1_000], "\(byUser)")
     }
 
-    @Test func least_calls_avoids_the_destination_that_holds_its_calls() throws {
+    @Test(.needsSIPp) func least_calls_avoids_the_destination_that_holds_its_calls() throws {
         // Destination 0 takes 3 s to answer; the others answer at once. Least-calls sees its
         // calls pile up and sends it few new ones (round-robin would send it a third).
         guard let farm = try Farm(dispatcher: "algorithm = \"least-calls\"", scenarios: [Scenarios.slowCallee, nil, nil]) else { return }
@@ -184,7 +184,7 @@ import Testing
         #expect(counts.reduce(0, +) == 1_000 && counts[0] < 50 && counts[1] >= 300 && counts[2] >= 300, "\(counts)")
     }
 
-    @Test func a_503_from_one_destination_fails_the_call_over_to_another() throws {
+    @Test(.needsSIPp) func a_503_from_one_destination_fails_the_call_over_to_another() throws {
         guard let farm = try Farm(dispatcher: "algorithm = \"round-robin\"", scenarios: [Scenarios.unavailableCallee, nil, nil]) else { return }
         defer { farm.stop() }
         let uac = try farm.call(30, rate: 50)
@@ -193,7 +193,7 @@ import Testing
         #expect(farm.invites(1) + farm.invites(2) == 30)
     }
 
-    @Test func probing_marks_a_stopped_destination_inactive_and_a_restarted_one_active() throws {
+    @Test(.needsSIPp) func probing_marks_a_stopped_destination_inactive_and_a_restarted_one_active() throws {
         guard let farm = try Farm(dispatcher: "algorithm = \"round-robin\"\nprobe_interval_seconds = 1") else { return }
         defer { farm.stop() }
         #expect(try farm.destinations().values.allSatisfy { $0.state == "active" })
@@ -209,7 +209,7 @@ import Testing
         #expect(farm.edge.output.contains("dispatcher: sip:127.0.0.1:\(farm.uasPort(1)) active -> inactive"))
     }
 
-    @Test func draining_through_sipedge_mi_stops_new_calls_while_its_calls_end_normally() throws {
+    @Test(.needsSIPp) func draining_through_sipedge_mi_stops_new_calls_while_its_calls_end_normally() throws {
         guard let farm = try Farm(dispatcher: "algorithm = \"round-robin\"") else { return }
         defer { farm.stop() }
         // 30 calls of 3 s each: a third of them are up on destination 2 when it starts draining.
@@ -238,7 +238,7 @@ import Testing
         #expect(try farm.destinations()[farm.uri(2)]?.state == "active")
     }
 
-    @Test func every_mi_command_answers_through_sipedge_mi() throws {
+    @Test(.needsSIPp) func every_mi_command_answers_through_sipedge_mi() throws {
         guard let farm = try Farm(dispatcher: "algorithm = \"round-robin\"") else { return }
         defer { farm.stop() }
         let version = try farm.mi(["version"])
@@ -273,7 +273,7 @@ import Testing
         #expect(try farm.mi(["ds_set_state", "uri=sip:192.0.2.1:5060", "state=draining"]).status == 1)
         #expect(try farm.mi(["no_such_command"]).status == 1)
     }
-    @Test func a_reload_applies_dispatcher_and_acl_changes_without_dropping_calls() throws {
+    @Test(.needsSIPp) func a_reload_applies_dispatcher_and_acl_changes_without_dropping_calls() throws {
         guard let farm = try Farm(dispatcher: "algorithm = \"round-robin\"") else { return }
         defer { farm.stop() }
         // Six calls of 3 s: two on each destination.
@@ -305,7 +305,7 @@ import Testing
         #expect(long.terminationStatus == 0, "no call was dropped by the reloads\n\(farm.edge.output)")
         #expect(farm.edge.output.contains("dispatcher reloaded") && farm.edge.output.contains("[security] reloaded"))
     }
-    @Test func routes_send_calls_to_their_set_and_trusted_callers_to_their_request_uri() throws {
+    @Test(.needsSIPp) func routes_send_calls_to_their_set_and_trusted_callers_to_their_request_uri() throws {
         // Set 1 holds all three; set 2 only destination 2; calls to +44... go to set 2.
         guard let farm = try Farm(dispatcher: "algorithm = \"round-robin\"", tail: { base in """
             [[dispatcher.set]]
@@ -324,7 +324,7 @@ import Testing
         #expect(sets.contains("\"id\" : 2") && sets.contains("\"id\" : 1"))
     }
 
-    @Test func a_trusted_caller_reaches_its_request_uri_and_a_user_the_edge_does_not_know_gets_404() throws {
+    @Test(.needsSIPp) func a_trusted_caller_reaches_its_request_uri_and_a_user_the_edge_does_not_know_gets_404() throws {
         guard let farm = try Farm(dispatcher: "algorithm = \"round-robin\"",
                                   tail: { _ in "[security]\ntrusted = [\"127.0.0.1/32\"]" }) else { return }
         defer { farm.stop() }

@@ -56,7 +56,7 @@ import Testing
         return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
     }
 
-    @Test func a_flooding_source_is_blocked_while_others_are_served_and_memory_stays_bounded() throws {
+    @Test(.needsSIPp) func a_flooding_source_is_blocked_while_others_are_served_and_memory_stays_bounded() throws {
         var flooded: (ok: Int, refused: Int) = (0, 0)
         var rss: (before: Int, after: Int) = (0, 0)
         // SIPp's 20 calls at 10 per second stay well under 100 requests a second from 127.0.0.1.
@@ -93,7 +93,7 @@ import Testing
         #expect(rss.after - rss.before < 32_768, "resident memory grew by \(rss.after - rss.before) KiB under the floods")
     }
 
-    @Test func calls_over_the_per_source_limit_are_refused_with_503() throws {
+    @Test(.needsSIPp) func calls_over_the_per_source_limit_are_refused_with_503() throws {
         guard let run = try CallTests.runCalls(10, timeout: 15, uacScenario: Scenarios.patientCaller,
                                                extraConfig: "[security]\nmax_calls_per_source = 5",
                                                destinations: { ["127.0.0.1:\($0)"] }) else { return }
@@ -148,7 +148,7 @@ import Testing
         Self.send(fd, Self.options(1, from: "127.0.0.1"), to: port)
         #expect(Self.statuses(fd, waiting: 1_000) == [200])
     }
-    @Test func a_late_copy_of_an_invite_after_its_call_ended_does_not_start_another_call() throws {
+    @Test(.needsSIPp) func a_late_copy_of_an_invite_after_its_call_ended_does_not_start_another_call() throws {
         // The caller is this test, on a raw UDP socket; the callee a SIPp UAS. After INVITE, 200,
         // ACK, BYE, 200, the first INVITE arrives once more (UDP may deliver a copy that late).
         guard let run = try CallTests.runCalls(1, timeout: 10, during: { edge, _ in

@@ -24,7 +24,7 @@ import Testing
             """, #"<recv response="200"/>"#])
     }
 
-    @Test func a_thousand_users_register_over_udp_and_tcp_and_the_farm_reaches_each_one_even_after_a_restart() throws {
+    @Test(.needsSIPp) func a_thousand_users_register_over_udp_and_tcp_and_the_farm_reaches_each_one_even_after_a_restart() throws {
         guard let sipp = try? CallTests.requireSIPp() else { return }
         let dir = try Scratch.directory("reg")
         defer { Scratch.remove(dir) }
@@ -162,7 +162,7 @@ import Testing
         }
     }
 
-    @Test func a_call_reaches_a_tcp_user_over_the_connection_it_registered_on() throws {
+    @Test(.needsSIPp) func a_call_reaches_a_tcp_user_over_the_connection_it_registered_on() throws {
         guard let sipp = try? CallTests.requireSIPp() else { return }
         let dir = try Scratch.directory("tcpreg")
         defer { Scratch.remove(dir) }
@@ -202,7 +202,7 @@ import Testing
         for _ in 0..<100 where caller.isRunning { usleep(100_000) }
         #expect(caller.terminationStatus == 0, "the caller's call was answered and ended\n\(edge.output)")
     }
-    @Test func registrations_go_to_the_asterisk_once_per_interval_with_the_edge_as_contact_and_challenges_come_back() throws {
+    @Test(.needsSIPp) func registrations_go_to_the_asterisk_once_per_interval_with_the_edge_as_contact_and_challenges_come_back() throws {
         guard let sipp = try? CallTests.requireSIPp() else { return }
         let dir = try Scratch.directory("midreg")
         defer { Scratch.remove(dir) }
