@@ -15,8 +15,11 @@ struct MICommand: ParsableCommand {
     @Argument(help: "The command, e.g. ds_list, then its parameters as key=value.")
     var words: [String]
 
-    @Option(name: .shortAndLong, help: "The config file whose [mi] section names the address (and secret).")
-    var config = "conf/sipedge.toml"
+    @Option(name: .shortAndLong, help: "The config file whose [mi] section names the address (and secret); by default conf/sipedge.toml when there is one here, else the MI's default address \(Self.defaultAddress).")
+    var config: String?
+
+    static let defaultAddress = "127.0.0.1:8888"
+    static let defaultConfig = "conf/sipedge.toml"
 
     @Option(help: "The MI address as IP:PORT (instead of the config's).")
     var address: String?
@@ -42,14 +45,17 @@ struct MICommand: ParsableCommand {
                 throw ValidationError("--address is IP:PORT, not \"\(address)\"")
             }
             target = a
-        } else {
-            let cfg = try loadConfig(config)
+        } else if let path = config ?? (FileManager.default.fileExists(atPath: Self.defaultConfig) ? Self.defaultConfig : nil) {
+            let cfg = try loadConfig(path)
             guard let mi = cfg.mi else {
-                FileHandle.standardError.write(Data("\(config) has no [mi] section; pass --address\n".utf8))
+                FileHandle.standardError.write(Data("\(path) has no [mi] section; pass --address\n".utf8))
                 throw ExitCode(2)
             }
             target = mi.address
             configuredSecret = mi.secret
+        } else {
+            // No config at hand (run from elsewhere): the MI's default address, as opensips-cli does.
+            target = SocketAddress(ip: "127.0.0.1", port: 8888)
         }
         if let s = secret ?? (configuredSecret.isEmpty ? nil : configuredSecret) { params["secret"] = s }
         let request: [String: Any] = ["jsonrpc": "2.0", "method": command, "params": params, "id": 1]

@@ -21,11 +21,11 @@ import Testing
         return dir.appendingPathComponent("sipedge")
     }
 
-    static func run(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+    static func run(_ args: [String], in directory: URL? = nil) throws -> (status: Int32, out: String, err: String) {
         let p = Process()
         p.executableURL = binary
         p.arguments = args
-        p.currentDirectoryURL = packageRoot
+        p.currentDirectoryURL = directory ?? packageRoot
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
@@ -196,6 +196,18 @@ import Testing
         p.waitUntilExit()
         #expect(p.terminationStatus == 2)
         #expect(Self.waitFor(output, "listener sctp:127.0.0.1:0 tag=trunks: this kernel has no SCTP"), "\(output())")
+    }
+
+    @Test func mi_run_where_there_is_no_config_uses_the_default_mi_address() throws {
+        let dir = try Scratch.directory("mi-elsewhere")
+        defer { Scratch.remove(dir) }
+        let (status, out, err) = try Self.run(["mi", "which", "--timeout", "1"], in: dir)
+        #expect(!err.contains("cannot read"), "\(err)")
+        // Nothing listens there (no answer), or a SIPEdge on this machine's default MI does.
+        #expect(err.contains("no answer from 127.0.0.1:8888") || (status == 0 && out.contains("ds_list")), "\(status) \(out) \(err)")
+        // A config named outright that is not there is an error, as before.
+        let named = try Self.run(["mi", "which", "--config", "missing.toml"], in: dir)
+        #expect(named.status != 0 && named.err.contains("missing.toml"), "\(named)")
     }
 
     @Test func version_and_check_config() throws {
