@@ -1,14 +1,14 @@
 #include "CTLSShim.h"
 
-int sipedge_tls_set_min_version_tls12(SSL_CTX *ctx) { return (int)SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION); }
+int tshim_tls_set_min_version_tls12(SSL_CTX *ctx) { return (int)SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION); }
 
-int sipedge_tls_set_server_name(SSL *ssl, const char *name) { return (int)SSL_set_tlsext_host_name(ssl, name); }
+int tshim_tls_set_server_name(SSL *ssl, const char *name) { return (int)SSL_set_tlsext_host_name(ssl, name); }
 
-const char *sipedge_tls_server_name(const SSL *ssl) { return SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name); }
+const char *tshim_tls_server_name(const SSL *ssl) { return SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name); }
 
-int sipedge_tls_bio_pending(BIO *bio) { return BIO_pending(bio); }
+int tshim_tls_bio_pending(BIO *bio) { return BIO_pending(bio); }
 
-void sipedge_tls_last_error(char *buffer, size_t length) {
+void tshim_tls_last_error(char *buffer, size_t length) {
     unsigned long code = 0, last;
     while ((last = ERR_get_error()) != 0) code = last;
     if (length == 0) return;

@@ -131,7 +131,7 @@ public final class EdgeServer: @unchecked Sendable {
                 // Responses go straight to the worker their branch names (the sockets above were
                 // bound in worker order). Without it they still arrive, through a hand-over.
                 do {
-                    try first.steerResponsesByBranch()
+                    try first.attachGroupProgram(ResponseSteering.program())
                 } catch {
                     logger.warning("\(name): responses not steered to their worker (\(error)); they are handed over")
                 }

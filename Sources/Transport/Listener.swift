@@ -25,7 +25,7 @@ public enum TransportProtocol: String, Sendable, Hashable, CaseIterable {
     public var isSecure: Bool { self == .tls }
 }
 
-/// One configured SIP socket: protocol, bound address, the address written into messages (behind
+/// One configured listening socket: protocol, bound address, the address written into messages (behind
 /// NAT or a cloud public IP), and its tag.
 public struct ListenerSpec: Hashable, Sendable, CustomStringConvertible {
     public let proto: TransportProtocol

@@ -57,4 +57,19 @@ import Transport
             #expect(seen.count == 1_000)
         }
     }
+
+    @Test func generated_identifiers_carry_their_worker() {
+        var ids = ShardedIdentifiers(worker: 5)
+        var seen = Set<String>()
+        for _ in 0..<1_000 {
+            let id = ids.make()
+            seen.insert(id)
+            #expect(ShardedIdentifiers.worker(of: Array(id.utf8), workers: 8) == 5)
+            #expect(id.utf8.allSatisfy { ($0 | 0x20) &- 0x61 < 26 || $0 &- 0x30 < 10 })
+        }
+        #expect(seen.count == 1_000)
+        #expect(ShardedIdentifiers.worker(of: Array("s5x1".utf8), workers: 4) == nil)   // no such worker
+        #expect(ShardedIdentifiers.worker(of: Array("abc".utf8), workers: 4) == nil)
+        #expect(ShardedIdentifiers.worker(of: Array("s12345x1".utf8), workers: 99_999) == nil)
+    }
 }

@@ -58,21 +58,6 @@ import Testing
         #expect(counts.count == 3, "every worker ran its share")
     }
 
-    @Test func generated_identifiers_carry_their_worker() {
-        var ids = ShardedIdentifiers(worker: 5)
-        var seen = Set<String>()
-        for _ in 0..<1_000 {
-            let id = ids.make()
-            seen.insert(id)
-            #expect(ShardedIdentifiers.worker(of: Array(id.utf8), workers: 8) == 5)
-            #expect(id.utf8.allSatisfy { ($0 | 0x20) &- 0x61 < 26 || $0 &- 0x30 < 10 })
-        }
-        #expect(seen.count == 1_000)
-        #expect(ShardedIdentifiers.worker(of: Array("s5x1".utf8), workers: 4) == nil)   // no such worker
-        #expect(ShardedIdentifiers.worker(of: Array("abc".utf8), workers: 4) == nil)
-        #expect(ShardedIdentifiers.worker(of: Array("s12345x1".utf8), workers: 99_999) == nil)
-    }
-
     final class SCTPCollector: SCTPReceiver, @unchecked Sendable {
         // @unchecked: state behind a Mutex.
         let got = Mutex<[[UInt8]]>([])
@@ -104,8 +89,8 @@ import Testing
         }
     }
 
-    /// Opt-in (SIPEDGE_TEST_SCTP=1) for kernels with SCTP: two endpoints exchange messages.
-    @Test(.enabled(if: ProcessInfo.processInfo.environment["SIPEDGE_TEST_SCTP"] == "1"))
+    /// Opt-in (TSHIM_TEST_SCTP=1) for kernels with SCTP: two endpoints exchange messages.
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["TSHIM_TEST_SCTP"] == "1"))
     func sctp_messages_cross_between_two_endpoints() throws {
         let loop = try EventLoop()
         let a = SCTPCollector(), b = SCTPCollector()

@@ -131,60 +131,36 @@ import Testing
         #expect(settled < 300, "fewer pauses than datagrams: each pause served several")
     }
 
-    @Test func a_reuseport_group_steers_each_response_to_the_socket_its_via_branch_names() throws {
-        // Twelve sockets share one port, bound in order (socket n stands for worker n); all
-        // datagrams come from one sender, so the kernel's hash alone would queue them on one socket.
+    @Test func a_reuseport_group_queues_each_datagram_on_the_socket_its_program_chooses() throws {
+        // Four sockets share one port, bound in order; all datagrams come from one sender, so the
+        // kernel's hash alone would queue them on one socket. The program returns the first byte's
+        // digit: "2..." goes to socket 2; "9..." names no socket, so the kernel's hash decides.
+        typealias I = SocketFilterInstruction
+        let program: [I] = [.statement(I.ld | I.byte | I.abs, 0), .statement(I.alu | I.sub | I.constant, 0x30), .statement(I.ret | I.accumulator)]
         let loop = try EventLoop(index: 0), senderLoop = try EventLoop(index: 1)
-        let collectors = (0..<12).map { _ in Collector() }
+        let collectors = (0..<4).map { _ in Collector() }
         var group: [UDPEndpoint] = []
         for c in collectors {
             let port = group.first.map { $0.localAddress.port } ?? 0
             group.append(try UDPEndpoint(loop: loop, bindTo: SocketAddress(ip: "127.0.0.1", port: Int(port))!, reusePort: true, receiver: c))
         }
-        try group[0].steerResponsesByBranch()
-        let sink = Collector()
-        let sender = try UDPEndpoint(loop: senderLoop, bindTo: SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: false, receiver: sink)
+        try group[0].attachGroupProgram(program)
+        #expect(throws: SystemError.self) { try group[0].attachGroupProgram([]) }
+        let sender = try UDPEndpoint(loop: senderLoop, bindTo: SocketAddress(ip: "127.0.0.1", port: 0)!, reusePort: false, receiver: Collector())
         try loop.start()
         try senderLoop.start()
         defer { loop.stop(); senderLoop.stop() }
-        let target = group[0].localAddress
-        func response(_ status: String, via: String) -> [UInt8] {
-            Array("""
-                SIP/2.0 \(status)\r
-                \(via)\r
-                From: <sip:alice@127.0.0.1>;tag=a1\r
-                To: <sip:bob@127.0.0.1>;tag=b2\r
-                Call-ID: steering-test-\(status.hashValue)\r
-                CSeq: 1 INVITE\r
-                Contact: <sip:bob@127.0.0.1:5080>\r
-                Content-Length: 0\r
-                \r
-
-                """.utf8)
-        }
-        let sentBy = "Via: SIP/2.0/UDP 127.0.0.1:\(target.port)"
-        // (datagram, the socket it must reach; nil: any one, by the kernel's hash)
-        let cases: [([UInt8], Int?)] = [
-            (response("200 OK", via: "\(sentBy);branch=z9hG4bKs3xq0c1;rport"), 3),
-            (response("180 Ringing", via: "\(sentBy);rport=5060;received=127.0.0.1;branch=z9hG4bKs7xk2"), 7),   // PJSIP's order
-            (response("183 Session Progress", via: "\(sentBy);branch=z9hG4bKs11x9"), 11),
-            (response("486 Busy Here", via: "\(sentBy);branch=z9hG4bKs10xa"), 10),
-            (response("200 OK", via: "\(sentBy);branch=z9hG4bKs0xzz"), 0),
-            (response("200 OK", via: "\(sentBy);branch=z9hG4bKs42x1"), nil),            // no such socket
-            (response("200 OK", via: "v: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKs5x1"), nil),   // compact form
-            (response("200 OK", via: "\(sentBy);branch=z9hG4bK-other-stack"), nil),
-            (Array("INVITE sip:bob@127.0.0.1 SIP/2.0\r\n\(sentBy);branch=z9hG4bKs5x1\r\n\r\n".utf8), nil),
-            (Array("\r\n\r\n".utf8), nil),                                              // keep-alive
-        ]
         let out = LoopBound(sender, on: senderLoop)
-        for (bytes, _) in cases {
-            try senderLoop.submitAndWait { out.value.send(bytes, to: target) }
+        let cases: [(String, Int?)] = [("2 two", 2), ("0 zero", 0), ("3 three", 3), ("1 one", 1), ("9 none", nil)]
+        let target = group[0].localAddress
+        for (text, _) in cases {
+            try senderLoop.submitAndWait { out.value.send(Array(text.utf8), to: target) }
         }
         #expect(LoopTests.eventually { collectors.reduce(0) { $0 + $1.received.withLock { $0.count } } == cases.count })
-        for (bytes, expected) in cases {
-            let holders = collectors.indices.filter { i in collectors[i].received.withLock { $0.contains { $0.bytes == bytes } } }
+        for (text, expected) in cases {
+            let holders = collectors.indices.filter { i in collectors[i].received.withLock { $0.contains { $0.bytes == Array(text.utf8) } } }
             #expect(holders.count == 1, "each datagram is received once")
-            if let expected { #expect(holders == [expected], "\(String(decoding: bytes.prefix(24), as: UTF8.self))... went to \(holders)") }
+            if let expected { #expect(holders == [expected], "\(text) went to \(holders)") }
         }
     }
 }

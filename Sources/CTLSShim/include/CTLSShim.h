@@ -1,21 +1,21 @@
 // OpenSSL (libssl-dev, 3.0) for Swift: the library's headers, plus plain functions for what
 // OpenSSL defines as macros (Swift cannot call those).
-#ifndef SIPEDGE_TLS_SHIM_H
-#define SIPEDGE_TLS_SHIM_H
+#ifndef TSHIM_TLS_SHIM_H
+#define TSHIM_TLS_SHIM_H
 
 #include <openssl/ssl.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
 /// TLS 1.2 as the floor.
-int sipedge_tls_set_min_version_tls12(SSL_CTX *ctx);
+int tshim_tls_set_min_version_tls12(SSL_CTX *ctx);
 /// SNI for a client session.
-int sipedge_tls_set_server_name(SSL *ssl, const char *name);
+int tshim_tls_set_server_name(SSL *ssl, const char *name);
 /// The SNI name a server session received, or NULL.
-const char *sipedge_tls_server_name(const SSL *ssl);
+const char *tshim_tls_server_name(const SSL *ssl);
 /// Bytes waiting in a memory BIO.
-int sipedge_tls_bio_pending(BIO *bio);
+int tshim_tls_bio_pending(BIO *bio);
 /// The latest OpenSSL error as text into `buffer` (cleared from the queue); empty if none.
-void sipedge_tls_last_error(char *buffer, size_t length);
+void tshim_tls_last_error(char *buffer, size_t length);
 
 #endif

@@ -8,15 +8,15 @@ public struct IOEvents: OptionSet, Sendable {
     public init(rawValue: UInt32) { self.rawValue = rawValue }
 
     /// EPOLLIN
-    public static let readable = IOEvents(rawValue: UInt32(SIPEDGE_EPOLLIN))
+    public static let readable = IOEvents(rawValue: UInt32(TSHIM_EPOLLIN))
     /// EPOLLOUT
-    public static let writable = IOEvents(rawValue: UInt32(SIPEDGE_EPOLLOUT))
+    public static let writable = IOEvents(rawValue: UInt32(TSHIM_EPOLLOUT))
     /// EPOLLERR (for UDP: an ICMP error is queued)
-    public static let error = IOEvents(rawValue: UInt32(SIPEDGE_EPOLLERR))
+    public static let error = IOEvents(rawValue: UInt32(TSHIM_EPOLLERR))
     /// EPOLLHUP
-    public static let hangUp = IOEvents(rawValue: UInt32(SIPEDGE_EPOLLHUP))
+    public static let hangUp = IOEvents(rawValue: UInt32(TSHIM_EPOLLHUP))
     /// EPOLLRDHUP: the peer closed its side
-    public static let readHangUp = IOEvents(rawValue: UInt32(SIPEDGE_EPOLLRDHUP))
+    public static let readHangUp = IOEvents(rawValue: UInt32(TSHIM_EPOLLRDHUP))
 }
 
 /// Something registered with a loop: it is told when its descriptor is ready. Called on the loop
@@ -81,7 +81,7 @@ public final class EventLoop: @unchecked Sendable {
     private var freeSlots: [UInt32] = []
     private var timers = TimerWheel<LoopTimer>(slotCount: 4_096)
     private var expired: [LoopTimer] = []
-    private var events = [sipedge_epoll_event](repeating: sipedge_epoll_event(), count: 256)
+    private var events = [tshim_epoll_event](repeating: tshim_epoll_event(), count: 256)
     /// Work run at the end of every iteration (batched sends flush here).
     private var endOfIteration: [any IterationEndHandler] = []
     /// The arrays the inbox and the end-of-iteration hooks are swapped into while they run, kept
@@ -99,16 +99,16 @@ public final class EventLoop: @unchecked Sendable {
     /// Coalescing pauses taken so far (read on the loop).
     public private(set) var pauses = 0
     /// Where the loop reports what it cannot hand to anyone (a handler that threw...).
-    public var log: @Sendable (String) -> Void = { line in sipedge_log_line("sipedge: \(line)") }
+    public var log: @Sendable (String) -> Void = { line in tshim_log_line("event loop: \(line)") }
 
     public init(index: Int = 0) throws(SystemError) {
         self.index = index
-        epoll = try blocking("epoll_create1") { sipedge_epoll_create() }
-        let fd = sipedge_eventfd()
+        epoll = try blocking("epoll_create1") { tshim_epoll_create() }
+        let fd = tshim_eventfd()
         guard fd >= 0 else { let e = Glibc.errno; Glibc.close(epoll); throw SystemError("eventfd", errno: e) }
         wakeFD = fd
         // The eventfd is registration 0's descriptor with a reserved data value.
-        if sipedge_epoll_ctl(epoll, sipedge_epoll_op_add(), wakeFD, UInt32(SIPEDGE_EPOLLIN), UInt64.max) != 0 {
+        if tshim_epoll_ctl(epoll, tshim_epoll_op_add(), wakeFD, UInt32(TSHIM_EPOLLIN), UInt64.max) != 0 {
             let e = Glibc.errno
             Glibc.close(epoll); Glibc.close(wakeFD)
             throw SystemError("epoll_ctl(eventfd)", errno: e)
@@ -145,7 +145,7 @@ public final class EventLoop: @unchecked Sendable {
     public func execute(_ work: @escaping @Sendable () -> Void) {
         inbox.withLock { $0.append(work) }
         if !wakePending.exchange(true, ordering: .acquiringAndReleasing) {
-            _ = sipedge_eventfd_signal(wakeFD)
+            _ = tshim_eventfd_signal(wakeFD)
         }
     }
 
@@ -173,7 +173,7 @@ public final class EventLoop: @unchecked Sendable {
             registrations.append(Registration(handler: handler, descriptor: descriptor, generation: 0))
         }
         let id = RegistrationID(slot: slot, generation: registrations[Int(slot)].generation)
-        if sipedge_epoll_ctl(epoll, sipedge_epoll_op_add(), descriptor, events.rawValue | UInt32(SIPEDGE_EPOLLRDHUP), id.packed) != 0 {
+        if tshim_epoll_ctl(epoll, tshim_epoll_op_add(), descriptor, events.rawValue | UInt32(TSHIM_EPOLLRDHUP), id.packed) != 0 {
             let e = Glibc.errno
             release(slot)
             throw SystemError("epoll_ctl(add)", errno: e)
@@ -186,7 +186,7 @@ public final class EventLoop: @unchecked Sendable {
         assertInLoop()
         guard let fd = descriptor(of: id) else { return }
         try blocking("epoll_ctl(mod)") {
-            sipedge_epoll_ctl(epoll, sipedge_epoll_op_mod(), fd, events.rawValue | UInt32(SIPEDGE_EPOLLRDHUP), id.packed)
+            tshim_epoll_ctl(epoll, tshim_epoll_op_mod(), fd, events.rawValue | UInt32(TSHIM_EPOLLRDHUP), id.packed)
         }
     }
 
@@ -194,7 +194,7 @@ public final class EventLoop: @unchecked Sendable {
     public func deregister(_ id: RegistrationID) {
         assertInLoop()
         guard let fd = descriptor(of: id) else { return }
-        _ = sipedge_epoll_ctl(epoll, sipedge_epoll_op_del(), fd, 0, 0)
+        _ = tshim_epoll_ctl(epoll, tshim_epoll_op_del(), fd, 0, 0)
         release(id.slot)
     }
 
@@ -278,7 +278,7 @@ public final class EventLoop: @unchecked Sendable {
     /// Asks the loop to stop and waits for its thread to end. Registrations stay as they are.
     public func stop() {
         guard running.exchange(false, ordering: .acquiringAndReleasing) else { return }
-        _ = sipedge_eventfd_signal(wakeFD)
+        _ = tshim_eventfd_signal(wakeFD)
         if let thread, !inLoop { pthread_join(thread, nil) }
         thread = nil
     }
@@ -324,7 +324,7 @@ public final class EventLoop: @unchecked Sendable {
         let paused = pauseBeforeNextWait && timeout == 0
         pauseBeforeNextWait = false
         let before = window > 0 ? Self.monotonicNanoseconds() : 0
-        let n = events.withUnsafeMutableBufferPointer { sipedge_epoll_wait(epoll, $0.baseAddress, Int32($0.count), timeout) }
+        let n = events.withUnsafeMutableBufferPointer { tshim_epoll_wait(epoll, $0.baseAddress, Int32($0.count), timeout) }
         let woke = window > 0 ? Self.monotonicNanoseconds() : 0
         if window > 0 && n > 0 {
             let slept = woke &- before
@@ -342,7 +342,7 @@ public final class EventLoop: @unchecked Sendable {
             let event = events[i]
             i += 1
             if event.data == UInt64.max {
-                _ = sipedge_eventfd_drain(wakeFD)
+                _ = tshim_eventfd_drain(wakeFD)
                 continue
             }
             let slot = Int(UInt32(truncatingIfNeeded: event.data))

@@ -36,7 +36,7 @@ public final class SCTPEndpoint: EventHandler {
     public init(loop: EventLoop, bindTo address: SocketAddress, name: String, receiver: any SCTPReceiver) throws(ListenerError) {
         self.loop = loop
         self.receiver = receiver
-        let fd = sipedge_sctp_socket(address.kernelFamily)
+        let fd = tshim_sctp_socket(address.kernelFamily)
         guard fd >= 0 else {
             let e = SystemError("socket(SCTP)", errno: Glibc.errno)
             throw Self.explain(e, listener: name)
@@ -75,7 +75,7 @@ public final class SCTPEndpoint: EventHandler {
     public func send(_ message: [UInt8], to peer: SocketAddress) throws(SystemError) {
         let fd = socket.descriptor
         let r = message.withUnsafeBytes { raw in
-            peer.withSockAddr { sipedge_sctp_send(fd, raw.baseAddress, raw.count, $0, $1) }
+            peer.withSockAddr { tshim_sctp_send(fd, raw.baseAddress, raw.count, $0, $1) }
         }
         if r < 0 { throw SystemError("sctp_sendmsg \(peer)", errno: Glibc.errno) }
     }
@@ -86,7 +86,7 @@ public final class SCTPEndpoint: EventHandler {
         var fromLength = socklen_t(0)
         var notification: Int32 = 0
         for _ in 0..<64 {
-            let n = sipedge_sctp_receive(socket.descriptor, buffer.baseAddress, buffer.count, &from, &fromLength, &notification)
+            let n = tshim_sctp_receive(socket.descriptor, buffer.baseAddress, buffer.count, &from, &fromLength, &notification)
             if n < 0 {
                 let e = Glibc.errno
                 if e == EAGAIN || e == EWOULDBLOCK { return }

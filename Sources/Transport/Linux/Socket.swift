@@ -85,7 +85,7 @@ public struct Socket: ~Copyable {
         let r = try nonBlocking("accept4") {
             withUnsafeMutablePointer(to: &storage) { p in
                 p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    sipedge_accept(fd, $0, &length)
+                    tshim_accept(fd, $0, &length)
                 }
             }
         }

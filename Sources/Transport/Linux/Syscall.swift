@@ -68,14 +68,23 @@ public enum ProcessMemory {
     /// Hands the free pages of every malloc arena back to the kernel (glibc's `malloc_trim`);
     /// true if any were returned.
     @discardableResult
-    public static func returnFreedPages() -> Bool { sipedge_malloc_trim() == 1 }
+    public static func returnFreedPages() -> Bool { tshim_malloc_trim() == 1 }
 
     /// Freed memory up to `bytes` per heap stays with the process until `returnFreedPages`,
     /// instead of going back to the kernel at every free and being asked for again at the next
     /// allocation.
-    public static func keepFreedMemory(upTo bytes: Int) { sipedge_keep_freed_memory(bytes) }
+    public static func keepFreedMemory(upTo bytes: Int) { tshim_keep_freed_memory(bytes) }
 
     /// Grows the calling thread's heap by `bytes` once (address space, not resident memory), so
     /// that it does not grow page by page, a system call each time, while calls pile up.
-    public static func reserveHeap(_ bytes: Int) { sipedge_reserve_heap(bytes) }
+    public static func reserveHeap(_ bytes: Int) { tshim_reserve_heap(bytes) }
+}
+
+/// Random bytes from the kernel (getrandom).
+public enum KernelRandom {
+    /// Fills `buffer`; false when the kernel gave fewer bytes than asked.
+    @discardableResult
+    public static func fill(_ buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        tshim_random_bytes(buffer.baseAddress, buffer.count) == 0
+    }
 }

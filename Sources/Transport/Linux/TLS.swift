@@ -13,7 +13,7 @@ public struct TLSError: Error, Sendable, CustomStringConvertible {
 /// The latest queued OpenSSL error as text (and the queue cleared), nil if there is none.
 func lastOpenSSLError() -> String? {
     var buffer = [CChar](repeating: 0, count: 256)
-    sipedge_tls_last_error(&buffer, buffer.count)
+    tshim_tls_last_error(&buffer, buffer.count)
     let text = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     return text.isEmpty ? nil : text
 }
@@ -42,7 +42,7 @@ public final class TLSContext: @unchecked Sendable {
         guard let method = role == .server ? TLS_server_method() : TLS_client_method(),
               let ctx = SSL_CTX_new(method) else { throw TLSError.openSSL("SSL_CTX_new") }
         context = ctx
-        guard sipedge_tls_set_min_version_tls12(ctx) == 1 else { throw TLSError.openSSL("minimum TLS version") }
+        guard tshim_tls_set_min_version_tls12(ctx) == 1 else { throw TLSError.openSSL("minimum TLS version") }
         if let certificateFile {
             guard SSL_CTX_use_certificate_chain_file(ctx, certificateFile) == 1 else {
                 throw TLSError.openSSL("certificate \(certificateFile)")
@@ -94,7 +94,7 @@ final class TLSSession {
         } else {
             SSL_set_connect_state(ssl)
             if let serverName {
-                _ = sipedge_tls_set_server_name(ssl, serverName)
+                _ = tshim_tls_set_server_name(ssl, serverName)
                 // Check the certificate names this host (or IP address).
                 if SocketAddress(ip: serverName, port: 0) != nil {
                     let param = SSL_get0_param(ssl)
@@ -113,7 +113,7 @@ final class TLSSession {
 
     /// The SNI name a server session was asked for.
     var requestedServerName: String? {
-        guard let name = sipedge_tls_server_name(ssl) else { return nil }
+        guard let name = tshim_tls_server_name(ssl) else { return nil }
         return String(cString: name)
     }
 
@@ -158,7 +158,7 @@ final class TLSSession {
 
     /// Ciphertext OpenSSL wants sent, if any.
     func takeOutput() -> [UInt8]? {
-        let pending = Int(sipedge_tls_bio_pending(networkOut))
+        let pending = Int(tshim_tls_bio_pending(networkOut))
         guard pending > 0 else { return nil }
         var out = [UInt8](repeating: 0, count: pending)
         let n = out.withUnsafeMutableBytes { BIO_read(networkOut, $0.baseAddress, Int32(pending)) }

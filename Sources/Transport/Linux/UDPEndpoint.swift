@@ -34,9 +34,9 @@ public final class UDPEndpoint: EventHandler, IterationEndHandler {
     /// Receive and send buffers: `batchSize` × 65,535 bytes each, allocated once.
     private let receiveArena: UnsafeMutableRawPointer
     private let sendArena: UnsafeMutableRawPointer
-    private var receiveSlots: [sipedge_datagram]
+    private var receiveSlots: [tshim_datagram]
     private var outgoing: [(bytes: [UInt8], to: SocketAddress)] = []
-    private var sendSlots: [sipedge_datagram]
+    private var sendSlots: [tshim_datagram]
     private var flushScheduled = false
     private var waitingForWritable = false
     /// Datagrams dropped because the kernel refused them (ICMP errors also reach the receiver).
@@ -60,7 +60,7 @@ public final class UDPEndpoint: EventHandler, IterationEndHandler {
         // Bigger kernel buffers absorb bursts; the kernel caps them at net.core.rmem_max.
         try? s.setOption(SOL_SOCKET, SO_RCVBUF, receiveBufferBytes, "SO_RCVBUF")
         try? s.setOption(SOL_SOCKET, SO_SNDBUF, receiveBufferBytes, "SO_SNDBUF")
-        if sipedge_enable_receive_errors(s.descriptor, address.kernelFamily) != 0 {
+        if tshim_enable_receive_errors(s.descriptor, address.kernelFamily) != 0 {
             throw SystemError("setsockopt(IP_RECVERR)", errno: Glibc.errno)
         }
         try s.bind(to: address)
@@ -68,8 +68,8 @@ public final class UDPEndpoint: EventHandler, IterationEndHandler {
         socket = s
         receiveArena = UnsafeMutableRawPointer.allocate(byteCount: self.batchSize * Self.maxDatagram, alignment: 16)
         sendArena = UnsafeMutableRawPointer.allocate(byteCount: self.batchSize * Self.maxDatagram, alignment: 16)
-        receiveSlots = Array(repeating: sipedge_datagram(), count: self.batchSize)
-        sendSlots = Array(repeating: sipedge_datagram(), count: self.batchSize)
+        receiveSlots = Array(repeating: tshim_datagram(), count: self.batchSize)
+        sendSlots = Array(repeating: tshim_datagram(), count: self.batchSize)
         registration = try loop.register(socket.descriptor, for: .readable, handler: self)
     }
 
@@ -78,15 +78,14 @@ public final class UDPEndpoint: EventHandler, IterationEndHandler {
         sendArena.deallocate()
     }
 
-    /// Asks the kernel to deliver each SIP response that reaches this socket's SO_REUSEPORT group
-    /// to the socket of the worker its top Via branch names (`z9hG4bKs<worker>x…`): the group's
-    /// n-th socket must be worker n's, so call this after every worker bound its socket, in order.
-    /// The answer then reaches the thread that owns its transaction without a hand-over; what the
-    /// program cannot read (requests, compact Via, short datagrams) keeps the usual hash.
-    public func steerResponsesByBranch() throws(SystemError) {
-        if sipedge_steer_responses_by_branch(socket.descriptor) != 0 {
-            throw SystemError("setsockopt(SO_ATTACH_REUSEPORT_CBPF)", errno: Glibc.errno)
-        }
+    /// Attaches `program` to this socket's SO_REUSEPORT group: the kernel runs it on each datagram
+    /// that reaches the group and queues the datagram on the socket whose index (in bind order) it
+    /// returns; an index past the group leaves the choice to the kernel's usual hash. Call it once
+    /// every socket of the group is bound, in order.
+    public func attachGroupProgram(_ program: [SocketFilterInstruction]) throws(SystemError) {
+        let instructions = program.map { sock_filter(code: $0.code, jt: $0.jumpIfTrue, jf: $0.jumpIfFalse, k: $0.k) }
+        let result = instructions.withUnsafeBufferPointer { tshim_attach_reuseport_program(socket.descriptor, $0.baseAddress, UInt32($0.count)) }
+        if result != 0 { throw SystemError("setsockopt(SO_ATTACH_REUSEPORT_CBPF)", errno: Glibc.errno) }
     }
 
     /// Stops receiving; the socket closes when the endpoint goes away.
@@ -132,7 +131,7 @@ public final class UDPEndpoint: EventHandler, IterationEndHandler {
                     slots[i].length = count
                     slots[i].address_length = item.to.write(to: &slots[i].address)
                 }
-                return sipedge_send_batch(socket.descriptor, slots.baseAddress, UInt32(n))
+                return tshim_send_batch(socket.descriptor, slots.baseAddress, UInt32(n))
             }
             if result < 0 {
                 let e = Glibc.errno
@@ -177,7 +176,7 @@ public final class UDPEndpoint: EventHandler, IterationEndHandler {
                     slots[i].base = receiveArena + i * Self.maxDatagram
                     slots[i].length = Self.maxDatagram
                 }
-                return sipedge_receive_batch(socket.descriptor, slots.baseAddress, UInt32(batchSize))
+                return tshim_receive_batch(socket.descriptor, slots.baseAddress, UInt32(batchSize))
             }
             if n < 0 {
                 let e = Glibc.errno
@@ -207,7 +206,7 @@ public final class UDPEndpoint: EventHandler, IterationEndHandler {
         var storage = sockaddr_storage()
         var length = socklen_t(0)
         var code: Int32 = 0
-        while sipedge_read_socket_error(socket.descriptor, &code, &storage, &length) == 1 {
+        while tshim_read_socket_error(socket.descriptor, &code, &storage, &length) == 1 {
             guard let destination = withUnsafeBytes(of: &storage, { SocketAddress($0.baseAddress!, length: Int(length)) }) else { continue }
             receiver?.unreachable(destination, error: SystemError("ICMP", errno: code), on: self)
         }
