@@ -159,14 +159,7 @@ public final class Dispatcher: Sendable {
     }
 
     /// FNV-1a (also what spreads calls by Call-ID over the workers).
-    static func hash(_ bytes: some Sequence<UInt8>) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in bytes {
-            h ^= UInt64(b)
-            h &*= 0x0000_0100_0000_01b3
-        }
-        return h
-    }
+    static func hash(_ bytes: some Sequence<UInt8>) -> UInt64 { MessageIntake.fnv1a(bytes) }
 
     // MARK: - States
 

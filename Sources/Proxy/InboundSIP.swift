@@ -15,28 +15,8 @@ final class CallRouting: @unchecked Sendable {
 
     init(workers: WorkerGroup) { self.workers = workers }
 
-    /// Responses carry our Via branch, in-dialog requests our tag or Call-ID: all name their worker.
-    /// A new request stays with the worker that received it (`receiver`): the kernel keeps one
-    /// source on one worker's socket (the SO_REUSEPORT hash of its addresses) and a TCP or TLS
-    /// connection on one worker, so its retransmissions and CANCEL arrive there too, with no
-    /// hand-over. (A CANCEL that another source port brought elsewhere is passed from worker to
-    /// worker: `passOnCancel`.) The identifiers are read in place: no copy per message.
-    /// With `spreadByCallID` (a listener's `spread_calls_by = "call-id"`) a new request goes to
-    /// the worker its Call-ID hashes to instead.
-    func owner(of m: SIPMessage, receiver: Int, spreadByCallID: Bool = false) -> Int {
-        if !m.isRequest, let branch = m.topViaBranch, branch.count > 7,
-           let w = branch.withUnsafeBytes({ ShardedIdentifiers.worker(of: $0.dropFirst(7), workers: workers.count) }) { return w }
-        if let w = owner(tag: m.tag(of: .to), callID: m.callID) { return w }
-        guard spreadByCallID, let callID = m.callID else { return receiver }
-        return Int(callID.withUnsafeBytes { Dispatcher.hash($0) } % UInt64(workers.count))
-    }
-
     /// The worker of a dialog named by our tag or, failing that, our Call-ID; nil when neither is ours.
-    func owner(tag: ByteView?, callID: ByteView?) -> Int? {
-        let n = workers.count
-        if let tag, let w = tag.withUnsafeBytes({ ShardedIdentifiers.worker(of: $0, workers: n) }) { return w }
-        return callID?.withUnsafeBytes { ShardedIdentifiers.worker(of: $0, workers: n) }
-    }
+    func owner(tag: ByteView?, callID: ByteView?) -> Int? { MessageIntake.owner(tag: tag, callID: callID, workers: workers.count) }
 
     /// Offers a CANCEL that matched no INVITE on `worker` to the next worker, until it is back
     /// with the one it first reached (which then answers 481).
@@ -57,22 +37,21 @@ final class CallRouting: @unchecked Sendable {
         }
     }
 
-    /// Hands `m` to the worker that owns it; returns that worker.
-    @discardableResult
-    func deliver(_ m: SIPMessage, from peer: Hop, listenerTag: String, receiver: Int, spreadByCallID: Bool) -> Int {
-        guard !b2buas.isEmpty else { return receiver }
-        let b2bua = b2buas[owner(of: m, receiver: receiver, spreadByCallID: spreadByCallID)]
-        workers.handOver(to: b2bua.loop.index) { b2bua.value.receive(m, from: peer, listenerTag: listenerTag) }
-        return b2bua.loop.index
+    /// Hands `m` to the worker `owner`.
+    func deliver(_ m: SIPMessage, from peer: Hop, listenerTag: String, to owner: Int) {
+        guard b2buas.indices.contains(owner) else { return }
+        let b2bua = b2buas[owner]
+        workers.handOver(to: owner) { b2bua.value.receive(m, from: peer, listenerTag: listenerTag) }
     }
 }
 
-/// The first layer above Transport on one worker: turns datagrams, stream frames and SCTP messages
-/// into parsed, checked SIP messages, and hands UDP, TCP and TLS ones to the B2BUA of the worker that owns them.
-/// An invalid one is answered where SIP says so, and logged with its reason.
+/// The edge's receiver on one worker: applies its policy (flood limits) to what the transports
+/// deliver, has the SIP stack's intake (`MessageIntake`) parse and check it, and hands UDP, TCP and
+/// TLS messages to the B2BUA of the worker that owns them. An invalid one is answered where SIP
+/// says so, and logged with its reason (summarised per source).
 final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable {
     let worker: Int
-    let limits: SIPParserLimits
+    let intake: MessageIntake
     let logger: Logger
     let routing: CallRouting
     let received = Atomic<Int>(0)
@@ -130,7 +109,7 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
         self.spreadByCallID = spreadByCallID
         self.ownPort = ownPort
         self.listenerTag = listenerTag
-        self.limits = limits
+        self.intake = MessageIntake(worker: worker, workers: routing.workers.count, limits: limits)
         self.logger = logger
         self.routing = routing
         protection = LoopBound(Protection(security), on: loop)
@@ -162,54 +141,32 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
 
     private static let responsePrefix = Array("SIP/".utf8)
 
-    /// Parses and checks one message; a valid one goes on, an invalid request that can be answered
-    /// (it has a Via to answer along, and SIP names a status) gets that status statelessly through
-    /// `reply`, with the reason in a Warning header; anything else is logged and dropped.
+    /// One delivery: the flood check, then the intake; a valid message goes to its owner, an
+    /// invalid one gets the answer the intake built (through `reply`) and a log line.
     private func accept(_ bytes: [UInt8], from peer: SocketAddress, via proto: TransportProtocol, reply: (([UInt8]) -> Void)? = nil) {
-        // RFC 3261 §7.5 / RFC 5626: a datagram of CRLFs is a keep-alive, not a message.
         if bytes.allSatisfy({ $0 == 0x0D || $0 == 0x0A }) { return }
         received.add(1, ordering: .relaxed)
         if let answer = floodVerdict(bytes, from: peer) {
             // Blocked: a 503 now and then tells an honest peer why; a flood gets silence.
-            if answer, let reply, let message = try? SIPMessage(parsing: bytes, limits: limits), message.method != .ack,
+            if answer, let reply, let message = try? SIPMessage(parsing: bytes, limits: intake.limits), message.method != .ack,
                message.topValue(.via) != nil {
-                var tag = ShardedIdentifiers(worker: worker)
-                reply(MessageBuilder.response(to: message, status: 503, toTag: tag.make(),
-                                              extraHeaders: [("Retry-After", "\(protection.value.settings.blockMilliseconds / 1_000)"),
-                                                             ("Warning", "399 sipedge \"too many requests from this address\"")]))
+                reply(intake.answer(message, status: 503, warning: "too many requests from this address",
+                                    extra: [("Retry-After", "\(protection.value.settings.blockMilliseconds / 1_000)")]))
             }
             return
         }
-        var parsed: SIPMessage?
-        do throws(SIPParseError) {
-            let message = try SIPMessage(parsing: bytes, limits: limits)
-            parsed = message
-            try message.validate(limits: limits)
-            if message.isRequest { try message.checkRequestURIScheme() }
+        switch intake.take(bytes, answerable: reply != nil) {
+        case .keepAlive:
+            return
+        case .message(let message):
             logger.debug("worker \(worker): \(proto.rawValue) from \(peer): \(message.method?.description ?? "\(message.statusCode ?? 0)")")
-            if proto != .sctp {
-                let owner = routing.deliver(message, from: Hop(proto, peer, worker: proto == .udp && !ownPort ? nil : worker), listenerTag: listenerTag, receiver: worker, spreadByCallID: spreadByCallID)
-                if owner != worker { handedOver.add(1, ordering: .relaxed) }
-            }
-        } catch {
+            guard proto != .sctp else { return }
+            let owner = intake.owner(of: message, spreadByCallID: spreadByCallID)
+            routing.deliver(message, from: Hop(proto, peer, worker: proto == .udp && !ownPort ? nil : worker), listenerTag: listenerTag, to: owner)
+            if owner != worker { handedOver.add(1, ordering: .relaxed) }
+        case .invalid(let error, let answer, let outcome):
             invalid.add(1, ordering: .relaxed)
-            var outcome = "dropped"
-            if let status = error.status, let message = parsed, message.isRequest, message.method != .ack,
-               message.topValue(.via) != nil, let reply {
-                var tag = ShardedIdentifiers(worker: worker)
-                let response = MessageBuilder.response(to: message, status: status, toTag: tag.make(),
-                                                       extraHeaders: [("Warning", "399 sipedge \"\(error.code)\"")])
-                reply(response)
-                outcome = "answered \(status)"
-            } else if let status = error.status, let reply, var tag = Optional(ShardedIdentifiers(worker: worker)),
-                      let response = MessageBuilder.salvagedResponse(bytes, status: status, toTag: tag.make(), warning: "\(error.code)") {
-                // The message did not parse far enough to be indexed: its Via, From, To, Call-ID and
-                // CSeq lines are taken as they were written, so the sender still learns why.
-                reply(response)
-                outcome = "answered \(status) from the headers as written"
-            } else if let status = error.status {
-                outcome = "dropped (\(status) would need the headers it lacks)"
-            }
+            if let answer, let reply { reply(answer) }
             if summary.admit("invalid SIP message", from: peer) {
                 logger.notice("\(proto.rawValue) from \(peer): invalid SIP message (\(bytes.count) bytes): \(error); \(outcome)")
             }
