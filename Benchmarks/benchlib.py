@@ -5,10 +5,11 @@ import contextlib, os, shutil, signal, subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start_sipedge(work, edge_port, backend_port, extra="", top="", listener="", name="sipedge"):
+def start_sipedge(work, edge_port, backend_port, extra="", top="", listener="", name="sipedge", binary=None):
     """The release build on 127.0.0.1:edge_port (UDP), 2 workers, dialogs in work/<name>.db,
     new calls to 127.0.0.1:backend_port; `top` adds top-level keys, `extra` TOML sections,
-    `listener` keys of the listener. Its log goes to work/<name>.log."""
+    `listener` keys of the listener. Its log goes to work/<name>.log. `binary`: another build
+    (the baseline), else this checkout's release build."""
     config = os.path.join(work, f"{name}.toml")
     with open(config, "w") as f:
         f.write(f"""workers = 2
@@ -27,7 +28,7 @@ port = {edge_port}
 tag = "public"
 {listener}
 """)
-    return subprocess.Popen([os.path.join(ROOT, ".build/release/sipedge"), "run", "--config", config],
+    return subprocess.Popen([binary or os.path.join(ROOT, ".build/release/sipedge"), "run", "--config", config],
                             stdout=open(os.path.join(work, f"{name}.log"), "w"), stderr=subprocess.STDOUT)
 
 

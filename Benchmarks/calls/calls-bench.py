@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
 """make bench-calls: complete calls (INVITE, 100, 180, 200, ACK, BYE, 200) driven by SIPp through
 SIPEdge (B2BUA: topology hiding, dialogs) and through Kamailio 5.6 (tm, rr, dialog, topoh), in the
-same run, against the same SIPp backend. Prints, last:
+same run, against the same SIPp backend. Kamailio runs as its operators run it under load: 1 GB of
+shared memory, the TLSF allocator, a 4 MB socket receive buffer (-m 1024 -x tlsf -b 4194304).
+Prints, last:
 
   calls: sipedge N cps, kamailio M cps, ratio R, success S%
-  cpu per 1000 calls at 500 cps: sipedge X s, kamailio Y s
+  cpu per 1000 calls at 500 cps (median of 3): sipedge X s, baseline B s, kamailio Y s, ratio X/Y
 
 N and M: the highest rate each sustains with at least 99.9 % of calls completed over a run of
-RUN_SECONDS (20 by default), found by doubling then halving the interval. X and Y: CPU seconds
+RUN_SECONDS (20 by default), found by doubling then halving the interval. X, B and Y: CPU seconds
 (user + system, from /proc, every process and thread of the proxy) per 1000 calls over a fixed
-500 cps run, taken first, on the freshly started proxies. Every load is bounded: a run sends rate * RUN_SECONDS calls and SIPp's -timeout ends it.
-Before the last line, the same CPU figure for two more SIPEdges: one with `worker_ports` (each
-worker's own port toward the backend), one with `coalesce_microseconds = 0` (no message waits for
-its worker's next look; the default, 2000, lets one wait up to 2 ms when the worker is busy).
+500 cps run, taken first, on the freshly started proxies, three rounds alternating between them,
+the median of each. B is the build at BASELINE_BINARY (calls-bench.sh builds the commit BASELINE,
+HEAD~1 by default, in a temporary worktree); without it, no baseline. Every load is bounded: a run
+sends rate * RUN_SECONDS calls and SIPp's -timeout ends it. With VARIANTS=1, the same CPU figure
+for two more SIPEdges: one with `worker_ports`, one with `coalesce_microseconds = 0`.
 """
 import os, re, resource, subprocess, sys, tempfile, time
 
@@ -27,6 +30,9 @@ UAS_PORT, UAC_PORT, EDGE_PORT, KAM_PORT = 15080, 15070, 15060, 15090
 # The second SIPEdge: the same, with each worker's own port toward the backend; the third without
 # wake-up coalescing.
 TUNED_PORT, TUNED_WORKER_PORTS, IMMEDIATE_PORT = 15062, 15100, 15064
+BASELINE_PORT = 15066
+BASELINE_BINARY = os.environ.get("BASELINE_BINARY", "")
+VARIANTS = os.environ.get("VARIANTS") == "1"
 work = tempfile.mkdtemp(prefix="sipedge-bench-calls-")
 
 
@@ -158,7 +164,7 @@ def port_free(port):
 
 def main():
     busy = [p for p in (UAS_PORT, UAC_PORT, EDGE_PORT, KAM_PORT, TUNED_PORT, TUNED_WORKER_PORTS, TUNED_WORKER_PORTS + 1,
-                        IMMEDIATE_PORT)
+                        IMMEDIATE_PORT, BASELINE_PORT)
             if not port_free(p)]
     if busy:
         sys.exit(f"UDP ports {busy} are in use (a SIPp or proxy left from an earlier run?)")
@@ -168,37 +174,52 @@ def main():
         procs.append(uas)
         edge = benchlib.start_sipedge(work, EDGE_PORT, UAS_PORT)
         procs.append(edge)
-        tuned = benchlib.start_sipedge(work, TUNED_PORT, UAS_PORT, listener=f"worker_ports = {TUNED_WORKER_PORTS}",
-                                       name="sipedge-worker-ports")
-        procs.append(tuned)
-        immediate = benchlib.start_sipedge(work, IMMEDIATE_PORT, UAS_PORT, top="coalesce_microseconds = 0",
-                                           name="sipedge-immediate")
-        procs.append(immediate)
+        started = [(edge, "sipedge")]
+        baseline = None
+        if BASELINE_BINARY:
+            baseline = benchlib.start_sipedge(work, BASELINE_PORT, UAS_PORT, name="sipedge-baseline", binary=BASELINE_BINARY)
+            procs.append(baseline)
+            started.append((baseline, "sipedge (baseline)"))
+        if VARIANTS:
+            tuned = benchlib.start_sipedge(work, TUNED_PORT, UAS_PORT, listener=f"worker_ports = {TUNED_WORKER_PORTS}",
+                                           name="sipedge-worker-ports")
+            immediate = benchlib.start_sipedge(work, IMMEDIATE_PORT, UAS_PORT, top="coalesce_microseconds = 0",
+                                               name="sipedge-immediate")
+            procs += [tuned, immediate]
+            started += [(tuned, "sipedge (worker_ports)"), (immediate, "sipedge (no coalescing)")]
         with open(os.path.join(HERE, "kamailio.cfg.in")) as f:
             cfg = f.read().replace("@PORT@", str(KAM_PORT)).replace("@BACKEND@", f"127.0.0.1:{UAS_PORT}").replace("@CHILDREN@", "2")
         kcfg = os.path.join(work, "kamailio.cfg")
         with open(kcfg, "w") as f:
             f.write(cfg)
-        # TLSF: Kamailio's fast allocator. With its default (qm) and a large heap, qm_malloc took 80 %
-        # of its CPU here and it spent 2.9 CPU-s per 1000 calls; the reference should be a tuned one.
-        kam = subprocess.Popen(["kamailio", "-f", kcfg, "-DD", "-E", "-x", "tlsf", "-m", "256", "-M", "32"],
+        # As operators run it under load: TLSF (with its default allocator, qm, qm_malloc took
+        # 80 % of its CPU here), 1 GB of shared memory, a 4 MB socket receive buffer.
+        kam = subprocess.Popen(["kamailio", "-f", kcfg, "-DD", "-E", "-x", "tlsf", "-m", "1024", "-M", "32", "-b", "4194304"],
                                stdout=open(os.path.join(work, "kamailio.log"), "w"), stderr=subprocess.STDOUT)
         procs.append(kam)
+        started.append((kam, "kamailio"))
         time.sleep(2)
-        for p, name in [(edge, "sipedge"), (tuned, "sipedge (worker_ports)"), (immediate, "sipedge (no coalescing)"),
-                        (kam, "kamailio")]:
+        for p, name in started:
             if p.poll() is not None:
                 sys.exit(f"{name} did not start; see {work}")
 
         # The CPU runs come first, while every proxy is in the same state (started, idle): after
         # the rate search a proxy would carry what the overload runs left (calls SIPp gave up on,
         # tables grown for thousands of calls per second), and the one searched last would have
-        # had the least time to shed it.
-        print("cpu per 1000 calls at 500 cps")
-        x = cpu_per_thousand(edge.pid, EDGE_PORT, "sipedge")
-        t = cpu_per_thousand(tuned.pid, TUNED_PORT, "sipedge (worker_ports)")
-        z = cpu_per_thousand(immediate.pid, IMMEDIATE_PORT, "sipedge (no coalescing)")
-        y = cpu_per_thousand(kam.pid, KAM_PORT, "kamailio")
+        # had the least time to shed it. Three rounds, alternating, so that a slow spell of the
+        # machine does not fall on one proxy only; the median of each.
+        ports = {edge.pid: EDGE_PORT, kam.pid: KAM_PORT}
+        if baseline:
+            ports[baseline.pid] = BASELINE_PORT
+        if VARIANTS:
+            ports[tuned.pid], ports[immediate.pid] = TUNED_PORT, IMMEDIATE_PORT
+        print("cpu per 1000 calls at 500 cps, three rounds")
+        figures = {name: [] for _, name in started}
+        for round_ in range(3):
+            for p, name in (started if round_ % 2 == 0 else list(reversed(started))):
+                figures[name].append(cpu_per_thousand(p.pid, ports[p.pid], f"round {round_ + 1}: {name}"))
+        median = {name: sorted(v)[1] for name, v in figures.items()}
+        x, y = median["sipedge"], median["kamailio"]
         print(f"calls per second, {RUN_SECONDS} s per run (both proxies: 2 workers; SIPp UAC and UAS on the same 2 cores)")
         sipedge_cps, sipedge_success, sipedge_limited = highest_rate(EDGE_PORT, "sipedge")
         kam_cps, kam_success, kam_limited = highest_rate(KAM_PORT, "kamailio")
@@ -206,13 +227,12 @@ def main():
             print("note: SIPp's UAC used 90 % or more of a core in some runs: there the load generator, not the proxy, "
                   "set the ceiling (the cpu line below does not depend on it)")
         ratio = sipedge_cps / kam_cps if kam_cps else float("inf")
-        print(f"cpu per 1000 calls at 500 cps, sipedge with worker_ports: {t:.3f} s, {t / y:.2f} x kamailio")
-        print(f"cpu per 1000 calls at 500 cps, sipedge with coalesce_microseconds = 0 (no message waits): "
-              f"{z:.3f} s, {z / y:.2f} x kamailio")
-        print(f"cpu per 1000 calls at 500 cps, sipedge as shipped (coalesce_microseconds = 2000: a message waits "
-              f"up to 2 ms while its worker is busy): {x / y:.2f} x kamailio")
+        for name, values in figures.items():
+            print(f"cpu per 1000 calls at 500 cps, {name}: {', '.join(f'{v:.3f}' for v in values)} s; median {median[name]:.3f} s, "
+                  f"{median[name] / y:.2f} x kamailio")
         print(f"calls: sipedge {sipedge_cps} cps, kamailio {kam_cps} cps, ratio {ratio:.2f}, success {sipedge_success:.2f}%")
-        print(f"cpu per 1000 calls at 500 cps: sipedge {x:.3f} s, kamailio {y:.3f} s")
+        base = f", baseline {median['sipedge (baseline)']:.3f} s" if baseline else ""
+        print(f"cpu per 1000 calls at 500 cps (median of 3): sipedge {x:.3f} s{base}, kamailio {y:.3f} s, ratio {x / y:.2f}")
 
 
 if __name__ == "__main__":
