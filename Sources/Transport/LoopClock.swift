@@ -9,6 +9,8 @@ public protocol LoopClock: AnyObject {
     /// A timer that may fire a little late (it only ends a wait), so that many share a wake-up.
     @discardableResult func schedule(atLeastMilliseconds delay: UInt64, target: any TimerTarget, token: UInt64) -> TimerID
     func cancel(_ timer: TimerID)
+    /// `handler.iterationEnded()` once, when the work at hand is done (a batch to flush).
+    func atEndOfIteration(_ handler: any IterationEndHandler)
     func assertInLoop()
 }
 
@@ -20,6 +22,7 @@ public final class ManualClock: LoopClock {
     public let index: Int
     private var timers = TimerWheel<LoopTimer>(slotCount: 256)
     private var expired: [LoopTimer] = []
+    private var endOfIteration: [any IterationEndHandler] = []
 
     public init(index: Int = 0, startMilliseconds: UInt64 = 1_000) {
         self.index = index
@@ -43,6 +46,18 @@ public final class ManualClock: LoopClock {
 
     public func assertInLoop() {}
 
+    public func atEndOfIteration(_ handler: any IterationEndHandler) { endOfIteration.append(handler) }
+
+    /// Ends the "iteration" a test's message was handled in: what waits for its end runs now.
+    /// (`advance` does this after each firing of timers.)
+    public func endIteration() {
+        while !endOfIteration.isEmpty {
+            let handlers = endOfIteration
+            endOfIteration.removeAll()
+            for h in handlers { h.iterationEnded() }
+        }
+    }
+
     /// Moves time forward by `milliseconds`, firing every timer due on the way, earliest first
     /// (a timer a firing arms fires too, if it falls due within the step).
     public func advance(byMilliseconds milliseconds: UInt64) {
@@ -64,5 +79,6 @@ public final class ManualClock: LoopClock {
             case .target(let target, let token): target.timerFired(token)
             }
         }
+        endIteration()
     }
 }

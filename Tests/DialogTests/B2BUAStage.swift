@@ -60,8 +60,16 @@ final class B2BUAStage {
         }
     }
 
-    func fromCaller(_ m: SIPMessage, hop: Hop = caller, listenerTag: String = "public") { b2bua.receive(m, from: hop, listenerTag: listenerTag) }
-    func fromBackend(_ m: SIPMessage, hop: Hop = backends[0]) { b2bua.receive(m, from: hop, listenerTag: "farm") }
+    /// A message in, handled as one loop iteration.
+    func fromCaller(_ m: SIPMessage, hop: Hop = caller, listenerTag: String = "public") {
+        b2bua.receive(m, from: hop, listenerTag: listenerTag)
+        clock.endIteration()
+    }
+
+    func fromBackend(_ m: SIPMessage, hop: Hop = backends[0]) {
+        b2bua.receive(m, from: hop, listenerTag: "farm")
+        clock.endIteration()
+    }
     func wait(_ milliseconds: UInt64) { clock.advance(byMilliseconds: milliseconds) }
 
     /// What went to `hop` and was not read yet, oldest first; reading it marks it read.

@@ -28,16 +28,6 @@ let benchmarks: @Sendable () -> Void = {
     Benchmark("parse + validate (mix)") { benchmark in
         for i in benchmark.scaledIterations { blackHole(try? SIPMessage(parsing: mix[i % mix.count]).validate()) }
     }
-    let parsed = mix.map { try! SIPMessage(parsing: $0) }
-    Benchmark("serialize proxy edits (mix)") { benchmark in
-        var out: [UInt8] = []
-        out.reserveCapacity(4096)
-        for i in benchmark.scaledIterations {
-            out.removeAll(keepingCapacity: true)
-            ParserWorkload.proxyEdit(parsed[i % parsed.count], into: &out)
-            blackHole(out.count)
-        }
-    }
     for headers in [8, 32, 128] {
         let text = "OPTIONS sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n"
             + (0..<(headers - 1)).map { "X-Header-\($0): value number \($0)\r\n" }.joined() + "Content-Length: 0\r\n\r\n"

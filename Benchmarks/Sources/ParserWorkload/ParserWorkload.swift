@@ -46,17 +46,4 @@ public enum ParserWorkload {
         default: return m.headerCount
         }
     }
-
-    /// A typical proxy edit list: new top Via, Record-Route, Max-Forwards decremented, new Request-URI.
-    @inline(never)
-    public static func proxyEdit(_ m: SIPMessage, into out: inout [UInt8]) {
-        var edits = MessageEdits(m)
-        edits.addTopVia("SIP/2.0/UDP 203.0.113.5:5060;branch=z9hG4bK-sipedge-1-0042".utf8)
-        edits.addHeaderAtTop("Record-Route", "<sip:203.0.113.5;lr>".utf8)
-        if let mf = (0..<m.headerCount).first(where: { m.header(at: $0).kind == .maxForwards }) {
-            edits.replaceHeaderValue(at: mf, with: "69".utf8)
-        }
-        if m.isRequest { edits.setRequestURI("sip:1002@203.0.113.10:5060".utf8) }
-        try? edits.serialize(into: &out)
-    }
 }

@@ -42,6 +42,14 @@ public struct MessageBuilder {
         value.withUnsafeBytes { header(name, $0) }
     }
 
+    /// A header line of a received message, name and value as written, copied straight from it.
+    public mutating func header(copying name: ByteView, _ value: ByteView) {
+        name.withUnsafeBytes { bytes.append(contentsOf: $0) }
+        append(": ")
+        value.withUnsafeBytes { bytes.append(contentsOf: $0) }
+        append("\r\n")
+    }
+
     /// A From or To value followed by `;tag=` and the tag (none when `tag` is empty).
     public mutating func header(_ name: String, _ value: some Collection<UInt8>, tag: String) {
         append(name)

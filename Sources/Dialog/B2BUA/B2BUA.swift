@@ -12,7 +12,7 @@ import Transport
 /// The work is spread by concern: call set-up and failover (CallSetup.swift), in-dialog requests
 /// (InDialogRelay.swift), session timers and pings (SessionTimers.swift), our Via and Contact and
 /// which headers cross (TopologyHiding.swift), requests the edge sends for itself (OwnRequests.swift).
-public final class B2BUA: TimerTarget {
+public final class B2BUA: TimerTarget, IterationEndHandler {
     public let clock: any LoopClock
     public let config: B2BUAConfig
     unowned let sender: any MessageSender
@@ -49,7 +49,11 @@ public final class B2BUA: TimerTarget {
         self.ids = ShardedIdentifiers(worker: clock.index)
         self.transactions = TransactionLayer(clock: clock, timers: config.timers, sender: sender)
         transactions.user = self
+        table.firstChange = { [unowned self] in self.clock.atEndOfIteration(self) }
     }
+
+    /// The loop's iteration is over: the dialogs it changed go to the sinks, one record each.
+    public func iterationEnded() { table.flush() }
 
     /// Every new version of every dialog record goes to `sink` too (the database, the cluster).
     public func add(sink: any DialogStateSink) { table.add(sink: sink) }

@@ -17,6 +17,8 @@ final class Call {
     /// A passive copy (replicated, or kept for a sharing tag this node does not hold): no timers,
     /// nothing sent, until `B2BUA.activate`.
     fileprivate(set) var active: Bool
+    /// Changed in this loop iteration: its new version goes to the sinks at `DialogTable.flush`.
+    fileprivate var changed = false
     /// The client's INVITE server transaction, while responses still flow back to it.
     var clientInvite: ServerTxRecord?
     /// The 2xx sent to the client, retransmitted until its ACK comes (RFC 3261 §13.3.1.4).
@@ -70,13 +72,19 @@ final class Call {
 }
 
 /// The dialogs of one worker, and the one gate their state passes: `update` is the only way to
-/// change a call's record, and each change bumps its version and goes to every sink (the database
-/// now, the cluster next). Calls are found by either leg's Call-ID and by number (timers).
+/// change a call's record. The changes one loop iteration makes to a call are one new version:
+/// `flush` (at the iteration's end) bumps it and hands the record to every sink (the database now,
+/// the cluster next), so a sink gets one record per changed call per iteration, not one per field.
+/// Calls are found by either leg's Call-ID and by number (timers).
 final class DialogTable {
     private(set) var byCallID: [String: Call] = [:]
     private(set) var byNumber: [UInt32: Call] = [:]
     private(set) var sinks: [any DialogStateSink] = []
     private var nextNumber: UInt32 = 1
+    /// Calls changed since the last `flush`, in the order of their first change.
+    private var changed: [Call] = []
+    /// Told when the first change after a `flush` is made (to have `flush` run at the iteration's end).
+    var firstChange: () -> Void = {}
 
     var count: Int { byNumber.count }
 
@@ -84,11 +92,13 @@ final class DialogTable {
 
     subscript(callID: String) -> Call? { byCallID[callID] }
 
-    /// A new call, from its first record (told to the sinks as version 1).
+    /// A new call, from its first record (told to the sinks at the next `flush`).
     func insert(_ record: DialogRecord) -> Call {
+        var record = record
+        record.version = 0
         let call = Call(number: takeNumber(), record: record, active: true)
         index(call)
-        emit(call.record)
+        markChanged(call)
         return call
     }
 
@@ -110,8 +120,8 @@ final class DialogTable {
 
     func activate(_ call: Call) { call.active = true }
 
-    /// The gate: `change` edits the call's record; the new version goes to every sink. A change of
-    /// either leg's Call-ID (a new backend attempt) moves the call in the index.
+    /// The gate: `change` edits the call's record, whose new version goes to every sink at the next
+    /// `flush`. A change of either leg's Call-ID (a new backend attempt) moves the call in the index.
     func update(_ call: Call, _ change: (inout DialogRecord) -> Void) {
         let ids = (call.record.client.callID, call.record.backend.callID)
         change(&call.record)
@@ -120,8 +130,26 @@ final class DialogTable {
             if byCallID[ids.1] === call { byCallID[ids.1] = nil }
             index(call)
         }
-        call.record.version &+= 1
-        emit(call.record)
+        markChanged(call)
+    }
+
+    /// Each call changed since the last flush gets its next version, which every sink is told.
+    func flush() {
+        guard !changed.isEmpty else { return }
+        let calls = changed
+        changed.removeAll(keepingCapacity: true)
+        for call in calls {
+            call.changed = false
+            call.record.version &+= 1
+            for sink in sinks { sink.dialogChanged(call.record) }
+        }
+    }
+
+    private func markChanged(_ call: Call) {
+        guard !call.changed else { return }
+        call.changed = true
+        if changed.isEmpty { firstChange() }
+        changed.append(call)
     }
 
     /// The call is over: its last version (state `.ended`) goes to the sinks, and it leaves the table.
@@ -146,9 +174,5 @@ final class DialogTable {
         byNumber[call.number] = nil
         if byCallID[call.record.client.callID] === call { byCallID[call.record.client.callID] = nil }
         if byCallID[call.record.backend.callID] === call { byCallID[call.record.backend.callID] = nil }
-    }
-
-    private func emit(_ record: DialogRecord) {
-        for sink in sinks { sink.dialogChanged(record) }
     }
 }

@@ -84,17 +84,30 @@ extension B2BUA {
         for i in 0..<source.headerCount {
             let h = source.header(at: i)
             guard MessageBuilder.endToEnd.contains(h.kind), h.kind != .sessionExpires, h.kind != .minSE else { continue }
-            if h.kind == .supported || h.kind == .require {
+            if h.kind == .supported || h.kind == .require,
+               addTimer && h.kind == .supported && !supportedWritten || Self.mentionsTimer(h.value) {
                 let tags = h.value.string.split(separator: ",").map { String($0.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed()) }
                     .filter { !$0.isEmpty && $0.lowercased() != "timer" }
                 var kept = tags
                 if h.kind == .supported && addTimer && !supportedWritten { kept.append("timer"); supportedWritten = true }
                 if !kept.isEmpty { b.header(h.name.string, kept.joined(separator: ", ")) }
             } else {
-                b.header(h.name.string, h.value.bytes)
+                b.header(copying: h.name, h.value)
             }
         }
         if addTimer && !supportedWritten { b.header("Supported", "timer") }
+    }
+
+    /// Whether an option-tag list holds "timer" in any case (the rest pass as they are, unsplit).
+    static func mentionsTimer(_ value: ByteView) -> Bool {
+        value.withUnsafeBytes { raw in
+            guard raw.count >= 5 else { return false }
+            for i in 0...(raw.count - 5) where raw[i] | 0x20 == UInt8(ascii: "t") {
+                if raw[i + 1] | 0x20 == UInt8(ascii: "i"), raw[i + 2] | 0x20 == UInt8(ascii: "m"), raw[i + 3] | 0x20 == UInt8(ascii: "e"),
+                   raw[i + 4] | 0x20 == UInt8(ascii: "r") { return true }
+            }
+            return false
+        }
     }
 
     // MARK: - Replaces (RFC 3891) across the legs
