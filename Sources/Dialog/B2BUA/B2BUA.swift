@@ -76,9 +76,9 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
             receiveRequest(message, from: hop, listenerTag: listenerTag, firstWorker: firstWorker ?? clock.index)
         } else if let key = TransactionKey.client(forResponse: message), let tx = transactions.client[key] {
             transactions.receive(message, for: tx)
-        } else if let status = message.statusCode, status >= 200, status < 300, let id = message.callID,
-                  let call = table[id.string], call.side(ofCallID: id.bytes) == .backend, call.record.backendAcknowledged,
-                  (try? message.cseq().number) == call.record.backend.inviteCSeq {
+        } else if let status = message.statusCode, status >= 200, status < 300,
+                  let (call, side) = table.call(ourTag: message.tag(of: .from), callID: message.callID), side == .backend,
+                  call.record.backendAcknowledged, (try? message.cseq().number) == call.record.backend.inviteCSeq {
             // A retransmitted 2xx for a backend INVITE whose transaction ended once it was ACKed:
             // the ACK was lost, so it goes again (RFC 6026 §7.2 gives 2xx retransmissions to the TU).
             sendBackendACK(call)
@@ -90,7 +90,7 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
         let key = TransactionKey.server(forRequest: request)
         if request.method == .ack {
             if let key, let tx = transactions.server[key] { transactions.handle(.ack, tx) }
-            if let id = request.callID, let call = table[id.string], call.active, call.side(ofCallID: id.bytes) == .client,
+            if let (call, side) = table.call(ourTag: request.tag(of: .to), callID: request.callID), side == .client, call.active,
                Self.belongs(request, to: call.record.client) {
                 clientAcknowledged(call, ack: request)
             }
@@ -111,8 +111,9 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
             return   // another worker may hold its INVITE
         }
         if method == .invite, request.tag(of: .to) == nil, let id = request.callID {
-            if recentlyEnded.contains(id.string) { return }   // a late copy of the INVITE of a call that is over
-            if let call = table[id.string], call.side(ofCallID: id.bytes) == .client {
+            let callID = id.string
+            if recentlyEnded.contains(callID) { return }   // a late copy of the INVITE of a call that is over
+            if let call = table[callID], call.side(ofCallID: id) == .client {
                 // The INVITE of a call we already carry, whose transaction ended with the caller's
                 // ACK (or a copy that took another path, §8.2.2.2): it changes nothing; a 2xx not
                 // yet acknowledged goes again.

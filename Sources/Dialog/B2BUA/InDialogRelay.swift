@@ -7,7 +7,7 @@ extension B2BUA {
     /// An in-dialog request (To has a tag): BYE ends the call on both legs; a session refresh is
     /// answered here; anything else crosses to the other leg.
     func inDialog(_ request: SIPMessage, _ tx: ServerTxRecord) {
-        guard let id = request.callID, let call = table[id.string], let side = call.side(ofCallID: id.bytes),
+        guard let (call, side) = table.call(ourTag: request.tag(of: .to), callID: request.callID),
               Self.belongs(request, to: call[side]) else {
             respond(tx, status: 481)
             return

@@ -21,7 +21,9 @@ public struct MessageBuilder {
 
     public init(status: Int, reason: some Collection<UInt8>) {
         bytes.reserveCapacity(1_024)
-        append("SIP/2.0 \(status) ")
+        append("SIP/2.0 ")
+        appendDecimal(status)
+        append(" ")
         bytes.append(contentsOf: reason)
         append("\r\n")
     }

@@ -62,9 +62,35 @@ extension B2BUA {
 
     static let sdpType = ByteView(text: "application/sdp")
 
+    /// The URI of a message's first Contact (nil for none or `*`). The message was validated, so
+    /// a scan finds it without parsing the whole list: inside `<>` when there are brackets before
+    /// the first `,` or `;` (outside a quoted display name), else up to the first `;`, `,` or space.
     static func contactURI(of message: SIPMessage) -> [UInt8]? {
-        if let contact = try? message.contact(), case .addresses(let a) = contact, let first = a.first { return first.uri.text.bytes }
-        return nil
+        guard let value = message.firstValue(.contact) else { return nil }
+        return value.withUnsafeBytes { raw -> [UInt8]? in
+            let n = raw.count
+            func isSpace(_ b: UInt8) -> Bool { b == 0x20 || b == 0x09 || b == 0x0D || b == 0x0A }
+            var i = 0
+            while i < n, isSpace(raw[i]) { i += 1 }
+            guard i < n, raw[i] != UInt8(ascii: "*") else { return nil }
+            var j = i, quoted = false
+            scan: while j < n {
+                switch raw[j] {
+                case UInt8(ascii: "\\") where quoted: j += 1
+                case UInt8(ascii: "\""): quoted.toggle()
+                case UInt8(ascii: "<") where !quoted:
+                    var end = j + 1
+                    while end < n, raw[end] != UInt8(ascii: ">") { end += 1 }
+                    return Array(raw[(j + 1)..<end])
+                case UInt8(ascii: ","), UInt8(ascii: ";"): if !quoted { break scan }
+                default: break
+                }
+                j += 1
+            }
+            var end = i
+            while end < n, !isSpace(raw[end]), raw[end] != UInt8(ascii: ";"), raw[end] != UInt8(ascii: ",") { end += 1 }
+            return end > i ? Array(raw[i..<end]) : nil
+        }
     }
 
     static func supports(_ message: SIPMessage, _ tag: String) -> Bool {
@@ -118,7 +144,7 @@ extension B2BUA {
     /// other way round. Nil when it names no dialog here (it is then passed as it is).
     func translatedReplaces(_ value: String) -> (value: String, call: Call, side: DialogRecord.Side)? {
         var parts = value.split(separator: ";", omittingEmptySubsequences: false).map { $0.trimmingSpaces }
-        guard let callID = parts.first, let call = table[String(callID)], let side = call.side(ofCallID: callID.utf8) else { return nil }
+        guard let callID = parts.first, let call = table[String(callID)], let side = call.side(ofCallID: String(callID)) else { return nil }
         let named = call[side], other = call[side.other]
         func mapped(_ tag: Substring) -> String? {
             if tag == named.localTag { return other.remoteTag }

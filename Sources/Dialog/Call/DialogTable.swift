@@ -61,9 +61,16 @@ final class Call {
 
     subscript(side: DialogRecord.Side) -> LegRecord { record[side] }
 
-    func side(ofCallID id: some Collection<UInt8>) -> DialogRecord.Side? {
-        if id.elementsEqual(record.backend.callID.utf8) { return .backend }
-        if id.elementsEqual(record.client.callID.utf8) { return .client }
+    /// The leg whose Call-ID `id` is (read in place: no copy).
+    func side(ofCallID id: ByteView) -> DialogRecord.Side? {
+        if id.equals(record.backend.callID) { return .backend }
+        if id.equals(record.client.callID) { return .client }
+        return nil
+    }
+
+    func side(ofCallID id: String) -> DialogRecord.Side? {
+        if id == record.backend.callID { return .backend }
+        if id == record.client.callID { return .client }
         return nil
     }
 
@@ -78,6 +85,9 @@ final class Call {
 /// Calls are found by either leg's Call-ID and by number (timers).
 final class DialogTable {
     private(set) var byCallID: [String: Call] = [:]
+    /// By our own tag on either leg: short identifiers we made (no allocation to look one up),
+    /// which every in-dialog request and every response names.
+    private(set) var byTag: [String: Call] = [:]
     private(set) var byNumber: [UInt32: Call] = [:]
     private(set) var sinks: [any DialogStateSink] = []
     private var nextNumber: UInt32 = 1
@@ -91,6 +101,14 @@ final class DialogTable {
     func add(sink: any DialogStateSink) { sinks.append(sink) }
 
     subscript(callID: String) -> Call? { byCallID[callID] }
+
+    /// The call and leg a message belongs to, by our tag in it (To of a request we receive, From
+    /// of a response) and its Call-ID, both read in place.
+    func call(ourTag: ByteView?, callID: ByteView?) -> (call: Call, side: DialogRecord.Side)? {
+        guard let ourTag, let callID, let call = byTag[ourTag.string], let side = call.side(ofCallID: callID),
+              ourTag.equals(call.record[side].localTag) else { return nil }
+        return (call, side)
+    }
 
     /// A new call, from its first record (told to the sinks at the next `flush`).
     func insert(_ record: DialogRecord) -> Call {
@@ -123,11 +141,11 @@ final class DialogTable {
     /// The gate: `change` edits the call's record, whose new version goes to every sink at the next
     /// `flush`. A change of either leg's Call-ID (a new backend attempt) moves the call in the index.
     func update(_ call: Call, _ change: (inout DialogRecord) -> Void) {
-        let ids = (call.record.client.callID, call.record.backend.callID)
+        let ids = (call.record.client.callID, call.record.backend.callID, call.record.client.localTag, call.record.backend.localTag)
         change(&call.record)
-        if ids != (call.record.client.callID, call.record.backend.callID) {
-            if byCallID[ids.0] === call { byCallID[ids.0] = nil }
-            if byCallID[ids.1] === call { byCallID[ids.1] = nil }
+        if ids != (call.record.client.callID, call.record.backend.callID, call.record.client.localTag, call.record.backend.localTag) {
+            forget(call, callID: ids.0, tag: ids.2)
+            forget(call, callID: ids.1, tag: ids.3)
             index(call)
         }
         markChanged(call)
@@ -166,13 +184,23 @@ final class DialogTable {
 
     private func index(_ call: Call) {
         byNumber[call.number] = call
-        if !call.record.client.callID.isEmpty { byCallID[call.record.client.callID] = call }
-        if !call.record.backend.callID.isEmpty { byCallID[call.record.backend.callID] = call }
+        index(call, callID: call.record.client.callID, tag: call.record.client.localTag)
+        index(call, callID: call.record.backend.callID, tag: call.record.backend.localTag)
+    }
+
+    private func index(_ call: Call, callID: String, tag: String) {
+        if !callID.isEmpty { byCallID[callID] = call }
+        if !tag.isEmpty { byTag[tag] = call }
     }
 
     private func unindex(_ call: Call) {
         byNumber[call.number] = nil
-        if byCallID[call.record.client.callID] === call { byCallID[call.record.client.callID] = nil }
-        if byCallID[call.record.backend.callID] === call { byCallID[call.record.backend.callID] = nil }
+        forget(call, callID: call.record.client.callID, tag: call.record.client.localTag)
+        forget(call, callID: call.record.backend.callID, tag: call.record.backend.localTag)
+    }
+
+    private func forget(_ call: Call, callID: String, tag: String) {
+        if byCallID[callID] === call { byCallID[callID] = nil }
+        if byTag[tag] === call { byTag[tag] = nil }
     }
 }
