@@ -37,11 +37,16 @@ final class CallRouting: @unchecked Sendable {
         }
     }
 
-    /// Hands `m` to the worker `owner`.
+    /// Hands `m` to the worker `owner`: at once when that is the calling thread (the usual case:
+    /// no closure, no copy of the message), else through its queue.
     func deliver(_ m: SIPMessage, from peer: Hop, listenerTag: String, to owner: Int) {
         guard b2buas.indices.contains(owner) else { return }
         let b2bua = b2buas[owner]
-        workers.handOver(to: owner) { b2bua.value.receive(m, from: peer, listenerTag: listenerTag) }
+        if b2bua.loop.inLoop {
+            b2bua.value.receive(m, from: peer, listenerTag: listenerTag)
+        } else {
+            workers.handOver(to: owner) { b2bua.value.receive(m, from: peer, listenerTag: listenerTag) }
+        }
     }
 }
 

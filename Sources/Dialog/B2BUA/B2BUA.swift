@@ -24,11 +24,12 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
     /// reached; true when another worker takes it, false when every worker has looked (481).
     public var passOnCancel: ((_ cancel: SIPMessage, _ hop: Hop, _ listenerTag: String, _ firstWorker: Int) -> Bool)?
     var ids: ShardedIdentifiers
-    /// Client Call-IDs of calls that ended in the last 64*T1, oldest first: a late copy of their
-    /// INVITE (UDP can deliver one after the ACK and BYE) must not start a new call. Bounded: past
-    /// `recentLimit` the oldest are forgotten early.
-    private var recentlyEnded: Set<String> = []
-    private var recentOrder: [(id: String, at: UInt64)] = []
+    /// Client Call-IDs of calls that ended in the last 64*T1 (as their hashes: the process's
+    /// Hasher is seeded at random, so no one can make one collide), oldest first: a late copy of
+    /// their INVITE (UDP can deliver one after the ACK and BYE) must not start a new call.
+    /// Bounded: past `recentLimit` the oldest are forgotten early.
+    private var recentlyEnded: Set<Int> = []
+    private var recentOrder: [(id: Int, at: UInt64)] = []
     private var recentHead = 0
     private static let recentLimit = 131_072
     /// Calls set up and ended so far (statistics and tests).
@@ -111,9 +112,8 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
             return   // another worker may hold its INVITE
         }
         if method == .invite, request.tag(of: .to) == nil, let id = request.callID {
-            let callID = id.string
-            if recentlyEnded.contains(callID) { return }   // a late copy of the INVITE of a call that is over
-            if let call = table[callID], call.side(ofCallID: id) == .client {
+            if recentlyEnded.contains(id.hashValue) { return }   // a late copy of the INVITE of a call that is over
+            if let call = table[id.string], call.side(ofCallID: id) == .client {
                 // The INVITE of a call we already carry, whose transaction ended with the caller's
                 // ACK (or a copy that took another path, §8.2.2.2): it changes nothing; a 2xx not
                 // yet acknowledged goes again.
@@ -160,9 +160,11 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
 
     func endCall(_ call: Call) {
         guard !call.isEnded else { return }
-        for t in [call.answerTimer, call.lifetimeTimer, call.sessionTimers.client, call.sessionTimers.backend, call.pingTimer] {
-            if let t { clock.cancel(t) }
-        }
+        if let t = call.answerTimer { clock.cancel(t) }
+        if let t = call.lifetimeTimer { clock.cancel(t) }
+        if let t = call.sessionTimers.client { clock.cancel(t) }
+        if let t = call.sessionTimers.backend { clock.cancel(t) }
+        if let t = call.pingTimer { clock.cancel(t) }
         call.answerTimer = nil
         call.pingTimer = nil
         call.lifetimeTimer = nil
@@ -173,7 +175,12 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
         call.ownRequests = []
         table.end(call)
         callsEnded += 1
-        rememberEnded(call.record.client.callID)
+        var callID = call.record.client.callID
+        rememberEnded(callID.withUTF8 { utf8 in
+            var hasher = Hasher()   // as ByteView hashes the same bytes
+            hasher.combine(bytes: UnsafeRawBufferPointer(utf8))
+            return hasher.finalize()
+        })
         if let d = call.destination { picker.release(d) }
         call.destination = nil
         if let source = call.admitted { config.admission?.release(source) }
@@ -187,7 +194,7 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
         endCall(call)
     }
 
-    private func rememberEnded(_ callID: String) {
+    private func rememberEnded(_ callID: Int) {
         let now = clock.now
         let horizon = 64 * config.timers.t1
         while recentHead < recentOrder.count,
