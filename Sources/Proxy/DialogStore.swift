@@ -177,8 +177,10 @@ public final class DialogStore: DialogStateSink, Sendable {
         while !finished.load(ordering: .acquiring) { usleep(1_000) }
     }
 
-    /// Confirmed dialogs are kept; an early one is not (a restart cannot resume a call set-up),
-    /// and an ended one that was answered is deleted.
+    /// A restart cannot resume a call set-up: early dialogs are not kept.
+    public var wantsEarlyDialogs: Bool { false }
+
+    /// Confirmed dialogs are kept; an early one is not, and an ended one that was answered is deleted.
     public func dialogChanged(_ record: DialogRecord) {
         switch record.state {
         case .early: return

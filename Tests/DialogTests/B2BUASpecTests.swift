@@ -90,6 +90,26 @@ import Transport
         #expect(s.unread(to: Self.backend).map(\.method) == [.ack])
     }
 
+    @Test func rfc3261_17_1_3_a_response_matches_its_transaction_by_the_whole_branch_and_method() throws {
+        let s = Stage()
+        s.fromCaller(s.invite())
+        let forwarded = try #require(s.next(to: Self.backend))
+        let branch = try #require(forwarded.topViaBranch?.string)
+        #expect(branch.contains("."), "our branch names its transaction's slot: \(branch)")
+        // The same slot under another id, and the right branch with another method: no match.
+        let forged = branch.replacingFirst("z9hG4bKs0x", with: "z9hG4bKs0xq")
+        let wrongBranch = Stage.message(Stage.response(to: forwarded, 200, body: Stage.answerSDP).text.replacingFirst(branch, with: forged)
+                                            .replacingFirst("Content-Length: \(Stage.answerSDP.utf8.count)\r\n\r\n\(Stage.answerSDP)", with: ""),
+                                        body: Stage.answerSDP)
+        s.fromBackend(wrongBranch)
+        let wrongMethod = Stage.message(Stage.response(to: forwarded, 200).text.replacingFirst("INVITE", with: "UPDATE")
+                                            .replacingFirst("Content-Length: 0\r\n\r\n", with: ""))
+        s.fromBackend(wrongMethod)
+        #expect(s.unread(to: Self.caller).allSatisfy { $0.statusCode != 200 }, "neither reached the caller")
+        s.fromBackend(Stage.response(to: forwarded, 200, body: Stage.answerSDP))
+        #expect(s.unread(to: Self.caller).last?.statusCode == 200)
+    }
+
     @Test func rfc3261_9_2_a_cancel_gets_200_the_invite_487_and_the_backend_its_own_cancel() throws {
         let s = Stage()
         let branch = s.newBranch()

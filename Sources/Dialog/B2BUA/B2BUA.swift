@@ -75,7 +75,7 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
         }
         if message.isRequest {
             receiveRequest(message, from: hop, listenerTag: listenerTag, firstWorker: firstWorker ?? clock.index)
-        } else if let key = TransactionKey.client(forResponse: message), let tx = transactions.client[key] {
+        } else if let tx = transactions.client(forResponse: message) {
             transactions.receive(message, for: tx)
         } else if let status = message.statusCode, status >= 200, status < 300,
                   let (call, side) = table.call(ourTag: message.tag(of: .from), callID: message.callID), side == .backend,
@@ -265,7 +265,7 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
     // MARK: - Operations
 
     /// Transactions in progress on this worker, server and client.
-    public var transactionCounts: (server: Int, client: Int) { (transactions.server.count, transactions.client.count) }
+    public var transactionCounts: (server: Int, client: Int) { (transactions.server.count, transactions.clientCount) }
 
     public func resetStatistics() {
         clock.assertInLoop()

@@ -120,7 +120,7 @@ extension B2BUA {
         }
         let (callID, localTag) = (ids.make(), ids.make())
         let listenerTag = config.address(for: destination.transport).tag
-        table.update(call) { record in
+        table.update(call, newIdentifiers: true) { record in
             record.backend.callID = callID
             record.backend.localTag = localTag
             record.backend.remoteTag = ""

@@ -86,8 +86,10 @@ public struct MessageBuilder {
         append("\r\n")
     }
 
-    /// Our Via on a request we send: `SIP/2.0/<transport> host:port;branch=z9hG4bK<new id>;rport`.
-    public mutating func via(_ transport: TransportProtocol, host: String, port: UInt16, ids: inout ShardedIdentifiers) {
+    /// Our Via on a request we send: `SIP/2.0/<transport> host:port;branch=z9hG4bK<new id>;rport`,
+    /// with `.<slot>` after the id when the request's client transaction will take that slot (its
+    /// responses then find it by index).
+    public mutating func via(_ transport: TransportProtocol, host: String, port: UInt16, ids: inout ShardedIdentifiers, slot: Int? = nil) {
         append("Via: SIP/2.0/")
         switch transport {
         case .udp: append("UDP ")
@@ -101,6 +103,10 @@ public struct MessageBuilder {
         let start = bytes.count + 8
         append(";branch=z9hG4bK")
         ids.make(appendingTo: &bytes)
+        if let slot {
+            append(".")
+            appendDecimal(slot)
+        }
         branch = start..<bytes.count
         append(";rport\r\n")
     }
@@ -262,7 +268,6 @@ public struct BuiltRequest: Sendable {
     }
 
     public var isInvite: Bool { method == "INVITE" }
-    var key: TransactionKey { TransactionKey(branch: branch, method: method, sentBy: []) }
 }
 
 extension MessageBuilder {

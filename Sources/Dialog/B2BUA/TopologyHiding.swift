@@ -22,15 +22,16 @@ extension B2BUA {
         return Hop(.udp, hop.address, worker: clock.index)
     }
 
-    /// Our Via on a leg's request, with a new branch.
+    /// Our Via on a leg's request, with a new branch that names the slot its client transaction
+    /// will take (the request is handed to `transactions.startClient` right after it is built).
     func via(_ leg: LegRecord, into b: inout MessageBuilder) {
         let local = localAddress(leg)
-        b.via(leg.hop.transport, host: local.host, port: local.port, ids: &ids)
+        b.via(leg.hop.transport, host: local.host, port: local.port, ids: &ids, slot: transactions.nextClientSlot)
     }
 
     func via(_ hop: Hop, into b: inout MessageBuilder) {
         let local = localAddress(hop)
-        b.via(hop.transport, host: local.host, port: local.port, ids: &ids)
+        b.via(hop.transport, host: local.host, port: local.port, ids: &ids, slot: transactions.nextClientSlot)
     }
 
     /// Our Contact on a leg: the user part, and the address of the leg's listener.

@@ -6,6 +6,13 @@ import Transport
 /// new version comes here, early and confirmed alike; the last has state `.ended`.
 public protocol DialogStateSink: AnyObject {
     func dialogChanged(_ record: DialogRecord)
+    /// Whether early dialogs interest it (replication: yes; a store for restarts: no). Asked
+    /// before the record is handed over, so that a sink that would drop it costs nothing.
+    var wantsEarlyDialogs: Bool { get }
+}
+
+extension DialogStateSink {
+    public var wantsEarlyDialogs: Bool { true }
 }
 
 /// A call through the edge: its dialog record (both legs), which only `DialogTable` writes, and
@@ -139,15 +146,13 @@ final class DialogTable {
     func activate(_ call: Call) { call.active = true }
 
     /// The gate: `change` edits the call's record, whose new version goes to every sink at the next
-    /// `flush`. A change of either leg's Call-ID (a new backend attempt) moves the call in the index.
-    func update(_ call: Call, _ change: (inout DialogRecord) -> Void) {
-        let ids = (call.record.client.callID, call.record.backend.callID, call.record.client.localTag, call.record.backend.localTag)
+    /// `flush`. `newIdentifiers`: the change gives a leg a new Call-ID or tag (a new backend
+    /// attempt), so the call moves in the indexes; any other change must leave them as they are.
+    func update(_ call: Call, newIdentifiers: Bool = false, _ change: (inout DialogRecord) -> Void) {
+        if newIdentifiers { unindex(call) }
         change(&call.record)
-        if ids != (call.record.client.callID, call.record.backend.callID, call.record.client.localTag, call.record.backend.localTag) {
-            forget(call, callID: ids.0, tag: ids.2)
-            forget(call, callID: ids.1, tag: ids.3)
-            index(call)
-        }
+        if newIdentifiers { index(call) }
+        assert(newIdentifiers || call.isEnded || byTag[call.record.client.localTag] === call, "identifiers changed outside a new-identifiers update")
         markChanged(call)
     }
 
@@ -159,7 +164,8 @@ final class DialogTable {
         for call in calls {
             call.changed = false
             call.record.version &+= 1
-            for sink in sinks { sink.dialogChanged(call.record) }
+            let early = call.record.state == .early
+            for sink in sinks where !early || sink.wantsEarlyDialogs { sink.dialogChanged(call.record) }
         }
     }
 
@@ -173,8 +179,9 @@ final class DialogTable {
     /// The call is over: its last version (state `.ended`) goes to the sinks, and it leaves the table.
     func end(_ call: Call) {
         guard !call.isEnded else { return }
-        update(call) { $0.state = .ended }
         unindex(call)
+        call.record.state = .ended
+        markChanged(call)
     }
 
     private func takeNumber() -> UInt32 {

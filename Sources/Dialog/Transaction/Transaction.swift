@@ -84,10 +84,10 @@ public enum TransportReliability: Sendable, Equatable {
     case unreliable, reliable
 }
 
-// MARK: - Matching (§17.1.3, §17.2.3)
+// MARK: - Matching (§17.2.3)
 
-/// What finds a message's transaction: the top Via branch and the method (ACK finds its INVITE;
-/// CANCEL has its own), plus the sent-by for server transactions.
+/// What finds a server transaction: the top Via branch, the sent-by and the method (ACK finds its
+/// INVITE; CANCEL has its own). Client transactions are found by the slot in our own branch.
 public struct TransactionKey: Hashable, Sendable {
     private static let magicCookie = Array("z9hG4bK".utf8)
     public let branch: [UInt8]
@@ -117,17 +117,7 @@ public struct TransactionKey: Hashable, Sendable {
         a.branchHash == b.branchHash && a.branch == b.branch && a.method == b.method && a.sentBy == b.sentBy
     }
 
-    /// The client transaction a response belongs to: branch and CSeq method (§17.1.3).
-    public static func client(forResponse response: SIPMessage) -> TransactionKey? {
-        guard !response.isRequest, let branch = response.topViaBranch, let method = response.cseqMethodBytes else { return nil }
-        return TransactionKey(branch: branch.bytes, method: method.string, sentBy: [])
-    }
-
-    /// The key a client transaction registers under, from its request.
-    public static func client(forRequest request: SIPMessage) -> TransactionKey? {
-        guard request.isRequest, let branch = request.topViaBranch, let method = request.methodBytes else { return nil }
-        return TransactionKey(branch: branch.bytes, method: method.string, sentBy: [])
-    }
+    // (Client transactions are found by the slot their branch names: TransactionLayer.)
 
     /// The server transaction a request belongs to (§17.2.3): branch with the RFC 3261 magic
     /// cookie, sent-by, and method (an ACK looks for its INVITE). Nil for RFC 2543 branches,
