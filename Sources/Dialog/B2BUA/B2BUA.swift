@@ -40,11 +40,14 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
     public var activeCalls: Int { table.count }
     /// This worker's own UDP address, if it has one.
     let ownUDP: LocalAddress?
+    /// Our addresses per transport and listener tag.
+    let addresses: ListenerAddresses
 
     public init(clock: any LoopClock, config: B2BUAConfig, sender: any MessageSender) {
         self.clock = clock
         self.config = config
         self.ownUDP = config.workerUDP.indices.contains(clock.index) ? config.workerUDP[clock.index] : nil
+        self.addresses = ListenerAddresses(config)
         self.sender = sender
         self.picker = config.picker ?? RoundRobinDestinations(config.backends)
         self.ids = ShardedIdentifiers(worker: clock.index)

@@ -70,10 +70,41 @@ public struct B2BUAConfig: Sendable {
     /// Host and port for our Via/Contact on `transport`: the listener with `tag` when there is one,
     /// else the transport's first (UDP's when that transport has no listener).
     func address(for transport: TransportProtocol, tag: String? = nil) -> LocalAddress {
-        let candidates = listeners[transport] ?? listeners[.udp] ?? []
-        if let tag, let tagged = candidates.first(where: { $0.tag == tag }) { return tagged }
-        return candidates.first ?? listeners.values.first?.first ?? LocalAddress(host: "127.0.0.1", port: 5060, tag: "default")
+        ListenerAddresses(self).address(for: transport, tag: tag)
     }
+}
+
+/// `B2BUAConfig.listeners` as a B2BUA looks them up for every message it writes: an array per
+/// transport, indexed by the transport's position (no hashing), the fallbacks resolved once.
+struct ListenerAddresses {
+    private let byTransport: [[LocalAddress]]
+    private let fallback: LocalAddress
+
+    init(_ config: B2BUAConfig) {
+        let udp = config.listeners[.udp] ?? []
+        byTransport = [TransportProtocol.udp, .tcp, .tls, .sctp].map { config.listeners[$0] ?? udp }
+        fallback = udp.first ?? config.listeners.values.first?.first ?? LocalAddress(host: "127.0.0.1", port: 5060, tag: "default")
+    }
+
+    func address(for transport: TransportProtocol, tag: String? = nil) -> LocalAddress {
+        let candidates = byTransport[Self.position(transport)]
+        if let tag {
+            for candidate in candidates where candidate.tag == tag { return candidate }
+        }
+        return candidates.first ?? fallback
+    }
+
+    private static func position(_ transport: TransportProtocol) -> Int {
+        switch transport {
+        case .udp: 0
+        case .tcp: 1
+        case .tls: 2
+        case .sctp: 3
+        }
+    }
+}
+
+extension B2BUAConfig {
 
     /// Whether `host:port` is one of our own addresses.
     func isOurs(host: String, port: Int) -> Bool {

@@ -39,7 +39,7 @@ extension B2BUA {
                                   remoteCSeq: cseq, inviteCSeq: cseq, localURI: Self.addressPart(to), remoteURI: Self.addressPart(from),
                                   remoteTarget: Self.contactURI(of: invite) ?? from.uri.text.bytes,
                                   routeSet: invite.values(.recordRoute).map(\.bytes), hop: clientHop,
-                                  listenerTag: config.address(for: clientHop.transport, tag: listenerTag.isEmpty ? nil : listenerTag).tag)
+                                  listenerTag: addresses.address(for: clientHop.transport, tag: listenerTag.isEmpty ? nil : listenerTag).tag)
         let offer = invite.body.bytes   // one array, shared by both legs' records
         clientLeg.lastSDPReceived = offer
         clientLeg.peerAllowsUpdate = Self.allows(invite, "UPDATE")
@@ -49,7 +49,7 @@ extension B2BUA {
             clientLeg.refresher = se.refresher == .uas || !Self.supports(invite, "timer") ? .edge : .peer
         }
         // The caller's identity goes on, but not its address: the From URI's host becomes ours.
-        let local = config.address(for: .udp)
+        let local = addresses.address(for: .udp)
         let backendFrom = Array((from.displayName.map { $0.string + " " } ?? "").utf8)
             + Array("<sip:\(from.uri.user.map { String(decoding: $0.bytes, as: UTF8.self) + "@" } ?? "")\(local.host):\(local.port)>".utf8)
         var backendLeg = LegRecord(callID: "", localTag: "", localCSeq: 1, localURI: backendFrom, remoteURI: Self.addressPart(to),
@@ -119,7 +119,7 @@ extension B2BUA {
             }
         }
         let (callID, localTag) = (ids.make(), ids.make())
-        let listenerTag = config.address(for: destination.transport).tag
+        let listenerTag = addresses.address(for: destination.transport).tag
         table.update(call, newIdentifiers: true) { record in
             record.backend.callID = callID
             record.backend.localTag = localTag

@@ -22,7 +22,7 @@ extension B2BUA {
     /// answer goes back to the phone: a challenge as it came, a 2xx as the phone's own bindings.
     private func forwardRegistration(_ request: SIPMessage, _ tx: ServerTxRecord, _ up: UpstreamRegistration,
                                      registrar: any RegistrationHandler) {
-        let local = config.address(for: up.hop.transport)
+        let local = addresses.address(for: up.hop.transport)
         var b = MessageBuilder(requestLine: "REGISTER", uri: up.requestURI)
         via(up.hop, into: &b)
         b.header("Max-Forwards", "70")

@@ -12,7 +12,7 @@ extension B2BUA {
 
     func localAddress(_ hop: Hop, tag: String? = nil) -> LocalAddress {
         if hop.transport == .udp, hop.worker == clock.index, let ownUDP { return ownUDP }
-        return config.address(for: hop.transport, tag: tag)
+        return addresses.address(for: hop.transport, tag: tag)
     }
 
     /// The hop toward a dispatcher destination (or probe): by this worker's own UDP port when it
