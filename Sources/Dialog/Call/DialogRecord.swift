@@ -134,9 +134,10 @@ public struct DialogRecord: Sendable, Equatable {
     }
 
     /// One leg, by side. The backend leg's hop is the backend destination the call went to.
+    /// (Read and changed in place: reading one field of a leg does not copy the whole leg.)
     public subscript(side: Side) -> LegRecord {
-        get { side == .client ? client : backend }
-        set { if side == .client { client = newValue } else { backend = newValue } }
+        _read { if side == .client { yield client } else { yield backend } }
+        _modify { if side == .client { yield &client } else { yield &backend } }
     }
 
     /// A session description crossing from `side` to the other leg: the last SDP each way.

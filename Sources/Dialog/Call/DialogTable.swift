@@ -66,7 +66,7 @@ final class Call {
         self.active = active
     }
 
-    subscript(side: DialogRecord.Side) -> LegRecord { record[side] }
+    subscript(side: DialogRecord.Side) -> LegRecord { _read { yield record[side] } }
 
     /// The leg whose Call-ID `id` is (read in place: no copy).
     func side(ofCallID id: ByteView) -> DialogRecord.Side? {
