@@ -24,6 +24,15 @@ import Transport
         #expect(config.databasePath == "d.db" && config.databaseWriteIntervalMilliseconds == 250)
     }
 
+    @Test func a_section_left_out_reads_as_the_same_section_left_empty() throws {
+        // Each key's default is written once, where its section reads it.
+        let empty = ["log", "limits", "tcp", "dispatcher", "calls", "security"].map { "[\($0)]\n" }.joined()
+        #expect(try EdgeConfig.parse(Self.minimal) == EdgeConfig.parse(empty + Self.minimal))
+        let full = try EdgeConfig.parse(Self.minimal)
+        #expect(full.streamLimits == StreamLimits() && full.parserLimits == .default && full.calls == EdgeConfig.CallSettings())
+        #expect(full.security == EdgeConfig.SecuritySettings() && full.logLevel == "info" && full.logSummarySeconds == 10)
+    }
+
     @Test func defaults_fill_optional_keys() throws {
         let config = try EdgeConfig.parse(Self.minimal)
         #expect(config.workers == 2 && config.logLevel == "info" && config.listeners[0].address.port == 5060 && config.listeners[0].tag.name == "default")

@@ -1,0 +1,213 @@
+import Dialog
+import SIPParser
+import Transport
+
+// Each section's settings type reads its own section. A key's default is the value its settings
+// type declares (`Self()`), read where the key is read; a section the file leaves out is read as
+// an empty table, so it gets the same defaults by the same code.
+
+extension EdgeConfig {
+    static let defaultLogLevel = "info"
+
+    /// `[log]`: level and the summary interval of lines a peer can cause.
+    static func readLog(_ t: inout TableReader) throws(ConfigError) -> (level: String, summarySeconds: Int) {
+        let level = try t.string("level", default: defaultLogLevel)
+        guard logLevels.contains(level) else { throw t.error("level", "must be one of \(logLevels.joined(separator: ", "))") }
+        return (level, try t.int("summary_interval_seconds", default: 10, range: 0...3_600))
+    }
+
+    /// `[database]`: the file (empty: none) and how often its thread writes.
+    static func readDatabase(_ t: inout TableReader) throws(ConfigError) -> (path: String?, interval: Int) {
+        let path = try t.string("path", default: "")
+        let interval = try t.int("write_interval_milliseconds", default: defaultDatabaseWriteIntervalMilliseconds, range: 1...60_000)
+        return (path.isEmpty ? nil : path, interval)
+    }
+}
+
+extension SIPParserLimits {
+    /// `[limits]`.
+    init(reading t: inout TableReader) throws(ConfigError) {
+        let d = SIPParserLimits.default
+        self.init(maxMessageBytes: try t.int("max_message_bytes", default: d.maxMessageBytes, range: 512...Self.hardMaxMessageBytes),
+                  maxHeaders: try t.int("max_headers", default: d.maxHeaders, range: 8...4_096),
+                  maxHeaderBytes: try t.int("max_header_bytes", default: d.maxHeaderBytes, range: 64...65_535),
+                  maxVias: try t.int("max_vias", default: d.maxVias, range: 1...1_000),
+                  maxBodyBytes: try t.int("max_body_bytes", default: d.maxBodyBytes, range: 0...Self.hardMaxMessageBytes))
+    }
+}
+
+extension StreamLimits {
+    /// `[tcp]`: bounds on TCP/TLS peers (times in the file are seconds).
+    init(reading t: inout TableReader) throws(ConfigError) {
+        self.init()
+        maxConnections = try t.int("max_connections", default: maxConnections, range: 1...1_000_000)
+        maxConnectionsPerSource = try t.int("max_connections_per_source", default: maxConnectionsPerSource, range: 1...1_000_000)
+        maxBufferedBytes = try t.int("max_buffered_bytes", default: maxBufferedBytes, range: 4_096...16_777_216)
+        maxQueuedBytes = try t.int("max_queued_bytes", default: maxQueuedBytes, range: 4_096...268_435_456)
+        idleTimeoutMilliseconds = try Self.seconds(&t, "idle_timeout_seconds", idleTimeoutMilliseconds, upTo: 86_400)
+        frameTimeoutMilliseconds = try Self.seconds(&t, "message_read_timeout_seconds", frameTimeoutMilliseconds, upTo: 3_600)
+        silentTimeoutMilliseconds = try Self.seconds(&t, "silent_timeout_seconds", silentTimeoutMilliseconds, upTo: 3_600)
+    }
+
+    private static func seconds(_ t: inout TableReader, _ key: String, _ milliseconds: UInt64, upTo limit: Int) throws(ConfigError) -> UInt64 {
+        UInt64(try t.int(key, default: Int(milliseconds / 1_000), range: 0...limit)) * 1_000
+    }
+}
+
+extension DispatcherSettings {
+    /// `[dispatcher]` (set 1) and its `[[dispatcher.set]]`s, which take set 1's algorithm and
+    /// probing unless they say otherwise.
+    static func readSets(_ t: inout TableReader) throws(ConfigError) -> (DispatcherSettings, [DispatcherSettings]) {
+        var d = DispatcherSettings()
+        d.algorithm = try algorithm(&t, default: d.algorithm)
+        d.probeIntervalSeconds = try t.int("probe_interval_seconds", default: d.probeIntervalSeconds, range: 0...3_600)
+        d.probeFailures = try t.int("probe_failures", default: d.probeFailures, range: 1...100)
+        d.probeSuccesses = try t.int("probe_successes", default: d.probeSuccesses, range: 1...100)
+        d.destinations = try destinations(&t)
+        let base = d
+        let extra = try t.tableArray("set") { (e: inout TableReader) throws(ConfigError) -> DispatcherSettings in
+            var set = base
+            set.setID = try e.int("id", default: nil, range: 2...1_000_000)
+            set.algorithm = try algorithm(&e, default: base.algorithm)
+            set.destinations = try destinations(&e)
+            guard !set.destinations.isEmpty else { throw e.error("id", "set \(set.setID) has no destinations") }
+            return set
+        }
+        return (d, extra)
+    }
+
+    private static func algorithm(_ t: inout TableReader, default value: DispatchAlgorithm) throws(ConfigError) -> DispatchAlgorithm {
+        let name = try t.string("algorithm", default: value.rawValue)
+        guard let a = DispatchAlgorithm(rawValue: name) else {
+            throw t.error("algorithm", "must be one of \(DispatchAlgorithm.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return a
+    }
+
+    /// `destinations = [...]` and `[[...destination]]` tables.
+    private static func destinations(_ t: inout TableReader) throws(ConfigError) -> [DestinationSettings] {
+        var out: [DestinationSettings] = []
+        for text in try t.stringArray("destinations") {
+            out.append(DestinationSettings(hop: try hop(text, "destinations", t), uri: text))
+        }
+        out += try t.tableArray("destination") { (e: inout TableReader) throws(ConfigError) in
+            let uri = try e.string("uri", default: nil)
+            return DestinationSettings(hop: try hop(uri, "uri", e), uri: uri,
+                                       weight: try e.int("weight", default: 1, range: 1...1_000),
+                                       priority: try e.int("priority", default: 0, range: 0...1_000),
+                                       attrs: try e.string("attrs", default: ""))
+        }
+        return out
+    }
+
+    static func hop(_ text: String, _ key: String, _ t: TableReader) throws(ConfigError) -> Hop {
+        guard let hop = Hop(destination: text), hop.transport != .sctp else {
+            throw t.error(key, "\"\(text)\" is not \"ip[:port]\" or \"sip:ip[:port][;transport=udp|tcp|tls]\"")
+        }
+        return hop
+    }
+}
+
+extension EdgeConfig.CallSettings {
+    /// `[calls]`.
+    init(reading t: inout TableReader) throws(ConfigError) {
+        self.init()
+        maxCallSeconds = try t.int("max_duration_seconds", default: maxCallSeconds, range: 0...31_536_000)
+        minSE = try t.int("min_session_expires", default: minSE, range: 1...86_400)
+        sessionExpires = try t.int("session_expires", default: sessionExpires, range: 0...86_400)
+        if sessionExpires > 0 && sessionExpires < minSE {
+            throw t.error("session_expires", "must be 0 or at least min_session_expires (\(minSE))")
+        }
+        pingSeconds = try t.int("ping_interval_seconds", default: pingSeconds, range: 0...86_400)
+    }
+}
+
+extension EdgeConfig.MISettings {
+    /// `[mi]`.
+    init(reading t: inout TableReader) throws(ConfigError) {
+        let ip = try t.string("address", default: "127.0.0.1")
+        let port = try t.int("port", default: 8888, range: 0...65_535)
+        guard let address = SocketAddress(ip: ip, port: port) else {
+            throw t.error("address", "must be a numeric IPv4 or IPv6 address, not \"\(ip)\"")
+        }
+        self.init(address: address, secret: try t.string("secret", default: ""))
+    }
+}
+
+extension EdgeConfig.SecuritySettings {
+    /// `[security]` (times in the file are seconds).
+    init(reading t: inout TableReader) throws(ConfigError) {
+        self.init()
+        let entries = try t.stringArray("trusted")
+        do throws(NetworkListError) {
+            trusted = try NetworkList(entries)
+        } catch {
+            throw t.error("trusted", "\"\(error.entry)\" is not an IP address or network (ip/prefix)")
+        }
+        maxRequests = try t.int("max_requests", default: maxRequests, range: 0...1_000_000)
+        windowMilliseconds = UInt64(try t.int("window_seconds", default: Int(windowMilliseconds / 1_000), range: 1...3_600)) * 1_000
+        blockMilliseconds = UInt64(try t.int("block_seconds", default: Int(blockMilliseconds / 1_000), range: 1...86_400)) * 1_000
+        maxSources = try t.int("max_sources", default: maxSources, range: 16...10_000_000)
+        maxCallsPerSource = try t.int("max_calls_per_source", default: maxCallsPerSource, range: 0...1_000_000)
+    }
+}
+
+extension RegistrarSettings {
+    /// `[registrar]`.
+    init(reading t: inout TableReader) throws(ConfigError) {
+        self.init()
+        minExpires = try t.int("min_expires", default: minExpires, range: 1...86_400)
+        maxExpires = try t.int("max_expires", default: maxExpires, range: minExpires...604_800)
+        defaultExpires = try t.int("default_expires", default: min(defaultExpires, maxExpires), range: minExpires...maxExpires)
+        maxContacts = try t.int("max_contacts", default: maxContacts, range: 1...1_000)
+        maxUsers = try t.int("max_users", default: maxUsers, range: 1...10_000_000)
+        keepaliveSeconds = try t.int("keepalive_seconds", default: keepaliveSeconds, range: 0...3_600)
+        if let text = try t.optionalString("upstream"), !text.isEmpty {
+            upstream = try DispatcherSettings.hop(text, "upstream", t)
+        }
+        upstreamIntervalSeconds = try t.int("upstream_interval_seconds", default: upstreamIntervalSeconds, range: 0...86_400)
+    }
+}
+
+extension EdgeConfig.TLSFiles {
+    /// `[tls]`.
+    init(reading t: inout TableReader) throws(ConfigError) {
+        self.init(certificate: try t.string("certificate", default: nil), privateKey: try t.string("private_key", default: nil),
+                  ca: try t.optionalString("ca"), verifyClients: try t.bool("verify_clients", default: false),
+                  verifyServers: try t.bool("verify_servers", default: true))
+    }
+}
+
+extension ListenerSpec {
+    /// One `[[listener]]`.
+    init(reading t: inout TableReader) throws(ConfigError) {
+        let protoText = try t.string("proto", default: nil)
+        guard let proto = TransportProtocol(rawValue: protoText.lowercased()) else {
+            throw t.error("proto", "must be one of udp, tcp, tls, sctp")
+        }
+        let ip = try t.string("address", default: nil)
+        let port = try t.int("port", default: proto == .tls ? 5061 : 5060, range: 0...65_535)
+        guard let address = SocketAddress(ip: ip, port: port) else {
+            throw t.error("address", "must be a numeric IPv4 or IPv6 address, not \"\(ip)\"")
+        }
+        let tagText = try t.string("tag", default: "default")
+        guard let tag = ListenerTag(tagText) else {
+            throw t.error("tag", "must be 1-64 letters, digits, '-' or '_'")
+        }
+        var advertisedHost: String?, advertisedPort: UInt16?
+        if let advertise = try t.optionalString("advertise") {
+            guard let parsed = EdgeConfig.hostPort(advertise) else {
+                throw t.error("advertise", "must be host or host:port (IPv6 in brackets), not \"\(advertise)\"")
+            }
+            (advertisedHost, advertisedPort) = parsed
+        }
+        let workerPorts = try t.int("worker_ports", default: 0, range: 0...65_535)
+        if workerPorts > 0 && proto != .udp { throw t.error("worker_ports", "only a udp listener has ports per worker") }
+        let spread = try t.string("spread_calls_by", default: "source")
+        guard spread == "source" || spread == "call-id" else {
+            throw t.error("spread_calls_by", "must be \"source\" or \"call-id\", not \"\(spread)\"")
+        }
+        self.init(proto: proto, address: address, advertisedHost: advertisedHost, advertisedPort: advertisedPort, tag: tag,
+                  workerPorts: workerPorts > 0 ? UInt16(workerPorts) : nil, spreadByCallID: spread == "call-id")
+    }
+}
