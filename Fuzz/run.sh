@@ -12,9 +12,12 @@ swiftc -O -sanitize=fuzzer,address -parse-as-library -package-name sipedge -modu
 seeds=$(mktemp -d)
 trap 'rm -rf "$seeds"' EXIT
 cp ../shared/corpus/rfc4475/*.dat ../shared/corpus/rfc4475/archive-extras/*.dat ../shared/corpus/realistic/*.sip "$seeds"/
+set +e   # the fuzzer's own status says whether it found something; read it, then go on
 "$out/sipparser-fuzz" -max_total_time="$seconds" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
-    -artifact_prefix=Fuzz/artifacts/ -print_final_stats=1 Fuzz/corpus-work "$seeds" 2>&1 | tee "$out/last-run.log" | grep -E "^#[0-9]+.*(DONE|pulse)|Done|ERROR|SUMMARY|stat::number_of_executed_units|crash-" || true
-if ls Fuzz/artifacts/crash-* Fuzz/artifacts/leak-* Fuzz/artifacts/timeout-* >/dev/null 2>&1; then
-    echo "fuzz: findings in Fuzz/artifacts/"; exit 1
+    -artifact_prefix=Fuzz/artifacts/ -print_final_stats=1 Fuzz/corpus-work "$seeds" 2>&1 | tee "$out/last-run.log" | grep -E "^#[0-9]+.*(DONE|pulse)|Done|ERROR|SUMMARY|stat::number_of_executed_units|crash-"
+status=${PIPESTATUS[0]}
+set -e
+if [ "$status" -ne 0 ] || ls Fuzz/artifacts/crash-* Fuzz/artifacts/leak-* Fuzz/artifacts/timeout-* >/dev/null 2>&1; then
+    echo "fuzz: findings in Fuzz/artifacts/ (fuzzer exit status $status)"; exit 1
 fi
 echo "fuzz: no crash in ${seconds}s"

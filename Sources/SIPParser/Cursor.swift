@@ -203,8 +203,12 @@ package func isIPv6Address(_ base: UnsafeRawPointer, _ start: Int, _ end: Int) -
             while j <= end {
                 let os = j
                 var value = 0
-                while j < end, isDigit(byte(j)) { value = value * 10 + Int(byte(j) - 0x30); j += 1 }
-                guard j > os, j - os <= 3, value <= 255 else { return false }
+                while j < end, isDigit(byte(j)) {
+                    guard j - os < 3 else { return false }   // an octet has at most 3 digits (and no overflow)
+                    value = value * 10 + Int(byte(j) - 0x30)
+                    j += 1
+                }
+                guard j > os, value <= 255 else { return false }
                 octets += 1
                 if j == end { break }
                 guard byte(j) == UInt8(ascii: "."), octets < 4 else { return false }

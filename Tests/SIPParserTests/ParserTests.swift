@@ -33,6 +33,17 @@ import Testing
         #expect(try via(";maddr=[2001:db8::1];ttl=16;branch=z9hG4bK1").maddr?.string == "[2001:db8::1]")
     }
 
+    @Test func a_received_with_a_colon_and_a_long_run_of_digits_is_an_error_not_a_crash() throws {
+        // Found by the fuzzer: the dotted IPv4 tail of an IPv6 candidate overflowed its counter.
+        let digits = String(repeating: "1", count: 120)
+        for received in ["203.019.131.5\(digits)0:52", "::\(digits)", "::1.\(digits)", "1::2.3.4.\(digits)"] {
+            let text = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;received=\(received);branch=z9hG4bK1\r\n"
+                + "From: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+            let m = try msg(text)
+            #expect(throws: SIPParseError.self, "\(received)") { try m.validate() }
+        }
+    }
+
     @Test func header_kinds_fit_their_table() {
         #expect(HeaderKind.allCases.count <= HeaderKind.tableSize)
     }
