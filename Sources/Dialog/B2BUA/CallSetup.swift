@@ -276,9 +276,10 @@ extension B2BUA {
             // retransmissions.
             extra = sessionHeaders(call, .client, inResponse: true)
         }
-        var b = MessageBuilder.responseHead(to: tx.request, status: status, reason: response.reasonPhrase?.string,
+        var b = MessageBuilder.responseHead(to: tx.request, status: status, relaying: response.reasonPhrase,
                                             toTag: call.record.client.localTag, contact: status < 300 ? contact(call.record.client) : nil,
-                                            extraHeaders: extra + (status < 300 ? [("Allow", Self.allow)] : []))
+                                            extraHeaders: extra)
+        if status < 300 { b.header("Allow", Self.allow) }
         Self.copySessionHeaders(from: response, into: &b, addTimer: false)
         b.header("Server", "SIPEdge")
         let bytes = b.finish(contentType: response.contentType, body: response.body.bytes)

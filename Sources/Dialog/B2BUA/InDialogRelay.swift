@@ -155,7 +155,7 @@ extension B2BUA {
             }
             if refreshes && success { ourContact = contact(call[asking]) }
         }
-        var b = MessageBuilder.responseHead(to: origin.request, status: status, reason: response.reasonPhrase?.string, toTag: nil,
+        var b = MessageBuilder.responseHead(to: origin.request, status: status, relaying: response.reasonPhrase, toTag: nil,
                                             contact: ourContact, extraHeaders: extra)
         Self.copySessionHeaders(from: response, into: &b, addTimer: false)
         b.header("Server", "SIPEdge")

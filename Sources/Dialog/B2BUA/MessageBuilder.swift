@@ -238,19 +238,32 @@ public struct MessageBuilder {
     public static func responseHead(to request: SIPMessage, status: Int, reason: String? = nil, toTag: String?,
                                     contact: OurContact? = nil, extraHeaders: [(String, String)] = []) -> MessageBuilder {
         var b = MessageBuilder(status: status, reason: (reason ?? Self.reason(status)).utf8)
+        b.responseHeaders(of: request, toTag: toTag, contact: contact, extraHeaders: extraHeaders)
+        return b
+    }
+
+    /// The same with the reason phrase of a response being relayed, copied as it came.
+    public static func responseHead(to request: SIPMessage, status: Int, relaying reason: ByteView?, toTag: String?,
+                                    contact: OurContact? = nil, extraHeaders: [(String, String)] = []) -> MessageBuilder {
+        var b = reason.map { r in r.withUnsafeBytes { MessageBuilder(status: status, reason: $0) } }
+            ?? MessageBuilder(status: status, reason: Self.reason(status).utf8)
+        b.responseHeaders(of: request, toTag: toTag, contact: contact, extraHeaders: extraHeaders)
+        return b
+    }
+
+    private mutating func responseHeaders(of request: SIPMessage, toTag: String?, contact: OurContact?, extraHeaders: [(String, String)]) {
         for i in 0..<request.headerCount {
             let h = request.header(at: i)
-            if h.kind == .via { b.header("Via", h.value) }
+            if h.kind == .via { header("Via", h.value) }
         }
-        if let from = request.firstValue(.from) { b.header("From", from) }
+        if let from = request.firstValue(.from) { header("From", from) }
         if let to = request.firstValue(.to) {
-            b.header("To", to, tag: request.tag(of: .to) == nil ? toTag ?? "" : "")
+            header("To", to, tag: request.tag(of: .to) == nil ? toTag ?? "" : "")
         }
-        if let callID = request.callID { b.header("Call-ID", callID) }
-        if let cseq = request.firstValue(.cseq) { b.header("CSeq", cseq) }
-        if let contact { b.contact(contact) }
-        for (name, value) in extraHeaders { b.header(name, value) }
-        return b
+        if let callID = request.callID { header("Call-ID", callID) }
+        if let cseq = request.firstValue(.cseq) { header("CSeq", cseq) }
+        if let contact { self.contact(contact) }
+        for (name, value) in extraHeaders { header(name, value) }
     }
 }
 
