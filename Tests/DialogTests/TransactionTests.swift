@@ -180,6 +180,14 @@ import Testing
             .replacingOccurrences(of: "INVITE sip", with: "ACK sip").replacingOccurrences(of: "7 INVITE", with: "7 ACK").utf8))
         #expect(TransactionKey.server(forRequest: ack) == serverKey, "the ACK for a non-2xx finds its INVITE")
         #expect(serverKey.sentBy == Array("192.0.2.10:5060".utf8))
+        // The scan reads sent-by as the Via parser does, in each form.
+        for (via, sentBy) in [("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1", "192.0.2.1:5060"), ("SIP / 2.0 / TCP  h.example.com : 05070 ;rport", "h.example.com:5070"),
+                              ("SIP/2.0/UDP [2001:db8::1]:5062;branch=x", "[2001:db8::1]:5062"), ("SIP/2.0/TLS [::1]", "[::1]:5060")] {
+            let bytes = Array(via.utf8)
+            let parsed = try ViaValue(bytes, 0, bytes.count)
+            #expect(bytes.withUnsafeBytes(TransactionKey.sentBy).map { String(decoding: $0, as: UTF8.self) } == sentBy)
+            #expect(sentBy == parsed.host.string + ":\(parsed.port ?? 5060)")
+        }
         let old = try SIPMessage(parsing: try Data(contentsOf: URL(fileURLWithPath: #filePath)
             .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("shared/corpus/rfc4475/badbranch.dat")).map { $0 })

@@ -125,14 +125,53 @@ public struct TransactionKey: Hashable, Sendable {
     public static func server(forRequest request: SIPMessage) -> TransactionKey? {
         guard request.isRequest, let branch = request.topViaBranch, branch.count > 7,
               branch.withUnsafeBytes({ $0.starts(with: Self.magicCookie) }),
-              let via = try? request.topVia(), let method = request.method else { return nil }
-        // host ":" port, written once into one array.
-        var sentBy: [UInt8] = []
-        sentBy.reserveCapacity(via.host.count + 6)
-        via.host.withUnsafeBytes { sentBy.append(contentsOf: $0) }
-        sentBy.append(UInt8(ascii: ":"))
-        sentBy.appendDecimal(max(0, via.port ?? 5060))
+              let via = request.topValue(.via), let method = request.method,
+              let sentBy = via.withUnsafeBytes(Self.sentBy) else { return nil }
         let name = method == .ack ? "INVITE" : method.description
         return TransactionKey(branch: branch.bytes, method: name, sentBy: sentBy)
+    }
+
+    /// `host:port` of a validated Via value (`SIP / 2.0 / UDP host[:port];...`), the port written
+    /// out (5060 when absent), read by a scan rather than a parse of the whole value.
+    static func sentBy(_ via: UnsafeRawBufferPointer) -> [UInt8]? {
+        let n = via.count
+        func blank(_ i: Int) -> Bool { via[i] == 0x20 || via[i] == 0x09 || via[i] == 0x0D || via[i] == 0x0A }
+        var i = 0, slashes = 0
+        while i < n, slashes < 2 {
+            if via[i] == UInt8(ascii: "/") { slashes += 1 }
+            i += 1
+        }
+        while i < n, blank(i) { i += 1 }
+        while i < n, !blank(i) { i += 1 }   // the transport
+        while i < n, blank(i) { i += 1 }
+        let hostStart = i
+        if i < n, via[i] == UInt8(ascii: "[") {
+            while i < n, via[i] != UInt8(ascii: "]") { i += 1 }
+            i += 1
+        } else {
+            while i < n, via[i] != UInt8(ascii: ":"), via[i] != UInt8(ascii: ";"), via[i] != UInt8(ascii: ","), !blank(i) { i += 1 }
+        }
+        guard i > hostStart, i <= n else { return nil }
+        let hostEnd = i
+        while i < n, blank(i) { i += 1 }
+        var port = 5060
+        if i < n, via[i] == UInt8(ascii: ":") {
+            i += 1
+            while i < n, blank(i) { i += 1 }
+            var value = 0, digits = 0
+            while i < n, via[i] &- 0x30 < 10, digits < 10 {
+                value = value * 10 + Int(via[i] &- 0x30)
+                digits += 1
+                i += 1
+            }
+            guard digits > 0 else { return nil }
+            port = value
+        }
+        var out: [UInt8] = []
+        out.reserveCapacity(hostEnd - hostStart + 6)
+        out.append(contentsOf: UnsafeRawBufferPointer(rebasing: via[hostStart..<hostEnd]))
+        out.append(UInt8(ascii: ":"))
+        out.appendDecimal(port)
+        return out
     }
 }
