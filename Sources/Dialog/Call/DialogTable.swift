@@ -98,8 +98,10 @@ final class DialogTable {
     private(set) var byNumber: [UInt32: Call] = [:]
     private(set) var sinks: [any DialogStateSink] = []
     private var nextNumber: UInt32 = 1
-    /// Calls changed since the last `flush`, in the order of their first change.
+    /// Calls changed since the last `flush`, in the order of their first change (and the array
+    /// `flush` works through, swapped with it so that neither is reallocated).
     private var changed: [Call] = []
+    private var flushing: [Call] = []
     /// Told when the first change after a `flush` is made (to have `flush` run at the iteration's end).
     var firstChange: () -> Void = {}
 
@@ -159,14 +161,14 @@ final class DialogTable {
     /// Each call changed since the last flush gets its next version, which every sink is told.
     func flush() {
         guard !changed.isEmpty else { return }
-        let calls = changed
-        changed.removeAll(keepingCapacity: true)
-        for call in calls {
+        swap(&changed, &flushing)
+        for call in flushing {
             call.changed = false
             call.record.version &+= 1
             let early = call.record.state == .early
             for sink in sinks where !early || sink.wantsEarlyDialogs { sink.dialogChanged(call.record) }
         }
+        flushing.removeAll(keepingCapacity: true)
     }
 
     private func markChanged(_ call: Call) {
