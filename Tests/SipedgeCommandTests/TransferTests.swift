@@ -152,6 +152,36 @@ import Testing
         #expect(!refer.contains("\(name)-"), "nothing of the caller's side crosses")
     }
 
+    @Test func a_callers_leg_speaks_with_the_address_of_the_listener_its_invite_arrived_on() throws {
+        // Two UDP listeners with their own tags; a call that comes in on the second gets the
+        // second's address in our Contact (before, always the first listener's).
+        let base = Scratch.ports()
+        let (caller, callee) = try HostileInputTests.peers(base)
+        let edge = try CallTests.Edge(config: """
+            workers = 2
+            [dispatcher]
+            probe_interval_seconds = 0
+            destinations = ["127.0.0.1:\(callee.port)"]
+            [[listener]]
+            proto = "udp"
+            address = "127.0.0.1"
+            port = \(base)
+            tag = "public"
+            [[listener]]
+            proto = "udp"
+            address = "127.0.0.1"
+            port = \(base + 1)
+            tag = "partners"
+            """)
+        defer { edge.stop() }
+        try #require(edge.waitFor("tag=partners"), "\(edge.output)")
+        caller.send(Self.invite(1, name: "tag\(getpid())", caller: caller, edgePort: base + 1), to: base + 1)
+        let invite = try #require(callee.take("INVITE "))
+        callee.respond(to: invite, status: "200 OK", toTag: "callee1", body: HostileInputTests.sdp, to: base)
+        let ok = try #require(caller.take("SIP/2.0 200", waiting: 3_000), "\(edge.output.suffix(300))")
+        #expect(RawSIPPeer.header("Contact", in: ok) == "<sip:edge@127.0.0.1:\(base + 1)>", "\(ok)")
+    }
+
     @Test func rfc5118_a_via_received_with_a_bare_ipv6_address_is_accepted_in_requests_and_responses() throws {
         let base = Scratch.ports()
         let (caller, callee) = try HostileInputTests.peers(base)
