@@ -67,7 +67,8 @@ extension B2BUA {
         callsStarted += 1
         switch tryNextBackend(call) {
         case .sent:
-            clock.schedule(afterMilliseconds: Self.tryingDelayMilliseconds, target: self, token: Self.token(.trying, call))
+            // (A few milliseconds late does not matter here: the timers of many calls share a wake-up.)
+            clock.schedule(atLeastMilliseconds: Self.tryingDelayMilliseconds, target: self, token: Self.token(.trying, call))
         case .exhausted:
             respond(tx, status: 503, extra: [("Retry-After", "30"), ("Warning", "399 sipedge \"no destination available\"")])
             call.clientInvite = nil
