@@ -29,7 +29,7 @@ let package = Package(
         .target(name: "CSQLite", linkerSettings: [.linkedLibrary("sqlite3")]),
         // Event loops, sockets, timers. Knows nothing of SIP.
         .target(name: "Transport", dependencies: ["CTransportShim", "CTLSShim"], swiftSettings: crossModule),
-        // Transactions, dialogs, B2BUA legs, dialog records (issue 4).
+        // The SIP stack above the parser: intake, transactions, dialog records and their gate, the B2BUA.
         .target(name: "Dialog", dependencies: ["SIPParser", "Transport"], swiftSettings: crossModule),
         // Membership, replication, sharing tags, re-homing.
         .target(name: "Cluster", dependencies: ["Dialog"]),

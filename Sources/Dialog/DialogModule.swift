@@ -1,4 +1,4 @@
-/// The dialog layer's identity; transactions, dialogs and B2BUA legs arrive with issue 4.
+/// The SIP stack's identity (intake, transactions, dialogs, the B2BUA), reported with the version.
 public enum DialogModule {
     public static let version = "0.1.0"
 }

@@ -66,12 +66,6 @@ public struct B2BUAConfig: Sendable {
         self.pingSeconds = pingSeconds
         self.sharingTag = sharingTag
     }
-
-    /// Host and port for our Via/Contact on `transport`: the listener with `tag` when there is one,
-    /// else the transport's first (UDP's when that transport has no listener).
-    func address(for transport: TransportProtocol, tag: String? = nil) -> LocalAddress {
-        ListenerAddresses(self).address(for: transport, tag: tag)
-    }
 }
 
 /// `B2BUAConfig.listeners` as a B2BUA looks them up for every message it writes: an array per
@@ -86,6 +80,8 @@ struct ListenerAddresses {
         fallback = udp.first ?? config.listeners.values.first?.first ?? LocalAddress(host: "127.0.0.1", port: 5060, tag: "default")
     }
 
+    /// Host and port for our Via/Contact on `transport`: the listener with `tag` when there is one,
+    /// else the transport's first (UDP's when that transport has no listener).
     func address(for transport: TransportProtocol, tag: String? = nil) -> LocalAddress {
         let candidates = byTransport[Self.position(transport)]
         if let tag {
