@@ -135,6 +135,30 @@ import Transport
         #expect(try cancel.cseq().number == forwarded.cseq().number)
     }
 
+    @Test func rfc3261_9_1_the_answer_to_our_cancel_ends_its_own_transaction_and_goes_nowhere() throws {
+        let s = Stage()
+        let branch = s.newBranch()
+        s.fromCaller(s.invite(branch: branch))
+        let forwarded = try #require(s.next(to: Self.backend))
+        s.fromBackend(Stage.response(to: forwarded, 180))
+        s.fromCaller(Stage.message("""
+            CANCEL sip:100@198.51.100.1 SIP/2.0
+            Via: SIP/2.0/UDP 192.0.2.10:5060;branch=\(branch)
+            From: "Alice" <sip:alice@192.0.2.10>;tag=a1
+            To: <sip:100@198.51.100.1>
+            Call-ID: call-1@192.0.2.10
+            CSeq: 1 CANCEL
+            """))
+        _ = s.unread(to: Self.caller)
+        let cancel = try #require(s.unread(to: Self.backend).first { $0.method == .cancel })
+        let clients = s.b2bua.transactionCounts.client
+        s.fromBackend(Stage.response(to: cancel, 200, toTag: nil, contact: nil))
+        #expect(s.unread(to: Self.caller).isEmpty, "nothing of it reaches the caller")
+        s.wait(5_000)   // Timer E would have resent an unanswered CANCEL by now; Timer K (T4) ends it
+        #expect(s.unread(to: Self.backend).allSatisfy { $0.method != .cancel }, "no retransmission of the answered CANCEL")
+        #expect(s.b2bua.transactionCounts.client == clients - 1, "the CANCEL's transaction found (through its INVITE) and done")
+    }
+
     @Test func rfc3261_9_1_a_2xx_that_crosses_the_cancel_is_acked_and_ended_with_a_bye() throws {
         let s = Stage()
         let branch = s.newBranch()
@@ -451,6 +475,21 @@ import Transport
         #expect(s.sink.records.contains { $0.state == .confirmed && $0.backend.remoteTag == "b1" && $0.backendAcknowledged })
         #expect(s.sink.records.last?.state == .ended)
         #expect(Set(s.sink.records.dropFirst().map(\.key)) == [forwarded.callID!.string])
+    }
+
+    @Test func a_passive_copy_answers_no_request_until_activated() throws {
+        let s = Stage()
+        let (tag, _) = try #require(s.establish())
+        let record = try #require(s.b2bua.dialogRecords().first)
+        let other = Stage()
+        other.b2bua.adopt(record, active: false)
+        other.fromCaller(other.callerRequest("BYE", cseq: 2, toTag: tag))
+        #expect(other.sender.log.isEmpty, "no 481, no BYE: the caller retransmits until a node carries the call")
+        #expect(other.b2bua.isActive(key: record.key) == false)
+        #expect(other.b2bua.activate(key: record.key))
+        other.fromCaller(other.callerRequest("BYE", cseq: 2, toTag: tag))
+        #expect(other.unread(to: Self.caller).map(\.statusCode) == [200])
+        #expect(other.unread(to: Self.backend).map(\.method) == [.bye])
     }
 
     @Test func a_passive_copy_arms_no_timer_and_sends_nothing_until_activated() throws {
