@@ -48,7 +48,8 @@ public final class EdgeServer: @unchecked Sendable {
             inbound.append(InboundSIP(worker: loop.index, loop: loop, summary: summary, listenerTag: config.listeners.first?.tag.name ?? "",
                                       limits: config.parserLimits, security: config.security, logger: logger, routing: routing))
         }
-        var udpByWorker: [Int: UDPEndpoint] = [:], ownUDPByWorker: [Int: UDPEndpoint] = [:]
+        var udpByWorker: [Int: [UDPEndpoint]] = [:], ownUDPByWorker: [Int: UDPEndpoint] = [:]
+        var udpListeners = 0
         var workerUDP: [LocalAddress] = []
         var tcpByWorker: [Int: TCPConnectionTable] = [:], tlsByWorker: [Int: TCPConnectionTable] = [:]
         let tlsServer: TLSContext?
@@ -81,7 +82,8 @@ public final class EdgeServer: @unchecked Sendable {
             for loop in workers.loops where spec.proto != .sctp || loop.index == 0 {
                 // Each listener's own receiver, so a new call is known by the tag it came in on.
                 let receiver = InboundSIP(worker: loop.index, loop: loop, summary: summary, listenerTag: spec.tag.name, limits: config.parserLimits,
-                                          security: config.security, logger: logger, routing: routing, spreadByCallID: spec.spreadByCallID)
+                                          security: config.security, logger: logger, routing: routing, spreadByCallID: spec.spreadByCallID,
+                                          udpListener: spec.proto == .udp ? udpListeners : nil)
                 inbound.append(receiver)
                 do {
                     switch spec.proto {
@@ -90,7 +92,7 @@ public final class EdgeServer: @unchecked Sendable {
                         address = e.localAddress
                         udpGroup.append(e)
                         endpoints.append(LoopBound(e, on: loop))
-                        if udpByWorker[loop.index] == nil { udpByWorker[loop.index] = e }
+                        udpByWorker[loop.index, default: []].append(e)
                         if let first = spec.workerPorts {
                             // The worker's own port: what its calls' backend legs use.
                             let own = InboundSIP(worker: loop.index, loop: loop, summary: summary, listenerTag: spec.tag.name, limits: config.parserLimits,
@@ -127,6 +129,7 @@ public final class EdgeServer: @unchecked Sendable {
                     throw ListenerError(listener: name, reason: "\(error)", underlying: error as? SystemError)
                 }
             }
+            if spec.proto == .udp { udpListeners += 1 }
             if spec.proto == .udp, workers.count > 1, let first = udpGroup.first {
                 // Responses go straight to the worker their branch names (the sockets above were
                 // bound in worker order). Without it they still arrive, through a hand-over.
@@ -200,7 +203,7 @@ public final class EdgeServer: @unchecked Sendable {
                 summarised(TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits), limits: config.streamLimits,
                                               counts: connectionCounts, tls: $0, receiver: receiver))
             }
-            let sender = EdgeSender(worker: loop.index, udp: udpByWorker[loop.index], ownUDP: ownUDPByWorker[loop.index], tcp: tcp, tlsAccepted: tlsByWorker[loop.index],
+            let sender = EdgeSender(worker: loop.index, udp: udpByWorker[loop.index] ?? [], ownUDP: ownUDPByWorker[loop.index], tcp: tcp, tlsAccepted: tlsByWorker[loop.index],
                                     tlsOutgoing: tls, workers: workers)
             senders.append(LoopBound(sender, on: loop))
             let b2bua = B2BUA(clock: loop, config: b2buaConfig, sender: sender)
@@ -399,14 +402,16 @@ public final class EdgeServer: @unchecked Sendable {
     public var blockedRequests: Int { inbound.reduce(0) { $0 + $1.blocked.load(ordering: .relaxed) } }
 }
 
-/// Sends one worker's B2BUA messages: UDP through the worker's socket; TCP and TLS over the
+/// Sends one worker's B2BUA messages: UDP through the worker's socket of the listener the hop
+/// names (the first UDP listener's when it names none); TCP and TLS over the
 /// connection the peer opened (handed to the worker that holds it) or one this worker opens.
 ///
 /// `@unchecked Sendable`: `peers` is set while the server is built, before any loop runs; the rest
 /// is used only on this worker's loop (other workers reach it through `handOver`).
 final class EdgeSender: MessageSender, @unchecked Sendable {
     let worker: Int
-    let udp: UDPEndpoint?
+    /// This worker's socket of each UDP listener, in the config's order.
+    let udp: [UDPEndpoint]
     /// This worker's own UDP socket (`worker_ports`), for hops that name this worker.
     let ownUDP: UDPEndpoint?
     let tcp: TCPConnectionTable
@@ -415,7 +420,7 @@ final class EdgeSender: MessageSender, @unchecked Sendable {
     let workers: WorkerGroup
     var peers: [LoopBound<EdgeSender>] = []
 
-    init(worker: Int, udp: UDPEndpoint?, ownUDP: UDPEndpoint?, tcp: TCPConnectionTable, tlsAccepted: TCPConnectionTable?, tlsOutgoing: TCPConnectionTable?,
+    init(worker: Int, udp: [UDPEndpoint], ownUDP: UDPEndpoint?, tcp: TCPConnectionTable, tlsAccepted: TCPConnectionTable?, tlsOutgoing: TCPConnectionTable?,
          workers: WorkerGroup) {
         self.worker = worker
         self.udp = udp
@@ -452,7 +457,8 @@ final class EdgeSender: MessageSender, @unchecked Sendable {
     /// a response whose connection is gone goes over a new connection to the same address).
     func sendHere(_ bytes: [UInt8], to hop: Hop) -> Bool {
         if hop.transport == .udp {
-            guard let socket = hop.worker == worker ? ownUDP ?? udp : udp else { return false }
+            let listener = hop.listener.flatMap { udp.indices.contains($0) ? udp[$0] : nil } ?? udp.first
+            guard let socket = hop.worker == worker ? ownUDP ?? listener : listener else { return false }
             socket.send(bytes, to: hop.address)
             return true
         }

@@ -101,6 +101,9 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
     /// Whether it serves a UDP socket of this worker's own (`worker_ports`): what arrives there is
     /// answered from there, and the hop says so.
     let ownPort: Bool
+    /// For a UDP listener, its place among the UDP listeners: what arrives on it is answered, and
+    /// its dialogs' requests sent, from its socket (the hop says so).
+    let udpListener: Int?
     /// New calls go to the worker their Call-ID hashes to (`spread_calls_by = "call-id"`).
     let spreadByCallID: Bool
 
@@ -108,8 +111,9 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
     let summary: LogSummary
 
     init(worker: Int, loop: EventLoop, summary: LogSummary, listenerTag: String, limits: SIPParserLimits, security: EdgeConfig.SecuritySettings, logger: Logger, routing: CallRouting,
-         ownPort: Bool = false, spreadByCallID: Bool = false) {
+         ownPort: Bool = false, spreadByCallID: Bool = false, udpListener: Int? = nil) {
         self.worker = worker
+        self.udpListener = udpListener
         self.summary = summary
         self.spreadByCallID = spreadByCallID
         self.ownPort = ownPort
@@ -167,7 +171,8 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
             logger.debug("worker \(worker): \(proto.rawValue) from \(peer): \(message.method?.description ?? "\(message.statusCode ?? 0)")")
             guard proto != .sctp else { return }
             let owner = intake.owner(of: message, spreadByCallID: spreadByCallID)
-            routing.deliver(message, from: Hop(proto, peer, worker: proto == .udp && !ownPort ? nil : worker), listenerTag: listenerTag, to: owner)
+            let hop = Hop(proto, peer, worker: proto == .udp && !ownPort ? nil : worker, listener: proto == .udp ? udpListener : nil)
+            routing.deliver(message, from: hop, listenerTag: listenerTag, to: owner)
             if owner != worker { handedOver.add(1, ordering: .relaxed) }
         case .invalid(let error, let answer, let outcome):
             invalid.add(1, ordering: .relaxed)

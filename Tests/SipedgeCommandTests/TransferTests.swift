@@ -178,8 +178,38 @@ import Testing
         caller.send(Self.invite(1, name: "tag\(getpid())", caller: caller, edgePort: base + 1), to: base + 1)
         let invite = try #require(callee.take("INVITE "))
         callee.respond(to: invite, status: "200 OK", toTag: "callee1", body: HostileInputTests.sdp, to: base)
-        let ok = try #require(caller.take("SIP/2.0 200", waiting: 3_000), "\(edge.output.suffix(300))")
+        let (ok, source) = try #require(Self.receive(on: caller, startingWith: "SIP/2.0 200"), "\(edge.output.suffix(300))")
         #expect(RawSIPPeer.header("Contact", in: ok) == "<sip:edge@127.0.0.1:\(base + 1)>", "\(ok)")
+        #expect(source == base + 1, "and it comes from that listener's socket")
+        // The edge's BYE toward the caller (the callee hangs up) leaves from it too.
+        let bye = "BYE \(RawSIPPeer.uri(RawSIPPeer.header("Contact", in: invite)) ?? "") SIP/2.0\r\n"
+            + "Via: SIP/2.0/UDP 127.0.0.1:\(callee.port);branch=z9hG4bKtagbye\r\nMax-Forwards: 70\r\n"
+            + "From: \(RawSIPPeer.header("To", in: invite) ?? "");tag=callee1\r\nTo: \(RawSIPPeer.header("From", in: invite) ?? "")\r\n"
+            + "Call-ID: \(RawSIPPeer.header("Call-ID", in: invite) ?? "")\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        callee.send(bye, to: base)
+        let (byeToCaller, byeSource) = try #require(Self.receive(on: caller, startingWith: "BYE "), "\(edge.output.suffix(300))")
+        #expect(byeSource == base + 1, "\(byeToCaller)")
+    }
+
+    /// The first datagram on `peer`'s socket that starts with `prefix`, with the port it came from
+    /// (read directly, past the peer's inbox), waiting up to 3 s.
+    static func receive(on peer: RawSIPPeer, startingWith prefix: String) -> (String, Int)? {
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        let end = Date().addingTimeInterval(3)
+        while Date() < end {
+            var from = sockaddr_in()
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let n = withUnsafeMutablePointer(to: &from) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(peer.fd, &buffer, buffer.count, 0, $0, &length) }
+            }
+            if n > 0 {
+                let text = String(decoding: buffer[0..<n], as: UTF8.self)
+                if text.hasPrefix(prefix) { return (text, Int(UInt16(bigEndian: from.sin_port))) }
+            } else {
+                usleep(5_000)
+            }
+        }
+        return nil
     }
 
     @Test func rfc5118_a_via_received_with_a_bare_ipv6_address_is_accepted_in_requests_and_responses() throws {

@@ -12,11 +12,16 @@ public struct Hop: Sendable, Hashable, CustomStringConvertible {
     /// The worker holding the peer's connection, or whose own UDP port the leg uses; nil: the
     /// shared UDP socket, or a connection the sending worker opens.
     public var worker: Int?
+    /// Over UDP, the listener (by its place in the config) the peer's messages arrive on: what we
+    /// send it leaves from that listener's socket, so that its source is the address our Via and
+    /// Contact name. Nil: the first UDP listener. Like `worker`, this node's business only.
+    public var listener: Int?
 
-    public init(_ transport: TransportProtocol, _ address: SocketAddress, worker: Int? = nil) {
+    public init(_ transport: TransportProtocol, _ address: SocketAddress, worker: Int? = nil, listener: Int? = nil) {
         self.transport = transport
         self.address = address
         self.worker = worker
+        self.listener = listener
     }
 
     public var description: String { "\(transport.rawValue):\(address)" }
@@ -25,8 +30,9 @@ public struct Hop: Sendable, Hashable, CustomStringConvertible {
     public var reliability: TransportReliability { transport == .udp ? .unreliable : .reliable }
 
     /// The same peer reached the way a sending worker would reach it afresh (the record of a
-    /// dialog keeps no worker: after a restart or on another node, connections are new).
-    public var withoutWorker: Hop { Hop(transport, address) }
+    /// dialog keeps no worker: after a restart or on another node, connections are new), from the
+    /// same listener.
+    public var withoutWorker: Hop { Hop(transport, address, listener: listener) }
 }
 
 extension TransportProtocol {
