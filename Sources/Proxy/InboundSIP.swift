@@ -153,6 +153,7 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
     /// One delivery: the flood check, then the intake; a valid message goes to its owner, an
     /// invalid one gets the answer the intake built (through `reply`) and a log line.
     private func accept(_ bytes: [UInt8], from peer: SocketAddress, via proto: TransportProtocol, reply: (([UInt8]) -> Void)? = nil) {
+        // A keep-alive (RFC 5626) is neither counted nor checked against the flood limit.
         if bytes.allSatisfy({ $0 == 0x0D || $0 == 0x0A }) { return }
         received.add(1, ordering: .relaxed)
         if let answer = floodVerdict(bytes, from: peer) {
