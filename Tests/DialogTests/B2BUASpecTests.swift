@@ -116,15 +116,7 @@ import Transport
         s.fromCaller(s.invite(branch: branch))
         let forwarded = try #require(s.next(to: Self.backend))
         s.fromBackend(Stage.response(to: forwarded, 180))
-        s.fromCaller(Stage.message("""
-            CANCEL sip:100@198.51.100.1 SIP/2.0
-            Via: SIP/2.0/UDP 192.0.2.10:5060;branch=\(branch)
-            Max-Forwards: 70
-            From: "Alice" <sip:alice@192.0.2.10>;tag=a1
-            To: <sip:100@198.51.100.1>
-            Call-ID: call-1@192.0.2.10
-            CSeq: 1 CANCEL
-            """))
+        s.fromCaller(s.cancel(branch: branch))
         let answers = s.unread(to: Self.caller).compactMap(\.statusCode)
         #expect(answers.contains(200) && answers.last == 487)
         let cancel = try #require(s.next(to: Self.backend))
@@ -141,14 +133,7 @@ import Transport
         s.fromCaller(s.invite(branch: branch))
         let forwarded = try #require(s.next(to: Self.backend))
         s.fromBackend(Stage.response(to: forwarded, 180))
-        s.fromCaller(Stage.message("""
-            CANCEL sip:100@198.51.100.1 SIP/2.0
-            Via: SIP/2.0/UDP 192.0.2.10:5060;branch=\(branch)
-            From: "Alice" <sip:alice@192.0.2.10>;tag=a1
-            To: <sip:100@198.51.100.1>
-            Call-ID: call-1@192.0.2.10
-            CSeq: 1 CANCEL
-            """))
+        s.fromCaller(s.cancel(branch: branch))
         _ = s.unread(to: Self.caller)
         let cancel = try #require(s.unread(to: Self.backend).first { $0.method == .cancel })
         let clients = s.b2bua.transactionCounts.client
@@ -164,14 +149,7 @@ import Transport
         let branch = s.newBranch()
         s.fromCaller(s.invite(branch: branch))
         let forwarded = try #require(s.next(to: Self.backend))
-        s.fromCaller(Stage.message("""
-            CANCEL sip:100@198.51.100.1 SIP/2.0
-            Via: SIP/2.0/UDP 192.0.2.10:5060;branch=\(branch)
-            From: "Alice" <sip:alice@192.0.2.10>;tag=a1
-            To: <sip:100@198.51.100.1>
-            Call-ID: call-1@192.0.2.10
-            CSeq: 1 CANCEL
-            """))
+        s.fromCaller(s.cancel(branch: branch))
         _ = s.unread(to: Self.backend)   // its CANCEL
         s.fromBackend(Stage.response(to: forwarded, 200, body: Stage.answerSDP))
         #expect(s.unread(to: Self.backend).map(\.method) == [.ack, .bye])

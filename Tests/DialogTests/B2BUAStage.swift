@@ -118,6 +118,19 @@ final class B2BUAStage {
             """, body: body)
     }
 
+    /// The caller's CANCEL of its INVITE with `branch` (§9.1: the INVITE's branch, Call-ID, tags, CSeq).
+    func cancel(branch: String) -> SIPMessage {
+        Self.message("""
+            CANCEL sip:100@198.51.100.1 SIP/2.0
+            Via: SIP/2.0/UDP 192.0.2.10:5060;branch=\(branch)
+            Max-Forwards: 70
+            From: "Alice" <sip:alice@192.0.2.10>;tag=a1
+            To: <sip:100@198.51.100.1>
+            Call-ID: call-1@192.0.2.10
+            CSeq: 1 CANCEL
+            """)
+    }
+
     /// A request from the caller inside its dialog (To carries the edge's tag).
     func callerRequest(_ method: String, cseq: UInt32, toTag: String, callID: String = "call-1@192.0.2.10", branch: String? = nil,
                        extra: String = "", body: String = "") -> SIPMessage {
