@@ -180,7 +180,7 @@ extension B2BUA {
             b.header("To", leg.remoteURI)
             b.header("Call-ID", leg.callID)
             b.header("CSeq", "\(leg.inviteCSeq) CANCEL")
-            if let reason = request.firstValue(.reason) { b.header("Reason", reason.bytes) }
+            if let reason = request.firstValue(.reason) { b.header("Reason", reason) }
             transactions.startClient(b.finishRequest(), to: leg.hop, call: nil, purpose: .fireAndForget)
         }
         let bytes = MessageBuilder.response(to: inviteTx.request, status: 487, toTag: call.record.client.localTag)

@@ -105,7 +105,7 @@ extension B2BUA {
                 let h = request.header(at: i)
                 switch h.kind {
                 case .referTo: built.header("Refer-To", translatedReferTo(h.value.bytes))
-                case .referredBy: built.header("Referred-By", h.value.bytes)
+                case .referredBy: built.header("Referred-By", h.value)
                 default: break
                 }
             }

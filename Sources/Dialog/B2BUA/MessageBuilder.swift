@@ -166,18 +166,6 @@ public struct MessageBuilder {
         .minSE, .contentDisposition, .reason, .accept, .privacy,
     ]
 
-    /// Copies every line of these kinds from `message`, names and values as written.
-    public mutating func copy(_ kinds: [HeaderKind], from message: SIPMessage) {
-        for i in 0..<message.headerCount {
-            let h = message.header(at: i)
-            guard kinds.contains(h.kind) else { continue }
-            h.name.withUnsafeBytes { bytes.append(contentsOf: $0) }
-            append(": ")
-            h.value.withUnsafeBytes { bytes.append(contentsOf: $0) }
-            append("\r\n")
-        }
-    }
-
     /// Ends the headers with Content-Length (and Content-Type when there is a body), then the body.
     public mutating func finish(contentType: ByteView? = nil, body: some Collection<UInt8> = EmptyCollection<UInt8>()) -> [UInt8] {
         if let contentType, !body.isEmpty { header("Content-Type", contentType) }

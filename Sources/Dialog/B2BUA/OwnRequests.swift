@@ -35,7 +35,7 @@ extension B2BUA {
         for kind: HeaderKind in [.authorization, .proxyAuthorization, .userAgent] {
             for i in 0..<request.headerCount where request.header(at: i).kind == kind {
                 let h = request.header(at: i)
-                b.header(h.name.string, h.value.bytes)
+                b.header(copying: h.name, h.value)
             }
         }
         transactions.startClient(b.finishRequest(), to: up.hop, call: nil, purpose: .ownRequest, onFinal: { [weak self] response in

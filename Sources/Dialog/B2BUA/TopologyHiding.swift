@@ -24,13 +24,10 @@ extension B2BUA {
 
     /// Our Via on a leg's request, with a new branch that names the slot its client transaction
     /// will take (the request is handed to `transactions.startClient` right after it is built).
-    func via(_ leg: LegRecord, into b: inout MessageBuilder) {
-        let local = localAddress(leg)
-        b.via(leg.hop.transport, host: local.host, port: local.port, ids: &ids, slot: transactions.nextClientSlot)
-    }
+    func via(_ leg: LegRecord, into b: inout MessageBuilder) { via(leg.hop, tag: leg.listenerTag, into: &b) }
 
-    func via(_ hop: Hop, into b: inout MessageBuilder) {
-        let local = localAddress(hop)
+    func via(_ hop: Hop, tag: String? = nil, into b: inout MessageBuilder) {
+        let local = localAddress(hop, tag: tag)
         b.via(hop.transport, host: local.host, port: local.port, ids: &ids, slot: transactions.nextClientSlot)
     }
 
@@ -113,7 +110,7 @@ extension B2BUA {
             guard MessageBuilder.endToEnd.contains(h.kind), h.kind != .sessionExpires, h.kind != .minSE else { continue }
             if h.kind == .supported || h.kind == .require,
                addTimer && h.kind == .supported && !supportedWritten || Self.mentionsTimer(h.value) {
-                let tags = h.value.string.split(separator: ",").map { String($0.drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed()) }
+                let tags = h.value.string.split(separator: ",").map { String($0.trimmingSpaces) }
                     .filter { !$0.isEmpty && $0.lowercased() != "timer" }
                 var kept = tags
                 if h.kind == .supported && addTimer && !supportedWritten { kept.append("timer"); supportedWritten = true }
@@ -171,7 +168,8 @@ extension B2BUA {
               let key = Self.firstIndex(ofCaseless: "replaces=", in: value, from: question) else { return value }
         let start = key + 9
         let end = value[start...].firstIndex { $0 == UInt8(ascii: "&") || $0 == UInt8(ascii: ">") } ?? value.endIndex
-        guard let translated = translatedReplaces(Self.percentDecoded(value[start..<end])) else { return value }
+        let replaces = String(decoding: ByteView(value, start, end).unescaped, as: UTF8.self)
+        guard let translated = translatedReplaces(replaces) else { return value }
         let opened = value[..<question].lastIndex(of: UInt8(ascii: "<")).map { $0 + 1 } ?? 0
         return Array(value[..<opened]) + translated.call[translated.side].remoteTarget + Array(value[question..<start])
             + Array(Self.percentEncoded(translated.value).utf8) + Array(value[end...])
@@ -189,19 +187,7 @@ extension B2BUA {
         return nil
     }
 
-    static func percentDecoded(_ text: ArraySlice<UInt8>) -> String {
-        var out: [UInt8] = []
-        var bytes = text
-        while let b = bytes.popFirst() {
-            if b == UInt8(ascii: "%"), bytes.count >= 2, let v = UInt8(String(decoding: bytes.prefix(2), as: UTF8.self), radix: 16) {
-                out.append(v)
-                bytes = bytes.dropFirst(2)
-            } else {
-                out.append(b)
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
+    private static let hexDigits = Array("0123456789ABCDEF".utf8)
 
     /// Escapes what may not stand in a URI header value (RFC 3261 §25.1 hvalue): ";", "=", "@", "%"...
     static func percentEncoded(_ text: String) -> String {
@@ -211,7 +197,7 @@ extension B2BUA {
             if (c.isLetter || c.isNumber) && b < 0x80 || "-_.!~*'()[]/:+$".contains(c) {
                 out.append(c)
             } else {
-                out += "%" + String(b, radix: 16, uppercase: true).leftPadded(to: 2)
+                out += String(decoding: [UInt8(ascii: "%"), hexDigits[Int(b >> 4)], hexDigits[Int(b & 0x0F)]], as: UTF8.self)
             }
         }
         return out
@@ -225,8 +211,4 @@ extension Substring {
         while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
         return s
     }
-}
-
-extension String {
-    func leftPadded(to width: Int) -> String { String(repeating: "0", count: max(0, width - count)) + self }
 }
