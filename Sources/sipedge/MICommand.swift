@@ -15,10 +15,9 @@ struct MICommand: ParsableCommand {
     @Argument(help: "The command, e.g. ds_list, then its parameters as key=value.")
     var words: [String]
 
-    @Option(name: .shortAndLong, help: "The config file whose [mi] section names the address (and secret); by default conf/sipedge.toml when there is one here, else the MI's default address \(Self.defaultAddress).")
+    @Option(name: .shortAndLong, help: "The config file whose [mi] section names the address (and secret); by default conf/sipedge.toml when there is one here, else the MI's default address \(EdgeConfig.MISettings.defaultAddress).")
     var config: String?
 
-    static let defaultAddress = "127.0.0.1:8888"
     static let defaultConfig = "conf/sipedge.toml"
 
     @Option(help: "The MI address as IP:PORT (instead of the config's).")
@@ -55,7 +54,7 @@ struct MICommand: ParsableCommand {
             configuredSecret = mi.secret
         } else {
             // No config at hand (run from elsewhere): the MI's default address, as opensips-cli does.
-            target = SocketAddress(ip: "127.0.0.1", port: 8888)
+            target = EdgeConfig.MISettings.defaultAddress
         }
         if let s = secret ?? (configuredSecret.isEmpty ? nil : configuredSecret) { params["secret"] = s }
         let request: [String: Any] = ["jsonrpc": "2.0", "method": command, "params": params, "id": 1]

@@ -27,7 +27,8 @@ public struct EdgeConfig: Sendable, Equatable {
     public var logLevel: String
     /// Lines a peer can cause (refusals, invalid messages) are written once per this interval per
     /// kind and source, then counted (seconds; 0: every line).
-    public var logSummarySeconds = 10
+    public var logSummarySeconds = Self.defaultLogSummarySeconds
+    public static let defaultLogSummarySeconds = 10
     /// Per-loop bounds on TCP/TLS peers.
     public var streamLimits: StreamLimits
     /// Where new calls go: the dispatcher set, its algorithm and probing.
@@ -72,6 +73,9 @@ public struct EdgeConfig: Sendable, Equatable {
 
     /// The `[mi]` section: JSON-RPC 2.0 over UDP.
     public struct MISettings: Sendable, Equatable {
+        /// Where the MI listens when `[mi]` names no address and port, and where `sipedge mi` asks
+        /// when it has no config.
+        public static let defaultAddress = SocketAddress(ip: "127.0.0.1", port: 8888)!
         public var address: SocketAddress
         /// Required in every request from an address outside 127.0.0.0/8 and ::1 (empty: such
         /// requests are all refused).

@@ -13,7 +13,7 @@ extension EdgeConfig {
     static func readLog(_ t: inout TableReader) throws(ConfigError) -> (level: String, summarySeconds: Int) {
         let level = try t.string("level", default: defaultLogLevel)
         guard logLevels.contains(level) else { throw t.error("level", "must be one of \(logLevels.joined(separator: ", "))") }
-        return (level, try t.int("summary_interval_seconds", default: 10, range: 0...3_600))
+        return (level, try t.int("summary_interval_seconds", default: EdgeConfig.defaultLogSummarySeconds, range: 0...3_600))
     }
 
     /// `[database]`: the file (empty: none) and how often its thread writes.
@@ -125,8 +125,8 @@ extension EdgeConfig.CallSettings {
 extension EdgeConfig.MISettings {
     /// `[mi]`.
     init(reading t: inout TableReader) throws(ConfigError) {
-        let ip = try t.string("address", default: "127.0.0.1")
-        let port = try t.int("port", default: 8888, range: 0...65_535)
+        let ip = try t.string("address", default: Self.defaultAddress.ipString)
+        let port = try t.int("port", default: Int(Self.defaultAddress.port), range: 0...65_535)
         guard let address = SocketAddress(ip: ip, port: port) else {
             throw t.error("address", "must be a numeric IPv4 or IPv6 address, not \"\(ip)\"")
         }
