@@ -26,7 +26,34 @@ import Transport
         record.state = .confirmed
         record.answeredAt = 1_795_000_003
         record.endsAt = 1_795_043_203
+        record.reinvite = .relayed(from: .backend)
+        record.lateOffer = true
+        record.backendAcknowledged = true
         return record
+    }
+
+    /// LEB128 length of `value`, as the encoding writes it.
+    static func intLength(_ value: UInt64) -> Int {
+        var n = 1, v = value
+        while v >= 0x80 { v >>= 7; n += 1 }
+        return n
+    }
+
+    @Test func a_record_of_the_first_format_is_still_read_with_no_reinvite_and_no_flags() throws {
+        var record = Self.sample()
+        record.reinvite = .none
+        record.lateOffer = false
+        record.backendAcknowledged = false
+        var bytes = record.encoded()
+        // Format 1 had no re-INVITE state and flags (two one-byte zeros here) after endsAt.
+        let offset = 1 + Self.intLength(record.version) + 1 + Self.intLength(UInt64(record.sharingTag.utf8.count)) + record.sharingTag.utf8.count
+            + Self.intLength(record.startedAt) + Self.intLength(record.answeredAt) + Self.intLength(record.endsAt)
+        #expect(Array(bytes[offset..<offset + 2]) == [0, 0])
+        bytes.removeSubrange(offset..<offset + 2)
+        bytes[0] = 1
+        var decoded = try DialogRecord(decoding: bytes)
+        decoded.client.hop = record.client.hop
+        #expect(decoded == record)
     }
 
     @Test func a_record_survives_its_encoding_field_for_field() throws {
