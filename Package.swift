@@ -32,7 +32,7 @@ let package = Package(
         // The SIP stack above the parser: intake, transactions, dialog records and their gate, the B2BUA.
         .target(name: "Dialog", dependencies: ["SIPParser", "Transport"], swiftSettings: crossModule),
         // Membership, replication, sharing tags, re-homing.
-        .target(name: "Cluster", dependencies: ["Dialog"]),
+        .target(name: "Cluster", dependencies: ["Dialog", "Transport"]),
         // The edge: config, routing, dispatcher, MI; the composition root.
         .target(name: "Proxy", dependencies: [
             "SIPParser", "Transport", "Dialog", "Cluster", "CSQLite", "TOMLKit",

@@ -15,3 +15,15 @@ void tshim_tls_last_error(char *buffer, size_t length) {
     buffer[0] = 0;
     if (code != 0) ERR_error_string_n(code, buffer, length);
 }
+
+#include <openssl/hmac.h>
+#include <openssl/crypto.h>
+
+int tshim_hmac_sha256(const uint8_t *key, size_t key_length, const uint8_t *data, size_t length, uint8_t *out) {
+    unsigned int written = 0;
+    return HMAC(EVP_sha256(), key, (int)key_length, data, length, out, &written) != NULL && written == 32 ? 0 : -1;
+}
+
+int tshim_equal_in_constant_time(const uint8_t *a, const uint8_t *b, size_t length) {
+    return CRYPTO_memcmp(a, b, length);
+}

@@ -1,3 +1,4 @@
+import Cluster
 import Glibc
 import Dialog
 import Logging
@@ -191,6 +192,7 @@ public final class EdgeServer: @unchecked Sendable {
                                       pingSeconds: UInt64(config.calls.pingSeconds), picker: router,
                                       admission: sourceLimit, registrar: registrar)
         b2buaConfig.workerUDP = workerUDP.count == workers.count ? workerUDP : []
+        if let cluster = config.cluster { b2buaConfig.sharingTag = cluster.sharingTag }
         var senders: [LoopBound<EdgeSender>] = []
         for loop in workers.loops {
             let receiver = inbound[loop.index]
@@ -213,6 +215,25 @@ public final class EdgeServer: @unchecked Sendable {
             routing.b2buas.append(LoopBound(b2bua, on: loop))
         }
         for s in senders { s.value.peers = senders }
+        // The cluster link: every change of every worker's dialogs goes to it, and it says which
+        // sharing tags this node acts for.
+        if let settings = config.cluster {
+            let node: ClusterNode
+            do {
+                node = try ClusterNode(settings: settings, loopIndex: workers.count + 1, log: { logger.notice("\($0)") },
+                                       logPeer: { source, kind, line in if summary.admit(kind, from: source) { logger.warning("\(line)") } })
+            } catch {
+                throw ListenerError(listener: "cluster udp:\(settings.address)", reason: "\(error)", underlying: error)
+            }
+            let host = ClusteredWorkers(routing: routing, settings: settings)
+            node.attach(host: host)
+            for b2bua in routing.b2buas { b2bua.value.add(sink: node) }
+            cluster = node
+            clusteredWorkers = host
+        } else {
+            cluster = nil
+            clusteredWorkers = nil
+        }
         // Dialogs kept on disk: each goes back to the worker its identifiers name, before the
         // loops start, and every change from now on is written there.
         if let store {
@@ -221,7 +242,9 @@ public final class EdgeServer: @unchecked Sendable {
                 // The worker the client leg's requests will be routed to (its To tag is our tag).
                 let owner = routing.owner(tag: ByteView(text: record.client.localTag), callID: ByteView(text: record.client.callID)) ?? 0
                 let b2bua = routing.b2buas[owner]
-                workers.handOver(to: owner) { b2bua.value.restore(record) }
+                // In a cluster, a record waits passive until this node acts for its tag.
+                let active = config.cluster == nil
+                workers.handOver(to: owner) { b2bua.value.adopt(record, active: active) }
             }
             for b2bua in routing.b2buas { b2bua.value.add(sink: store) }
             if !records.isEmpty { logger.info("database \(store.path): \(records.count) dialogs restored") }
@@ -239,6 +262,9 @@ public final class EdgeServer: @unchecked Sendable {
     }
 
     private let routing: CallRouting
+    /// This node's part in a cluster (nil: it runs alone).
+    public let cluster: ClusterNode?
+    private let clusteredWorkers: ClusteredWorkers?
     /// Lines peers can cause, summarised.
     let summary: LogSummary
     private let store: DialogStore?
@@ -275,6 +301,7 @@ public final class EdgeServer: @unchecked Sendable {
         ProcessMemory.keepFreedMemory(upTo: 64 << 20)
         try workers.start()
         for loop in workers.loops { loop.execute { ProcessMemory.reserveHeap(48 << 20) } }
+        try cluster?.start()
         try mi?.start()
         if let prober = routing.b2buas.first {
             for set in router.sets { set.startProbing(from: prober) }
@@ -326,15 +353,20 @@ public final class EdgeServer: @unchecked Sendable {
     /// Stops the loops, then writes what the database has pending.
     public func stop() {
         mi?.stop()
+        cluster?.stop()
         workers.stop()
         store?.stop()
     }
 
     // MARK: - What the MI asks of the workers (each asked on its own loop)
 
-    /// Every confirmed dialog on every worker.
+    /// Every confirmed dialog on every worker; in a cluster, every confirmed dialog of every node
+    /// (this node's copy of the cluster's dialogs).
     public func dialogRecords() -> [DialogRecord] {
-        routing.b2buas.flatMap { b in (try? b.loop.submitAndWait { b.value.dialogRecords() }) ?? [] }
+        if let cluster {
+            return (try? cluster.loop.submitAndWait { cluster.dialogRecords().filter { $0.state == .confirmed } }) ?? []
+        }
+        return routing.b2buas.flatMap { b in (try? b.loop.submitAndWait { b.value.dialogRecords() }) ?? [] }
     }
 
     /// Ends the dialog with this key (or this client Call-ID) with a BYE on both legs.
@@ -346,6 +378,8 @@ public final class EdgeServer: @unchecked Sendable {
     public struct Totals: Sendable {
         public var received = 0, invalid = 0, blocked = 0, refusedCalls = 0, callsStarted = 0, callsEnded = 0, activeCalls = 0
         public var serverTransactions = 0, clientTransactions = 0
+        /// What only the node acting for a dialog's tag sends or does: pings, refreshes, time-outs.
+        public var pingsSent = 0, sessionRefreshesSent = 0, callsTimedOut = 0
         /// Messages a worker received for another worker's call and passed on.
         public var handedOver = 0
         public var requests: [String: Int] = [:], replies: [String: Int] = [:]
@@ -363,6 +397,9 @@ public final class EdgeServer: @unchecked Sendable {
                 return (v.statistics, v.callsStarted, v.callsEnded, v.activeCalls, v.transactionCounts.server, v.transactionCounts.client)
             }) else { continue }
             t.requests.merge(part.0.requests, uniquingKeysWith: +)
+            t.pingsSent += part.0.pingsSent
+            t.sessionRefreshesSent += part.0.sessionRefreshesSent
+            t.callsTimedOut += part.0.callsTimedOut
             t.replies.merge(part.0.replies, uniquingKeysWith: +)
             t.callsStarted += part.1
             t.callsEnded += part.2

@@ -1,3 +1,4 @@
+import Cluster
 import Dialog
 import Foundation
 import Logging
@@ -18,7 +19,12 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
     private var lastSample: (time: Double, started: Int)
 
     public static let commands = ["ds_list", "ds_set_state", "ds_reload", "address_reload", "ul_dump", "dlg_list", "dlg_end_dlg",
-                                  "get_statistics", "reset_statistics", "which", "version"]
+                                  "get_statistics", "reset_statistics", "which", "version",
+                                  "clusterer_list", "clusterer_list_shtags", "clusterer_shtag_set_active", "dlg_rehome"]
+
+    /// The cluster's fault switch (`cluster_fault block=2,3`) is a command only when the process
+    /// was started with SIPEDGE_TEST_FAULTS=1: tests cut the link with it, operators never can.
+    static let faultSwitch = getenv("SIPEDGE_TEST_FAULTS").map { String(cString: $0) == "1" } ?? false
 
     init(settings: EdgeConfig.MISettings, edge: EdgeServer, logger: Logger, loopIndex: Int) throws(ListenerError) {
         do {
@@ -222,12 +228,64 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
             return "OK"
         case "get_statistics":
             return statistics(params)
+        case "clusterer_list", "clusterer_list_shtags", "clusterer_shtag_set_active", "dlg_rehome", "cluster_fault":
+            guard let cluster = edge.cluster else { throw MIError(code: -32000, message: "this node has no [cluster] section") }
+            return try clusterCommand(method, params, cluster)
         case "reset_statistics":
             edge.resetStatistics()
             lastSample = (Self.now(), edge.callCounts().started)
             return "OK"
         default:
             throw MIError(code: -32601, message: "unknown command \(Self.shown(method)); `which` lists them")
+        }
+    }
+
+    /// The cluster's commands, answered on the cluster's loop.
+    private func clusterCommand(_ method: String, _ params: [String: Any], _ cluster: ClusterNode) throws -> Any {
+        switch method {
+        case "clusterer_list":
+            let (peers, now, synced) = try cluster.loop.submitAndWait { (cluster.peers(), cluster.loop.now, cluster.synced) }
+            var nodes: [[String: Any]] = []
+            for p in peers {
+                let lastSeen = p.lastHeard.map { Int(now &- $0) } ?? -1
+                nodes.append(["node_id": p.member.id, "address": p.member.address.description, "state": p.up ? "up" : "down",
+                              "last_seen_ms": lastSeen, "wire_version": Int(p.wireVersion), "synced": p.synced])
+            }
+            return ["nodes": nodes, "node_id": cluster.settings.nodeID, "synced": synced] as [String: Any]
+        case "clusterer_list_shtags":
+            let states = try cluster.loop.submitAndWait { cluster.tagStates().map { TagState(claim: $0.claim, active: $0.active) } }
+            var tags: [[String: Any]] = []
+            for t in states {
+                tags.append(["tag": t.claim.tag, "state": t.active ? "active" : "backup", "holder": t.claim.holder, "epoch": Int(t.claim.epoch)])
+            }
+            return ["tags": tags] as [String: Any]
+        case "clusterer_shtag_set_active":
+            guard let tag = params["tag"] as? String, !tag.isEmpty else { throw MIError(code: -32602, message: "clusterer_shtag_set_active needs tag=NAME") }
+            let result = try cluster.loop.submitAndWait { () -> Result<TagClaim, ClusterNode.CommandError> in
+                do throws(ClusterNode.CommandError) { return .success(try cluster.setActive(tag: tag)) } catch { return .failure(error) }
+            }
+            switch result {
+            case .success(let claim): return ["tag": claim.tag, "holder": claim.holder, "epoch": Int(claim.epoch)]
+            case .failure(let error): throw MIError(code: -32000, message: "\(error)")
+            }
+        case "dlg_rehome":
+            let tag = params["tag"] as? String, callID = params["callid"] as? String
+            let count = (params["count"] as? String).flatMap { Int($0) } ?? (params["count"] as? Int) ?? (callID == nil ? 0 : 1)
+            guard callID != nil || (tag != nil && count > 0) else {
+                throw MIError(code: -32602, message: "dlg_rehome needs tag=NAME count=N, or callid=CALL-ID")
+            }
+            let result = try cluster.loop.submitAndWait { () -> Result<Int, ClusterNode.CommandError> in
+                do throws(ClusterNode.CommandError) { return .success(try cluster.rehome(tag: tag, count: count, callID: callID)) } catch { return .failure(error) }
+            }
+            switch result {
+            case .success(let n): return ["queued": n]
+            case .failure(let error): throw MIError(code: -32000, message: "\(error)")
+            }
+        default:
+            guard Self.faultSwitch else { throw MIError(code: -32601, message: "unknown command \(Self.shown(method)); `which` lists them") }
+            let peers = Set(((params["block"] as? String) ?? "").split(separator: ",").compactMap { Int($0) })
+            try cluster.loop.submitAndWait { cluster.block(peers) }
+            return "OK"
         }
     }
 
@@ -282,6 +340,23 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
             "tm:server_transactions": totals.serverTransactions,
             "tm:client_transactions": totals.clientTransactions,
         ]
+        out["dialog:pings_sent"] = totals.pingsSent
+        out["dialog:session_refreshes_sent"] = totals.sessionRefreshesSent
+        out["dialog:timed_out_dialogs"] = totals.callsTimedOut
+        if let cluster = edge.cluster, let c = try? cluster.loop.submitAndWait({ cluster.statistics }) {
+            out["cluster:rehomed_dialogs"] = c.rehomedDialogs
+            out["cluster:rehome_failures"] = c.rehomeFailures
+            out["cluster:replication_sent"] = c.replicationSent
+            out["cluster:replication_received"] = c.replicationReceived
+            out["cluster:sync_dialogs_received"] = c.syncDialogsReceived
+            out["cluster:heartbeats_sent"] = c.heartbeatsSent
+            out["cluster:resend_requests"] = c.resendRequests
+            out["cluster:resent_datagrams"] = c.resentDatagrams
+            out["cluster:snapshots_served"] = c.snapshotsServed
+            out["cluster:dropped_datagrams"] = c.droppedDatagrams
+            out["cluster:unauthenticated_datagrams"] = c.unauthenticated
+            out["cluster:unknown_wire_version"] = c.unknownWireVersion
+        }
         for (method, n) in totals.requests { out["core:rcv_requests_\(method.lowercased())"] = n }
         for (cls, n) in totals.replies { out["core:rcv_replies_\(cls)"] = n }
         let snapshot = edge.router.sets.flatMap { $0.snapshot() }
@@ -294,4 +369,10 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
         }
         return out
     }
+}
+
+/// A sharing tag as `clusterer_list_shtags` shows it.
+private struct TagState: Sendable {
+    let claim: TagClaim
+    let active: Bool
 }

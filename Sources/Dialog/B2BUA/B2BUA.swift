@@ -36,7 +36,10 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
     public internal(set) var callsStarted = 0
     public private(set) var callsEnded = 0
     /// What this worker's B2BUA has handled since the start or the last `resetStatistics`.
-    public private(set) var statistics = B2BUAStatistics()
+    public internal(set) var statistics = B2BUAStatistics()
+    /// Why new calls are refused (503), when they are: set by the cluster while this node may not
+    /// act for its own sharing tag.
+    public var refusesNewCalls: String?
     public var activeCalls: Int { table.count }
     /// This worker's own UDP address, if it has one.
     let ownUDP: LocalAddress?
@@ -163,19 +166,9 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
 
     func endCall(_ call: Call) {
         guard !call.isEnded else { return }
-        if let t = call.answerTimer { clock.cancel(t) }
-        if let t = call.lifetimeTimer { clock.cancel(t) }
-        if let t = call.sessionTimers.client { clock.cancel(t) }
-        if let t = call.sessionTimers.backend { clock.cancel(t) }
-        if let t = call.pingTimer { clock.cancel(t) }
-        call.answerTimer = nil
-        call.pingTimer = nil
-        call.lifetimeTimer = nil
-        call.sessionTimers = (nil, nil)
         // Its pings and refreshes are about a dialog that is gone: no retransmission of them may
         // go on (toward a forged source that would make us a reflector).
-        for tx in call.ownRequests where !tx.finished { transactions.finish(tx) }
-        call.ownRequests = []
+        stopCarrying(call)
         table.end(call)
         callsEnded += 1
         var callID = call.record.client.callID
@@ -195,6 +188,22 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
         guard !call.isEnded else { return }
         for side in [DialogRecord.Side.backend, .client] where side != except { sendBYE(call, side, reason: reason) }
         endCall(call)
+    }
+
+    /// The call's timers stop and its own requests (pings, refreshes) end: nothing more is sent
+    /// for it from here.
+    func stopCarrying(_ call: Call) {
+        if let t = call.answerTimer { clock.cancel(t) }
+        if let t = call.lifetimeTimer { clock.cancel(t) }
+        if let t = call.sessionTimers.client { clock.cancel(t) }
+        if let t = call.sessionTimers.backend { clock.cancel(t) }
+        if let t = call.pingTimer { clock.cancel(t) }
+        call.answerTimer = nil
+        call.pingTimer = nil
+        call.lifetimeTimer = nil
+        call.sessionTimers = (nil, nil)
+        for tx in call.ownRequests where !tx.finished { transactions.finish(tx) }
+        call.ownRequests = []
     }
 
     private func rememberEnded(_ callID: Int) {
@@ -244,7 +253,7 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
         return true
     }
 
-    private func activate(_ call: Call) {
+    func activate(_ call: Call) {
         table.activate(call)
         if let index = picker.index(of: call.record.backend.hop) {
             picker.claim(index)
@@ -314,6 +323,7 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
         case .lifetime:
             call.lifetimeTimer = nil
             guard call.isConfirmed else { return }
+            statistics.callsTimedOut += 1
             hangUp(call, reason: "SIP;cause=200;text=\"Call lifetime reached\"")
         case .sessionClient: sessionTimerFired(call, .client)
         case .sessionBackend: sessionTimerFired(call, .backend)

@@ -115,6 +115,11 @@ public struct B2BUAStatistics: Sendable, Equatable {
     var requestCounts: [SIPMethod: Int] = [:]
     /// Responses by class: index 1 is 1xx ... 6 is 6xx.
     var replyCounts = [Int](repeating: 0, count: 7)
+    /// In-dialog OPTIONS and session refreshes this worker sent, and calls it ended because their
+    /// lifetime or session timer ran out: what only the node acting for a dialog's tag does.
+    public internal(set) var pingsSent = 0
+    public internal(set) var sessionRefreshesSent = 0
+    public internal(set) var callsTimedOut = 0
 
     public init() {}
 

@@ -26,6 +26,12 @@ extension B2BUA {
             respond(tx, status: 422, extra: [("Min-SE", "\(config.minSE)")])
             return
         }
+        // A clustered node that may not act for its own tag (a backup, or cut off from the
+        // majority) takes no new call: nobody could ping, refresh or take it over safely.
+        if let reason = refusesNewCalls {
+            respond(tx, status: 503, extra: [("Retry-After", "5"), ("Warning", "399 sipedge \"\(reason)\"")])
+            return
+        }
         if let admission = config.admission {
             guard admission.admit(tx.peer.address) else {
                 respond(tx, status: 503, extra: [("Retry-After", "30"), ("Warning", "399 sipedge \"too many calls from this address\"")])

@@ -76,6 +76,7 @@ extension B2BUA {
         let leg = call[side]
         if leg.refresher == .peer {
             // No refresh came in time: the session is over on that leg, so on both (§10).
+            statistics.callsTimedOut += 1
             hangUp(call, reason: "SIP;cause=408;text=\"Session timer expired\"")
             return
         }
@@ -96,6 +97,7 @@ extension B2BUA {
         let bytes = inDialogRequest(method, call: call, side: side, cseq: call[side].localCSeq, contact: true,
                                     extra: sessionHeaders(call, side, inResponse: false) + [("Supported", "timer")],
                                     contentType: body.isEmpty ? nil : Self.sdpType, body: body)
+        statistics.sessionRefreshesSent += 1
         startOwnRequest(bytes, call: call, side: side, purpose: .refresh(side))
     }
 
@@ -145,6 +147,7 @@ extension B2BUA {
             record.backend.localCSeq += 1
         }
         for side in [DialogRecord.Side.client, .backend] {
+            statistics.pingsSent += 1
             startOwnRequest(inDialogRequest("OPTIONS", call: call, side: side, cseq: call[side].localCSeq), call: call, side: side, purpose: .ping(side))
         }
         if call.isConfirmed {

@@ -147,6 +147,13 @@ final class DialogTable {
 
     func activate(_ call: Call) { call.active = true }
 
+    /// The call stays known (listed, found) but this node no longer carries it.
+    func deactivate(_ call: Call) { call.active = false }
+
+    /// Another node carries the call now: it leaves this table without a version of ours (the
+    /// sinks already have the newer one from that node).
+    func forget(_ call: Call) { unindex(call) }
+
     /// The gate: `change` edits the call's record, whose new version goes to every sink at the next
     /// `flush`. `newIdentifiers`: the change gives a leg a new Call-ID or tag (a new backend
     /// attempt), so the call moves in the indexes; any other change must leave them as they are.

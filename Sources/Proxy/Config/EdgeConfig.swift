@@ -1,3 +1,4 @@
+import Cluster
 import SIPParser
 import Dialog
 import TOMLKit
@@ -54,6 +55,8 @@ public struct EdgeConfig: Sendable, Equatable {
     public var security: SecuritySettings
     /// The registrar (nil: REGISTER is answered 501).
     public var registrar: RegistrarSettings?
+    /// Membership of a cluster of edges (nil: this node runs alone).
+    public var cluster: ClusterSettings?
 
     /// The `[security]` section.
     public struct SecuritySettings: Sendable, Equatable {
@@ -147,6 +150,7 @@ extension EdgeConfig {
         let database = try reader.table("database", EdgeConfig.readDatabase)
         let databasePath = database?.path
         let tls = try reader.table("tls", TLSFiles.init(reading:))
+        let cluster = try reader.table("cluster", ClusterSettings.init(reading:))
         let listeners = try reader.tableArray("listener", ListenerSpec.init(reading:))
         guard !listeners.isEmpty else { throw ConfigError(line: nil, key: "listener", message: "at least one [[listener]] is required") }
         for (j, spec) in listeners.enumerated() where spec.address.port != 0 {
@@ -162,6 +166,10 @@ extension EdgeConfig {
             for (i, spec) in listeners.enumerated() where !Socket.isLocal(spec.address) {
                 throw ConfigError(line: TableReader.line(of: "address", inSection: "listener[\(i + 1)]", text: text), key: "listener[\(i + 1)].address",
                                   message: "\(spec.address.ipString) is not an address of this host")
+            }
+            if let cluster, !Socket.isLocal(cluster.address) {
+                throw ConfigError(line: TableReader.line(of: "address", inSection: "cluster", text: text), key: "cluster.address",
+                                  message: "\(cluster.address.ipString) is not an address of this host")
             }
             if let mi, !Socket.isLocal(mi.address) {
                 throw ConfigError(line: TableReader.line(of: "address", inSection: "mi", text: text), key: "mi.address",
@@ -187,6 +195,7 @@ extension EdgeConfig {
         var config = EdgeConfig(workers: workers, listeners: listeners, tls: tls, parserLimits: limits, logLevel: logLevel,
                           streamLimits: streamLimits, dispatcher: dispatcher, extraSets: extraSets, routes: routes, calls: calls, databasePath: databasePath, mi: mi, security: security, registrar: registrar)
         config.coalesceMicroseconds = coalesce
+        config.cluster = cluster
         config.logSummarySeconds = logSummary
         if let database { config.databaseWriteIntervalMilliseconds = database.interval }
         return config

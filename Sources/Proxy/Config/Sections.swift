@@ -1,3 +1,4 @@
+import Cluster
 import Dialog
 import SIPParser
 import Transport
@@ -209,5 +210,38 @@ extension ListenerSpec {
         }
         self.init(proto: proto, address: address, advertisedHost: advertisedHost, advertisedPort: advertisedPort, tag: tag,
                   workerPorts: workerPorts > 0 ? UInt16(workerPorts) : nil, spreadByCallID: spread == "call-id")
+    }
+}
+
+extension ClusterSettings {
+    /// `[cluster]`: this node's id and link address, every member as `"ID@IP:PORT"`, the node's
+    /// sharing tag, and the link's timing and secret.
+    init(reading t: inout TableReader) throws(ConfigError) {
+        let id = try t.int("node_id", default: nil, range: Self.nodeIDs)
+        let addressText = try t.string("address", default: nil)
+        guard let address = Self.address(addressText) else {
+            throw t.error("address", "must be IP:PORT with a numeric IP and a port, not \"\(addressText)\"")
+        }
+        var members: [ClusterMember] = []
+        for entry in try t.stringArray("nodes") {
+            let parts = entry.split(separator: "@", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let member = Int(parts[0]), Self.nodeIDs.contains(member), let at = Self.address(parts[1]) else {
+                throw t.error("nodes", "each member is \"ID@IP:PORT\" with an id in 1...64, not \"\(entry)\"")
+            }
+            members.append(ClusterMember(id: member, address: at))
+        }
+        guard !members.isEmpty else { throw t.error("nodes", "is required: every member, this one too") }
+        self.init(nodeID: id, address: address, members: members, sharingTag: try t.string("sharing_tag", default: nil),
+                  heartbeatMilliseconds: UInt64(try t.int("heartbeat_milliseconds", default: Self.defaultHeartbeatMilliseconds, range: 10...10_000)),
+                  downAfterMilliseconds: UInt64(try t.int("down_after_milliseconds", default: Self.defaultDownAfterMilliseconds, range: 20...60_000)),
+                  rehomePerSecond: try t.int("rehome_per_second", default: Self.defaultRehomePerSecond, range: 1...100_000),
+                  secret: try t.string("secret", default: ""))
+        if let (key, reason) = problem() { throw t.error(key, reason) }
+    }
+
+    private static func address(_ text: String) -> SocketAddress? {
+        guard let (host, port) = EdgeConfig.hostPort(text), let port, port != 0 else { return nil }
+        let ip = host.hasPrefix("[") ? String(host.dropFirst().dropLast()) : host
+        return SocketAddress(ip: ip, port: Int(port))
     }
 }

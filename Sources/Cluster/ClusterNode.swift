@@ -1,0 +1,618 @@
+import Dialog
+import Glibc
+import Synchronization
+import Transport
+
+/// What the cluster asks of the node it runs in (the edge's workers): carry a tag's calls actively
+/// or passively, take a replicated dialog over, let one go that another node has taken.
+public protocol ClusterHost: AnyObject, Sendable {
+    /// This node now acts for `tag`: its calls with that tag get their timers again.
+    func startActing(for tag: String)
+    /// This node must not act for `tag`: its calls with that tag go passive (no timer, nothing sent).
+    func stopActing(for tag: String)
+    /// Carry `record` actively from now on (adopted on the worker its identifiers name), under
+    /// `retag` when given (a new version, replicated). `done(true)` when it is carried.
+    func takeOver(_ record: DialogRecord, retag: String?, done: @escaping @Sendable (Bool) -> Void)
+    /// Another node carries this dialog now (its newer version says so): stop carrying it here.
+    func release(_ record: DialogRecord)
+}
+
+/// Counters for `get_statistics statistics=cluster:`.
+public struct ClusterStatistics: Sendable, Equatable {
+    public var rehomedDialogs = 0, rehomeFailures = 0
+    public var replicationSent = 0, replicationReceived = 0, syncDialogsReceived = 0
+    public var heartbeatsSent = 0, resendRequests = 0, resentDatagrams = 0, snapshotsServed = 0
+    public var droppedDatagrams = 0, unauthenticated = 0, unknownWireVersion = 0
+}
+
+/// This node in the cluster: its end of the cluster link (one UDP socket on its own loop), the
+/// membership, the sharing tags and the replicas. Records from the workers' dialog gates arrive
+/// through `dialogChanged` (any worker thread) and leave in one datagram batch per loop turn;
+/// peers' records are applied by version. DESIGN.md, Cluster, says how loss is repaired and how a
+/// starting node syncs.
+///
+/// `@unchecked Sendable`: everything but `pending` (a Mutex) is used on `loop` only.
+public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Sendable {
+    public let settings: ClusterSettings
+    public let loop: EventLoop
+    /// Wall-clock ms when this run started: a peer that sees it change knows this node restarted.
+    public let incarnation: UInt64
+    private var endpoint: UDPEndpoint?
+    private let authentication: MessageAuthentication?
+    private let membership: Membership
+    private let tags: SharingTags
+    private let replicas = DialogReplicas()
+    private var outgoing = OutgoingStream()
+    private var incoming: [Int: IncomingStream] = [:]
+    private let pending = Mutex<[String: DialogRecord]>([:])
+    /// Keys of the dialogs this node's workers carry (their newest version came from here).
+    private var carried: Set<String> = []
+    private weak var host: (any ClusterHost)?
+    private let log: @Sendable (String) -> Void
+    /// A line a peer (or a stranger) caused: logged once per source and kind per interval by the caller.
+    private let logPeer: @Sendable (_ source: SocketAddress, _ kind: String, _ line: String) -> Void
+
+    private var startedAt: UInt64 = 0
+    /// A heartbeat period has passed since start: claims heard by now are known.
+    private var settled = false
+    public private(set) var synced = false
+    private var sync: SnapshotPull?
+    private var serving: [SnapshotServe] = []
+    private var acting: Set<String> = []
+    private var takeOvers: [(record: DialogRecord, retag: String?)] = []
+    private var takeOverHead = 0
+    private var pacing = false
+    /// Peers whose datagrams are dropped both ways: the test-only fault switch (`cluster_fault`).
+    private var blocked: Set<Int> = []
+    public private(set) var statistics = ClusterStatistics()
+
+    public init(settings: ClusterSettings, loopIndex: Int, log: @escaping @Sendable (String) -> Void,
+                logPeer: @escaping @Sendable (SocketAddress, String, String) -> Void) throws(SystemError) {
+        self.settings = settings
+        loop = try EventLoop(index: loopIndex)
+        var t = timespec()
+        clock_gettime(CLOCK_REALTIME, &t)
+        incarnation = UInt64(t.tv_sec) * 1_000 + UInt64(t.tv_nsec) / 1_000_000
+        authentication = settings.secret.isEmpty ? nil : MessageAuthentication(key: settings.secret)
+        membership = Membership(settings: settings)
+        tags = SharingTags(me: settings.nodeID)
+        self.log = log
+        self.logPeer = logPeer
+        endpoint = try UDPEndpoint(loop: loop, bindTo: settings.address, reusePort: false, receiver: self)
+    }
+
+    public func attach(host: any ClusterHost) { self.host = host }
+
+    public func start() throws(SystemError) {
+        try loop.start()
+        loop.execute { [self] in
+            startedAt = loop.now
+            tick()
+        }
+    }
+
+    public func stop() { loop.stop() }
+
+    // MARK: - Records from this node's workers (any worker thread)
+
+    public func dialogChanged(_ record: DialogRecord) {
+        let first = pending.withLock { p -> Bool in
+            let wasEmpty = p.isEmpty
+            p[DialogReplicas.key(of: record)] = record
+            return wasEmpty
+        }
+        if first { loop.execute { [self] in sendPending() } }
+    }
+
+    /// What the workers changed since the last turn: applied here, then sent to every peer in as
+    /// few datagrams as fit, each the stream's next sequence.
+    private func sendPending() {
+        let batch = pending.withLock { p -> [String: DialogRecord] in
+            defer { p.removeAll(keepingCapacity: true) }
+            return p
+        }
+        var entries: [ReplicatedEntry] = []
+        var size = 0
+        for (key, record) in batch {
+            replicas.apply(record, now: loop.now)
+            if record.state == .ended { carried.remove(key) } else { carried.insert(key) }
+            let entry = ReplicatedEntry.dialog(record.encoded())
+            if size + entry.wireSize > ClusterWire.maxDatagram && !entries.isEmpty {
+                sendRecords(entries)
+                entries.removeAll(keepingCapacity: true)
+                size = 0
+            }
+            entries.append(entry)
+            size += entry.wireSize
+        }
+        if !entries.isEmpty { sendRecords(entries) }
+    }
+
+    private func sendRecords(_ entries: [ReplicatedEntry]) {
+        let sequence = outgoing.next()
+        let datagram = seal(.records(sequence: sequence, entries: entries))
+        outgoing.keep(datagram, as: sequence)
+        statistics.replicationSent += entries.count
+        for peer in settings.peers where !blocked.contains(peer.id) { endpoint?.send(datagram, to: peer.address) }
+    }
+
+    private func seal(_ message: ClusterMessage) -> [UInt8] {
+        let bytes = message.encoded(sender: settings.nodeID, incarnation: incarnation)
+        return authentication?.sealed(bytes) ?? bytes
+    }
+
+    private func send(_ message: ClusterMessage, to id: Int) {
+        guard !blocked.contains(id), let peer = membership.peers[id] else { return }
+        endpoint?.send(seal(message), to: peer.member.address)
+    }
+
+    // MARK: - The heartbeat: membership, sync, tags, repair
+
+    private func tick() {
+        let now = loop.now
+        for id in membership.tick(now: now) {
+            log("cluster: node \(id) is down (silent for \(settings.downAfterMilliseconds) ms)")
+            if sync?.peer == id { sync = nil }
+        }
+        if !settled && now &- startedAt >= settings.downAfterMilliseconds { settled = true }
+        if !synced && sync == nil {
+            if let source = membership.peers.values.filter({ $0.up && $0.synced }).map(\.member.id).min() {
+                pullSnapshot(from: source, repair: false)
+            } else if settled {
+                synced = true
+                log("cluster: no synced peer is up; node \(settings.nodeID) starts with what it has")
+            }
+        }
+        if let pull = sync, now &- pull.lastProgress > 1_000 {
+            // No chunk for a second: ask again from the first one missing (or the source is gone).
+            if membership.isUp(pull.peer) {
+                sync?.lastProgress = now
+                send(.snapshotRequest(id: pull.id, fromChunk: pull.firstMissing), to: pull.peer)
+            } else {
+                sync = nil
+            }
+        }
+        decideTags(now: now)
+        let heartbeat = seal(.heartbeat(sees: membership.upSet, lastSequence: outgoing.lastSequence, synced: synced, claims: tags.all))
+        for peer in settings.peers where !blocked.contains(peer.id) {
+            endpoint?.send(heartbeat, to: peer.address)
+            statistics.heartbeatsSent += 1
+        }
+        askForMissing()
+        serving.removeAll { now &- $0.lastAsked > 30_000 }
+        _ = loop.schedule(afterMilliseconds: settings.heartbeatMilliseconds) { [self] in tick() }
+    }
+
+    /// Claims and take-overs, then which tags this node may act for (DESIGN.md, Cluster; the model's
+    /// `decide`). A node claims only when settled, synced and seeing a majority; it acts only while
+    /// its lease holds (a majority heard within `leaseMilliseconds`).
+    private func decideTags(now: UInt64) {
+        let majority = membership.seesMajority(now: now, within: settings.downAfterMilliseconds)
+        if settled && synced && majority {
+            if tags.holder(of: settings.sharingTag) == nil {
+                let claim = tags.claim(settings.sharingTag)
+                log("cluster: node \(settings.nodeID) claims its tag \(claim.tag) at epoch \(claim.epoch)")
+            }
+            // The lowest id among the synced nodes this one sees up takes a down node's tags over.
+            let candidates = [settings.nodeID] + membership.peers.values.filter { $0.up && $0.synced }.map(\.member.id)
+            for claim in tags.all where claim.holder != settings.nodeID && !membership.isUp(claim.holder) && candidates.min() == settings.nodeID {
+                let new = tags.claim(claim.tag)
+                log("cluster: node \(claim.holder) is down; node \(settings.nodeID) takes tag \(claim.tag) over at epoch \(new.epoch)")
+            }
+        }
+        let lease = membership.seesMajority(now: now, within: settings.leaseMilliseconds)
+        let nowActing: Set<String> = lease && synced ? Set(tags.held) : []
+        for tag in acting.subtracting(nowActing).sorted() {
+            log(tags.holder(of: tag) == settings.nodeID
+                ? "cluster: no majority in sight; node \(settings.nodeID) stops acting for tag \(tag)"
+                : "cluster: tag \(tag) is node \(tags.holder(of: tag) ?? 0)'s now (epoch \(tags.claims[tag]?.epoch ?? 0)); node \(settings.nodeID) steps down")
+            host?.stopActing(for: tag)
+        }
+        let gained = nowActing.subtracting(acting).sorted()
+        acting = nowActing
+        for tag in gained {
+            host?.startActing(for: tag)
+            let theirs = replicas.records(tagged: tag).filter { $0.state == .confirmed && !carried.contains(DialogReplicas.key(of: $0)) }
+            if !theirs.isEmpty { log("cluster: acting for tag \(tag): taking \(theirs.count) dialogs over") }
+            enqueueTakeOvers(theirs.map { ($0, nil) })
+        }
+    }
+
+    /// Take-overs go at `rehome_per_second` at most: a tick every 10 ms hands a slice on.
+    private func enqueueTakeOvers(_ items: [(record: DialogRecord, retag: String?)]) {
+        takeOvers += items
+        guard !pacing, !takeOvers.isEmpty else { return }
+        pacing = true
+        paceTakeOvers()
+    }
+
+    private func paceTakeOvers() {
+        let slice = max(1, settings.rehomePerSecond / 100)
+        let end = min(takeOvers.count, takeOverHead + slice)
+        for (record, retag) in takeOvers[takeOverHead..<end] {
+            let tag = retag ?? record.sharingTag
+            guard acting.contains(tag) || retag != nil else { continue }
+            carried.insert(DialogReplicas.key(of: record))
+            host?.takeOver(record, retag: retag) { [self] taken in
+                loop.execute { [self] in
+                    if taken { statistics.rehomedDialogs += 1 } else { statistics.rehomeFailures += 1 }
+                }
+            }
+        }
+        takeOverHead = end
+        if takeOverHead == takeOvers.count {
+            takeOvers.removeAll()
+            takeOverHead = 0
+            pacing = false
+            return
+        }
+        _ = loop.schedule(afterMilliseconds: 10) { [self] in paceTakeOvers() }
+    }
+
+    /// Every heartbeat, the sequences still missing from each peer's stream are asked for again.
+    private func askForMissing() {
+        for (id, stream) in incoming where membership.isUp(id) {
+            for range in stream.missingRanges(limit: 64) {
+                statistics.resendRequests += 1
+                send(.resend(from: range.lowerBound, through: range.upperBound), to: id)
+            }
+        }
+    }
+
+    // MARK: - Datagrams from peers
+
+    public func received(_ datagram: [UInt8], from source: SocketAddress, on endpoint: UDPEndpoint) {
+        guard let id = membership.member(at: source) else {
+            drop(from: source, "stranger", "cluster: a datagram from \(source), which is not a member, dropped")
+            return
+        }
+        guard !blocked.contains(id) else { return }
+        // The version first (its byte is where every version keeps it): a peer on a wire version
+        // this node cannot read is told apart from garbage, and shown in `clusterer_list`.
+        if datagram.count > 3, datagram[0] == ClusterWire.magic.0, datagram[1] == ClusterWire.magic.1, datagram[2] != ClusterWire.version {
+            membership.speaks(datagram[2], at: id)
+            statistics.unknownWireVersion += 1
+            drop(from: source, "wire version", "cluster: node \(id) (\(source)) speaks cluster wire version \(datagram[2]); this node reads \(ClusterWire.version) only: dropped")
+            return
+        }
+        let body: ArraySlice<UInt8>
+        if let authentication {
+            guard let opened = authentication.opened(datagram) else {
+                statistics.unauthenticated += 1
+                drop(from: source, "authentication", "cluster: a datagram from \(source) failed authentication (wrong secret?): dropped")
+                return
+            }
+            body = opened
+        } else {
+            body = datagram[...]
+        }
+        let header: WireHeader, message: ClusterMessage
+        do {
+            (header, message) = try ClusterMessage.decode(body)
+        } catch {
+            drop(from: source, "malformed", "cluster: a datagram from node \(id) (\(source)) dropped: \(error)")
+            return
+        }
+        guard header.sender == id else {
+            drop(from: source, "impostor", "cluster: a datagram from \(source) (node \(id)) says it is node \(header.sender): dropped")
+            return
+        }
+        let now = loop.now
+        switch membership.heard(from: id, incarnation: header.incarnation, at: now) {
+        case .cameUp:
+            log("cluster: node \(id) is up")
+        case .restarted:
+            log("cluster: node \(id) restarted")
+            incoming[id] = nil
+        case .known:
+            break
+        }
+        handle(message, from: id, incarnation: header.incarnation, now: now)
+    }
+
+    private func drop(from source: SocketAddress, _ kind: String, _ line: String) {
+        statistics.droppedDatagrams += 1
+        logPeer(source, "cluster \(kind)", line)
+    }
+
+    private func handle(_ message: ClusterMessage, from id: Int, incarnation: UInt64, now: UInt64) {
+        switch message {
+        case let .heartbeat(sees, lastSequence, synced, claims):
+            membership.status(of: id, sees: sees, synced: synced)
+            var changed = false
+            for claim in claims { changed = tags.learn(claim) || changed }
+            if changed { decideTags(now: now) }
+            if self.synced {
+                var stream = incoming[id] ?? IncomingStream(incarnation: incarnation, highest: 0)
+                if !stream.heardOf(upTo: lastSequence) { pullSnapshot(from: id, repair: true) }
+                incoming[id] = stream
+            }
+        case let .records(sequence, entries):
+            if synced {
+                var stream = incoming[id] ?? IncomingStream(incarnation: incarnation, highest: 0)
+                if !stream.received(sequence) { pullSnapshot(from: id, repair: true) }
+                incoming[id] = stream
+            } else {
+                sync?.heard(sequence, from: id, incarnation: incarnation)
+            }
+            apply(entries, from: id, now: now)
+            statistics.replicationReceived += entries.count
+        case let .resend(from, through):
+            guard from <= through else { return }
+            var gone: ClosedRange<UInt64>?
+            for s in from...min(through, from + 4_095) {
+                if let datagram = outgoing.datagram(s) {
+                    statistics.resentDatagrams += 1
+                    if let peer = membership.peers[id] { endpoint?.send(datagram, to: peer.member.address) }
+                } else {
+                    gone = gone.map { $0.lowerBound...s } ?? s...s
+                }
+            }
+            if let gone { send(.gone(from: gone.lowerBound, through: gone.upperBound), to: id) }
+        case let .gone(from, through):
+            incoming[id]?.forget(from: from, through: through)
+            pullSnapshot(from: id, repair: true)
+        case let .snapshotRequest(requestID, fromChunk):
+            serveSnapshot(to: id, id: requestID, fromChunk: Int(fromChunk), now: now)
+        case let .snapshotChunk(requestID, index, last, positions, entries):
+            guard var pull = sync, pull.peer == id, pull.id == requestID else { return }
+            apply(entries, from: id, now: now)
+            statistics.syncDialogsReceived += entries.count
+            pull.received(chunk: index, last: last, positions: positions, now: now)
+            sync = pull
+            if pull.complete { finishSync(pull) }
+        }
+    }
+
+    private func apply(_ entries: [ReplicatedEntry], from id: Int, now: UInt64) {
+        for entry in entries {
+            guard case .dialog(let bytes) = entry else { continue }
+            guard let record = try? DialogRecord(decoding: bytes) else {
+                statistics.droppedDatagrams += 1
+                if let peer = membership.peers[id] { logPeer(peer.member.address, "cluster record", "cluster: a dialog record from node \(id) does not decode: skipped") }
+                continue
+            }
+            guard replicas.apply(record, now: now) else { continue }
+            let key = DialogReplicas.key(of: record)
+            if carried.contains(key) {
+                // A peer wrote a newer version of a dialog this node carried: it is the peer's now.
+                carried.remove(key)
+                host?.release(record)
+            }
+        }
+    }
+
+    // MARK: - Snapshots
+
+    private func pullSnapshot(from peer: Int, repair: Bool) {
+        if let sync, sync.repair == repair || !repair { return }
+        let pull = SnapshotPull(peer: peer, id: UInt32.random(in: 1...UInt32.max), repair: repair, started: loop.now)
+        sync = pull
+        log("cluster: node \(settings.nodeID) pulls a snapshot from node \(peer)\(repair ? " (to repair its copy of node \(peer)'s stream)" : "")")
+        send(.snapshotRequest(id: pull.id, fromChunk: 0), to: peer)
+    }
+
+    private func finishSync(_ pull: SnapshotPull) {
+        sync = nil
+        guard !pull.repair else {
+            incoming[pull.peer] = nil
+            log("cluster: copy of node \(pull.peer)'s dialogs repaired")
+            return
+        }
+        // Each stream continues from where the snapshot had it, then what arrived meanwhile.
+        for position in pull.positions where position.node != settings.nodeID {
+            incoming[position.node] = IncomingStream(incarnation: position.incarnation, highest: position.sequence)
+        }
+        for (node, heard) in pull.heardDuring {
+            var stream = incoming[node].flatMap { $0.incarnation == heard.incarnation ? $0 : nil } ?? IncomingStream(incarnation: heard.incarnation, highest: 0)
+            for s in heard.sequences.sorted() { _ = stream.received(s) }
+            incoming[node] = stream
+        }
+        synced = true
+        log("cluster: synced from node \(pull.peer): \(replicas.count) dialogs in \(loop.now &- pull.started) ms")
+        decideTags(now: loop.now)
+    }
+
+    private func serveSnapshot(to peer: Int, id: UInt32, fromChunk: Int, now: UInt64) {
+        if let i = serving.firstIndex(where: { $0.peer == peer && $0.id == id }) {
+            serving[i].restart(at: fromChunk)
+            serving[i].lastAsked = now
+        } else {
+            guard serving.count < 4 else { return }   // the asker asks again
+            // Where each stream stands in this copy: this node's own, and each peer's up to its first gap.
+            var positions = [StreamPosition(node: settings.nodeID, incarnation: incarnation, sequence: outgoing.lastSequence)]
+            for (node, stream) in incoming {
+                let contiguous = stream.missing.min().map { $0 - 1 } ?? stream.highest
+                positions.append(StreamPosition(node: node, incarnation: stream.incarnation, sequence: contiguous))
+            }
+            serving.append(SnapshotServe(peer: peer, id: id, records: replicas.all, positions: positions, next: fromChunk, lastAsked: now))
+            statistics.snapshotsServed += 1
+        }
+        paceSnapshots()
+    }
+
+    private var snapshotTimer = false
+
+    /// Chunks go out 16 per millisecond at most, so that the asker's socket buffer keeps up.
+    private func paceSnapshots() {
+        guard !snapshotTimer else { return }
+        var more = false
+        for i in serving.indices {
+            var sent = 0
+            while !serving[i].done && sent < 16 {
+                let chunk = serving[i].take()
+                let s = serving[i]
+                send(.snapshotChunk(id: s.id, index: UInt32(chunk.index), last: chunk.last, positions: s.positions, entries: chunk.entries), to: s.peer)
+                sent += 1
+            }
+            more = more || !serving[i].done
+        }
+        guard more else { return }
+        snapshotTimer = true
+        _ = loop.schedule(afterMilliseconds: 1) { [self] in
+            snapshotTimer = false
+            paceSnapshots()
+        }
+    }
+
+    // MARK: - Operations (the MI, on this node's loop)
+
+    /// The other members as this node sees them.
+    public func peers() -> [PeerState] {
+        loop.assertInLoop()
+        return membership.peers.values.sorted { $0.member.id < $1.member.id }
+    }
+
+    /// Every tag known, whether this node acts for it.
+    public func tagStates() -> [(claim: TagClaim, active: Bool)] {
+        loop.assertInLoop()
+        return tags.all.map { ($0, acting.contains($0.tag)) }
+    }
+
+    /// Every dialog of the cluster this node knows (its own and its peers').
+    public func dialogRecords() -> [DialogRecord] {
+        loop.assertInLoop()
+        return replicas.all
+    }
+
+    public enum CommandError: Error, CustomStringConvertible {
+        case cannotAct(String)
+        public var description: String {
+            switch self {
+            case .cannotAct(let why): why
+            }
+        }
+    }
+
+    /// `clusterer_shtag_set_active`: this node becomes `tag`'s holder at a higher epoch (the old
+    /// holder steps down when it hears it) and takes the tag's dialogs over.
+    public func setActive(tag: String) throws(CommandError) -> TagClaim {
+        loop.assertInLoop()
+        guard synced else { throw .cannotAct("node \(settings.nodeID) is not synced yet") }
+        guard membership.seesMajority(now: loop.now, within: settings.leaseMilliseconds) else {
+            throw .cannotAct("node \(settings.nodeID) does not see a majority of the \(settings.members.count) nodes")
+        }
+        let claim = tags.claim(tag)
+        log("cluster: tag \(tag) set active on node \(settings.nodeID) at epoch \(claim.epoch) (mi)")
+        decideTags(now: loop.now)
+        let heartbeat = seal(.heartbeat(sees: membership.upSet, lastSequence: outgoing.lastSequence, synced: synced, claims: tags.all))
+        for peer in settings.peers where !blocked.contains(peer.id) { endpoint?.send(heartbeat, to: peer.address) }
+        return claim
+    }
+
+    /// `dlg_rehome`: up to `count` dialogs of `tag` (oldest first), or the one whose client Call-ID
+    /// or key is `callID`, move to this node's own tag and are carried here. Returns how many were
+    /// queued.
+    public func rehome(tag: String?, count: Int, callID: String?) throws(CommandError) -> Int {
+        loop.assertInLoop()
+        guard acting.contains(settings.sharingTag) else { throw .cannotAct("node \(settings.nodeID) does not act for its own tag \(settings.sharingTag)") }
+        let chosen: [DialogRecord]
+        if let callID {
+            chosen = replicas.all.filter { ($0.client.callID == callID || $0.key == callID) && $0.state == .confirmed }
+        } else {
+            chosen = Array(replicas.records(tagged: tag ?? "").filter { $0.state == .confirmed && !carried.contains(DialogReplicas.key(of: $0)) }.prefix(count))
+        }
+        enqueueTakeOvers(chosen.map { ($0, settings.sharingTag) })
+        return chosen.count
+    }
+
+    /// The test-only fault switch: drop every datagram to and from these peers.
+    public func block(_ peers: Set<Int>) {
+        loop.assertInLoop()
+        blocked = peers
+        log("cluster: fault switch: link to \(peers.isEmpty ? "no node" : peers.sorted().map(String.init).joined(separator: ",")) blocked")
+    }
+}
+
+/// A snapshot this node is pulling from a peer: which chunks came, where the streams stood in it,
+/// and what each peer's live stream brought meanwhile (to continue from there).
+struct SnapshotPull {
+    let peer: Int
+    let id: UInt32
+    /// Pulled to repair a stream (after a gap too large, or `gone`), not to start.
+    let repair: Bool
+    let started: UInt64
+    var lastProgress: UInt64
+    private(set) var chunks: Set<UInt32> = []
+    private(set) var lastIndex: UInt32?
+    private(set) var positions: [StreamPosition] = []
+    private(set) var heardDuring: [Int: (incarnation: UInt64, sequences: Set<UInt64>)] = [:]
+
+    init(peer: Int, id: UInt32, repair: Bool, started: UInt64) {
+        self.peer = peer
+        self.id = id
+        self.repair = repair
+        self.started = started
+        lastProgress = started
+    }
+
+    mutating func received(chunk: UInt32, last: Bool, positions: [StreamPosition], now: UInt64) {
+        chunks.insert(chunk)
+        if last { lastIndex = chunk }
+        self.positions = positions
+        lastProgress = now
+    }
+
+    mutating func heard(_ sequence: UInt64, from node: Int, incarnation: UInt64) {
+        if heardDuring[node]?.incarnation != incarnation { heardDuring[node] = (incarnation, []) }
+        if heardDuring[node]!.sequences.count < IncomingStream.maxMissing { heardDuring[node]!.sequences.insert(sequence) }
+    }
+
+    var firstMissing: UInt32 {
+        var i: UInt32 = 0
+        while chunks.contains(i) { i += 1 }
+        return i
+    }
+
+    var complete: Bool {
+        guard let lastIndex else { return false }
+        return chunks.count == Int(lastIndex) + 1
+    }
+}
+
+/// A snapshot being sent to a peer: the records as they were when it was asked for, sent in
+/// chunks that fit a datagram (a chunk's end is found as it is first encoded, and kept, so that a
+/// chunk asked for again is the same chunk).
+struct SnapshotServe {
+    let peer: Int
+    let id: UInt32
+    let records: [DialogRecord]
+    let positions: [StreamPosition]
+    /// Where each chunk found so far starts (the last entry: where the next one starts).
+    private(set) var starts: [Int] = [0]
+    var next: Int
+    var lastAsked: UInt64
+
+    init(peer: Int, id: UInt32, records: [DialogRecord], positions: [StreamPosition], next: Int, lastAsked: UInt64) {
+        self.peer = peer
+        self.id = id
+        self.records = records
+        self.positions = positions
+        self.next = 0
+        self.lastAsked = lastAsked
+        restart(at: next)
+    }
+
+    var done: Bool { starts.count > next && starts[next] >= records.count && next > 0 }
+
+    /// Send from chunk `chunk` again (not past the chunks found so far).
+    mutating func restart(at chunk: Int) { next = min(chunk, starts.count - 1) }
+
+    /// The next chunk: its index, entries, and whether it is the last.
+    mutating func take() -> (index: Int, entries: [ReplicatedEntry], last: Bool) {
+        var entries: [ReplicatedEntry] = []
+        var size = 0
+        var i = starts[next]
+        while i < records.count {
+            let entry = ReplicatedEntry.dialog(records[i].encoded())
+            if size + entry.wireSize > ClusterWire.maxDatagram - 1_024 && !entries.isEmpty { break }
+            entries.append(entry)
+            size += entry.wireSize
+            i += 1
+        }
+        let index = next
+        if starts.count == index + 1 { starts.append(i) }
+        next += 1
+        return (index, entries, i >= records.count)
+    }
+}
