@@ -50,6 +50,7 @@ let package = Package(
         .testTarget(name: "ProxyTests", dependencies: ["Proxy", "Dialog", "Transport"]),
         .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "DialogTests", dependencies: ["Dialog", "SIPParser", "Transport"]),
+        .testTarget(name: "ClusterTests", dependencies: ["Cluster", "Dialog", "Transport"]),
         .testTarget(name: "SipedgeCommandTests", dependencies: ["sipedge"]),
     ],
     swiftLanguageModes: [.v6]

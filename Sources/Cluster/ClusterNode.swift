@@ -183,25 +183,18 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
         _ = loop.schedule(afterMilliseconds: settings.heartbeatMilliseconds) { [self] in tick() }
     }
 
-    /// Claims and take-overs, then which tags this node may act for (DESIGN.md, Cluster; the model's
-    /// `decide`). A node claims only when settled, synced and seeing a majority; it acts only while
-    /// its lease holds (a majority heard within `leaseMilliseconds`).
+    /// Claims and take-overs (`SharingTags.decide`), then the workers are told which tags they
+    /// act for now: those lost go passive, those gained take their replicated dialogs over.
     private func decideTags(now: UInt64) {
-        let majority = membership.seesMajority(now: now, within: settings.downAfterMilliseconds)
-        if settled && synced && majority {
-            if tags.holder(of: settings.sharingTag) == nil {
-                let claim = tags.claim(settings.sharingTag)
+        let (moves, nowActing) = tags.decide(membership: membership, now: now, settled: settled, synced: synced, ownTag: settings.sharingTag)
+        for move in moves {
+            switch move {
+            case .ownTag(let claim):
                 log("cluster: node \(settings.nodeID) claims its tag \(claim.tag) at epoch \(claim.epoch)")
-            }
-            // The lowest id among the synced nodes this one sees up takes a down node's tags over.
-            let candidates = [settings.nodeID] + membership.peers.values.filter { $0.up && $0.synced }.map(\.member.id)
-            for claim in tags.all where claim.holder != settings.nodeID && !membership.isUp(claim.holder) && candidates.min() == settings.nodeID {
-                let new = tags.claim(claim.tag)
-                log("cluster: node \(claim.holder) is down; node \(settings.nodeID) takes tag \(claim.tag) over at epoch \(new.epoch)")
+            case let .takeOver(claim, from):
+                log("cluster: node \(from) is down; node \(settings.nodeID) takes tag \(claim.tag) over at epoch \(claim.epoch)")
             }
         }
-        let lease = membership.seesMajority(now: now, within: settings.leaseMilliseconds)
-        let nowActing: Set<String> = lease && synced ? Set(tags.held) : []
         for tag in acting.subtracting(nowActing).sorted() {
             log(tags.holder(of: tag) == settings.nodeID
                 ? "cluster: no majority in sight; node \(settings.nodeID) stops acting for tag \(tag)"

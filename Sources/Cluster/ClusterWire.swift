@@ -92,7 +92,7 @@ public struct WireHeader: Sendable, Equatable {
     public var incarnation: UInt64
 }
 
-/// The messages of the cluster link (the Promela model, `Cluster/model/sharing-tags.pml`, has
+/// The messages of the cluster link (the Promela model, `Models/sharing-tags.pml`, has
 /// `heartbeat` carrying `claims` too).
 public enum ClusterMessage: Sendable, Equatable {
     case heartbeat(sees: UInt64, lastSequence: UInt64, synced: Bool, claims: [TagClaim])

@@ -1,7 +1,7 @@
 /// Which node holds each sharing tag, and at which epoch: the one gate for tag state. A claim
 /// heard with a higher epoch replaces the one known (so loss, duplication and reordering of claims
 /// are harmless); this node claims a tag only with an epoch above every one it knows for it. The
-/// names match the Promela model (`Cluster/model/sharing-tags.pml`): `claims`, `learn`, `claim`.
+/// names match the Promela model (`Models/sharing-tags.pml`): `claims`, `learn`, `claim`.
 final class SharingTags {
     let me: Int
     private(set) var claims: [String: TagClaim] = [:]
@@ -34,4 +34,36 @@ final class SharingTags {
 
     /// Every claim, in tag order (what a heartbeat carries).
     var all: [TagClaim] { claims.values.sorted { $0.tag < $1.tag } }
+}
+
+/// A claim this node made in `decide`, and why.
+enum TagMove: Equatable {
+    /// Its own tag, which nobody held.
+    case ownTag(TagClaim)
+    /// A tag whose holder is down, taken over.
+    case takeOver(TagClaim, from: Int)
+}
+
+extension SharingTags {
+    /// The rule, applied each heartbeat and whenever a claim is heard (the model's `decide`):
+    /// a node that is settled (it has listened for a while since it started), synced and sees a
+    /// majority claims its own tag if nobody holds it, and takes over the tags of down holders if it
+    /// has the lowest id among the synced nodes it sees up. It may act for the tags it holds only
+    /// while its lease holds (a majority heard within `leaseMilliseconds`) and it is synced.
+    /// Returns the claims made and the tags it may act for.
+    func decide(membership: Membership, now: UInt64, settled: Bool, synced: Bool, ownTag: String) -> (moves: [TagMove], acting: Set<String>) {
+        let settings = membership.settings
+        var moves: [TagMove] = []
+        if settled && synced && membership.seesMajority(now: now, within: settings.downAfterMilliseconds) {
+            if holder(of: ownTag) == nil { moves.append(.ownTag(claim(ownTag))) }
+            let candidates = [me] + membership.peers.values.filter { $0.up && $0.synced }.map(\.member.id)
+            if candidates.min() == me {
+                for known in all where known.holder != me && !membership.isUp(known.holder) {
+                    moves.append(.takeOver(claim(known.tag), from: known.holder))
+                }
+            }
+        }
+        let lease = membership.seesMajority(now: now, within: settings.leaseMilliseconds)
+        return (moves, lease && synced ? Set(held) : [])
+    }
 }
