@@ -18,6 +18,7 @@ deps:
 test: deps
 	$(SWIFT) build --build-tests
 	SWIFT=$(SWIFT) scripts/run-tests.sh
+	Models/check.sh
 
 bench: bench-parser bench-transport bench-calls bench-dialogs
 

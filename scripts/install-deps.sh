@@ -9,7 +9,7 @@ set -euo pipefail
 packages=(libssl-dev libsctp-dev libsqlite3-dev)
 case "${1:-test}" in
     build) ;;
-    test) packages+=(sip-tester openssl baresip-core iproute2) ;;
+    test) packages+=(sip-tester openssl baresip-core iproute2 spin gcc) ;;
     bench) packages+=(sip-tester openssl baresip-core libosip2-dev valgrind kamailio) ;;
     *) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
 esac

@@ -173,14 +173,19 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
             }
         }
         decideTags(now: now)
+        sendHeartbeat()
+        askForMissing()
+        serving.removeAll { now &- $0.lastAsked > 30_000 }
+        _ = loop.schedule(afterMilliseconds: settings.heartbeatMilliseconds) { [self] in tick() }
+    }
+
+    /// Who this node sees, where its stream stands, and every claim it knows (its confirmations).
+    private func sendHeartbeat() {
         let heartbeat = seal(.heartbeat(sees: membership.upSet, lastSequence: outgoing.lastSequence, synced: synced, claims: tags.all))
         for peer in settings.peers where !blocked.contains(peer.id) {
             endpoint?.send(heartbeat, to: peer.address)
             statistics.heartbeatsSent += 1
         }
-        askForMissing()
-        serving.removeAll { now &- $0.lastAsked > 30_000 }
-        _ = loop.schedule(afterMilliseconds: settings.heartbeatMilliseconds) { [self] in tick() }
     }
 
     /// Claims and take-overs (`SharingTags.decide`), then the workers are told which tags they
@@ -195,6 +200,8 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
                 log("cluster: node \(from) is down; node \(settings.nodeID) takes tag \(claim.tag) over at epoch \(claim.epoch)")
             }
         }
+        // A claim is told at once: the others confirm it (and an old holder steps down) sooner.
+        if !moves.isEmpty { sendHeartbeat() }
         for tag in acting.subtracting(nowActing).sorted() {
             log(tags.holder(of: tag) == settings.nodeID
                 ? "cluster: no majority in sight; node \(settings.nodeID) stops acting for tag \(tag)"
@@ -311,10 +318,9 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
     private func handle(_ message: ClusterMessage, from id: Int, incarnation: UInt64, now: UInt64) {
         switch message {
         case let .heartbeat(sees, lastSequence, synced, claims):
-            membership.status(of: id, sees: sees, synced: synced)
-            var changed = false
-            for claim in claims { changed = tags.learn(claim) || changed }
-            if changed { decideTags(now: now) }
+            membership.status(of: id, sees: sees, synced: synced, claims: claims)
+            for claim in claims { tags.learn(claim) }
+            decideTags(now: now)
             if self.synced {
                 var stream = incoming[id] ?? IncomingStream(incarnation: incarnation, highest: 0)
                 if !stream.heardOf(upTo: lastSequence) { pullSnapshot(from: id, repair: true) }
@@ -487,9 +493,8 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
         }
         let claim = tags.claim(tag)
         log("cluster: tag \(tag) set active on node \(settings.nodeID) at epoch \(claim.epoch) (mi)")
+        sendHeartbeat()
         decideTags(now: loop.now)
-        let heartbeat = seal(.heartbeat(sees: membership.upSet, lastSequence: outgoing.lastSequence, synced: synced, claims: tags.all))
-        for peer in settings.peers where !blocked.contains(peer.id) { endpoint?.send(heartbeat, to: peer.address) }
         return claim
     }
 

@@ -15,6 +15,8 @@ public struct PeerState: Sendable, Equatable {
     public internal(set) var synced = false
     /// The nodes it sees up (bit n-1 for node n).
     public internal(set) var sees: UInt64 = 0
+    /// The holders it announced in its last heartbeat, by tag: its confirmation of a holder's lease.
+    public internal(set) var claims: [String: TagClaim] = [:]
 }
 
 /// Static membership (DESIGN.md, Cluster): every member is configured; a peer is up while it has
@@ -50,9 +52,31 @@ final class Membership {
     }
 
     /// What a peer's heartbeat says of it.
-    func status(of id: Int, sees: UInt64, synced: Bool) {
+    func status(of id: Int, sees: UInt64, synced: Bool, claims: [TagClaim]) {
         peers[id]?.sees = sees
         peers[id]?.synced = synced
+        peers[id]?.claims = Dictionary(claims.map { ($0.tag, $0) }, uniquingKeysWith: { a, _ in a })
+    }
+
+    /// Whether a majority (this node counted) sees `id` down: this node, and each peer heard within
+    /// `down_after` whose last heartbeat leaves `id` out of the nodes it sees. A node that has only
+    /// just heard from one side of a healed partition does not count a holder down that the others
+    /// still see.
+    func majoritySeesDown(_ id: Int, now: UInt64) -> Bool {
+        guard !isUp(id) else { return false }
+        let bit = Self.bit(id)
+        let agreeing = peers.values.filter { p in
+            p.up && p.lastHeard.map { now &- $0 < settings.downAfterMilliseconds } == true && p.sees & bit == 0
+        }.count
+        return agreeing + 1 >= settings.majority
+    }
+
+    /// How many members confirm `claim` (this node, which holds it, and each peer heard within
+    /// `window` ms whose last heartbeat names the same holder at the same epoch).
+    func confirmations(of claim: TagClaim, now: UInt64, within window: UInt64) -> Int {
+        1 + peers.values.filter { p in
+            p.up && p.lastHeard.map { now &- $0 < window } == true && p.claims[claim.tag] == claim
+        }.count
     }
 
     /// A datagram from a member's address in a wire version this node cannot read.

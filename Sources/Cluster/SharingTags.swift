@@ -5,6 +5,8 @@
 final class SharingTags {
     let me: Int
     private(set) var claims: [String: TagClaim] = [:]
+    /// Since when a majority has confirmed this node's claim on each tag it holds (loop ms).
+    private(set) var confirmedSince: [String: UInt64] = [:]
 
     init(me: Int) { self.me = me }
 
@@ -45,12 +47,14 @@ enum TagMove: Equatable {
 }
 
 extension SharingTags {
-    /// The rule, applied each heartbeat and whenever a claim is heard (the model's `decide`):
-    /// a node that is settled (it has listened for a while since it started), synced and sees a
-    /// majority claims its own tag if nobody holds it, and takes over the tags of down holders if it
-    /// has the lowest id among the synced nodes it sees up. It may act for the tags it holds only
-    /// while its lease holds (a majority heard within `leaseMilliseconds`) and it is synced.
-    /// Returns the claims made and the tags it may act for.
+    /// The rule, applied each heartbeat (the model's `decide`). A node that is settled (it has
+    /// listened for a while since it started), synced and sees a majority claims its own tag if
+    /// nobody holds it, and takes over the tags of holders a majority sees down if it has the
+    /// lowest id among the synced nodes it sees up. It acts for a tag it holds only on a lease: a majority (itself
+    /// counted) confirms its claim, each peer by its last heartbeat heard within
+    /// `leaseMilliseconds`, and has done so for a whole lease. A holder cut off stops when its
+    /// confirmations lapse; a new holder starts only a lease after its own came, by when every
+    /// confirmation the old one held has lapsed (a node confirms one holder at a time).
     func decide(membership: Membership, now: UInt64, settled: Bool, synced: Bool, ownTag: String) -> (moves: [TagMove], acting: Set<String>) {
         let settings = membership.settings
         var moves: [TagMove] = []
@@ -58,12 +62,22 @@ extension SharingTags {
             if holder(of: ownTag) == nil { moves.append(.ownTag(claim(ownTag))) }
             let candidates = [me] + membership.peers.values.filter { $0.up && $0.synced }.map(\.member.id)
             if candidates.min() == me {
-                for known in all where known.holder != me && !membership.isUp(known.holder) {
+                for known in all where known.holder != me && membership.majoritySeesDown(known.holder, now: now) {
                     moves.append(.takeOver(claim(known.tag), from: known.holder))
                 }
             }
         }
-        let lease = membership.seesMajority(now: now, within: settings.leaseMilliseconds)
-        return (moves, lease && synced ? Set(held) : [])
+        var acting: Set<String> = []
+        for tag in Array(confirmedSince.keys) where claims[tag]?.holder != me { confirmedSince[tag] = nil }
+        for claim in claims.values where claim.holder == me {
+            guard synced, membership.confirmations(of: claim, now: now, within: settings.leaseMilliseconds) >= settings.majority else {
+                confirmedSince[claim.tag] = nil
+                continue
+            }
+            let since = confirmedSince[claim.tag] ?? now
+            confirmedSince[claim.tag] = since
+            if now &- since >= settings.leaseMilliseconds { acting.insert(claim.tag) }
+        }
+        return (moves, acting)
     }
 }

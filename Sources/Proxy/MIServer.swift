@@ -218,7 +218,7 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
             }
             return ["AORs": aors, "total": total]
         case "dlg_list":
-            let (page, total) = Self.page(edge.dialogRecords().sorted { $0.startedAt < $1.startedAt }, params)
+            let (page, total) = Self.page(edge.dialogRecords().sorted { ($0.startedAt, $0.key) < ($1.startedAt, $1.key) }, params)
             return ["Dialogs": page.map(Self.describe), "total": total]
         case "dlg_end_dlg":
             guard let key = params["dialog_id"] as? String ?? params["callid"] as? String else {

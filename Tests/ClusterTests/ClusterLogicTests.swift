@@ -25,10 +25,14 @@ import Transport
             tags = SharingTags(me: id)
         }
 
-        func hear(_ peer: Int, at now: UInt64, synced: Bool = true, claims: [TagClaim] = []) {
+        /// A heartbeat from `peer`, announcing `claims` (nil: the claims this node knows, as a
+        /// peer that agrees would announce them).
+        /// `sees`: the nodes the peer sees up (nil: the ones this node sees).
+        func hear(_ peer: Int, at now: UInt64, synced: Bool = true, claims: [TagClaim]? = nil, sees: [Int]? = nil) {
             _ = membership.heard(from: peer, incarnation: 7, at: now)
-            membership.status(of: peer, sees: 0, synced: synced)
-            for c in claims { tags.learn(c) }
+            for c in claims ?? [] { tags.learn(c) }
+            let bits = sees.map { $0.reduce(0) { $0 | Membership.bit($1) } } ?? membership.upSet
+            membership.status(of: peer, sees: bits, synced: synced, claims: claims ?? tags.all)
         }
 
         @discardableResult
@@ -76,7 +80,16 @@ import Transport
         let alone = View(1)
         #expect(alone.decide(at: 1_000).moves.isEmpty, "alone, one of three is no majority")
         let (moves, acting) = v.decide(at: 1_000)
-        #expect(moves.count == 1 && acting == ["node1"])
+        #expect(moves.count == 1 && acting.isEmpty, "claimed, but not confirmed yet")
+        // Node 2 confirms the claim; after a whole lease (250 ms) of confirmation node 1 acts.
+        v.hear(2, at: 1_100)
+        #expect(v.decide(at: 1_100).acting.isEmpty)
+        v.hear(2, at: 1_300)
+        #expect(v.decide(at: 1_349).acting.isEmpty)
+        #expect(v.decide(at: 1_350).acting == ["node1"])
+        // A peer that names another holder at a higher epoch: node 1 steps down at once.
+        v.hear(2, at: 1_500, claims: [TagClaim(tag: "node1", holder: 2, epoch: 9_999)])
+        #expect(v.decide(at: 1_500).acting.isEmpty, "a higher epoch: node 1 steps down at once")
     }
 
     @Test func a_restarted_node_rejoins_as_backup_when_a_peer_holds_its_tag_at_a_higher_epoch() {
@@ -103,21 +116,40 @@ import Transport
         two.hear(3, at: 1_450)
         three.hear(2, at: 1_450)
         #expect(two.decide(at: 1_499).moves.isEmpty, "not down yet")
-        let (moves2, acting2) = two.decide(at: 1_500)
-        let (moves3, acting3) = three.decide(at: 1_500)
-        #expect(moves2 == [.takeOver(two.tags.claims["node1"]!, from: 1)] && acting2.contains("node1"))
-        #expect(moves3.isEmpty && !acting3.contains("node1"), "node 3 leaves it to node 2, the lowest")
+        // Down for node 2 at 1500; it takes over once node 3 too says it no longer sees node 1.
+        #expect(two.decide(at: 1_500).moves.isEmpty, "node 3 still sees node 1 (its last heartbeat says so)")
+        two.hear(3, at: 1_500, sees: [2, 3])
+        three.hear(2, at: 1_500, sees: [2, 3])
+        let (moves2, _) = two.decide(at: 1_500)
+        let (moves3, _) = three.decide(at: 1_500)
+        #expect(moves2 == [.takeOver(two.tags.claims["node1"]!, from: 1)])
+        #expect(moves3.isEmpty, "node 3 leaves it to node 2, the lowest")
+        // Node 3 hears the claim and confirms it; node 2 acts a lease later.
+        three.hear(2, at: 1_510, claims: two.tags.all)
+        two.hear(3, at: 1_520, claims: three.tags.all)
+        #expect(!two.decide(at: 1_520).acting.contains("node1"))
+        two.hear(3, at: 1_700, claims: three.tags.all)
+        #expect(two.decide(at: 1_770).acting.contains("node1"))
+        #expect(!three.decide(at: 1_770).acting.contains("node1"))
         // When node 2 is not synced, node 3 does it.
         let other = View(3)
         other.hear(1, at: 1_000, claims: [claim1])
         other.hear(2, at: 1_000)
         other.decide(at: 1_000)
         other.hear(2, at: 1_450, synced: false)
+        other.hear(2, at: 1_500, synced: false, sees: [2, 3])
         #expect(other.decide(at: 1_500).moves == [.takeOver(other.tags.claims["node1"]!, from: 1)])
     }
 
     @Test func a_holder_cut_off_from_the_majority_stops_acting_before_anyone_can_take_over() {
         let one = View(1), two = View(2)
+        one.hear(2, at: 500)
+        one.decide(at: 500)
+        one.hear(2, at: 600)
+        one.decide(at: 600)
+        one.hear(2, at: 800)
+        one.hear(3, at: 800)
+        one.decide(at: 800)
         one.hear(2, at: 1_000)
         one.hear(3, at: 1_000)
         #expect(one.decide(at: 1_000).acting == ["node1"])
@@ -132,11 +164,20 @@ import Transport
         // ...while the others take over only at 1500, after the lease surely ran out.
         two.hear(3, at: 1_490)
         #expect(two.decide(at: 1_490).moves.isEmpty)
-        #expect(two.decide(at: 1_500).acting.contains("node1"))
-        // Healed: node 1 hears the higher epoch with the majority and stays backup.
-        one.hear(2, at: 6_000, claims: two.tags.all)
-        one.hear(3, at: 6_000)
-        let (moves, acting) = one.decide(at: 6_000)
+        two.hear(3, at: 1_500, sees: [2, 3])
+        #expect(two.decide(at: 1_500).moves.count == 1)
+        two.hear(3, at: 1_600)
+        #expect(!two.decide(at: 1_600).acting.contains("node1"), "confirmed, not yet for a whole lease")
+        two.hear(3, at: 1_800)
+        #expect(two.decide(at: 1_850).acting.contains("node1"))
+        // Healed, and node 1 hears node 3 first, which names node 2 the holder and sees it up:
+        // node 1 has not heard node 2 yet, but a majority does not see node 2 down, so node 1
+        // does not take the tag back.
+        one.hear(3, at: 6_000, claims: two.tags.all, sees: [2, 3])
+        var (moves, acting) = one.decide(at: 6_000)
+        #expect(moves.isEmpty && acting.isEmpty)
+        one.hear(2, at: 6_050, claims: two.tags.all)
+        (moves, acting) = one.decide(at: 6_050)
         #expect(moves.isEmpty && acting.isEmpty)
         #expect(one.tags.holder(of: "node1") == 2)
     }

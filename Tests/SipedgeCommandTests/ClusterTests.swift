@@ -1,0 +1,318 @@
+import Foundation
+import Glibc
+import Testing
+
+/// Three `sipedge` nodes on 127.0.0.11, .12 and .13 (loopback aliases need no set-up), each with its
+/// own SIP listener, MI and cluster link; SIPp calls through node 1 to a SIPp UAS.
+@Suite(.serialized) struct ClusterTests {
+    /// The three nodes and the ports they share (each on its own address).
+    final class Cluster {
+        let base = Scratch.ports()
+        var sipPort: Int { base }
+        var miPort: Int { base + 1 }
+        var linkPort: Int { base + 2 }
+        var uasPort: Int { base + 10 }
+        var uacPort: Int { base + 20 }
+        private(set) var nodes: [Int: CallTests.Edge] = [:]
+        let secret: String
+        let extra: String
+
+        init(secret: String = "", extra: String = "") {
+            self.secret = secret
+            self.extra = extra
+        }
+
+        static func ip(_ n: Int) -> String { "127.0.0.1\(n)" }
+
+        func config(_ n: Int) -> String {
+            """
+            workers = 2
+            \(extra)
+            [dispatcher]
+            destinations = ["127.0.0.1:\(uasPort)"]
+            [[listener]]
+            proto = "udp"
+            address = "\(Self.ip(n))"
+            port = \(sipPort)
+            tag = "public"
+            [mi]
+            address = "\(Self.ip(n))"
+            port = \(miPort)
+            [cluster]
+            node_id = \(n)
+            address = "\(Self.ip(n)):\(linkPort)"
+            nodes = ["1@\(Self.ip(1)):\(linkPort)", "2@\(Self.ip(2)):\(linkPort)", "3@\(Self.ip(3)):\(linkPort)"]
+            sharing_tag = "node\(n)"
+            \(secret.isEmpty ? "" : "secret = \"\(secret)\"")
+            """
+        }
+
+        /// Starts node `n` and waits until it listens.
+        @discardableResult
+        func start(_ n: Int) throws -> CallTests.Edge {
+            let edge = try CallTests.Edge(config: config(n))
+            #expect(edge.waitFor("mi listening"), "node \(n) did not start: \(edge.output)")
+            nodes[n] = edge
+            return edge
+        }
+
+        func kill(_ n: Int) {
+            guard let edge = nodes[n] else { return }
+            Glibc.kill(edge.process.processIdentifier, SIGKILL)
+            edge.process.waitUntilExit()
+        }
+
+        /// A JSON-RPC request to node `n`'s MI; its result (nil on an error or no answer in 2 s).
+        func mi(_ n: Int, _ method: String, _ params: [String: String] = [:]) -> Any? {
+            MIClient.call(host: Self.ip(n), port: miPort, method: method, params: params)
+        }
+
+        func object(_ n: Int, _ method: String, _ params: [String: String] = [:]) -> [String: Any] {
+            mi(n, method, params) as? [String: Any] ?? [:]
+        }
+
+        /// Every dialog node `n` lists: dialog id -> "state/version/sharing tag", read page by page.
+        func dialogs(_ n: Int) -> [String: String]? {
+            var out: [String: String] = [:]
+            var offset = 0
+            while true {
+                guard let page = mi(n, "dlg_list", ["offset": "\(offset)", "limit": "40"]) as? [String: Any],
+                      let list = page["Dialogs"] as? [[String: Any]], let total = page["total"] as? Int else { return nil }
+                for d in list {
+                    out[d["dialog_id"] as? String ?? "?"] = "\(d["state"] ?? "")/\(d["version"] ?? "")/\(d["sharing_tag"] ?? "")"
+                }
+                offset += list.count
+                if list.isEmpty || offset >= total { return out }
+            }
+        }
+
+        /// Node `n`'s statistic `name` (nil when it does not answer).
+        func statistic(_ n: Int, _ name: String) -> Int? {
+            object(n, "get_statistics", ["statistics": name])[name] as? Int
+        }
+
+        /// Tag -> (state, holder, epoch) as node `n` lists them.
+        func tags(_ n: Int) -> [String: (state: String, holder: Int, epoch: Int)] {
+            var out: [String: (String, Int, Int)] = [:]
+            for t in object(n, "clusterer_list_shtags")["tags"] as? [[String: Any]] ?? [] {
+                out[t["tag"] as? String ?? ""] = (t["state"] as? String ?? "", t["holder"] as? Int ?? 0, t["epoch"] as? Int ?? 0)
+            }
+            return out
+        }
+
+        /// Node id -> state ("up"/"down") in node `n`'s `clusterer_list`.
+        func peers(_ n: Int) -> [Int: String] {
+            var out: [Int: String] = [:]
+            for p in object(n, "clusterer_list")["nodes"] as? [[String: Any]] ?? [] { out[p["node_id"] as? Int ?? 0] = p["state"] as? String }
+            return out
+        }
+
+        func stopAll() {
+            for edge in nodes.values { edge.stop() }
+        }
+
+        deinit { for edge in nodes.values where edge.process.isRunning { Glibc.kill(edge.process.processIdentifier, SIGKILL) } }
+    }
+
+    /// Polls `condition` every 20 ms for at most `seconds`; true as soon as it holds.
+    static func eventually(within seconds: Double, _ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if condition() { return true }
+            usleep(20_000)
+        }
+        return condition()
+    }
+
+    /// SIPp: a UAS for the cluster's backend, and a UAC calling node 1.
+    static func sipp(_ args: [String], in dir: URL) throws -> Process {
+        try CallTests.process(try CallTests.requireSIPp(), args + ["-nostdin"], in: dir)
+    }
+
+    static func uas(_ c: Cluster, in dir: URL) throws -> Process {
+        try sipp(["-sn", "uas", "-aa", "-i", "127.0.0.1", "-p", "\(c.uasPort)"], in: dir)
+    }
+
+    static func uac(_ c: Cluster, calls: Int, rate: Int, holdMilliseconds: Int, in dir: URL) throws -> Process {
+        try sipp(["-sn", "uac", "-aa", "\(Cluster.ip(1)):\(c.sipPort)", "-i", "127.0.0.1", "-p", "\(c.uacPort)", "-m", "\(calls)",
+                  "-r", "\(rate)", "-d", "\(holdMilliseconds)", "-timeout", "120s"], in: dir)
+    }
+
+    static func finish(_ p: Process, within seconds: Int) {
+        for _ in 0..<(seconds * 10) where p.isRunning { usleep(100_000) }
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        p.waitUntilExit()
+    }
+
+    @Test(.needsSIPp) func every_node_lists_the_same_500_dialogs_at_the_same_versions_and_none_after_the_byes() throws {
+        let c = Cluster()
+        defer { c.stopAll() }
+        for n in 1...3 { try c.start(n) }
+        #expect(Self.eventually(within: 3) { (1...3).allSatisfy { c.tags($0)["node\($0)"]?.state == "active" } }, "each node acts for its own tag")
+        let dir = try Scratch.directory("cluster")
+        defer { Scratch.remove(dir) }
+        let uas = try Self.uas(c, in: dir)
+        defer { kill(uas.processIdentifier, SIGKILL) }
+        usleep(300_000)
+        // 500 calls at 250 per second, each up for 5 s: all are up together from about 2 s on.
+        let uac = try Self.uac(c, calls: 500, rate: 250, holdMilliseconds: 5_000, in: dir)
+        defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
+        usleep(2_100_000)
+        var lists: [[String: String]] = []
+        let same = Self.eventually(within: 1.5) {
+            lists = (1...3).map { c.dialogs($0) ?? [:] }
+            return lists[0].count == 500 && lists[1] == lists[0] && lists[2] == lists[0]
+        }
+        #expect(same, "dialogs per node: \(lists.map(\.count)); node 2 differs in \(Set(lists[0].map { "\($0)=\($1)" }).symmetricDifference(lists[1].map { "\($0)=\($1)" }).count)")
+        #expect(lists.first?.values.allSatisfy { $0.hasPrefix("confirmed/") && $0.hasSuffix("/node1") } == true)
+        Self.finish(uac, within: 30)
+        #expect(uac.terminationStatus == 0, "every call succeeded")
+        #expect(Self.eventually(within: 2) { (1...3).allSatisfy { c.dialogs($0)?.isEmpty == true } }, "no dialog left on any node after the BYEs")
+        #expect((c.statistic(2, "cluster:replication_received") ?? 0) >= 1_000, "early, confirmed and ended versions all arrived")
+    }
+
+    @Test(.needsSIPp) func a_killed_node_is_down_within_a_second_one_survivor_takes_its_tag_and_the_restarted_node_stays_backup() throws {
+        // Pings every second: only the node acting for a dialog's tag sends them.
+        let c = Cluster(extra: "[calls]\nping_interval_seconds = 1")
+        defer { c.stopAll() }
+        for n in 1...3 { try c.start(n) }
+        #expect(Self.eventually(within: 3) { (1...3).allSatisfy { c.tags($0)["node\($0)"]?.state == "active" } })
+        let before = c.tags(2)["node1"]?.epoch ?? 0
+        let dir = try Scratch.directory("cluster")
+        defer { Scratch.remove(dir) }
+        let uas = try Self.uas(c, in: dir)
+        defer { kill(uas.processIdentifier, SIGKILL) }
+        usleep(300_000)
+        let uac = try Self.uac(c, calls: 20, rate: 40, holdMilliseconds: 60_000, in: dir)
+        defer { kill(uac.processIdentifier, SIGKILL) }
+        #expect(Self.eventually(within: 3) { c.dialogs(3)?.count == 20 && c.dialogs(2)?.count == 20 }, "replicated")
+
+        c.kill(1)
+        let killed = Date()
+        #expect(Self.eventually(within: 2) { c.peers(2)[1] == "down" && c.peers(3)[1] == "down" })
+        let detection = Date().timeIntervalSince(killed)
+        #expect(detection < 1, "node 1 down on both survivors after \(detection) s")
+        // Exactly one survivor holds node1, at a higher epoch, and both say so.
+        #expect(Self.eventually(within: 2) {
+            let (t2, t3) = (c.tags(2)["node1"], c.tags(3)["node1"])
+            return t2 != nil && t2?.holder == t3?.holder && t2?.epoch == t3?.epoch && (t2?.epoch ?? 0) > before
+                && [t2?.state, t3?.state].filter { $0 == "active" }.count == 1
+        }, "node 2: \(String(describing: c.tags(2)["node1"])), node 3: \(String(describing: c.tags(3)["node1"]))")
+        let holder = c.tags(2)["node1"]?.holder ?? 0
+        #expect(holder == 2, "the lowest survivor")
+        #expect(Self.eventually(within: 2) { c.statistic(holder, "cluster:rehomed_dialogs") == 20 }, "the holder carries node 1's 20 dialogs")
+        let pingsBefore = c.statistic(holder, "dialog:pings_sent") ?? 0
+        #expect(Self.eventually(within: 3) { (c.statistic(holder, "dialog:pings_sent") ?? 0) >= pingsBefore + 40 }, "and pings them (both legs, each second)")
+
+        // Node 1 comes back: it learns node1 is node 2's at a higher epoch and stays backup.
+        try c.start(1)
+        #expect(c.nodes[1]!.waitFor("synced from node"), "\(c.nodes[1]!.output)")
+        usleep(1_500_000)
+        let t1 = c.tags(1)["node1"]
+        #expect(t1?.holder == holder && t1?.state == "backup", "restarted node 1: \(String(describing: t1))")
+        #expect(c.tags(2)["node1"]?.holder == holder, "nobody took it back")
+        #expect(c.dialogs(1)?.count == 20, "it lists the dialogs it no longer carries")
+        #expect(c.statistic(1, "dialog:pings_sent") == 0, "and sends nothing for them")
+        #expect(c.statistic(1, "dialog:timed_out_dialogs") == 0)
+        #expect(!c.nodes[1]!.output.contains("claims its tag node1"), "after the restart it never announced itself the holder")
+    }
+
+    @Test func a_partitioned_node_steps_down_the_majority_takes_its_tag_and_after_healing_it_stays_backup() throws {
+        setenv("SIPEDGE_TEST_FAULTS", "1", 1)
+        let c = Cluster()
+        defer { c.stopAll() }
+        for n in 1...3 { try c.start(n) }
+        #expect(Self.eventually(within: 3) { (1...3).allSatisfy { c.tags($0)["node\($0)"]?.state == "active" } })
+        let before = c.tags(1)["node1"]?.epoch ?? 0
+        // The link between node 1 and the others is cut, both ways.
+        _ = c.mi(1, "cluster_fault", ["block": "2,3"])
+        _ = c.mi(2, "cluster_fault", ["block": "1"])
+        _ = c.mi(3, "cluster_fault", ["block": "1"])
+        let cut = Date()
+        #expect(Self.eventually(within: 2) { c.tags(1)["node1"]?.state == "backup" })
+        let stepDown = Date().timeIntervalSince(cut)
+        #expect(stepDown < 0.5 + 0.15, "node 1 stopped acting after \(stepDown) s (down_after is 500 ms)")
+        #expect(c.tags(1).values.allSatisfy { $0.state == "backup" }, "a minority acts for no tag")
+        #expect(Self.eventually(within: 3) { c.tags(2)["node1"]?.holder == 2 && c.tags(3)["node1"]?.holder == 2 && c.tags(2)["node1"]?.state == "active" })
+        #expect((c.tags(2)["node1"]?.epoch ?? 0) > before)
+        #expect(c.nodes[1]!.output.contains("no majority in sight; node 1 stops acting for tag node1"))
+        // Healed: node 1 hears the higher epoch and stays backup; all three agree.
+        for n in 1...3 { _ = c.mi(n, "cluster_fault", ["block": ""]) }
+        #expect(Self.eventually(within: 3) { (1...3).allSatisfy { c.peers($0).values.allSatisfy { $0 == "up" } } })
+        usleep(1_000_000)
+        let views = (1...3).map { c.tags($0)["node1"] }
+        #expect(views.allSatisfy { $0?.holder == 2 && $0?.epoch == views[0]?.epoch }, "\(views)")
+        #expect(views[0]?.state == "backup" && views[1]?.state == "active")
+    }
+
+    @Test func garbage_wrong_secrets_and_unknown_versions_on_the_link_are_dropped_counted_and_logged_once() throws {
+        // Nodes 1 and 2 (a majority of three) with a secret; the test speaks from node 3's address.
+        let c = Cluster(secret: "correct horse")
+        defer { c.stopAll() }
+        try c.start(1)
+        try c.start(2)
+        #expect(Self.eventually(within: 3) { c.tags(1)["node1"]?.state == "active" })
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var me = sockaddr_in(), to = sockaddr_in()
+        me.sin_family = sa_family_t(AF_INET)
+        me.sin_port = in_port_t(UInt16(c.linkPort).bigEndian)
+        inet_pton(AF_INET, Cluster.ip(3), &me.sin_addr)
+        to = me
+        inet_pton(AF_INET, Cluster.ip(1), &to.sin_addr)
+        let bound = withUnsafePointer(to: &me) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        #expect(bound == 0)
+        func send(_ bytes: [UInt8]) {
+            _ = withUnsafePointer(to: &to) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, bytes, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+        }
+        // A heartbeat as node 3 would send it (version 1), sealed with the wrong secret...
+        var heartbeat: [UInt8] = [0x53, 0x45, 1, 1, 3, 0] + [UInt8](repeating: 0, count: 8) + [UInt8](repeating: 0, count: 17) + [0]
+        for _ in 0..<200 { send(heartbeat + [UInt8](repeating: 0xAB, count: 32)) }
+        // ...a version this node cannot read, truncated ones, and a flood of random bytes.
+        heartbeat[2] = 9
+        for _ in 0..<200 { send(heartbeat) }
+        for n in 0..<14 { send(Array(heartbeat.prefix(n))) }
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<5_000 { send((0..<Int.random(in: 1...1_400, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }) }
+        usleep(500_000)
+        let dropped = c.statistic(1, "cluster:dropped_datagrams") ?? 0
+        #expect(dropped >= 5_000, "dropped and counted: \(dropped)")
+        #expect((c.statistic(1, "cluster:unauthenticated_datagrams") ?? 0) >= 200)
+        #expect((c.statistic(1, "cluster:unknown_wire_version") ?? 0) >= 200)
+        let node3 = (c.object(1, "clusterer_list")["nodes"] as? [[String: Any]] ?? []).first { $0["node_id"] as? Int == 3 }
+        #expect(node3?["wire_version"] as? Int == 9, "clusterer_list shows the version node 3's address speaks")
+        #expect(node3?["state"] as? String == "down", "nothing unauthenticated made it up")
+        let log = c.nodes[1]!.output
+        #expect(CallTests.CallRun.count("failed authentication", in: log) == 1, "logged once per source and interval")
+        #expect(CallTests.CallRun.count("speaks cluster wire version 9", in: log) == 1)
+        // Still a cluster: nodes 1 and 2 see each other and node 1 acts for its tag.
+        #expect(c.peers(1)[2] == "up" && c.tags(1)["node1"]?.state == "active")
+        #expect(c.nodes[1]!.process.isRunning)
+    }
+}
+
+/// JSON-RPC 2.0 over UDP from the test process (faster than running `sipedge mi` per request).
+enum MIClient {
+    static func call(host: String, port: Int, method: String, params: [String: String]) -> Any? {
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var to = sockaddr_in()
+        to.sin_family = sa_family_t(AF_INET)
+        to.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, host, &to.sin_addr)
+        guard let request = try? JSONSerialization.data(withJSONObject: ["jsonrpc": "2.0", "method": method, "params": params, "id": 1]) else { return nil }
+        let sent = withUnsafePointer(to: &to) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { a in request.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, 0, a, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        }
+        guard sent > 0 else { return nil }
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        let n = recv(fd, &buffer, buffer.count, 0)
+        guard n > 0, let reply = try? JSONSerialization.jsonObject(with: Data(buffer[0..<n])) as? [String: Any] else { return nil }
+        return reply["result"]
+    }
+}
