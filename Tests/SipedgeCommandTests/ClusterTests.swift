@@ -171,6 +171,52 @@ import Testing
         #expect((c.statistic(2, "cluster:replication_received") ?? 0) >= 1_000, "early, confirmed and ended versions all arrived")
     }
 
+    @Test(.needsSIPp) func a_node_started_under_load_syncs_and_then_lists_exactly_what_the_others_list() throws {
+        let c = Cluster()
+        defer { c.stopAll() }
+        try c.start(1)
+        try c.start(2)
+        #expect(Self.eventually(within: 3) { c.tags(1)["node1"]?.state == "active" })
+        let dir = try Scratch.directory("cluster")
+        defer { Scratch.remove(dir) }
+        let uas = try Self.uas(c, in: dir)
+        defer { kill(uas.processIdentifier, SIGKILL) }
+        usleep(300_000)
+        // 200 calls per second for 30 s, each up for 20 s; node 3 joins 5 s in.
+        let uac = try Self.uac(c, calls: 6_000, rate: 200, holdMilliseconds: 20_000, in: dir)
+        defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
+        usleep(5_000_000)
+        let three = try c.start(3)
+        #expect(three.waitFor("synced from node"), "\(three.output)")
+        // When SIPp has made its last call, both SIPps are frozen (SIGSTOP): nothing changes any
+        // more, and within a second of that node 3 must list exactly what node 1 lists.
+        #expect(Self.eventually(within: 40) { (c.statistic(1, "dialog:processed_dialogs") ?? 0) >= 6_000 }, "SIPp made its calls")
+        kill(uac.processIdentifier, SIGSTOP)
+        kill(uas.processIdentifier, SIGSTOP)
+        let frozen = Date()
+        // Node 3 is read first, then the others (which no longer change). A listing of thousands
+        // of dialogs takes the MI a while (40 per datagram): what counts is when the reading that
+        // found them equal began.
+        var one: [String: String] = [:], other: [String: String] = [:]
+        var began = frozen, equal = false
+        while !equal && Date().timeIntervalSince(frozen) < 5 {
+            began = Date()
+            other = c.dialogs(3) ?? [:]
+            one = c.dialogs(1) ?? [:]
+            equal = !one.isEmpty && one == other && (c.dialogs(2) ?? [:]) == one
+        }
+        let after = began.timeIntervalSince(frozen)
+        let differing = Set(one.map { "\($0)=\($1)" }).symmetricDifference(other.map { "\($0)=\($1)" })
+        #expect(equal && after < 1, "node 1: \(one.count), node 3: \(other.count), differing: \(differing.count) \(differing.prefix(4)), reading began \(after) s after the freeze and took \(Date().timeIntervalSince(began)) s")
+        #expect(one.count > 3_000, "the calls of the last 20 s are up: \(one.count)")
+        #expect((c.statistic(3, "cluster:sync_dialogs_received") ?? 0) > 0, "node 3 pulled a snapshot")
+        kill(uac.processIdentifier, SIGCONT)
+        kill(uas.processIdentifier, SIGCONT)
+        Self.finish(uac, within: 60)
+        #expect(uac.terminationStatus == 0, "every call succeeded")
+        #expect(Self.eventually(within: 3) { c.dialogs(1)?.isEmpty == true && c.dialogs(3)?.isEmpty == true }, "after the last BYE both are empty")
+    }
+
     @Test(.needsSIPp) func a_killed_node_is_down_within_a_second_one_survivor_takes_its_tag_and_the_restarted_node_stays_backup() throws {
         // Pings every second: only the node acting for a dialog's tag sends them.
         let c = Cluster(extra: "[calls]\nping_interval_seconds = 1")
