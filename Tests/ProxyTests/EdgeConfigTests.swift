@@ -69,6 +69,45 @@ import Transport
         #expect(plain.coalesceMicroseconds == 2_000 && plain.listeners[0].workerPorts == nil && !plain.listeners[0].spreadByCallID)
     }
 
+    static func cluster(_ lines: String, nodes: String = "[\"1@127.0.0.11:5566\", \"2@127.0.0.12:5566\", \"3@127.0.0.13:5566\"]") -> String {
+        Self.minimal + "[cluster]\nnode_id = 1\naddress = \"127.0.0.11:5566\"\nnodes = \(nodes)\nsharing_tag = \"node1\"\n" + lines
+    }
+
+    @Test func the_cluster_section_is_read_with_its_defaults() throws {
+        let config = try EdgeConfig.parse(Self.cluster(""))
+        let c = try #require(config.cluster)
+        #expect(c.nodeID == 1 && c.members.map(\.id) == [1, 2, 3] && c.members[1].address.description == "127.0.0.12:5566")
+        #expect(c.heartbeatMilliseconds == 100 && c.downAfterMilliseconds == 500 && c.rehomePerSecond == 1_000 && c.secret.isEmpty)
+        #expect(c.majority == 2 && c.leaseMilliseconds == 250)
+        #expect(try EdgeConfig.parse(Self.minimal).cluster == nil, "without [cluster] a node runs alone")
+    }
+
+    @Test func check_config_refuses_a_cluster_that_cannot_work() {
+        // Line numbers: minimal has 3 lines, [cluster] is line 4, node_id 5, address 6, nodes 7, sharing_tag 8.
+        let cases: [(String, String)] = [
+            (Self.cluster("", nodes: "[\"2@127.0.0.12:5566\", \"3@127.0.0.13:5566\"]"), "line 7: cluster.nodes: node_id 1 is not in nodes"),
+            (Self.cluster("", nodes: "[\"1@127.0.0.11:5566\", \"1@127.0.0.12:5566\"]"), "line 7: cluster.nodes: node id 1 is listed twice"),
+            (Self.cluster("", nodes: "[\"1@127.0.0.11:5566\", \"2@127.0.0.11:5566\"]"), "line 7: cluster.nodes: address 127.0.0.11:5566 is listed twice"),
+            (Self.cluster("", nodes: "[\"1@127.0.0.11:5566\", \"2@192.0.2.7:5566\"]"), "cluster.secret: a secret is required when a member is off loopback (192.0.2.7:5566)"),
+            (Self.cluster("", nodes: "[\"1@127.0.0.11:5566\", \"x@127.0.0.12:5566\"]"), "line 7: cluster.nodes: each member is \"ID@IP:PORT\""),
+            (Self.cluster("", nodes: "[\"1@127.0.0.11:5566\", \"65@127.0.0.12:5566\"]"), "line 7: cluster.nodes: each member is"),
+            (Self.cluster("", nodes: "[\"1@127.0.0.99:5566\", \"2@127.0.0.12:5566\"]"), "line 6: cluster.address: 127.0.0.11:5566 is not the address nodes gives node 1"),
+            (Self.cluster("down_after_milliseconds = 150\n"), "line 9: cluster.down_after_milliseconds: must be at least two heartbeats (200)"),
+            (Self.cluster("colour = 1\n"), "line 9: cluster.colour: unknown key"),
+            (Self.minimal + "[cluster]\nnode_id = 1\n", "cluster.address: is required"),
+        ]
+        for (text, expected) in cases {
+            do {
+                _ = try EdgeConfig.parse(text)
+                Issue.record("accepted: \(expected)")
+            } catch {
+                #expect(error.description.contains(expected), "\(error.description) / expected \(expected)")
+            }
+        }
+        // With a secret, members off loopback are fine.
+        #expect(throws: Never.self) { _ = try EdgeConfig.parse(Self.cluster("secret = \"s\"\n", nodes: "[\"1@127.0.0.11:5566\", \"2@192.0.2.7:5566\"]")) }
+    }
+
     @Test func errors_name_line_and_key() {
         let cases: [(String, String)] = [
             ("workers = 0\n" + Self.minimal, "line 1: workers: must be in 1...256, not 0"),
