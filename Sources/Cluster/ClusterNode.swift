@@ -15,6 +15,8 @@ public protocol ClusterHost: AnyObject, Sendable {
     func takeOver(_ record: DialogRecord, retag: String?, done: @escaping @Sendable (Bool) -> Void)
     /// Another node carries this dialog now (its newer version says so): stop carrying it here.
     func release(_ record: DialogRecord)
+    /// A user's registrations as another node wrote them (`bindings` as the registrar encodes them).
+    func registrationReplicated(user: String, bindings: [UInt8])
 }
 
 /// Counters for `get_statistics statistics=cluster:`.
@@ -45,6 +47,9 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
     private var outgoing = OutgoingStream()
     private var incoming: [Int: IncomingStream] = [:]
     private let pending = Mutex<[String: DialogRecord]>([:])
+    private let pendingRegistrations = Mutex<[String: RegistrationRecord]>([:])
+    /// Every user's registrations known in the cluster, at the newest version seen (for snapshots).
+    private var registrations: [String: RegistrationRecord] = [:]
     /// Keys of the dialogs this node's workers carry (their newest version came from here).
     private var carried: Set<String> = []
     private weak var host: (any ClusterHost)?
@@ -104,6 +109,19 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
         if first { loop.execute { [self] in sendPending() } }
     }
 
+    /// A user's registrations changed on this node (any thread): replicated with the next batch.
+    public func registrationChanged(user: String, bindings: [UInt8]) {
+        var t = timespec()
+        clock_gettime(CLOCK_REALTIME, &t)
+        let version = (UInt64(t.tv_sec) * 1_000 + UInt64(t.tv_nsec) / 1_000_000) << 8 | UInt64(settings.nodeID & 0xFF)
+        let first = pendingRegistrations.withLock { p -> Bool in
+            let wasEmpty = p.isEmpty
+            p[user] = RegistrationRecord(user: user, version: version, bindings: bindings)
+            return wasEmpty
+        }
+        if first { loop.execute { [self] in sendPending() } }
+    }
+
     /// What the workers changed since the last turn: applied here, then sent to every peer in as
     /// few datagrams as fit, each the stream's next sequence.
     private func sendPending() {
@@ -111,8 +129,25 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
             defer { p.removeAll(keepingCapacity: true) }
             return p
         }
+        let users = pendingRegistrations.withLock { p -> [RegistrationRecord] in
+            defer { p.removeAll(keepingCapacity: true) }
+            return Array(p.values)
+        }
         var entries: [ReplicatedEntry] = []
         var size = 0
+        func add(_ entry: ReplicatedEntry) {
+            if size + entry.wireSize > ClusterWire.maxDatagram && !entries.isEmpty {
+                sendRecords(entries)
+                entries.removeAll(keepingCapacity: true)
+                size = 0
+            }
+            entries.append(entry)
+            size += entry.wireSize
+        }
+        for record in users where registrations[record.user].map({ $0.version < record.version }) ?? true {
+            registrations[record.user] = record
+            add(.registration(record.encoded()))
+        }
         for (key, record) in batch {
             replicas.apply(record, now: loop.now)
             if record.state == .ended { carried.remove(key) } else { carried.insert(key) }
@@ -365,6 +400,17 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
 
     private func apply(_ entries: [ReplicatedEntry], from id: Int, now: UInt64) {
         for entry in entries {
+            if case .registration(let bytes) = entry {
+                guard let record = try? RegistrationRecord(decoding: bytes) else {
+                    statistics.droppedDatagrams += 1
+                    if let peer = membership.peers[id] { logPeer(peer.member.address, "cluster record", "cluster: a registration from node \(id) does not decode: skipped") }
+                    continue
+                }
+                guard registrations[record.user].map({ $0.version < record.version }) ?? true else { continue }
+                registrations[record.user] = record
+                host?.registrationReplicated(user: record.user, bindings: record.bindings)
+                continue
+            }
             guard case .dialog(let bytes) = entry else { continue }
             guard let record = try? DialogRecord(decoding: bytes) else {
                 statistics.droppedDatagrams += 1
@@ -424,7 +470,8 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
                 let contiguous = stream.missing.min().map { $0 - 1 } ?? stream.highest
                 positions.append(StreamPosition(node: node, incarnation: stream.incarnation, sequence: contiguous))
             }
-            serving.append(SnapshotServe(peer: peer, id: id, records: replicas.all, positions: positions, next: fromChunk, lastAsked: now))
+            let users = registrations.values.filter { !$0.bindings.isEmpty }
+            serving.append(SnapshotServe(peer: peer, id: id, records: replicas.all, registrations: users, positions: positions, next: fromChunk, lastAsked: now))
             statistics.snapshotsServed += 1
         }
         paceSnapshots()
@@ -575,23 +622,28 @@ struct SnapshotServe {
     let peer: Int
     let id: UInt32
     let records: [DialogRecord]
+    /// Registrations go in the first chunks, before the dialogs (one list: registrations, then records).
+    let registrations: [RegistrationRecord]
     let positions: [StreamPosition]
     /// Where each chunk found so far starts (the last entry: where the next one starts).
     private(set) var starts: [Int] = [0]
     var next: Int
     var lastAsked: UInt64
 
-    init(peer: Int, id: UInt32, records: [DialogRecord], positions: [StreamPosition], next: Int, lastAsked: UInt64) {
+    init(peer: Int, id: UInt32, records: [DialogRecord], registrations: [RegistrationRecord], positions: [StreamPosition], next: Int, lastAsked: UInt64) {
         self.peer = peer
         self.id = id
         self.records = records
+        self.registrations = registrations
         self.positions = positions
         self.next = 0
         self.lastAsked = lastAsked
         restart(at: next)
     }
 
-    var done: Bool { starts.count > next && starts[next] >= records.count && next > 0 }
+    private var count: Int { registrations.count + records.count }
+
+    var done: Bool { starts.count > next && starts[next] >= count && next > 0 }
 
     /// Send from chunk `chunk` again (not past the chunks found so far).
     mutating func restart(at chunk: Int) { next = min(chunk, starts.count - 1) }
@@ -601,8 +653,9 @@ struct SnapshotServe {
         var entries: [ReplicatedEntry] = []
         var size = 0
         var i = starts[next]
-        while i < records.count {
-            let entry = ReplicatedEntry.dialog(records[i].encoded())
+        while i < count {
+            let entry = i < registrations.count ? ReplicatedEntry.registration(registrations[i].encoded())
+                : ReplicatedEntry.dialog(records[i - registrations.count].encoded())
             if size + entry.wireSize > ClusterWire.maxDatagram - 1_024 && !entries.isEmpty { break }
             entries.append(entry)
             size += entry.wireSize
@@ -611,6 +664,6 @@ struct SnapshotServe {
         let index = next
         if starts.count == index + 1 { starts.append(i) }
         next += 1
-        return (index, entries, i >= records.count)
+        return (index, entries, i >= count)
     }
 }

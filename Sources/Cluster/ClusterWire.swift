@@ -285,3 +285,37 @@ struct WireReader {
         return out
     }
 }
+
+/// A user's registrations as the cluster replicates them: the user, a version (the writer's
+/// wall-clock milliseconds, shifted, with its node id in the low byte: the later write wins
+/// everywhere), and the bindings as the registrar encodes them (empty: none left).
+public struct RegistrationRecord: Sendable, Equatable {
+    public var user: String
+    public var version: UInt64
+    public var bindings: [UInt8]
+
+    public init(user: String, version: UInt64, bindings: [UInt8]) {
+        self.user = user
+        self.version = version
+        self.bindings = bindings
+    }
+
+    func encoded() -> [UInt8] {
+        var w = WireWriter()
+        w.u64(version)
+        let name = Array(user.utf8.prefix(1_024))
+        w.u32(UInt32(name.count))
+        w.bytes += name
+        w.u32(UInt32(bindings.count))
+        w.bytes += bindings
+        return w.bytes
+    }
+
+    init(decoding bytes: [UInt8]) throws(WireError) {
+        var r = WireReader(bytes[...])
+        version = try r.u64()
+        user = String(decoding: try r.take(Int(try r.u32())), as: UTF8.self)
+        bindings = try r.take(Int(try r.u32()))
+        guard r.atEnd else { throw WireError("\(r.remaining) bytes after a registration") }
+    }
+}

@@ -10,10 +10,12 @@ import Transport
 final class ClusteredWorkers: ClusterHost, @unchecked Sendable {
     private let routing: CallRouting
     private let settings: ClusterSettings
+    private let registrar: Registrar?
 
-    init(routing: CallRouting, settings: ClusterSettings) {
+    init(routing: CallRouting, settings: ClusterSettings, registrar: Registrar?) {
         self.routing = routing
         self.settings = settings
+        self.registrar = registrar
         // Until the cluster says this node holds its tag.
         for b in routing.b2buas { b.loop.execute { b.value.refusesNewCalls = Self.notActing(settings) } }
     }
@@ -50,6 +52,10 @@ final class ClusteredWorkers: ClusterHost, @unchecked Sendable {
     func release(_ record: DialogRecord) {
         let b = owner(of: record)
         b.loop.execute { b.value.release(key: record.key) }
+    }
+
+    func registrationReplicated(user: String, bindings: [UInt8]) {
+        registrar?.replace(user: user, bindings: Registrar.decoded(bindings))
     }
 
     /// The worker the caller's in-dialog requests reach (our tag on the client leg names it).

@@ -141,7 +141,7 @@ public final class DialogStore: DialogStateSink, Sendable {
         while sqlite3_step(statement) == SQLITE_ROW {
             guard let user = sqlite3_column_text(statement, 0).map({ String(cString: $0) }),
                   let text = sqlite3_column_text(statement, 1).map({ String(cString: $0) }) else { continue }
-            out[user] = text.split(separator: "\n").compactMap { Binding(encodedLine: $0) }
+            out[user] = Registrar.decoded(Array(text.utf8))
         }
         return out
     }
@@ -237,7 +237,7 @@ public final class DialogStore: DialogStateSink, Sendable {
     /// The registrations' rows: the bindings as lines of text (readable with the sqlite3 shell).
     private func writeRegistrations(_ batch: [String: [Binding]]) {
         let rows = batch.map { user, bindings -> (String, [UInt8]?) in
-            (user, bindings.isEmpty ? nil : Array(bindings.map(\.encodedLine).joined(separator: "\n").utf8))
+            (user, bindings.isEmpty ? nil : Registrar.encoded(bindings))
         }
         write(rows, upsert: "INSERT OR REPLACE INTO registrations (user, bindings) VALUES (?1, ?2)",
               delete: "DELETE FROM registrations WHERE user = ?1", asText: true)

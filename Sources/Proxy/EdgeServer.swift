@@ -225,8 +225,9 @@ public final class EdgeServer: @unchecked Sendable {
             } catch {
                 throw ListenerError(listener: "cluster udp:\(settings.address)", reason: "\(error)", underlying: error)
             }
-            let host = ClusteredWorkers(routing: routing, settings: settings)
+            let host = ClusteredWorkers(routing: routing, settings: settings, registrar: registrar)
             node.attach(host: host)
+            registrar?.attach { [node] user, bindings in node.registrationChanged(user: user, bindings: bindings) }
             for b2bua in routing.b2buas { b2bua.value.add(sink: node) }
             cluster = node
             clusteredWorkers = host

@@ -56,6 +56,8 @@ public final class Registrar: RegistrationHandler, Sendable {
     private let logger: Logger
     /// Persistence of the table (the dialog database's writer thread).
     let store: DialogStore?
+    /// Where this node's changes are replicated (the cluster), set before the loops start.
+    private let replication = Mutex<(@Sendable (String, [UInt8]) -> Void)?>(nil)
 
     public init(_ settings: RegistrarSettings, store: DialogStore?, logger: Logger) {
         self.settings = settings
@@ -74,6 +76,32 @@ public final class Registrar: RegistrationHandler, Sendable {
                 if !live.isEmpty { t[user] = live }
             }
         }
+    }
+
+    /// Every change a REGISTER makes here goes to `replicate` too (user, bindings as `encoded`).
+    func attach(replication replicate: @escaping @Sendable (String, [UInt8]) -> Void) {
+        replication.withLock { $0 = replicate }
+    }
+
+    /// A user's bindings as one byte string (a line per binding; empty: none), as the database
+    /// and the cluster carry them.
+    static func encoded(_ bindings: [Binding]) -> [UInt8] { Array(bindings.map(\.encodedLine).joined(separator: "\n").utf8) }
+
+    static func decoded(_ bytes: [UInt8]) -> [Binding] {
+        String(decoding: bytes, as: UTF8.self).split(separator: "\n").compactMap { Binding(encodedLine: $0) }
+    }
+
+    /// A user's bindings as another node wrote them: they replace this node's (kept on disk too,
+    /// not sent back to the cluster). Bounded like a REGISTER: contacts per user, users in all.
+    func replace(user: String, bindings: [Binding]) {
+        let now = Self.now()
+        let live = Array(bindings.filter { $0.expiresAt > now }.suffix(settings.maxContacts))
+        let applied = table.withLock { t -> Bool in
+            if t[user] == nil && !live.isEmpty && t.count >= settings.maxUsers { return false }
+            t[user] = live.isEmpty ? nil : live
+            return true
+        }
+        if applied { store?.registrationChanged(user: user, bindings: live) }
     }
 
     /// A REGISTER read and checked (RFC 3261 §10.3), not yet applied.
@@ -218,7 +246,10 @@ public final class Registrar: RegistrationHandler, Sendable {
             logger.notice("registrar: REGISTER for \(user) from \(hop): \(why)")
             return (result.0, result.0 == 503 ? [("Retry-After", "60")] : [])
         }
-        if !r.isQuery { store?.registrationChanged(user: user, bindings: result.1) }
+        if !r.isQuery {
+            store?.registrationChanged(user: user, bindings: result.1)
+            if let replicate = replication.withLock({ $0 }) { replicate(user, Self.encoded(result.1)) }
+        }
         let headers = result.1.map { ("Contact", "<\($0.contact)>;expires=\($0.expiresAt > now ? $0.expiresAt - now : 0)") }
         return (200, headers)
     }

@@ -171,6 +171,43 @@ import Testing
         #expect((c.statistic(2, "cluster:replication_received") ?? 0) >= 1_000, "early, confirmed and ended versions all arrived")
     }
 
+    @Test(.needsSIPp) func registrations_made_on_one_node_are_listed_by_every_node_and_their_removal_too() throws {
+        let c = Cluster(extra: "[registrar]")
+        defer { c.stopAll() }
+        try c.start(1)
+        try c.start(2)
+        #expect(Self.eventually(within: 3) { c.tags(1)["node1"]?.state == "active" })
+        let dir = try Scratch.directory("cluster")
+        defer { Scratch.remove(dir) }
+        func register(_ users: Int, expires: Int) throws -> Int32 {
+            let scenario = RegistrarTests.registerScenario(contactPort: c.uacPort, prefix: "u").replacingOccurrences(of: "Expires: 300", with: "Expires: \(expires)")
+            try scenario.write(to: dir.appendingPathComponent("reg.xml"), atomically: true, encoding: .utf8)
+            let p = try Self.sipp(["-sf", "reg.xml", "\(Cluster.ip(1)):\(c.sipPort)", "-i", "127.0.0.1", "-p", "\(c.uacPort)", "-m", "\(users)",
+                                   "-r", "200", "-timeout", "20s"], in: dir)
+            Self.finish(p, within: 25)
+            return p.terminationStatus
+        }
+        func total(_ n: Int) -> Int? { c.object(n, "ul_dump", ["limit": "1"])["total"] as? Int }
+        func contact(_ n: Int, _ user: String) -> String {
+            let aor = (c.object(n, "ul_dump", ["aor": user])["AORs"] as? [[String: Any]])?.first
+            let contact = (aor?["Contacts"] as? [[String: Any]])?.first
+            return "\(contact?["Contact"] ?? "-") \(contact?["Received"] ?? "-") \(contact?["Call-ID"] ?? "-")"
+        }
+        #expect(try register(200, expires: 300) == 0, "every REGISTER got 200")
+        #expect(Self.eventually(within: 1) { total(2) == 200 }, "node 2: \(String(describing: total(2)))")
+        // Node 3 joins afterwards: the registrations come with its snapshot.
+        let three = try c.start(3)
+        #expect(three.waitFor("synced from node"))
+        #expect(Self.eventually(within: 1) { total(3) == 200 }, "node 3: \(String(describing: total(3)))")
+        for user in ["u1", "u100", "u200"] {
+            #expect(contact(3, user) == contact(1, user) && contact(2, user) == contact(1, user) && contact(1, user).hasPrefix("sip:"), "\(user)")
+        }
+        // Ten users unregister through node 1: gone everywhere.
+        #expect(try register(10, expires: 0) == 0)
+        #expect(Self.eventually(within: 1) { (1...3).allSatisfy { total($0) == 190 } }, "\((1...3).map { total($0) })")
+        #expect(contact(3, "u5") == "- - -")
+    }
+
     @Test(.needsSIPp) func a_node_started_under_load_syncs_and_then_lists_exactly_what_the_others_list() throws {
         let c = Cluster()
         defer { c.stopAll() }
