@@ -3,7 +3,7 @@ SWIFT ?= swift
 CONFIG ?= conf/sipedge.toml
 SECONDS ?= 600
 
-.PHONY: run build test deps bench bench-parser bench-transport bench-calls bench-dialogs fuzz clean
+.PHONY: run build test deps bench bench-parser bench-transport bench-calls bench-dialogs bench-cluster fuzz clean
 
 run: build
 	.build/release/sipedge run --config $(CONFIG)
@@ -20,7 +20,7 @@ test: deps
 	SWIFT=$(SWIFT) scripts/run-tests.sh
 	Models/check.sh
 
-bench: bench-parser bench-transport bench-calls bench-dialogs
+bench: bench-parser bench-transport bench-calls bench-dialogs bench-cluster
 
 bench-parser:
 	scripts/install-deps.sh bench
@@ -37,6 +37,10 @@ bench-calls:
 # Resident memory per established dialog, 100,000 of them.
 bench-dialogs:
 	Benchmarks/dialogs-bench.sh
+
+# What the cluster costs (CPU per call with two replicas), a 100,000-dialog sync, and failure detection.
+bench-cluster:
+	Benchmarks/cluster-bench.sh
 
 # libFuzzer over parse + typed access + serialize, seeded from ../shared/corpus: make fuzz SECONDS=600
 fuzz:

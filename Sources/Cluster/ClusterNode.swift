@@ -48,6 +48,11 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
     private var incoming: [Int: IncomingStream] = [:]
     private let pending = Mutex<[String: DialogRecord]>([:])
     private let pendingRegistrations = Mutex<[String: RegistrationRecord]>([:])
+    /// A send of what is pending is scheduled: later changes join it without waking the loop.
+    private let sendScheduled = Atomic<Bool>(false)
+    /// How long changes gather before they go (ms): one wake-up and one batch for many loop turns
+    /// of the workers, at the cost of this much replication delay.
+    static let gatherMilliseconds: UInt64 = 2
     /// Every user's registrations known in the cluster, at the newest version seen (for snapshots).
     private var registrations: [String: RegistrationRecord] = [:]
     /// Keys of the dialogs this node's workers carry (their newest version came from here).
@@ -101,12 +106,18 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
     // MARK: - Records from this node's workers (any worker thread)
 
     public func dialogChanged(_ record: DialogRecord) {
-        let first = pending.withLock { p -> Bool in
-            let wasEmpty = p.isEmpty
-            p[DialogReplicas.key(of: record)] = record
-            return wasEmpty
+        pending.withLock { $0[DialogReplicas.key(of: record)] = record }
+        scheduleSend()
+    }
+
+    private func scheduleSend() {
+        guard !sendScheduled.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        loop.execute { [self] in
+            _ = loop.schedule(afterMilliseconds: Self.gatherMilliseconds) { [self] in
+                sendScheduled.store(false, ordering: .releasing)
+                sendPending()
+            }
         }
-        if first { loop.execute { [self] in sendPending() } }
     }
 
     /// A user's registrations changed on this node (any thread): replicated with the next batch.
@@ -114,12 +125,8 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
         var t = timespec()
         clock_gettime(CLOCK_REALTIME, &t)
         let version = (UInt64(t.tv_sec) * 1_000 + UInt64(t.tv_nsec) / 1_000_000) << 8 | UInt64(settings.nodeID & 0xFF)
-        let first = pendingRegistrations.withLock { p -> Bool in
-            let wasEmpty = p.isEmpty
-            p[user] = RegistrationRecord(user: user, version: version, bindings: bindings)
-            return wasEmpty
-        }
-        if first { loop.execute { [self] in sendPending() } }
+        pendingRegistrations.withLock { $0[user] = RegistrationRecord(user: user, version: version, bindings: bindings) }
+        scheduleSend()
     }
 
     /// What the workers changed since the last turn: applied here, then sent to every peer in as
@@ -148,7 +155,14 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
             registrations[record.user] = record
             add(.registration(record.encoded()))
         }
-        for (key, record) in batch {
+        for (key, var record) in batch {
+            if record.state == .ended {
+                // An end needs only who and which version: its session descriptions stay home.
+                record.client.lastSDPSent = []
+                record.client.lastSDPReceived = []
+                record.backend.lastSDPSent = []
+                record.backend.lastSDPReceived = []
+            }
             replicas.apply(record, now: loop.now)
             if record.state == .ended { carried.remove(key) } else { carried.insert(key) }
             let entry = ReplicatedEntry.dialog(record.encoded())
@@ -559,6 +573,29 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
         }
         enqueueTakeOvers(chosen.map { ($0, settings.sharingTag) })
         return chosen.count
+    }
+
+    /// For `make bench-cluster` (behind the fault switch): `count` made-up confirmed dialogs of tag
+    /// `synthetic` join this node's copy, as a peer's would, to measure a snapshot of that size.
+    public func synthesize(_ count: Int) {
+        loop.assertInLoop()
+        let sdp = Array(("v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"
+            + "m=audio 40000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n").utf8)
+        let hop = Hop(.udp, SocketAddress(ip: "192.0.2.10", port: 5060)!)
+        for i in 0..<count {
+            var client = LegRecord(callID: "synthetic-\(i)@192.0.2.10", localTag: "s0xsyn\(i)", remoteTag: "peer\(i)", localCSeq: 1, remoteCSeq: 1,
+                                   localURI: Array("<sip:\(i)@edge.example>".utf8), remoteURI: Array("<sip:caller\(i)@192.0.2.10>".utf8),
+                                   remoteTarget: Array("sip:caller\(i)@192.0.2.10:5060".utf8), hop: hop, listenerTag: "public")
+            var backend = LegRecord(callID: "s0xsynb\(i)", localTag: "s0xsynt\(i)", remoteTag: "ast\(i)", localCSeq: 1, localURI: client.remoteURI,
+                                    remoteURI: client.localURI, remoteTarget: Array("sip:\(i)@10.0.0.5:5060".utf8), hop: hop, listenerTag: "public")
+            client.lastSDPReceived = sdp
+            client.lastSDPSent = sdp
+            backend.lastSDPReceived = sdp
+            backend.lastSDPSent = sdp
+            var record = DialogRecord(client: client, backend: backend, sharingTag: "synthetic", startedAt: 1)
+            record.state = .confirmed
+            replicas.apply(record, now: loop.now)
+        }
     }
 
     /// The test-only fault switch: drop every datagram to and from these peers.
