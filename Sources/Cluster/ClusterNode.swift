@@ -165,14 +165,7 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
             }
             replicas.apply(record, now: loop.now)
             if record.state == .ended { carried.remove(key) } else { carried.insert(key) }
-            let entry = ReplicatedEntry.dialog(record.encoded())
-            if size + entry.wireSize > ClusterWire.maxDatagram && !entries.isEmpty {
-                sendRecords(entries)
-                entries.removeAll(keepingCapacity: true)
-                size = 0
-            }
-            entries.append(entry)
-            size += entry.wireSize
+            add(.dialog(record.encoded()))
         }
         if !entries.isEmpty { sendRecords(entries) }
     }

@@ -15,6 +15,8 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
     private let secret: String
     private let logger: Logger
     private unowned let edge: EdgeServer
+    /// The last `dlg_list` listing, which later pages (offset > 0) are read from.
+    private var dialogListing: (taken: Double, records: [DialogRecord])?
     /// For calls per second: calls started at the previous `get_statistics`, and when.
     private var lastSample: (time: Double, started: Int)
 
@@ -218,7 +220,13 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
             }
             return ["AORs": aors, "total": total]
         case "dlg_list":
-            let (page, total) = Self.page(edge.dialogRecords().sorted { ($0.startedAt, $0.key) < ($1.startedAt, $1.key) }, params)
+            // A listing is taken at offset 0 (or when the last is over 10 s old) and later pages come
+            // from it: pages of one listing agree with each other, and each costs no new sort.
+            let offset = (params["offset"] as? String).flatMap { Int($0) } ?? 0
+            if offset == 0 || dialogListing == nil || Self.now() - dialogListing!.taken > 10 {
+                dialogListing = (Self.now(), edge.dialogRecords().sorted { ($0.startedAt, $0.key) < ($1.startedAt, $1.key) })
+            }
+            let (page, total) = Self.page(dialogListing!.records, params)
             return ["Dialogs": page.map(Self.describe), "total": total]
         case "dlg_end_dlg":
             guard let key = params["dialog_id"] as? String ?? params["callid"] as? String else {
