@@ -294,6 +294,50 @@ import Testing
         #expect(!c.nodes[1]!.output.contains("claims its tag node1"), "after the restart it never announced itself the holder")
     }
 
+    @Test(.needsSIPp) func an_operator_moves_a_tag_and_single_dialogs_between_live_nodes() throws {
+        let c = Cluster(extra: "[calls]\nping_interval_seconds = 1")
+        defer { c.stopAll() }
+        try c.start(nodes: [1, 2, 3])
+        let dir = try Scratch.directory("cluster")
+        defer { Scratch.remove(dir) }
+        let uas = try Self.uas(c, in: dir)
+        defer { kill(uas.processIdentifier, SIGKILL) }
+        usleep(300_000)
+        let uac = try Self.uac(c, calls: 20, rate: 40, holdMilliseconds: 60_000, in: dir)
+        defer { kill(uac.processIdentifier, SIGKILL) }
+        #expect(Self.eventually(within: 3) { c.dialogs(2)?.count == 20 && c.dialogs(3)?.count == 20 })
+        let before = c.tags(1)["node1"]?.epoch ?? 0
+
+        // node1 moves to node 2 while node 1 is alive: node 1 steps down, node 2 takes the dialogs.
+        let moved = c.object(2, "clusterer_shtag_set_active", ["tag": "node1"])
+        #expect(moved["holder"] as? Int == 2 && (moved["epoch"] as? Int ?? 0) > before, "\(moved)")
+        #expect(Self.eventually(within: 2) { c.tags(1)["node1"]?.state == "backup" && c.tags(2)["node1"]?.state == "active" })
+        #expect((1...3).allSatisfy { c.tags($0)["node1"]?.holder == 2 })
+        #expect(Self.eventually(within: 2) { c.statistic(2, "cluster:rehomed_dialogs") == 20 })
+        let pingsOfOne = c.statistic(1, "dialog:pings_sent") ?? 0
+        usleep(2_200_000)
+        #expect(c.statistic(1, "dialog:pings_sent") == pingsOfOne, "node 1 no longer pings them")
+        #expect((c.statistic(2, "dialog:pings_sent") ?? 0) >= 40, "node 2 does")
+
+        // Five of them move on to node 3, under node 3's own tag: every node lists them so.
+        let rehome = c.object(3, "dlg_rehome", ["tag": "node1", "count": "5"])
+        #expect(rehome["queued"] as? Int == 5, "\(rehome)")
+        #expect(Self.eventually(within: 2) {
+            (1...3).allSatisfy { n in (c.dialogs(n) ?? [:]).values.filter { $0.hasSuffix("/node3") }.count == 5 }
+        }, "\((c.dialogs(1) ?? [:]).values.sorted().prefix(3))")
+        #expect(c.statistic(3, "cluster:rehomed_dialogs") == 5)
+        let callID = (c.object(1, "dlg_list", ["limit": "40"])["Dialogs"] as? [[String: Any]] ?? [])
+            .first { $0["sharing_tag"] as? String == "node1" }.flatMap { ($0["client"] as? [String: Any])?["call_id"] as? String } ?? "?"
+        #expect(c.object(3, "dlg_rehome", ["callid": callID])["queued"] as? Int == 1)
+        #expect(Self.eventually(within: 2) { (c.dialogs(2) ?? [:]).values.filter { $0.hasSuffix("/node3") }.count == 6 })
+        // Node 2 let them go: its pings now cover 14 dialogs, node 3's the 6.
+        let (p2, p3) = (c.statistic(2, "dialog:pings_sent") ?? 0, c.statistic(3, "dialog:pings_sent") ?? 0)
+        usleep(2_100_000)
+        let (d2, d3) = ((c.statistic(2, "dialog:pings_sent") ?? 0) - p2, (c.statistic(3, "dialog:pings_sent") ?? 0) - p3)
+        #expect(d3 >= 2 * 6 * 2 && d3 <= 2 * 6 * 3, "node 3 pings its 6 dialogs' two legs every second: \(d3)")
+        #expect(d2 >= 2 * 14 * 2 && d2 <= 2 * 14 * 3, "node 2 its 14: \(d2)")
+    }
+
     @Test func a_partitioned_node_steps_down_the_majority_takes_its_tag_and_after_healing_it_stays_backup() throws {
         setenv("SIPEDGE_TEST_FAULTS", "1", 1)
         let c = Cluster()
