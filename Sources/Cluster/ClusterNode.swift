@@ -15,8 +15,9 @@ public protocol ClusterHost: AnyObject, Sendable {
     func takeOver(_ record: DialogRecord, retag: String?, done: @escaping @Sendable (Bool) -> Void)
     /// Another node carries this dialog now (its newer version says so): stop carrying it here.
     func release(_ record: DialogRecord)
-    /// A user's registrations as another node wrote them (`bindings` as the registrar encodes them).
-    func registrationReplicated(user: String, bindings: [UInt8])
+    /// A user's registrations as another node wrote them (`bindings` as the registrar encodes
+    /// them), registered through the node with sharing tag `tag`.
+    func registrationReplicated(user: String, bindings: [UInt8], tag: String)
 }
 
 /// Counters for `get_statistics statistics=cluster:`.
@@ -125,7 +126,7 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
         var t = timespec()
         clock_gettime(CLOCK_REALTIME, &t)
         let version = (UInt64(t.tv_sec) * 1_000 + UInt64(t.tv_nsec) / 1_000_000) << 8 | UInt64(settings.nodeID & 0xFF)
-        pendingRegistrations.withLock { $0[user] = RegistrationRecord(user: user, version: version, bindings: bindings) }
+        pendingRegistrations.withLock { $0[user] = RegistrationRecord(user: user, version: version, tag: settings.sharingTag, bindings: bindings) }
         scheduleSend()
     }
 
@@ -415,7 +416,7 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
                 }
                 guard registrations[record.user].map({ $0.version < record.version }) ?? true else { continue }
                 registrations[record.user] = record
-                host?.registrationReplicated(user: record.user, bindings: record.bindings)
+                host?.registrationReplicated(user: record.user, bindings: record.bindings, tag: record.tag)
                 continue
             }
             guard case .dialog(let bytes) = entry else { continue }

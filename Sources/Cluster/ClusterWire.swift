@@ -288,15 +288,18 @@ struct WireReader {
 
 /// A user's registrations as the cluster replicates them: the user, a version (the writer's
 /// wall-clock milliseconds, shifted, with its node id in the low byte: the later write wins
-/// everywhere), and the bindings as the registrar encodes them (empty: none left).
+/// everywhere), the sharing tag of the node it registered through (whoever acts for that tag keeps
+/// its NAT bindings open), and the bindings as the registrar encodes them (empty: none left).
 public struct RegistrationRecord: Sendable, Equatable {
     public var user: String
     public var version: UInt64
+    public var tag: String
     public var bindings: [UInt8]
 
-    public init(user: String, version: UInt64, bindings: [UInt8]) {
+    public init(user: String, version: UInt64, tag: String, bindings: [UInt8]) {
         self.user = user
         self.version = version
+        self.tag = tag
         self.bindings = bindings
     }
 
@@ -306,6 +309,7 @@ public struct RegistrationRecord: Sendable, Equatable {
         let name = Array(user.utf8.prefix(1_024))
         w.u32(UInt32(name.count))
         w.bytes += name
+        w.short(tag)
         w.u32(UInt32(bindings.count))
         w.bytes += bindings
         return w.bytes
@@ -315,6 +319,7 @@ public struct RegistrationRecord: Sendable, Equatable {
         var r = WireReader(bytes[...])
         version = try r.u64()
         user = String(decoding: try r.take(Int(try r.u32())), as: UTF8.self)
+        tag = try r.short()
         bindings = try r.take(Int(try r.u32()))
         guard r.atEnd else { throw WireError("\(r.remaining) bytes after a registration") }
     }

@@ -25,6 +25,7 @@ final class ClusteredWorkers: ClusterHost, @unchecked Sendable {
     }
 
     func startActing(for tag: String) {
+        registrar?.keepAlive(tag: tag, true)
         let own = tag == settings.sharingTag
         for b in routing.b2buas {
             b.loop.execute {
@@ -35,6 +36,7 @@ final class ClusteredWorkers: ClusterHost, @unchecked Sendable {
     }
 
     func stopActing(for tag: String) {
+        registrar?.keepAlive(tag: tag, false)
         let refusal = tag == settings.sharingTag ? Self.notActing(settings) : nil
         for b in routing.b2buas {
             b.loop.execute {
@@ -54,8 +56,8 @@ final class ClusteredWorkers: ClusterHost, @unchecked Sendable {
         b.loop.execute { b.value.release(key: record.key) }
     }
 
-    func registrationReplicated(user: String, bindings: [UInt8]) {
-        registrar?.replace(user: user, bindings: Registrar.decoded(bindings))
+    func registrationReplicated(user: String, bindings: [UInt8], tag: String) {
+        registrar?.replace(user: user, bindings: Registrar.decoded(bindings), tag: tag)
     }
 
     /// The worker the caller's in-dialog requests reach (our tag on the client leg names it).

@@ -227,7 +227,7 @@ public final class EdgeServer: @unchecked Sendable {
             }
             let host = ClusteredWorkers(routing: routing, settings: settings, registrar: registrar)
             node.attach(host: host)
-            registrar?.attach { [node] user, bindings in node.registrationChanged(user: user, bindings: bindings) }
+            registrar?.attach(ownTag: settings.sharingTag) { [node] user, bindings in node.registrationChanged(user: user, bindings: bindings) }
             for b2bua in routing.b2buas { b2bua.value.add(sink: node) }
             cluster = node
             clusteredWorkers = host

@@ -58,6 +58,9 @@ public final class Registrar: RegistrationHandler, Sendable {
     let store: DialogStore?
     /// Where this node's changes are replicated (the cluster), set before the loops start.
     private let replication = Mutex<(@Sendable (String, [UInt8]) -> Void)?>(nil)
+    /// In a cluster, whose NAT bindings this node keeps open: each user's sharing tag (the tag of
+    /// the node it registered through; this node's own is ""), and the tags this node acts for.
+    private let keepaliveScope = Mutex<(tags: [String: String], acting: Set<String>)?>(nil)
 
     public init(_ settings: RegistrarSettings, store: DialogStore?, logger: Logger) {
         self.settings = settings
@@ -79,8 +82,17 @@ public final class Registrar: RegistrationHandler, Sendable {
     }
 
     /// Every change a REGISTER makes here goes to `replicate` too (user, bindings as `encoded`).
-    func attach(replication replicate: @escaping @Sendable (String, [UInt8]) -> Void) {
+    /// `ownTag`: this node's sharing tag (its own registrations' keep-alives go while it acts for it).
+    func attach(ownTag: String, replication replicate: @escaping @Sendable (String, [UInt8]) -> Void) {
         replication.withLock { $0 = replicate }
+        keepaliveScope.withLock { $0 = (["": ownTag], []) }
+    }
+
+    /// The cluster says whether this node acts for `tag`: keep-alives for its users start or stop.
+    func keepAlive(tag: String, _ acting: Bool) {
+        keepaliveScope.withLock { scope in
+            if acting { scope?.acting.insert(tag) } else { scope?.acting.remove(tag) }
+        }
     }
 
     /// A user's bindings as one byte string (a line per binding; empty: none), as the database
@@ -93,7 +105,8 @@ public final class Registrar: RegistrationHandler, Sendable {
 
     /// A user's bindings as another node wrote them: they replace this node's (kept on disk too,
     /// not sent back to the cluster). Bounded like a REGISTER: contacts per user, users in all.
-    func replace(user: String, bindings: [Binding]) {
+    func replace(user: String, bindings: [Binding], tag: String) {
+        keepaliveScope.withLock { $0?.tags[user] = bindings.isEmpty ? nil : tag }
         let now = Self.now()
         let live = Array(bindings.filter { $0.expiresAt > now }.suffix(settings.maxContacts))
         let applied = table.withLock { t -> Bool in
@@ -248,6 +261,7 @@ public final class Registrar: RegistrationHandler, Sendable {
         }
         if !r.isQuery {
             store?.registrationChanged(user: user, bindings: result.1)
+            keepaliveScope.withLock { $0?.tags[user] = nil }   // registered here: this node's own tag
             if let replicate = replication.withLock({ $0 }) { replicate(user, Self.encoded(result.1)) }
         }
         let headers = result.1.map { ("Contact", "<\($0.contact)>;expires=\($0.expiresAt > now ? $0.expiresAt - now : 0)") }
@@ -289,11 +303,20 @@ public final class Registrar: RegistrationHandler, Sendable {
             return changed
         }
         for (user, live) in gone { store?.registrationChanged(user: user, bindings: live) }
+        let left = gone.filter { $0.value.isEmpty }.map(\.key)
+        if !left.isEmpty { keepaliveScope.withLock { scope in for user in left { scope?.tags[user] = nil } } }
     }
 
     /// NATed UDP bindings, for keep-alives.
     func nattedUDPTargets() -> [Hop] {
-        table.withLock { t in t.values.flatMap { $0.filter { $0.natted && $0.source.transport == .udp }.map(\.source) } }
+        // In a cluster, only the users of tags this node acts for (each tag's holder keeps them open).
+        let scope = keepaliveScope.withLock { $0 }
+        return table.withLock { t in
+            t.filter { user, _ in
+                guard let scope else { return true }
+                return scope.acting.contains(scope.tags[user] ?? scope.tags[""] ?? "")
+            }.values.flatMap { $0.filter { $0.natted && $0.source.transport == .udp }.map(\.source) }
+        }
     }
 }
 

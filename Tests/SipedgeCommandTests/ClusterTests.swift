@@ -177,13 +177,14 @@ import Testing
     }
 
     @Test(.needsSIPp) func registrations_made_on_one_node_are_listed_by_every_node_and_their_removal_too() throws {
-        let c = Cluster(extra: "[registrar]")
+        let c = Cluster(extra: "[registrar]\nkeepalive_seconds = 1")
         defer { c.stopAll() }
         try c.start(nodes: [1, 2])
         let dir = try Scratch.directory("cluster")
         defer { Scratch.remove(dir) }
         func register(_ users: Int, expires: Int) throws -> Int32 {
-            let scenario = RegistrarTests.registerScenario(contactPort: c.uacPort, prefix: "u").replacingOccurrences(of: "Expires: 300", with: "Expires: \(expires)")
+            // The Contact names another port than the REGISTER's source: behind NAT, kept open.
+            let scenario = RegistrarTests.registerScenario(contactPort: c.uacPort + 1, prefix: "u").replacingOccurrences(of: "Expires: 300", with: "Expires: \(expires)")
             try scenario.write(to: dir.appendingPathComponent("reg.xml"), atomically: true, encoding: .utf8)
             let p = try Self.sipp(["-sf", "reg.xml", "\(Cluster.ip(1)):\(c.sipPort)", "-i", "127.0.0.1", "-p", "\(c.uacPort)", "-m", "\(users)",
                                    "-r", "200", "-timeout", "20s"], in: dir)
@@ -209,6 +210,37 @@ import Testing
         #expect(try register(10, expires: 0) == 0)
         #expect(Self.eventually(within: 1) { (1...3).allSatisfy { total($0) == 190 } }, "\((1...3).map { total($0) })")
         #expect(contact(3, "u5") == "- - -")
+        // Keep-alives (CRLF) toward the phones behind NAT: only from node 1, which acts for the
+        // tag they registered under; once node 1 is dead, from the node that took its tag.
+        func keepalives(for seconds: Double) -> [String: Int] {
+            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            defer { close(fd) }
+            var me = sockaddr_in()
+            me.sin_family = sa_family_t(AF_INET)
+            me.sin_port = in_port_t(UInt16(c.uacPort).bigEndian)
+            inet_pton(AF_INET, "127.0.0.1", &me.sin_addr)
+            _ = withUnsafePointer(to: &me) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            var timeout = timeval(tv_sec: 0, tv_usec: 100_000)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            var from: [String: Int] = [:]
+            let end = Date().addingTimeInterval(seconds)
+            var buffer = [UInt8](repeating: 0, count: 2_048)
+            while Date() < end {
+                var peer = sockaddr_in(), length = socklen_t(MemoryLayout<sockaddr_in>.size)
+                let n = withUnsafeMutablePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fd, &buffer, buffer.count, 0, $0, &length) } }
+                guard n > 0 else { continue }
+                var text = [CChar](repeating: 0, count: 32)
+                inet_ntop(AF_INET, &peer.sin_addr, &text, 32)
+                from[String(cString: text), default: 0] += 1
+            }
+            return from
+        }
+        let heard = keepalives(for: 2.5)
+        #expect((heard[Cluster.ip(1)] ?? 0) >= 190 && heard.count == 1, "\(heard)")
+        c.kill(1)
+        #expect(Self.eventually(within: 3) { c.tags(2)["node1"]?.state == "active" })
+        let after = keepalives(for: 2.5)
+        #expect((after[Cluster.ip(2)] ?? 0) >= 190 && after.count == 1, "\(after)")
     }
 
     @Test(.needsSIPp) func a_node_started_under_load_syncs_and_then_lists_exactly_what_the_others_list() throws {
