@@ -42,11 +42,11 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
     public let incarnation: UInt64
     private var endpoint: UDPEndpoint?
     private let authentication: MessageAuthentication?
-    private let membership: Membership
-    private let tags: SharingTags
-    private let replicas = DialogReplicas()
-    private var outgoing = OutgoingStream()
-    private var incoming: [Int: IncomingStream] = [:]
+    let membership: Membership
+    let tags: SharingTags
+    let replicas = DialogReplicas()
+    var outgoing = OutgoingStream()
+    var incoming: [Int: IncomingStream] = [:]
     private let pending = Mutex<[String: DialogRecord]>([:])
     private let pendingRegistrations = Mutex<[String: RegistrationRecord]>([:])
     /// A send of what is pending is scheduled: later changes join it without waking the loop.
@@ -55,27 +55,29 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
     /// of the workers, at the cost of this much replication delay.
     static let gatherMilliseconds: UInt64 = 2
     /// Every user's registrations known in the cluster, at the newest version seen (for snapshots).
-    private var registrations: [String: RegistrationRecord] = [:]
+    var registrations: [String: RegistrationRecord] = [:]
     /// Keys of the dialogs this node's workers carry (their newest version came from here).
-    private var carried: Set<String> = []
+    var carried: Set<String> = []
     private weak var host: (any ClusterHost)?
-    private let log: @Sendable (String) -> Void
+    let log: @Sendable (String) -> Void
     /// A line a peer (or a stranger) caused: logged once per source and kind per interval by the caller.
     private let logPeer: @Sendable (_ source: SocketAddress, _ kind: String, _ line: String) -> Void
 
     private var startedAt: UInt64 = 0
     /// A heartbeat period has passed since start: claims heard by now are known.
-    private var settled = false
-    public private(set) var synced = false
-    private var sync: SnapshotPull?
-    private var serving: [SnapshotServe] = []
-    private var acting: Set<String> = []
+    var settled = false
+    public internal(set) var synced = false
+    var sync: SnapshotPull?
+    var serving: [SnapshotServe] = []
+    /// A paced send of snapshot chunks is scheduled.
+    var snapshotTimer = false
+    var acting: Set<String> = []
     private var takeOvers: [(record: DialogRecord, retag: String?)] = []
     private var takeOverHead = 0
     private var pacing = false
     /// Peers whose datagrams are dropped both ways: the test-only fault switch (`cluster_fault`).
-    private var blocked: Set<Int> = []
-    public private(set) var statistics = ClusterStatistics()
+    var blocked: Set<Int> = []
+    public internal(set) var statistics = ClusterStatistics()
 
     public init(settings: ClusterSettings, loopIndex: Int, log: @escaping @Sendable (String) -> Void,
                 logPeer: @escaping @Sendable (SocketAddress, String, String) -> Void) throws(SystemError) {
@@ -184,7 +186,7 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
         return authentication?.sealed(bytes) ?? bytes
     }
 
-    private func send(_ message: ClusterMessage, to id: Int) {
+    func send(_ message: ClusterMessage, to id: Int) {
         guard !blocked.contains(id), let peer = membership.peers[id] else { return }
         endpoint?.send(seal(message), to: peer.member.address)
     }
@@ -223,7 +225,7 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
     }
 
     /// Who this node sees, where its stream stands, and every claim it knows (its confirmations).
-    private func sendHeartbeat() {
+    func sendHeartbeat() {
         let heartbeat = seal(.heartbeat(sees: membership.upSet, lastSequence: outgoing.lastSequence, synced: synced, claims: tags.all))
         for peer in settings.peers where !blocked.contains(peer.id) {
             endpoint?.send(heartbeat, to: peer.address)
@@ -233,7 +235,7 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
 
     /// Claims and take-overs (`SharingTags.decide`), then the workers are told which tags they
     /// act for now: those lost go passive, those gained take their replicated dialogs over.
-    private func decideTags(now: UInt64) {
+    func decideTags(now: UInt64) {
         let (moves, nowActing) = tags.decide(membership: membership, now: now, settled: settled, synced: synced, ownTag: settings.sharingTag)
         for move in moves {
             switch move {
@@ -262,7 +264,7 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
     }
 
     /// Take-overs go at `rehome_per_second` at most: a tick every 10 ms hands a slice on.
-    private func enqueueTakeOvers(_ items: [(record: DialogRecord, retag: String?)]) {
+    func enqueueTakeOvers(_ items: [(record: DialogRecord, retag: String?)]) {
         takeOvers += items
         guard !pacing, !takeOvers.isEmpty else { return }
         pacing = true
@@ -406,7 +408,7 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
         }
     }
 
-    private func apply(_ entries: [ReplicatedEntry], from id: Int, now: UInt64) {
+    func apply(_ entries: [ReplicatedEntry], from id: Int, now: UInt64) {
         for entry in entries {
             if case .registration(let bytes) = entry {
                 guard let record = try? RegistrationRecord(decoding: bytes) else {
@@ -433,268 +435,5 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
                 host?.release(record)
             }
         }
-    }
-
-    // MARK: - Snapshots
-
-    private func pullSnapshot(from peer: Int, repair: Bool) {
-        if let sync, sync.repair == repair || !repair { return }
-        let pull = SnapshotPull(peer: peer, id: UInt32.random(in: 1...UInt32.max), repair: repair, started: loop.now)
-        sync = pull
-        log("cluster: node \(settings.nodeID) pulls a snapshot from node \(peer)\(repair ? " (to repair its copy of node \(peer)'s stream)" : "")")
-        send(.snapshotRequest(id: pull.id, fromChunk: 0), to: peer)
-    }
-
-    private func finishSync(_ pull: SnapshotPull) {
-        sync = nil
-        guard !pull.repair else {
-            incoming[pull.peer] = nil
-            log("cluster: copy of node \(pull.peer)'s dialogs repaired")
-            return
-        }
-        // Each stream continues from where the snapshot had it, then what arrived meanwhile.
-        for position in pull.positions where position.node != settings.nodeID {
-            incoming[position.node] = IncomingStream(incarnation: position.incarnation, highest: position.sequence)
-        }
-        for (node, heard) in pull.heardDuring {
-            var stream = incoming[node].flatMap { $0.incarnation == heard.incarnation ? $0 : nil } ?? IncomingStream(incarnation: heard.incarnation, highest: 0)
-            for s in heard.sequences.sorted() { _ = stream.received(s) }
-            incoming[node] = stream
-        }
-        synced = true
-        log("cluster: synced from node \(pull.peer): \(replicas.count) dialogs in \(loop.now &- pull.started) ms")
-        decideTags(now: loop.now)
-    }
-
-    private func serveSnapshot(to peer: Int, id: UInt32, fromChunk: Int, now: UInt64) {
-        if let i = serving.firstIndex(where: { $0.peer == peer && $0.id == id }) {
-            serving[i].restart(at: fromChunk)
-            serving[i].lastAsked = now
-        } else {
-            guard serving.count < 4 else { return }   // the asker asks again
-            // Where each stream stands in this copy: this node's own, and each peer's up to its first gap.
-            var positions = [StreamPosition(node: settings.nodeID, incarnation: incarnation, sequence: outgoing.lastSequence)]
-            for (node, stream) in incoming {
-                let contiguous = stream.missing.min().map { $0 - 1 } ?? stream.highest
-                positions.append(StreamPosition(node: node, incarnation: stream.incarnation, sequence: contiguous))
-            }
-            let users = registrations.values.filter { !$0.bindings.isEmpty }
-            serving.append(SnapshotServe(peer: peer, id: id, records: replicas.all, registrations: users, positions: positions, next: fromChunk, lastAsked: now))
-            statistics.snapshotsServed += 1
-        }
-        paceSnapshots()
-    }
-
-    private var snapshotTimer = false
-
-    /// Chunks go out 16 per millisecond at most, so that the asker's socket buffer keeps up.
-    private func paceSnapshots() {
-        guard !snapshotTimer else { return }
-        var more = false
-        for i in serving.indices {
-            var sent = 0
-            while !serving[i].done && sent < 16 {
-                let chunk = serving[i].take()
-                let s = serving[i]
-                send(.snapshotChunk(id: s.id, index: UInt32(chunk.index), last: chunk.last, positions: s.positions, entries: chunk.entries), to: s.peer)
-                sent += 1
-            }
-            more = more || !serving[i].done
-        }
-        guard more else { return }
-        snapshotTimer = true
-        _ = loop.schedule(afterMilliseconds: 1) { [self] in
-            snapshotTimer = false
-            paceSnapshots()
-        }
-    }
-
-    // MARK: - Operations (the MI, on this node's loop)
-
-    /// The other members as this node sees them.
-    public func peers() -> [PeerState] {
-        loop.assertInLoop()
-        return membership.peers.values.sorted { $0.member.id < $1.member.id }
-    }
-
-    /// Every tag known, whether this node acts for it.
-    public func tagStates() -> [(claim: TagClaim, active: Bool)] {
-        loop.assertInLoop()
-        return tags.all.map { ($0, acting.contains($0.tag)) }
-    }
-
-    /// Every dialog of the cluster this node knows (its own and its peers').
-    public func dialogRecords() -> [DialogRecord] {
-        loop.assertInLoop()
-        return replicas.all
-    }
-
-    public enum CommandError: Error, CustomStringConvertible {
-        case cannotAct(String)
-        public var description: String {
-            switch self {
-            case .cannotAct(let why): why
-            }
-        }
-    }
-
-    /// `clusterer_shtag_set_active`: this node becomes `tag`'s holder at a higher epoch (the old
-    /// holder steps down when it hears it) and takes the tag's dialogs over.
-    public func setActive(tag: String) throws(CommandError) -> TagClaim {
-        loop.assertInLoop()
-        guard synced else { throw .cannotAct("node \(settings.nodeID) is not synced yet") }
-        guard membership.seesMajority(now: loop.now, within: settings.leaseMilliseconds) else {
-            throw .cannotAct("node \(settings.nodeID) does not see a majority of the \(settings.members.count) nodes")
-        }
-        let claim = tags.claim(tag)
-        log("cluster: tag \(tag) set active on node \(settings.nodeID) at epoch \(claim.epoch) (mi)")
-        sendHeartbeat()
-        decideTags(now: loop.now)
-        return claim
-    }
-
-    /// `dlg_rehome`: up to `count` dialogs of `tag` (oldest first), or the one whose client Call-ID
-    /// or key is `callID`, move to this node's own tag and are carried here. Returns how many were
-    /// queued.
-    public func rehome(tag: String?, count: Int, callID: String?) throws(CommandError) -> Int {
-        loop.assertInLoop()
-        guard acting.contains(settings.sharingTag) else { throw .cannotAct("node \(settings.nodeID) does not act for its own tag \(settings.sharingTag)") }
-        let chosen: [DialogRecord]
-        if let callID {
-            chosen = replicas.all.filter { ($0.client.callID == callID || $0.key == callID) && $0.state == .confirmed }
-        } else {
-            chosen = Array(replicas.records(tagged: tag ?? "").filter { $0.state == .confirmed && !carried.contains(DialogReplicas.key(of: $0)) }.prefix(count))
-        }
-        enqueueTakeOvers(chosen.map { ($0, settings.sharingTag) })
-        return chosen.count
-    }
-
-    /// For `make bench-cluster` (behind the fault switch): `count` made-up confirmed dialogs of tag
-    /// `synthetic` join this node's copy, as a peer's would, to measure a snapshot of that size.
-    public func synthesize(_ count: Int) {
-        loop.assertInLoop()
-        let sdp = Array(("v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"
-            + "m=audio 40000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n").utf8)
-        let hop = Hop(.udp, SocketAddress(ip: "192.0.2.10", port: 5060)!)
-        for i in 0..<count {
-            var client = LegRecord(callID: "synthetic-\(i)@192.0.2.10", localTag: "s0xsyn\(i)", remoteTag: "peer\(i)", localCSeq: 1, remoteCSeq: 1,
-                                   localURI: Array("<sip:\(i)@edge.example>".utf8), remoteURI: Array("<sip:caller\(i)@192.0.2.10>".utf8),
-                                   remoteTarget: Array("sip:caller\(i)@192.0.2.10:5060".utf8), hop: hop, listenerTag: "public")
-            var backend = LegRecord(callID: "s0xsynb\(i)", localTag: "s0xsynt\(i)", remoteTag: "ast\(i)", localCSeq: 1, localURI: client.remoteURI,
-                                    remoteURI: client.localURI, remoteTarget: Array("sip:\(i)@10.0.0.5:5060".utf8), hop: hop, listenerTag: "public")
-            client.lastSDPReceived = sdp
-            client.lastSDPSent = sdp
-            backend.lastSDPReceived = sdp
-            backend.lastSDPSent = sdp
-            var record = DialogRecord(client: client, backend: backend, sharingTag: "synthetic", startedAt: 1)
-            record.state = .confirmed
-            replicas.apply(record, now: loop.now)
-        }
-    }
-
-    /// The test-only fault switch: drop every datagram to and from these peers.
-    public func block(_ peers: Set<Int>) {
-        loop.assertInLoop()
-        blocked = peers
-        log("cluster: fault switch: link to \(peers.isEmpty ? "no node" : peers.sorted().map(String.init).joined(separator: ",")) blocked")
-    }
-}
-
-/// A snapshot this node is pulling from a peer: which chunks came, where the streams stood in it,
-/// and what each peer's live stream brought meanwhile (to continue from there).
-struct SnapshotPull {
-    let peer: Int
-    let id: UInt32
-    /// Pulled to repair a stream (after a gap too large, or `gone`), not to start.
-    let repair: Bool
-    let started: UInt64
-    var lastProgress: UInt64
-    private(set) var chunks: Set<UInt32> = []
-    private(set) var lastIndex: UInt32?
-    private(set) var positions: [StreamPosition] = []
-    private(set) var heardDuring: [Int: (incarnation: UInt64, sequences: Set<UInt64>)] = [:]
-
-    init(peer: Int, id: UInt32, repair: Bool, started: UInt64) {
-        self.peer = peer
-        self.id = id
-        self.repair = repair
-        self.started = started
-        lastProgress = started
-    }
-
-    mutating func received(chunk: UInt32, last: Bool, positions: [StreamPosition], now: UInt64) {
-        chunks.insert(chunk)
-        if last { lastIndex = chunk }
-        self.positions = positions
-        lastProgress = now
-    }
-
-    mutating func heard(_ sequence: UInt64, from node: Int, incarnation: UInt64) {
-        if heardDuring[node]?.incarnation != incarnation { heardDuring[node] = (incarnation, []) }
-        if heardDuring[node]!.sequences.count < IncomingStream.maxMissing { heardDuring[node]!.sequences.insert(sequence) }
-    }
-
-    var firstMissing: UInt32 {
-        var i: UInt32 = 0
-        while chunks.contains(i) { i += 1 }
-        return i
-    }
-
-    var complete: Bool {
-        guard let lastIndex else { return false }
-        return chunks.count == Int(lastIndex) + 1
-    }
-}
-
-/// A snapshot being sent to a peer: the records as they were when it was asked for, sent in
-/// chunks that fit a datagram (a chunk's end is found as it is first encoded, and kept, so that a
-/// chunk asked for again is the same chunk).
-struct SnapshotServe {
-    let peer: Int
-    let id: UInt32
-    let records: [DialogRecord]
-    /// Registrations go in the first chunks, before the dialogs (one list: registrations, then records).
-    let registrations: [RegistrationRecord]
-    let positions: [StreamPosition]
-    /// Where each chunk found so far starts (the last entry: where the next one starts).
-    private(set) var starts: [Int] = [0]
-    var next: Int
-    var lastAsked: UInt64
-
-    init(peer: Int, id: UInt32, records: [DialogRecord], registrations: [RegistrationRecord], positions: [StreamPosition], next: Int, lastAsked: UInt64) {
-        self.peer = peer
-        self.id = id
-        self.records = records
-        self.registrations = registrations
-        self.positions = positions
-        self.next = 0
-        self.lastAsked = lastAsked
-        restart(at: next)
-    }
-
-    private var count: Int { registrations.count + records.count }
-
-    var done: Bool { starts.count > next && starts[next] >= count && next > 0 }
-
-    /// Send from chunk `chunk` again (not past the chunks found so far).
-    mutating func restart(at chunk: Int) { next = min(chunk, starts.count - 1) }
-
-    /// The next chunk: its index, entries, and whether it is the last.
-    mutating func take() -> (index: Int, entries: [ReplicatedEntry], last: Bool) {
-        var entries: [ReplicatedEntry] = []
-        var size = 0
-        var i = starts[next]
-        while i < count {
-            let entry = i < registrations.count ? ReplicatedEntry.registration(registrations[i].encoded())
-                : ReplicatedEntry.dialog(records[i - registrations.count].encoded())
-            if size + entry.wireSize > ClusterWire.maxDatagram - 1_024 && !entries.isEmpty { break }
-            entries.append(entry)
-            size += entry.wireSize
-            i += 1
-        }
-        let index = next
-        if starts.count == index + 1 { starts.append(i) }
-        next += 1
-        return (index, entries, i >= count)
     }
 }
