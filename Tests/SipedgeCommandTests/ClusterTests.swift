@@ -144,6 +144,29 @@ import Testing
                   "-r", "\(rate)", "-d", "\(holdMilliseconds)", "-timeout", "120s"], in: dir)
     }
 
+    /// A SIPp UAS behind the cluster and a SIPp UAC calling node 1; both killed, and their
+    /// directory removed, when the load goes.
+    final class CallLoad {
+        let dir: URL
+        let uas: Process
+        let uac: Process
+
+        init(_ c: Cluster, calls: Int, rate: Int, holdMilliseconds: Int) throws {
+            dir = try Scratch.directory("cluster")
+            uas = try ClusterTests.uas(c, in: dir)
+            usleep(300_000)
+            uac = try ClusterTests.uac(c, calls: calls, rate: rate, holdMilliseconds: holdMilliseconds, in: dir)
+        }
+
+        deinit {
+            for p in [uac, uas] where p.isRunning {
+                kill(p.processIdentifier, SIGCONT)
+                kill(p.processIdentifier, SIGKILL)
+            }
+            Scratch.remove(dir)
+        }
+    }
+
     static func finish(_ p: Process, within seconds: Int) {
         for _ in 0..<(seconds * 10) where p.isRunning { usleep(100_000) }
         if p.isRunning { kill(p.processIdentifier, SIGKILL) }
@@ -154,14 +177,10 @@ import Testing
         let c = Cluster()
         defer { c.stopAll() }
         try c.start(nodes: [1, 2, 3])
-        let dir = try Scratch.directory("cluster")
-        defer { Scratch.remove(dir) }
-        let uas = try Self.uas(c, in: dir)
-        defer { kill(uas.processIdentifier, SIGKILL) }
-        usleep(300_000)
         // 500 calls at 250 per second, each up for 5 s: all are up together from about 2 s on.
-        let uac = try Self.uac(c, calls: 500, rate: 250, holdMilliseconds: 5_000, in: dir)
-        defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
+        let load = try CallLoad(c, calls: 500, rate: 250, holdMilliseconds: 5_000)
+        defer { withExtendedLifetime(load) {} }
+        let uac = load.uac
         // The last call's ACK goes at about 2 s; its dialog must be everywhere within a second.
         usleep(2_100_000)
         var lists: [[String: String]] = []
@@ -248,14 +267,10 @@ import Testing
         let c = Cluster()
         defer { c.stopAll() }
         try c.start(nodes: [1, 2])
-        let dir = try Scratch.directory("cluster")
-        defer { Scratch.remove(dir) }
-        let uas = try Self.uas(c, in: dir)
-        defer { kill(uas.processIdentifier, SIGKILL) }
-        usleep(300_000)
         // 200 calls per second for 30 s, each up for 20 s; node 3 joins 5 s in.
-        let uac = try Self.uac(c, calls: 6_000, rate: 200, holdMilliseconds: 20_000, in: dir)
-        defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
+        let load = try CallLoad(c, calls: 6_000, rate: 200, holdMilliseconds: 20_000)
+        defer { withExtendedLifetime(load) {} }
+        let (uas, uac) = (load.uas, load.uac)
         usleep(5_000_000)
         let three = try c.start(3)
         #expect(three.waitFor("synced from node"), "\(three.output)")
@@ -288,13 +303,8 @@ import Testing
         defer { c.stopAll() }
         try c.start(nodes: [1, 2, 3])
         let before = c.tags(2)["node1"]?.epoch ?? 0
-        let dir = try Scratch.directory("cluster")
-        defer { Scratch.remove(dir) }
-        let uas = try Self.uas(c, in: dir)
-        defer { kill(uas.processIdentifier, SIGKILL) }
-        usleep(300_000)
-        let uac = try Self.uac(c, calls: 20, rate: 40, holdMilliseconds: 60_000, in: dir)
-        defer { kill(uac.processIdentifier, SIGKILL) }
+        let load = try CallLoad(c, calls: 20, rate: 40, holdMilliseconds: 60_000)
+        defer { withExtendedLifetime(load) {} }
         #expect(Self.eventually(within: 3) { c.dialogs(3)?.count == 20 && c.dialogs(2)?.count == 20 }, "replicated")
 
         c.kill(1)
@@ -331,13 +341,8 @@ import Testing
         let c = Cluster(extra: "[calls]\nping_interval_seconds = 1")
         defer { c.stopAll() }
         try c.start(nodes: [1, 2, 3])
-        let dir = try Scratch.directory("cluster")
-        defer { Scratch.remove(dir) }
-        let uas = try Self.uas(c, in: dir)
-        defer { kill(uas.processIdentifier, SIGKILL) }
-        usleep(300_000)
-        let uac = try Self.uac(c, calls: 20, rate: 40, holdMilliseconds: 60_000, in: dir)
-        defer { kill(uac.processIdentifier, SIGKILL) }
+        let load = try CallLoad(c, calls: 20, rate: 40, holdMilliseconds: 60_000)
+        defer { withExtendedLifetime(load) {} }
         #expect(Self.eventually(within: 3) { c.dialogs(2)?.count == 20 && c.dialogs(3)?.count == 20 })
         let before = c.tags(1)["node1"]?.epoch ?? 0
 
