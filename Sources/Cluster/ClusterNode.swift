@@ -274,7 +274,9 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
     private func paceTakeOvers() {
         let slice = max(1, settings.rehomePerSecond / 100)
         let end = min(takeOvers.count, takeOverHead + slice)
-        for (record, retag) in takeOvers[takeOverHead..<end] {
+        for (queued, retag) in takeOvers[takeOverHead..<end] {
+            // The newest version known now (it may have changed while it waited), if it is still up.
+            guard let record = replicas.records[DialogReplicas.key(of: queued)] else { continue }
             let tag = retag ?? record.sharingTag
             guard acting.contains(tag) || retag != nil else { continue }
             carried.insert(DialogReplicas.key(of: record))

@@ -265,6 +265,7 @@ public final class EdgeServer: @unchecked Sendable {
     private let routing: CallRouting
     /// This node's part in a cluster (nil: it runs alone).
     public let cluster: ClusterNode?
+    /// What the cluster drives the workers through (kept here: the node holds it weakly).
     private let clusteredWorkers: ClusteredWorkers?
     /// Lines peers can cause, summarised.
     let summary: LogSummary
