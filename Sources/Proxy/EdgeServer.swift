@@ -248,6 +248,9 @@ public final class EdgeServer: @unchecked Sendable {
                 workers.handOver(to: owner) { b2bua.value.adopt(record, active: active) }
             }
             for b2bua in routing.b2buas { b2bua.value.add(sink: store) }
+            // The cluster learns them as this node's: a peer that holds a newer version (it took
+            // them over meanwhile) keeps it, and this node then lets them go.
+            for record in records { cluster?.dialogChanged(record) }
             if !records.isEmpty { logger.info("database \(store.path): \(records.count) dialogs restored") }
         }
         self.store = store

@@ -16,10 +16,13 @@ import Testing
         private(set) var nodes: [Int: CallTests.Edge] = [:]
         let secret: String
         let extra: String
+        /// Each node keeps its dialogs in a database of its own here (nil: none).
+        let databases: URL?
 
-        init(secret: String = "", extra: String = "") {
+        init(secret: String = "", extra: String = "", databases: Bool = false) throws {
             self.secret = secret
             self.extra = extra
+            self.databases = databases ? try Scratch.directory("cluster-db") : nil
         }
 
         static func ip(_ n: Int) -> String { "127.0.0.1\(n)" }
@@ -28,6 +31,7 @@ import Testing
             """
             workers = 2
             \(extra)
+            \(databases.map { "[database]\npath = \"\($0.path)/node\(n).db\"" } ?? "")
             [dispatcher]
             destinations = ["127.0.0.1:\(uasPort)"]
             [[listener]]
@@ -117,7 +121,10 @@ import Testing
             for edge in nodes.values { edge.stop() }
         }
 
-        deinit { for edge in nodes.values where edge.process.isRunning { Glibc.kill(edge.process.processIdentifier, SIGKILL) } }
+        deinit {
+            for edge in nodes.values where edge.process.isRunning { Glibc.kill(edge.process.processIdentifier, SIGKILL) }
+            if let databases { Scratch.remove(databases) }
+        }
     }
 
     /// Polls `condition` every 20 ms for at most `seconds`; true as soon as it holds.
@@ -174,7 +181,7 @@ import Testing
     }
 
     @Test(.needsSIPp) func every_node_lists_the_same_500_dialogs_at_the_same_versions_and_none_after_the_byes() throws {
-        let c = Cluster()
+        let c = try Cluster()
         defer { c.stopAll() }
         try c.start(nodes: [1, 2, 3])
         // 500 calls at 250 per second, each up for 5 s: all are up together from about 2 s on.
@@ -197,7 +204,7 @@ import Testing
     }
 
     @Test(.needsSIPp) func registrations_made_on_one_node_are_listed_by_every_node_and_their_removal_too() throws {
-        let c = Cluster(extra: "[registrar]\nkeepalive_seconds = 1")
+        let c = try Cluster(extra: "[registrar]\nkeepalive_seconds = 1")
         defer { c.stopAll() }
         try c.start(nodes: [1, 2])
         let dir = try Scratch.directory("cluster")
@@ -264,7 +271,7 @@ import Testing
     }
 
     @Test(.needsSIPp) func a_node_started_under_load_syncs_and_then_lists_exactly_what_the_others_list() throws {
-        let c = Cluster()
+        let c = try Cluster()
         defer { c.stopAll() }
         try c.start(nodes: [1, 2])
         // 200 calls per second for 30 s, each up for 20 s; node 3 joins 5 s in.
@@ -298,8 +305,9 @@ import Testing
     }
 
     @Test(.needsSIPp) func a_killed_node_is_down_within_a_second_one_survivor_takes_its_tag_and_the_restarted_node_stays_backup() throws {
-        // Pings every second: only the node acting for a dialog's tag sends them.
-        let c = Cluster(extra: "[calls]\nping_interval_seconds = 1")
+        // Pings every second: only the node acting for a dialog's tag sends them. Each node keeps its
+        // dialogs on disk too: the restarted node reloads them, and still must not act for them.
+        let c = try Cluster(extra: "[calls]\nping_interval_seconds = 1", databases: true)
         defer { c.stopAll() }
         try c.start(nodes: [1, 2, 3])
         let before = c.tags(2)["node1"]?.epoch ?? 0
@@ -327,6 +335,7 @@ import Testing
         // Node 1 comes back: it learns node1 is node 2's at a higher epoch and stays backup.
         try c.start(1)
         #expect(c.nodes[1]!.waitFor("synced from node"), "\(c.nodes[1]!.output)")
+        #expect(c.nodes[1]!.output.contains("dialogs restored"), "its database had them (those written before the kill)")
         usleep(1_500_000)
         let t1 = c.tags(1)["node1"]
         #expect(t1?.holder == holder && t1?.state == "backup", "restarted node 1: \(String(describing: t1))")
@@ -338,7 +347,7 @@ import Testing
     }
 
     @Test(.needsSIPp) func an_operator_moves_a_tag_and_single_dialogs_between_live_nodes() throws {
-        let c = Cluster(extra: "[calls]\nping_interval_seconds = 1")
+        let c = try Cluster(extra: "[calls]\nping_interval_seconds = 1")
         defer { c.stopAll() }
         try c.start(nodes: [1, 2, 3])
         let load = try CallLoad(c, calls: 20, rate: 40, holdMilliseconds: 60_000)
@@ -378,7 +387,7 @@ import Testing
 
     @Test func a_partitioned_node_steps_down_the_majority_takes_its_tag_and_after_healing_it_stays_backup() throws {
         setenv("SIPEDGE_TEST_FAULTS", "1", 1)
-        let c = Cluster()
+        let c = try Cluster()
         defer { c.stopAll() }
         try c.start(nodes: [1, 2, 3])
         let before = c.tags(1)["node1"]?.epoch ?? 0
@@ -405,7 +414,7 @@ import Testing
 
     @Test func garbage_wrong_secrets_and_unknown_versions_on_the_link_are_dropped_counted_and_logged_once() throws {
         // Nodes 1 and 2 (a majority of three) with a secret; the test speaks from node 3's address.
-        let c = Cluster(secret: "correct horse")
+        let c = try Cluster(secret: "correct horse")
         defer { c.stopAll() }
         try c.start(nodes: [1, 2])
         let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
