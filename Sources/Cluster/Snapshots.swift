@@ -53,7 +53,6 @@ extension ClusterNode {
         paceSnapshots()
     }
 
-
     /// Chunks go out 16 per millisecond at most, so that the asker's socket buffer keeps up.
     func paceSnapshots() {
         guard !snapshotTimer else { return }
