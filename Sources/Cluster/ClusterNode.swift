@@ -75,6 +75,9 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
     private var takeOvers: [(record: DialogRecord, retag: String?)] = []
     private var takeOverHead = 0
     private var pacing = false
+    /// Of the datagrams of records this node sends first-hand, the share (%) it drops: the
+    /// test-only fault switch (`cluster_fault drop_percent=N`), to exercise the repair.
+    var dropPercent = 0
     /// Peers whose datagrams are dropped both ways: the test-only fault switch (`cluster_fault`).
     var blocked: Set<Int> = []
     public internal(set) var statistics = ClusterStatistics()
@@ -178,7 +181,11 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
         let datagram = seal(.records(sequence: sequence, entries: entries))
         outgoing.keep(datagram, as: sequence)
         statistics.replicationSent += entries.count
-        for peer in settings.peers where !blocked.contains(peer.id) { endpoint?.send(datagram, to: peer.address) }
+        for peer in settings.peers where !blocked.contains(peer.id) {
+            // The fault switch's loss: the datagram is kept for resends, but not sent this time.
+            if dropPercent > 0 && Int.random(in: 0..<100) < dropPercent { continue }
+            endpoint?.send(datagram, to: peer.address)
+        }
     }
 
     private func seal(_ message: ClusterMessage) -> [UInt8] {

@@ -85,6 +85,13 @@ extension ClusterNode {
         }
     }
 
+    /// The test-only fault switch: lose this share (%) of the record datagrams sent first-hand.
+    public func drop(percent: Int) {
+        loop.assertInLoop()
+        dropPercent = max(0, min(100, percent))
+        log("cluster: fault switch: \(dropPercent)% of record datagrams lost on the way out")
+    }
+
     /// The test-only fault switch: drop every datagram to and from these peers.
     public func block(_ peers: Set<Int>) {
         loop.assertInLoop()

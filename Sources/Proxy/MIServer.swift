@@ -291,6 +291,10 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
             }
         default:
             guard Self.faultSwitch else { throw MIError(code: -32601, message: "unknown command \(Self.shown(method)); `which` lists them") }
+            if let percent = (params["drop_percent"] as? String).flatMap({ Int($0) }) {
+                try cluster.loop.submitAndWait { cluster.drop(percent: percent) }
+                return "OK"
+            }
             if let count = (params["synthesize"] as? String).flatMap({ Int($0) }) {
                 try cluster.loop.submitAndWait { cluster.synthesize(min(count, 1_000_000)) }
                 return "OK"

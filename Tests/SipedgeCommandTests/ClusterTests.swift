@@ -203,6 +203,28 @@ import Testing
         #expect((c.statistic(2, "cluster:replication_received") ?? 0) >= 1_000, "early, confirmed and ended versions all arrived")
     }
 
+    @Test(.needsSIPp) func records_lost_on_the_link_are_asked_for_again_and_every_node_ends_up_with_the_same_list() throws {
+        setenv("SIPEDGE_TEST_FAULTS", "1", 1)
+        let c = try Cluster()
+        defer { c.stopAll() }
+        try c.start(nodes: [1, 2, 3])
+        // Node 1 loses 30 % of its record datagrams on the way out (to each peer independently).
+        #expect(c.mi(1, "cluster_fault", ["drop_percent": "30"]) as? String == "OK")
+        let load = try CallLoad(c, calls: 300, rate: 150, holdMilliseconds: 6_000)
+        defer { withExtendedLifetime(load) {} }
+        usleep(2_100_000)
+        var lists: [[String: String]] = []
+        #expect(Self.eventually(within: 2) {
+            lists = (1...3).map { c.dialogs($0) ?? [:] }
+            return lists[0].count == 300 && lists[1] == lists[0] && lists[2] == lists[0]
+        }, "dialogs per node: \(lists.map(\.count))")
+        #expect((c.statistic(2, "cluster:resend_requests") ?? 0) > 0 && (c.statistic(1, "cluster:resent_datagrams") ?? 0) > 0,
+                "the gaps were asked for and sent again")
+        Self.finish(load.uac, within: 30)
+        #expect(load.uac.terminationStatus == 0)
+        #expect(Self.eventually(within: 2) { (1...3).allSatisfy { c.dialogs($0)?.isEmpty == true } }, "the ends arrive too")
+    }
+
     @Test(.needsSIPp) func registrations_made_on_one_node_are_listed_by_every_node_and_their_removal_too() throws {
         let c = try Cluster(extra: "[registrar]\nkeepalive_seconds = 1")
         defer { c.stopAll() }
