@@ -39,6 +39,11 @@ extension ClusterNode {
         guard membership.seesMajority(now: loop.now, within: settings.leaseMilliseconds) else {
             throw .cannotAct("node \(settings.nodeID) does not see a majority of the \(settings.members.count) nodes")
         }
+        // A tag nobody has claimed is a typo, not a new tag: it would stay in every node's list.
+        guard tags.claims[tag] != nil || tag == settings.sharingTag else {
+            throw .cannotAct("no tag \(tag) in the cluster (clusterer_list_shtags lists them)")
+        }
+        if tags.holder(of: tag) == settings.nodeID { return tags.claims[tag]! }
         let claim = tags.claim(tag)
         log("cluster: tag \(tag) set active on node \(settings.nodeID) at epoch \(claim.epoch) (mi)")
         sendHeartbeat()

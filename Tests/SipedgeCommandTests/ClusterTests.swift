@@ -388,6 +388,11 @@ import Testing
         #expect(c.statistic(1, "dialog:pings_sent") == pingsOfOne, "node 1 no longer pings them")
         #expect((c.statistic(2, "dialog:pings_sent") ?? 0) >= 40, "node 2 does")
 
+        // A tag nobody holds is refused (a typo must not become a tag); asking the holder is a no-op.
+        #expect(c.mi(2, "clusterer_shtag_set_active", ["tag": "nodeI"]) == nil)
+        #expect(c.object(2, "clusterer_shtag_set_active", ["tag": "node1"])["epoch"] as? Int == moved["epoch"] as? Int)
+        #expect(c.tags(1)["nodeI"] == nil)
+
         // Five of them move on to node 3, under node 3's own tag: every node lists them so.
         let rehome = c.object(3, "dlg_rehome", ["tag": "node1", "count": "5"])
         #expect(rehome["queued"] as? Int == 5, "\(rehome)")
