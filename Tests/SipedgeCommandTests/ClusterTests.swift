@@ -408,8 +408,9 @@ import Testing
         let (p2, p3) = (c.statistic(2, "dialog:pings_sent") ?? 0, c.statistic(3, "dialog:pings_sent") ?? 0)
         usleep(2_100_000)
         let (d2, d3) = ((c.statistic(2, "dialog:pings_sent") ?? 0) - p2, (c.statistic(3, "dialog:pings_sent") ?? 0) - p3)
-        #expect(d3 >= 2 * 6 * 2 && d3 <= 2 * 6 * 3, "node 3 pings its 6 dialogs' two legs every second: \(d3)")
-        #expect(d2 >= 2 * 14 * 2 && d2 <= 2 * 14 * 3, "node 2 its 14: \(d2)")
+        // (Two or three rounds in 2.1 s; at least one even on a loaded machine.)
+        #expect(d3 >= 2 * 6 && d3 <= 2 * 6 * 3, "node 3 pings its 6 dialogs' two legs every second: \(d3)")
+        #expect(d2 >= 2 * 14 && d2 <= 2 * 14 * 3, "node 2 its 14 and no more: \(d2)")
     }
 
     @Test func a_partitioned_node_steps_down_the_majority_takes_its_tag_and_after_healing_it_stays_backup() throws {
