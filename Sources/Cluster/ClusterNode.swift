@@ -53,7 +53,7 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
     private let sendScheduled = Atomic<Bool>(false)
     /// How long changes gather before they go (ms): one wake-up and one batch for many loop turns
     /// of the workers, at the cost of this much replication delay.
-    static let gatherMilliseconds: UInt64 = 2
+    static let gatherMilliseconds: UInt64 = 10
     /// Every user's registrations known in the cluster, at the newest version seen (for snapshots).
     var registrations: [String: RegistrationRecord] = [:]
     /// Keys of the dialogs this node's workers carry (their newest version came from here).
