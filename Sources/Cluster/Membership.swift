@@ -65,18 +65,14 @@ final class Membership {
     func majoritySeesDown(_ id: Int, now: UInt64) -> Bool {
         guard !isUp(id) else { return false }
         let bit = Self.bit(id)
-        let agreeing = peers.values.filter { p in
-            p.up && p.lastHeard.map { now &- $0 < settings.downAfterMilliseconds } == true && p.sees & bit == 0
-        }.count
+        let agreeing = peers(heardWithin: settings.downAfterMilliseconds, now: now).filter { $0.sees & bit == 0 }.count
         return agreeing + 1 >= settings.majority
     }
 
     /// How many members confirm `claim` (this node, which holds it, and each peer heard within
     /// `window` ms whose last heartbeat names the same holder at the same epoch).
     func confirmations(of claim: TagClaim, now: UInt64, within window: UInt64) -> Int {
-        1 + peers.values.filter { p in
-            p.up && p.lastHeard.map { now &- $0 < window } == true && p.claims[claim.tag] == claim
-        }.count
+        1 + peers(heardWithin: window, now: now).filter { $0.claims[claim.tag] == claim }.count
     }
 
     /// A datagram from a member's address in a wire version this node cannot read.
@@ -95,10 +91,14 @@ final class Membership {
         return down.sorted()
     }
 
+    /// The peers up and heard within the last `window` ms.
+    private func peers(heardWithin window: UInt64, now: UInt64) -> [PeerState] {
+        peers.values.filter { p in p.up && p.lastHeard.map { now &- $0 < window } == true }
+    }
+
     /// Whether this node and the peers heard within `window` ms make a majority of the members.
     func seesMajority(now: UInt64, within window: UInt64) -> Bool {
-        let heard = peers.values.filter { p in p.up && p.lastHeard.map { now &- $0 < window } ?? false }.count
-        return heard + 1 >= settings.majority
+        peers(heardWithin: window, now: now).count + 1 >= settings.majority
     }
 
     /// The nodes up in this node's view, itself included, as a bit set (bit n-1: node n).
