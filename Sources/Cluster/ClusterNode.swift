@@ -11,8 +11,9 @@ public protocol ClusterHost: AnyObject, Sendable {
     /// This node must not act for `tag`: its calls with that tag go passive (no timer, nothing sent).
     func stopActing(for tag: String)
     /// Carry `record` actively from now on (adopted on the worker its identifiers name), under
-    /// `retag` when given (a new version, replicated). `done(true)` when it is carried.
-    func takeOver(_ record: DialogRecord, retag: String?, done: @escaping @Sendable (Bool) -> Void)
+    /// `retag` when given (a new version, replicated), and re-home it to this node (an early one is
+    /// ended on both sides). `done` is told how that ended.
+    func takeOver(_ record: DialogRecord, retag: String?, done: @escaping @Sendable (TakeOverOutcome) -> Void)
     /// Another node carries this dialog now (its newer version says so): stop carrying it here.
     func release(_ record: DialogRecord)
     /// A user's registrations as another node wrote them (`bindings` as the registrar encodes
@@ -22,7 +23,11 @@ public protocol ClusterHost: AnyObject, Sendable {
 
 /// Counters for `get_statistics statistics=cluster:`.
 public struct ClusterStatistics: Sendable, Equatable {
-    public var rehomedDialogs = 0, rehomeFailures = 0
+    /// Dialogs handed to the workers to take over; of those, re-homed (both legs answered), ended
+    /// because a leg failed, early ones ended on both sides, and still under way.
+    public var takenOverDialogs = 0, rehomedDialogs = 0, rehomeFailures = 0, earlyDialogsEnded = 0
+    public var rehomePending: Int { takenOverDialogs - rehomedDialogs - rehomeFailures - earlyDialogsEnded - notCarried }
+    var notCarried = 0
     public var replicationSent = 0, replicationReceived = 0, syncDialogsReceived = 0
     public var heartbeatsSent = 0, resendRequests = 0, resentDatagrams = 0, snapshotsServed = 0
     public var droppedDatagrams = 0, unauthenticated = 0, unknownWireVersion = 0
@@ -75,6 +80,8 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
     private var takeOvers: [(record: DialogRecord, retag: String?)] = []
     private var takeOverHead = 0
     private var pacing = false
+    /// A line per second tells how a take-over goes while one is under way.
+    private var progressLogging = false
     /// Of the datagrams of records this node sends first-hand, the share (%) it drops: the
     /// test-only fault switch (`cluster_fault drop_percent=N`), to exercise the repair.
     var dropPercent = 0
@@ -254,6 +261,11 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
         }
         // A claim is told at once: the others confirm it (and an old holder steps down) sooner.
         if !moves.isEmpty { sendHeartbeat() }
+        // Tags taken from a dead node: its early dialogs too (to end them cleanly on both sides).
+        let fromDead = Set(moves.compactMap { move -> String? in
+            if case let .takeOver(claim, _) = move { return claim.tag }
+            return nil
+        })
         for tag in acting.subtracting(nowActing).sorted() {
             log(tags.holder(of: tag) == settings.nodeID
                 ? "cluster: no majority in sight; node \(settings.nodeID) stops acting for tag \(tag)"
@@ -264,7 +276,9 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
         acting = nowActing
         for tag in gained {
             host?.startActing(for: tag)
-            let theirs = replicas.records(tagged: tag).filter { $0.state == .confirmed && !carried.contains(DialogReplicas.key(of: $0)) }
+            let theirs = replicas.records(tagged: tag).filter {
+                ($0.state == .confirmed || ($0.state == .early && fromDead.contains(tag))) && !carried.contains(DialogReplicas.key(of: $0))
+            }
             if !theirs.isEmpty { log("cluster: acting for tag \(tag): taking \(theirs.count) dialogs over") }
             enqueueTakeOvers(theirs.map { ($0, nil) })
         }
@@ -287,11 +301,21 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
             let tag = retag ?? record.sharingTag
             guard acting.contains(tag) || retag != nil else { continue }
             carried.insert(DialogReplicas.key(of: record))
-            host?.takeOver(record, retag: retag) { [self] taken in
+            statistics.takenOverDialogs += 1
+            host?.takeOver(record, retag: retag) { [self] outcome in
                 loop.execute { [self] in
-                    if taken { statistics.rehomedDialogs += 1 } else { statistics.rehomeFailures += 1 }
+                    switch outcome {
+                    case .rehomed: statistics.rehomedDialogs += 1
+                    case .failed: statistics.rehomeFailures += 1
+                    case .endedEarly: statistics.earlyDialogsEnded += 1
+                    case .notCarried: statistics.notCarried += 1
+                    }
                 }
             }
+        }
+        if !progressLogging {
+            progressLogging = true
+            _ = loop.schedule(afterMilliseconds: 1_000) { [self] in logProgress() }
         }
         takeOverHead = end
         if takeOverHead == takeOvers.count {
@@ -301,6 +325,18 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
             return
         }
         _ = loop.schedule(afterMilliseconds: 10) { [self] in paceTakeOvers() }
+    }
+
+    /// While dialogs are being taken over: a line a second, the last when none is left.
+    private func logProgress() {
+        let s = statistics
+        let left = s.rehomePending + (takeOvers.count - takeOverHead)
+        log("cluster: re-homing: \(s.rehomedDialogs) done, \(s.rehomeFailures) failed, \(s.earlyDialogsEnded) early ended, \(left) left")
+        if left > 0 {
+            _ = loop.schedule(afterMilliseconds: 1_000) { [self] in logProgress() }
+        } else {
+            progressLogging = false
+        }
     }
 
     /// Every heartbeat, the sequences still missing from each peer's stream are asked for again.

@@ -46,9 +46,9 @@ final class ClusteredWorkers: ClusterHost, @unchecked Sendable {
         }
     }
 
-    func takeOver(_ record: DialogRecord, retag: String?, done: @escaping @Sendable (Bool) -> Void) {
+    func takeOver(_ record: DialogRecord, retag: String?, done: @escaping @Sendable (TakeOverOutcome) -> Void) {
         let b = owner(of: record)
-        b.loop.execute { done(b.value.takeOver(record, retag: retag)) }
+        b.loop.execute { b.value.takeOver(record, retag: retag, done: done) }
     }
 
     func release(_ record: DialogRecord) {

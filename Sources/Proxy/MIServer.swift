@@ -360,8 +360,11 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
         out["dialog:session_refreshes_sent"] = totals.sessionRefreshesSent
         out["dialog:timed_out_dialogs"] = totals.callsTimedOut
         if let cluster = edge.cluster, let c = try? cluster.loop.submitAndWait({ cluster.statistics }) {
+            out["cluster:taken_over_dialogs"] = c.takenOverDialogs
             out["cluster:rehomed_dialogs"] = c.rehomedDialogs
             out["cluster:rehome_failures"] = c.rehomeFailures
+            out["cluster:early_dialogs_ended"] = c.earlyDialogsEnded
+            out["cluster:rehome_pending"] = c.rehomePending
             out["cluster:replication_sent"] = c.replicationSent
             out["cluster:replication_received"] = c.replicationReceived
             out["cluster:sync_dialogs_received"] = c.syncDialogsReceived

@@ -50,10 +50,39 @@ import Transport
             + Self.intLength(record.startedAt) + Self.intLength(record.answeredAt) + Self.intLength(record.endsAt)
         #expect(Array(bytes[offset..<offset + 2]) == [0, 0])
         bytes.removeSubrange(offset..<offset + 2)
+        // Nor the early-dialog fields of format 3 at the end (three empty ones).
+        #expect(Array(bytes.suffix(3)) == [0, 0, 0])
+        bytes.removeLast(3)
         bytes[0] = 1
         var decoded = try DialogRecord(decoding: bytes)
         decoded.client.hop = record.client.hop
         #expect(decoded == record)
+    }
+
+    @Test func a_record_of_the_second_format_is_read_with_no_early_fields() throws {
+        var bytes = Self.sample().encoded()
+        #expect(Array(bytes.suffix(3)) == [0, 0, 0])
+        bytes.removeLast(3)
+        bytes[0] = 2
+        var decoded = try DialogRecord(decoding: bytes)
+        decoded.client.hop = Self.sample().client.hop
+        #expect(decoded == Self.sample())
+    }
+
+    @Test func an_early_record_keeps_what_ends_it_cleanly_elsewhere() throws {
+        var record = Self.sample()
+        record.state = .early
+        record.clientInviteVias = [Array("SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK1".utf8), Array("SIP/2.0/TCP [2001:db8::1];branch=z9hG4bK2".utf8)]
+        record.backendInviteURI = Array("sip:100@127.0.0.1:5080".utf8)
+        record.backendInviteBranch = Array("z9hG4bKs0x1.2".utf8)
+        var decoded = try DialogRecord(decoding: record.encoded())
+        decoded.client.hop = record.client.hop
+        #expect(decoded == record)
+        // A corrupt count of Via values does not allocate.
+        var bytes = record.encoded()
+        let tail = 1 + record.clientInviteVias.map { 1 + $0.count }.reduce(0, +) + 1 + record.backendInviteURI.count + 1 + record.backendInviteBranch.count
+        bytes[bytes.count - tail] = 0x7F
+        #expect(throws: DialogRecordError(reason: "127 Via values")) { try DialogRecord(decoding: bytes) }
     }
 
     @Test func a_record_survives_its_encoding_field_for_field() throws {

@@ -166,6 +166,7 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
 
     func endCall(_ call: Call) {
         guard !call.isEnded else { return }
+        abandonRehoming(call, .failed)
         // Its pings and refreshes are about a dialog that is gone: no retransmission of them may
         // go on (toward a forged source that would make us a reflector).
         stopCarrying(call)
@@ -312,7 +313,7 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
 
     /// The timers a call arms, told apart by the token's top byte; the rest is the call's number.
     enum CallTimer: UInt64 {
-        case answer = 1, lifetime, sessionClient, sessionBackend, ping, trying
+        case answer = 1, lifetime, sessionClient, sessionBackend, ping, trying, rehomeClient, rehomeBackend
     }
 
     static func token(_ kind: CallTimer, _ call: Call) -> UInt64 { kind.rawValue << 56 | UInt64(call.number) }
@@ -331,6 +332,8 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
         case .trying:
             if let tx = call.clientInvite, !tx.finished, !tx.machine.hasResponded { transactions.sendTrying(tx) }
         case .answer: answerTimerFired(call)
+        case .rehomeClient: rehomeTimerFired(call, .client)
+        case .rehomeBackend: rehomeTimerFired(call, .backend)
         }
     }
 }
@@ -353,7 +356,11 @@ extension B2BUA: TransactionUser {
                 }
             case .refresh(let side): refreshAnswered(response, tx: tx, call: call, side: side)
             case .ping: pingAnswered(response, call: call)
-            case .relay, .fireAndForget, .ownRequest: break
+            case .ownRequest:
+                if tx.machine.isInvite, let status = response.statusCode, status >= 200, status < 300, let side = tx.side {
+                    edgeReinviteAnsweredAgain(call, side)
+                }
+            case .relay, .fireAndForget: break
             }
         }
     }

@@ -120,6 +120,11 @@ public struct B2BUAStatistics: Sendable, Equatable {
     public internal(set) var pingsSent = 0
     public internal(set) var sessionRefreshesSent = 0
     public internal(set) var callsTimedOut = 0
+    /// Dialogs taken over and re-homed (both legs answered), ended because a leg failed its
+    /// re-homing, and early dialogs of a dead node ended on both sides.
+    public internal(set) var dialogsRehomed = 0
+    public internal(set) var rehomeFailures = 0
+    public internal(set) var earlyDialogsEnded = 0
 
     public init() {}
 

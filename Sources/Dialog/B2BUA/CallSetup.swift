@@ -61,7 +61,10 @@ extension B2BUA {
         var backendLeg = LegRecord(callID: "", localTag: "", localCSeq: 1, localURI: backendFrom, remoteURI: Self.addressPart(to),
                                    remoteTarget: [], hop: tx.peer.withoutWorker, listenerTag: local.tag)
         backendLeg.lastSDPSent = offer
-        let call = table.insert(DialogRecord(client: clientLeg, backend: backendLeg, sharingTag: config.sharingTag, startedAt: Self.wallClock()))
+        var record = DialogRecord(client: clientLeg, backend: backendLeg, sharingTag: config.sharingTag, startedAt: Self.wallClock())
+        // Should this node die before the call is answered, another answers the caller's INVITE with these.
+        if invite.valueCount(.via) <= 64 { record.clientInviteVias = invite.values(.via).map(\.bytes) }
+        let call = table.insert(record)
         call.admitted = config.admission != nil ? tx.peer.address : nil
         call.user = uri.user.map { String(decoding: $0.bytes, as: UTF8.self) } ?? ""
         call.request = CallRequest(callID: Array(callID.utf8), fromUser: from.uri.user?.bytes ?? [], source: tx.peer,
@@ -136,6 +139,7 @@ extension B2BUA {
             record.backend.hop = destination
             record.backend.listenerTag = listenerTag
             record.backend.inviteCSeq = record.backend.localCSeq
+            record.backendInviteURI = target
         }
         let leg = call.record.backend
         let maxForwards = (try? invite.maxForwards()) ?? 70
@@ -161,6 +165,7 @@ extension B2BUA {
         // The built bytes go to the transaction as they are: no copy, no second parse.
         let built = b.finishRequest(contentType: invite.contentType, body: invite.body.bytes)
         call.backendInvite = (uri: target, branch: built.branch)
+        table.update(call) { $0.backendInviteBranch = built.branch }
         transactions.startClient(built, to: destination, call: call, side: .backend, cseq: leg.localCSeq, purpose: .backendInvite)
         return .sent
     }
@@ -256,6 +261,9 @@ extension B2BUA {
                 guard answered else { return }
                 record.state = .confirmed
                 record.answeredAt = now
+                record.clientInviteVias = []
+                record.backendInviteURI = []
+                record.backendInviteBranch = []
                 record.backend.peerAllowsUpdate = Self.allows(response, "UPDATE")
                 if let se = (try? response.sessionExpires()) ?? nil {
                     record.backend.sessionInterval = se.seconds

@@ -32,6 +32,14 @@ extension B2BUA {
                 if ordered { record[side].remoteCSeq = max(cseq, record[side].remoteCSeq) }
                 if newHop { record[side].hop = tx.peer }
             }
+            // An endpoint that had to reconnect after a take-over: re-homed over its new connection.
+            if newHop { reconnected(call, side) }
+        }
+        if request.method == .invite, call.edgeReinvites > 0 {
+            // §14.2: a re-INVITE crossing one of ours in the dialog (glare): each side backs off.
+            transactions.sendTrying(tx)
+            respond(tx, status: 491)
+            return
         }
         switch request.method {
         case .bye:

@@ -20,21 +20,11 @@ extension B2BUA {
         }
     }
 
-    /// Carries a replicated dialog from now on, under the sharing tag `retag` when given (a change
-    /// through the gate: a new version goes to the sinks, and so to the other nodes). False when
-    /// the record is not one a worker can carry (not confirmed).
-    public func takeOver(_ record: DialogRecord, retag: String? = nil) -> Bool {
-        clock.assertInLoop()
-        adopt(record, active: true)
-        guard let call = table[record.key], call.active, !call.isEnded else { return false }
-        if let retag, call.record.sharingTag != retag { table.update(call) { $0.sharingTag = retag } }
-        return true
-    }
-
     /// Another node carries the dialog with `key` now: it leaves this worker, with nothing sent.
     public func release(key: String) {
         clock.assertInLoop()
         guard let call = table[key], !call.isEnded else { return }
+        abandonRehoming(call, .notCarried)
         stopCarrying(call)
         table.forget(call)
         if let d = call.destination { picker.release(d) }

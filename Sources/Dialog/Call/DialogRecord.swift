@@ -77,17 +77,20 @@ public struct DialogRecord: Sendable, Equatable {
     }
 
     /// A re-INVITE under way in the dialog (at most one: another meets 491, RFC 3261 §14.2): one
-    /// relayed from a leg to the other, or a session refresh the edge sent on a leg.
+    /// relayed from a leg to the other, a session refresh the edge sent on a leg, or the edge's
+    /// own on one or both legs (re-homing, `dlg_send_sequential`).
     public enum PendingReinvite: Sendable, Equatable {
         case none
         case relayed(from: Side)
         case refresh(Side)
+        case edge
 
         var code: UInt8 {
             switch self {
             case .none: 0
             case .relayed(let side): 1 + side.rawValue
             case .refresh(let side): 3 + side.rawValue
+            case .edge: 5
             }
         }
 
@@ -96,6 +99,7 @@ public struct DialogRecord: Sendable, Equatable {
             case 0: self = .none
             case 1, 2: self = .relayed(from: code == 1 ? .client : .backend)
             case 3, 4: self = .refresh(code == 3 ? .client : .backend)
+            case 5: self = .edge
             default: return nil
             }
         }
@@ -118,6 +122,12 @@ public struct DialogRecord: Sendable, Equatable {
     public var lateOffer: Bool
     /// The backend's 2xx was ACKed (a retransmitted 2xx gets the ACK again, rebuilt).
     public var backendAcknowledged: Bool
+    /// While the dialog is early, what another node needs to end it cleanly if this one dies: the
+    /// Via values of the caller's INVITE (to answer it), and the backend INVITE's Request-URI and
+    /// branch (to CANCEL it, RFC 3261 §9.1). Emptied once the call is answered.
+    public var clientInviteVias: [[UInt8]]
+    public var backendInviteURI: [UInt8]
+    public var backendInviteBranch: [UInt8]
 
     public init(client: LegRecord, backend: LegRecord, sharingTag: String = "", startedAt: UInt64) {
         self.version = 1
@@ -131,6 +141,9 @@ public struct DialogRecord: Sendable, Equatable {
         self.reinvite = .none
         self.lateOffer = false
         self.backendAcknowledged = false
+        self.clientInviteVias = []
+        self.backendInviteURI = []
+        self.backendInviteBranch = []
     }
 
     /// One leg, by side. The backend leg's hop is the backend destination the call went to.
@@ -159,9 +172,10 @@ public struct DialogRecordError: Error, Sendable, Equatable, CustomStringConvert
 }
 
 extension DialogRecord {
-    /// The format's first byte; a decoder refuses any other but the previous one (format 1, which
-    /// lacked the re-INVITE and offer/ACK state, read as none and false).
-    public static let formatVersion: UInt8 = 2
+    /// The format's first byte; a decoder refuses any other but the previous ones (format 1 lacked
+    /// the re-INVITE and offer/ACK state, read as none and false; format 2 the early-dialog fields,
+    /// read as empty).
+    public static let formatVersion: UInt8 = 3
     /// The most bytes one string or byte field may claim (a corrupt length must not allocate much).
     static let maxFieldBytes = 65_536
 
@@ -181,13 +195,17 @@ extension DialogRecord {
         w.int((lateOffer ? 1 : 0) | (backendAcknowledged ? 2 : 0))
         w.leg(client)
         w.leg(backend)
+        w.int(UInt64(clientInviteVias.count))
+        for via in clientInviteVias { w.data(via) }
+        w.data(backendInviteURI)
+        w.data(backendInviteBranch)
         return w.bytes
     }
 
     public init(decoding bytes: [UInt8]) throws(DialogRecordError) {
         var r = RecordReader(bytes: bytes)
         let format = try r.byte()
-        guard format == Self.formatVersion || format == 1 else { throw DialogRecordError(reason: "unknown format \(format)") }
+        guard (1...Self.formatVersion).contains(format) else { throw DialogRecordError(reason: "unknown format \(format)") }
         let version = try r.int()
         guard let state = State(rawValue: UInt8(truncatingIfNeeded: try r.int())) else { throw DialogRecordError(reason: "bad state") }
         let sharingTag = try r.string()
@@ -201,6 +219,14 @@ extension DialogRecord {
             guard flags & ~3 == 0 else { throw DialogRecordError(reason: "bad flags \(flags)") }
         }
         let client = try r.leg(), backend = try r.leg()
+        var vias: [[UInt8]] = [], inviteURI: [UInt8] = [], branch: [UInt8] = []
+        if format >= 3 {
+            let count = try r.int()
+            guard count <= 64 else { throw DialogRecordError(reason: "\(count) Via values") }
+            for _ in 0..<count { vias.append(try r.data()) }
+            inviteURI = try r.data()
+            branch = try r.data()
+        }
         guard r.offset == bytes.count else { throw DialogRecordError(reason: "\(bytes.count - r.offset) bytes left over") }
         self.init(client: client, backend: backend, sharingTag: sharingTag, startedAt: startedAt)
         self.version = version
@@ -210,6 +236,9 @@ extension DialogRecord {
         self.reinvite = reinvite
         self.lateOffer = flags & 1 != 0
         self.backendAcknowledged = flags & 2 != 0
+        self.clientInviteVias = vias
+        self.backendInviteURI = inviteURI
+        self.backendInviteBranch = branch
     }
 }
 

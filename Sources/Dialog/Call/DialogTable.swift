@@ -51,8 +51,15 @@ final class Call {
     /// RFC 4028, per leg: when to refresh (we refresh) or give up (the peer refreshes).
     var sessionTimers: (client: TimerID?, backend: TimerID?) = (nil, nil)
     var pingTimer: TimerID?
-    /// The pings and session refreshes this call has in flight (ended with the call).
+    /// The pings, session refreshes and other requests of the edge's own this call has in flight
+    /// (ended with the call).
     var ownRequests: [ClientTxRecord] = []
+    /// Re-homing under way (this node took the call over), leg by leg.
+    var rehoming: Rehoming?
+    /// The edge's own re-INVITEs in flight (re-homing, `dlg_send_sequential`), and the ACK of the
+    /// last one answered on each leg (sent again if its 2xx is).
+    var edgeReinvites = 0
+    var edgeACKs: (client: [UInt8]?, backend: [UInt8]?) = (nil, nil)
     /// The Request-URI user, to address each backend.
     var user = ""
     /// What the picker is told of this call.

@@ -1,0 +1,295 @@
+import SIPParser
+import Transport
+
+/// What became of a dialog a node took over, told once when it is settled: both legs answered
+/// the re-homing request (`rehomed`), a leg failed it and the call was ended (`failed`), an early
+/// dialog was ended on both sides (`endedEarly`), or the dialog was not carried here after all.
+public enum TakeOverOutcome: Sendable, Equatable {
+    case rehomed, failed, endedEarly, notCarried
+}
+
+/// Re-homing of one call, leg by leg: what is left to do on each, the attempts made, and whom to
+/// tell when it is over.
+struct Rehoming {
+    enum LegState { case sent, backingOff(TimerID), awaitingReconnect(TimerID), done }
+    var client = LegState.sent
+    var backend = LegState.sent
+    var attempts: (client: Int, backend: Int) = (0, 0)
+    var done: ((TakeOverOutcome) -> Void)?
+
+    subscript(side: DialogRecord.Side) -> LegState {
+        get { side == .client ? client : backend }
+        set { if side == .client { client = newValue } else { backend = newValue } }
+    }
+
+    func attemptsMade(_ side: DialogRecord.Side) -> Int { side == .client ? attempts.client : attempts.backend }
+    mutating func attempted(_ side: DialogRecord.Side) { if side == .client { attempts.client += 1 } else { attempts.backend += 1 } }
+}
+
+// Re-homing (DESIGN.md, Cluster): the node that takes a dialog over tells both endpoints its own
+// address, with a target-refreshing request on each leg (RFC 3261 §12.2): an UPDATE without a body
+// where the leg allows it, else a re-INVITE offering the session description last sent on that
+// leg, as it stands (no media change). Our Contact is this node's address for the leg's listener
+// tag, the CSeq continues the replicated one, the route set is untouched. A 491 is tried again after
+// the §14.1 back-off; a 481, a 408 or no answer ends the call on the other leg. An early dialog
+// whose node died is ended on both sides. The same path sends `dlg_send_sequential` requests.
+extension B2BUA {
+    /// How many times a leg's re-homing request is tried again after a 491.
+    static let rehomeRetries = 4
+    /// How long a leg toward an endpoint that reached the dead node over its own connection (a
+    /// phone behind NAT over TCP/TLS) waits for it to reconnect before the call is ended.
+    static let reconnectWaitMilliseconds: UInt64 = 60_000
+
+    /// Carries a replicated (or restored) dialog from now on, under the sharing tag `retag` when
+    /// given, and re-homes it to this node; `done` is told how it ended. An early dialog cannot be
+    /// carried on (the caller's INVITE transaction died with its node): it is ended on both sides.
+    public func takeOver(_ record: DialogRecord, retag: String? = nil, done: ((TakeOverOutcome) -> Void)? = nil) {
+        clock.assertInLoop()
+        if record.state == .early {
+            endInheritedEarly(record)
+            done?(.endedEarly)
+            return
+        }
+        adopt(record, active: true)
+        guard let call = table[record.key], call.active, !call.isEnded else {
+            done?(.notCarried)
+            return
+        }
+        if call.rehoming != nil {
+            // Already being re-homed here: the first take-over tells how it ends.
+            if let retag, call.record.sharingTag != retag { table.update(call) { $0.sharingTag = retag } }
+            done?(.notCarried)
+            return
+        }
+        let fresh = (client: freshHop(call[.client]), backend: freshHop(call[.backend]))
+        table.update(call) { record in
+            if let retag { record.sharingTag = retag }
+            // The transactions of the node that had it are gone with it.
+            record.reinvite = .none
+            record.client.hop = fresh.client
+            record.backend.hop = fresh.backend
+        }
+        call.rehoming = Rehoming(done: done)
+        for side in [DialogRecord.Side.client, .backend] { rehomeLeg(call, side) }
+    }
+
+    /// The hop toward a leg's endpoint from this node: over UDP as it was; over a connection, a new
+    /// one to the endpoint's Contact (the address it listens on) when that names an IP address
+    /// (the connection it had to the old node is gone).
+    func freshHop(_ leg: LegRecord) -> Hop {
+        guard leg.hop.transport != .udp, let uri = try? SIPURI(leg.remoteTarget, 0, leg.remoteTarget.count),
+              let address = SocketAddress(ip: uri.host.string.trimmingBrackets, port: uri.port ?? (leg.hop.transport == .tls ? 5061 : 5060))
+        else { return leg.hop.withoutWorker }
+        return Hop(leg.hop.transport, address, listener: leg.hop.listener)
+    }
+
+    private func rehomeLeg(_ call: Call, _ side: DialogRecord.Side, preferInvite: Bool = false) {
+        guard var rehoming = call.rehoming, !call.isEnded else { return }
+        rehoming.attempted(side)
+        rehoming[side] = .sent
+        call.rehoming = rehoming
+        let leg = call[side]
+        let method = leg.peerAllowsUpdate && !preferInvite ? "UPDATE" : "INVITE"
+        let body = method == "INVITE" ? leg.lastSDPSent : []
+        let sent = sendSequential(call, side, method: method, body: body, contentType: body.isEmpty ? nil : "application/sdp") { [weak self, weak call] response in
+            guard let self, let call else { return }
+            self.rehomeAnswered(response, call: call, side: side, method: method)
+        }
+        if !sent {
+            // Our own re-INVITE cannot go while another is under way in the dialog: soon.
+            backOff(call, side, milliseconds: 200)
+        }
+    }
+
+    private func rehomeAnswered(_ response: SIPMessage?, call: Call, side: DialogRecord.Side, method: String) {
+        guard let rehoming = call.rehoming, !call.isEnded else { return }
+        let status = response?.statusCode
+        switch status {
+        case .some(200..<300):
+            legRehomed(call, side)
+        case .some(491) where rehoming.attemptsMade(side) <= Self.rehomeRetries:
+            // §14.1: the owner of the Call-ID (we made the backend leg's) waits 2.1 to 4 s, the
+            // other side 0 to 2 s, in units of 10 ms.
+            let ms = side == .backend ? UInt64.random(in: 210...400) * 10 : UInt64.random(in: 0...200) * 10
+            backOff(call, side, milliseconds: ms)
+        case .some(405) where method == "UPDATE", .some(501) where method == "UPDATE":
+            rehomeLeg(call, side, preferInvite: true)
+        case nil where call[side].hop.transport != .udp && side == .client:
+            // An endpoint that had connected to the old node (a phone behind NAT over TCP or TLS)
+            // cannot be reached until it connects again: its next request re-homes the leg.
+            let timer = clock.schedule(afterMilliseconds: Self.reconnectWaitMilliseconds, target: self, token: rehomeToken(call, side))
+            call.rehoming?[side] = .awaitingReconnect(timer)
+        case nil, .some(408), .some(481):
+            // The endpoint is gone or no longer knows the dialog: the call ends on the other leg.
+            rehomeFailed(call, except: side, status: status ?? 408)
+        default:
+            // Refused otherwise (a 488, a 500, 491s without end): the dialog stands as it was on
+            // that leg; the endpoint still knows it, and pings tell whether it stays.
+            legRehomed(call, side)
+        }
+    }
+
+    private func backOff(_ call: Call, _ side: DialogRecord.Side, milliseconds: UInt64) {
+        let timer = clock.schedule(afterMilliseconds: milliseconds, target: self, token: rehomeToken(call, side))
+        call.rehoming?[side] = .backingOff(timer)
+    }
+
+    private func rehomeToken(_ call: Call, _ side: DialogRecord.Side) -> UInt64 {
+        Self.token(side == .client ? .rehomeClient : .rehomeBackend, call)
+    }
+
+    func rehomeTimerFired(_ call: Call, _ side: DialogRecord.Side) {
+        guard let rehoming = call.rehoming, !call.isEnded else { return }
+        switch rehoming[side] {
+        case .backingOff: rehomeLeg(call, side)
+        case .awaitingReconnect: rehomeFailed(call, except: side, status: 408)
+        case .sent, .done: break
+        }
+    }
+
+    /// A request from a leg that waited for its endpoint to reconnect: the leg is re-homed over
+    /// the connection it came on.
+    func reconnected(_ call: Call, _ side: DialogRecord.Side) {
+        guard case .awaitingReconnect(let timer)? = call.rehoming?[side] else { return }
+        clock.cancel(timer)
+        rehomeLeg(call, side)
+    }
+
+    private func legRehomed(_ call: Call, _ side: DialogRecord.Side) {
+        call.rehoming?[side] = .done
+        guard let rehoming = call.rehoming, case .done = rehoming.client, case .done = rehoming.backend else { return }
+        call.rehoming = nil
+        statistics.dialogsRehomed += 1
+        rehoming.done?(.rehomed)
+    }
+
+    private func rehomeFailed(_ call: Call, except side: DialogRecord.Side, status: Int) {
+        statistics.rehomeFailures += 1
+        hangUp(call, reason: "SIP;cause=\(status);text=\"Re-homing failed\"", except: side)
+    }
+
+    /// A re-homing that will not finish (the call ended, or another node took it): told as such.
+    func abandonRehoming(_ call: Call, _ outcome: TakeOverOutcome) {
+        guard let rehoming = call.rehoming else { return }
+        call.rehoming = nil
+        for side in [DialogRecord.Side.client, .backend] {
+            switch rehoming[side] {
+            case .backingOff(let t), .awaitingReconnect(let t): clock.cancel(t)
+            case .sent, .done: break
+            }
+        }
+        rehoming.done?(outcome)
+    }
+
+    /// Sends a request of the edge's own within one leg's dialog: the leg's next CSeq, our Contact
+    /// when the method refreshes the target (and a session timer's headers where the leg has one);
+    /// a 2xx to a re-INVITE is ACKed (with the SDP last sent on the leg when the re-INVITE offered
+    /// none) and refreshes the leg's target, SDP and session timer. `done` gets the final response,
+    /// or nil when none came. False when a re-INVITE cannot go now (another is under way).
+    @discardableResult
+    func sendSequential(_ call: Call, _ side: DialogRecord.Side, method: String, body: [UInt8], contentType: String?,
+                        headers: [(String, String)] = [], done: @escaping (SIPMessage?) -> Void) -> Bool {
+        let isInvite = method == "INVITE"
+        if isInvite {
+            switch call.record.reinvite {
+            case .none, .edge: break
+            case .relayed, .refresh: return false
+            }
+        }
+        let timed = isInvite || method == "UPDATE"
+        table.update(call) { record in
+            record[side].localCSeq += 1
+            if isInvite { record.reinvite = .edge }
+        }
+        if isInvite { call.edgeReinvites += 1 }
+        let cseq = call[side].localCSeq
+        var extra = timed ? sessionHeaders(call, side, inResponse: false) : []
+        if !extra.isEmpty { extra.append(("Supported", "timer")) }
+        extra += headers
+        let refreshes = SIPMethod(method).map(Self.refreshesTarget) ?? false
+        let request = inDialogRequest(method, call: call, side: side, cseq: cseq, contact: refreshes, extra: extra,
+                                      contentType: contentType.map { ByteView(text: $0) }, body: body)
+        let offered = !body.isEmpty
+        let tx = transactions.startClient(request, to: call[side].hop, call: call, side: side, cseq: cseq, purpose: .ownRequest) { [weak self, weak call] response in
+            guard let self, let call else { return }
+            if isInvite { call.edgeReinvites -= 1 }
+            guard !call.isEnded else { return }
+            let status = response?.statusCode ?? 408
+            let success = status >= 200 && status < 300
+            if isInvite && success {
+                let answer = offered ? [] : call[side].lastSDPSent
+                let ack = self.inDialogRequest("ACK", call: call, side: side, cseq: cseq, contentType: answer.isEmpty ? nil : Self.sdpType, body: answer).bytes
+                if side == .client { call.edgeACKs.client = ack } else { call.edgeACKs.backend = ack }
+                _ = self.sender.send(ack, to: call[side].hop)
+            }
+            let target = success && refreshes ? response.flatMap(Self.contactURI) : nil
+            let session = success && timed ? response.flatMap { (try? $0.sessionExpires()) ?? nil } : nil
+            self.table.update(call) { record in
+                if let target { record[side].remoteTarget = target }
+                if isInvite, success, let body = response?.body, !body.isEmpty { record[side].lastSDPReceived = body.bytes }
+                if let session {
+                    record[side].sessionInterval = session.seconds
+                    record[side].refresher = session.refresher == .uas ? .peer : .edge
+                }
+                if isInvite && call.edgeReinvites == 0 { record.reinvite = .none }
+            }
+            if success && timed { self.armSessionTimer(call, side) }
+            done(response)
+        }
+        guard let tx else { return true }
+        call.ownRequests.removeAll { $0.finished }
+        call.ownRequests.append(tx)
+        return true
+    }
+
+    /// A retransmitted 2xx to one of the edge's own re-INVITEs: its ACK was lost, so it goes again.
+    func edgeReinviteAnsweredAgain(_ call: Call, _ side: DialogRecord.Side) {
+        if let ack = side == .client ? call.edgeACKs.client : call.edgeACKs.backend { _ = sender.send(ack, to: call[side].hop) }
+    }
+
+    /// An early dialog whose node died: nobody can finish setting it up, so it ends on both sides
+    /// and leaves no Asterisk channel behind: the backend's INVITE is cancelled (§9.1: its branch
+    /// and Request-URI, kept in the record), and the caller's INVITE is answered 503 (its Via
+    /// values are in the record too). The ended version goes to the sinks, so every node forgets it.
+    func endInheritedEarly(_ record: DialogRecord) {
+        guard table[record.key] == nil else { return }
+        var record = record
+        record.client.hop = freshHop(record.client)
+        record.backend.hop = freshHop(record.backend)
+        let call = table.adopt(record, active: true)
+        callsStarted += 1
+        let backend = record.backend
+        if !record.backendInviteBranch.isEmpty, !record.backendInviteURI.isEmpty {
+            let local = localAddress(backend)
+            var b = MessageBuilder(requestLine: "CANCEL", uri: record.backendInviteURI)
+            b.via(backend.hop.transport, host: local.host, port: local.port, branch: record.backendInviteBranch)
+            b.header("Max-Forwards", "70")
+            b.header("From", backend.localURI, tag: backend.localTag)
+            b.header("To", backend.remoteURI)
+            b.header("Call-ID", backend.callID)
+            b.header("CSeq", "\(backend.inviteCSeq) CANCEL")
+            b.header("Reason", "SIP;cause=503;text=\"Edge node failed\"")
+            transactions.startClient(b.finishRequest(), to: backend.hop, call: nil, purpose: .fireAndForget)
+        }
+        if !record.clientInviteVias.isEmpty {
+            let client = record.client
+            var b = MessageBuilder(status: 503, reason: "Service Unavailable".utf8)
+            for via in record.clientInviteVias { b.header("Via", via) }
+            b.header("From", client.remoteURI, tag: client.remoteTag)
+            b.header("To", client.localURI, tag: client.localTag)
+            b.header("Call-ID", client.callID)
+            b.header("CSeq", "\(client.inviteCSeq) INVITE")
+            b.header("Warning", "399 sipedge \"the edge node carrying the call failed\"")
+            _ = sender.send(b.finish(contentType: nil, body: []), to: client.hop)
+        }
+        statistics.earlyDialogsEnded += 1
+        endCall(call)
+    }
+}
+
+extension String {
+    /// An IPv6 host as a URI writes it, without its brackets.
+    var trimmingBrackets: String {
+        hasPrefix("[") && hasSuffix("]") ? String(dropFirst().dropLast()) : self
+    }
+}

@@ -1,0 +1,188 @@
+import Dialog
+import SIPParser
+import Testing
+import Transport
+
+/// Re-homing, driven message by message: a call set up on one B2BUA ("node 1"), its record taken
+/// over by another ("node 2", whose listeners have other addresses), on manual clocks.
+@Suite struct RehomingSpecTests {
+    typealias Stage = B2BUAStage
+    static let caller = Stage.caller
+    static let backend = Stage.backends[0]
+
+    /// Node 2: the same listener tags at its own addresses.
+    static func nodeTwo(_ tweak: (inout B2BUAConfig) -> Void = { _ in }) -> Stage {
+        Stage { config in
+            config.listeners = [.udp: [LocalAddress(host: "198.51.100.2", port: 5060, tag: "public"),
+                                       LocalAddress(host: "10.0.0.2", port: 5060, tag: "farm")]]
+            tweak(&config)
+        }
+    }
+
+    /// A call up on node 1 and node 1's last record of it; `answerExtra` goes on the backend's 200.
+    static func callOnNodeOne(answerExtra: [(String, String)] = []) throws -> (record: DialogRecord, toTag: String, backendInvite: SIPMessage) {
+        let one = Stage()
+        let (tag, invite) = try #require(one.establish(answerExtra: answerExtra))
+        return (try #require(one.sink.records.last), tag, invite)
+    }
+
+    /// Takes `record` over on `two`, returning the outcome once told.
+    final class Outcome: @unchecked Sendable { var value: TakeOverOutcome? }
+
+    static func takeOver(_ record: DialogRecord, on two: Stage) -> Outcome {
+        let outcome = Outcome()
+        two.b2bua.takeOver(record) { outcome.value = $0 }
+        two.clock.endIteration()
+        return outcome
+    }
+
+    @Test func rfc3261_12_2_a_dialog_taken_over_is_reinvited_on_both_legs_with_our_contact_and_the_sdp_last_sent() throws {
+        let (record, toTag, _) = try Self.callOnNodeOne()
+        let two = Self.nodeTwo()
+        let outcome = Self.takeOver(record, on: two)
+        let toCaller = try #require(two.next(to: Self.caller))
+        let toBackend = try #require(two.next(to: Self.backend))
+        #expect(toCaller.method == .invite && toBackend.method == .invite)
+        #expect(toCaller.value(.contact) == "<sip:edge@198.51.100.2:5060>", "node 2's address for the leg's listener tag")
+        #expect(toBackend.value(.contact) == "<sip:edge@10.0.0.2:5060>" || toBackend.value(.contact) == "<sip:edge@198.51.100.2:5060>")
+        #expect(toCaller.tag(of: .from)?.string == toTag && toCaller.tag(of: .to)?.string == "a1" && toCaller.callID?.string == "call-1@192.0.2.10")
+        #expect(try toCaller.cseq().number == record.client.localCSeq + 1, "the replicated CSeq continues")
+        #expect(try toBackend.cseq().number == record.backend.localCSeq + 1)
+        #expect(toCaller.body.string == Stage.answerSDP, "the caller is offered what it has: the backend's SDP")
+        #expect(toBackend.body.string == Stage.sdp, "the backend the caller's")
+        #expect(toCaller.requestURIBytes?.string == "sip:alice@192.0.2.10:5060", "to the caller's target, by its route set")
+        #expect(toCaller.values(.route).map(\.string) == ["<sip:proxy.example.com;lr>"])
+        #expect(outcome.value == nil, "not settled before both legs answer")
+
+        two.fromCaller(Stage.response(to: toCaller, 200, toTag: nil, contact: "<sip:alice@192.0.2.10:5062>", body: Stage.sdp))
+        #expect(two.unread(to: Self.caller).map(\.method) == [.ack])
+        two.fromBackend(Stage.response(to: toBackend, 200, toTag: nil, body: Stage.answerSDP))
+        let ack = try #require(two.unread(to: Self.backend).first)
+        let ackCSeq = try ack.cseq().number
+        #expect(ack.method == .ack && ackCSeq == record.backend.localCSeq + 1)
+        #expect(outcome.value == .rehomed)
+        #expect(two.b2bua.statistics.dialogsRehomed == 1)
+        #expect(two.b2bua.dialogRecords().first?.client.remoteTarget == Array("sip:alice@192.0.2.10:5062".utf8), "§12.2: the 2xx's Contact is the new target")
+        #expect(two.b2bua.dialogRecords().first?.reinvite == DialogRecord.PendingReinvite.none)
+    }
+
+    @Test func rfc3311_a_leg_that_allows_update_is_rehomed_with_an_update_without_a_body() throws {
+        let (record, _, _) = try Self.callOnNodeOne(answerExtra: [("Allow", "INVITE, ACK, BYE, UPDATE")])
+        let two = Self.nodeTwo()
+        let outcome = Self.takeOver(record, on: two)
+        let update = try #require(two.next(to: Self.backend))
+        #expect(update.method == .update && update.body.isEmpty && update.value(.contact) != nil)
+        two.fromBackend(Stage.response(to: update, 200, toTag: nil))
+        #expect(two.unread(to: Self.backend).isEmpty, "no ACK for an UPDATE")
+        let invite = try #require(two.next(to: Self.caller))
+        two.fromCaller(Stage.response(to: invite, 200, toTag: nil, body: Stage.sdp))
+        #expect(outcome.value == .rehomed)
+    }
+
+    @Test func rfc3261_14_1_a_491_is_tried_again_after_the_back_off_of_the_call_id_owner() throws {
+        let (record, _, _) = try Self.callOnNodeOne()
+        let two = Self.nodeTwo()
+        let outcome = Self.takeOver(record, on: two)
+        let first = try #require(two.next(to: Self.backend))
+        two.fromBackend(Stage.response(to: first, 491, toTag: nil))
+        #expect(two.unread(to: Self.backend).map(\.method) == [.ack], "the 491 is ACKed by its transaction")
+        two.wait(2_090)
+        #expect(two.unread(to: Self.backend).isEmpty, "we made the backend leg's Call-ID: at least 2.1 s")
+        two.wait(1_920)
+        let again = try #require(two.unread(to: Self.backend).first)
+        let (a1, f1) = (try again.cseq().number, try first.cseq().number)
+        #expect(again.method == .invite && a1 == f1 + 1)
+        two.fromBackend(Stage.response(to: again, 200, toTag: nil, body: Stage.answerSDP))
+        let toCaller = try #require(two.next(to: Self.caller))
+        two.fromCaller(Stage.response(to: toCaller, 200, toTag: nil, body: Stage.sdp))
+        #expect(outcome.value == .rehomed)
+    }
+
+    @Test func rfc3261_14_2_a_reinvite_that_crosses_a_rehoming_one_gets_491() throws {
+        let (record, toTag, _) = try Self.callOnNodeOne()
+        let two = Self.nodeTwo()
+        _ = Self.takeOver(record, on: two)
+        let ours = try #require(two.next(to: Self.caller))
+        two.fromCaller(two.callerRequest("INVITE", cseq: 2, toTag: toTag, body: Stage.sdp))
+        #expect(two.unread(to: Self.caller).compactMap(\.statusCode) == [100, 491])
+        #expect(two.unread(to: Self.backend).allSatisfy { $0.method == .invite && $0.body.string == Stage.sdp }, "nothing relayed")
+        // The caller gets 491 for ours too, and waits less (it does not own its Call-ID... we don't either).
+        two.fromCaller(Stage.response(to: ours, 491, toTag: nil))
+        two.wait(2_010)
+        let again = try #require(two.unread(to: Self.caller).first { $0.method == .invite })
+        let (n1, n2) = (try again.cseq().number, try ours.cseq().number)
+        #expect(n1 == n2 + 1, "we do not own the caller's Call-ID: within 2 s")
+    }
+
+    @Test func a_481_to_rehoming_ends_the_call_with_a_bye_and_a_reason_on_the_other_leg() throws {
+        let (record, _, _) = try Self.callOnNodeOne()
+        let two = Self.nodeTwo()
+        let outcome = Self.takeOver(record, on: two)
+        let toCaller = try #require(two.next(to: Self.caller))
+        _ = two.next(to: Self.backend)
+        two.fromCaller(Stage.response(to: toCaller, 481, toTag: nil))
+        let bye = try #require(two.unread(to: Self.backend).first)
+        #expect(bye.method == .bye && bye.value(.reason) == "SIP;cause=481;text=\"Re-homing failed\"")
+        #expect(two.unread(to: Self.caller).allSatisfy { $0.method == .ack }, "no BYE to the caller, who no longer knows the dialog")
+        #expect(outcome.value == .failed && two.b2bua.activeCalls == 0)
+        #expect(two.sink.records.last?.state == .ended)
+    }
+
+    @Test func rfc3261_17_1_1_2_a_leg_that_never_answers_ends_the_call_on_the_other_leg_at_timer_b() throws {
+        let (record, _, _) = try Self.callOnNodeOne()
+        let two = Self.nodeTwo()
+        let outcome = Self.takeOver(record, on: two)
+        let toCaller = try #require(two.next(to: Self.caller))
+        two.fromCaller(Stage.response(to: toCaller, 200, toTag: nil, body: Stage.sdp))
+        two.wait(31_000)
+        #expect(!two.unread(to: Self.caller).contains { $0.method == .bye })
+        two.wait(1_100)
+        #expect(two.unread(to: Self.caller).contains { $0.method == .bye && $0.value(.reason) == "SIP;cause=408;text=\"Re-homing failed\"" },
+                "64*T1 after the re-INVITE")
+        #expect(outcome.value == .failed)
+    }
+
+    @Test func a_retransmitted_2xx_to_our_reinvite_is_acked_again() throws {
+        let (record, _, _) = try Self.callOnNodeOne()
+        let two = Self.nodeTwo()
+        _ = Self.takeOver(record, on: two)
+        let toCaller = try #require(two.next(to: Self.caller))
+        let ok = Stage.response(to: toCaller, 200, toTag: nil, body: Stage.sdp)
+        two.fromCaller(ok)
+        two.fromCaller(ok)
+        let acks = two.unread(to: Self.caller).filter { $0.method == .ack }
+        #expect(acks.count == 2 && acks[0].text == acks[1].text)
+    }
+
+    @Test func rfc3261_9_1_an_early_dialog_of_a_dead_node_is_cancelled_at_the_backend_and_the_caller_gets_503() throws {
+        let one = Stage()
+        one.fromCaller(one.invite(extra: "Via: SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bK-upstream"))
+        let forwarded = try #require(one.next(to: Self.backend))
+        one.fromBackend(Stage.response(to: forwarded, 180))
+        let record = try #require(one.sink.records.last)
+        #expect(record.state == .early)
+        let invite = one.sender.log.first { $0.message.method == .invite }!.message
+        let two = Self.nodeTwo()
+        let outcome = Self.takeOver(record, on: two)
+        let cancel = try #require(two.next(to: Self.backend))
+        #expect(cancel.method == .cancel)
+        #expect(cancel.topViaBranch?.string == invite.topViaBranch?.string, "§9.1: the INVITE's branch")
+        #expect(cancel.requestURIBytes?.string == invite.requestURIBytes?.string && cancel.callID?.string == invite.callID?.string)
+        let (c1, c2) = (try cancel.cseq().number, try invite.cseq().number)
+        #expect(c1 == c2)
+        let answer = try #require(two.next(to: Self.caller))
+        #expect(answer.statusCode == 503)
+        #expect(answer.values(.via).map(\.string).count == 2, "every Via of the caller's INVITE")
+        #expect(answer.tag(of: .to)?.string == record.client.localTag && answer.callID?.string == "call-1@192.0.2.10")
+        #expect(try answer.cseq().method == .invite)
+        #expect(outcome.value == .endedEarly && two.b2bua.activeCalls == 0)
+        #expect(two.sink.records.last?.state == .ended, "every node is told it is over")
+    }
+
+    @Test func a_confirmed_record_keeps_no_early_fields() throws {
+        let (record, _, _) = try Self.callOnNodeOne()
+        #expect(record.clientInviteVias.isEmpty && record.backendInviteBranch.isEmpty && record.backendInviteURI.isEmpty)
+        let decoded = try DialogRecord(decoding: record.encoded())
+        #expect(decoded == record)
+    }
+}
