@@ -25,8 +25,8 @@ public protocol ClusterHost: AnyObject, Sendable {
 public struct ClusterStatistics: Sendable, Equatable {
     /// Dialogs handed to the workers to take over; of those, re-homed (both legs answered), ended
     /// because a leg failed, early ones ended on both sides, and still under way.
-    public var takenOverDialogs = 0, rehomedDialogs = 0, rehomeFailures = 0, earlyDialogsEnded = 0
-    public var rehomePending: Int { takenOverDialogs - rehomedDialogs - rehomeFailures - earlyDialogsEnded - notCarried }
+    public var takenOverDialogs = 0, rehomedDialogs = 0, rehomeFailures = 0, rehomeInterrupted = 0, earlyDialogsEnded = 0
+    public var rehomePending: Int { takenOverDialogs - rehomedDialogs - rehomeFailures - rehomeInterrupted - earlyDialogsEnded - notCarried }
     var notCarried = 0
     public var replicationSent = 0, replicationReceived = 0, syncDialogsReceived = 0
     public var heartbeatsSent = 0, resendRequests = 0, resentDatagrams = 0, snapshotsServed = 0
@@ -307,6 +307,7 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
                     switch outcome {
                     case .rehomed: statistics.rehomedDialogs += 1
                     case .failed: statistics.rehomeFailures += 1
+                    case .interrupted: statistics.rehomeInterrupted += 1
                     case .endedEarly: statistics.earlyDialogsEnded += 1
                     case .notCarried: statistics.notCarried += 1
                     }
@@ -331,7 +332,7 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
     private func logProgress() {
         let s = statistics
         let left = s.rehomePending + (takeOvers.count - takeOverHead)
-        log("cluster: re-homing: \(s.rehomedDialogs) done, \(s.rehomeFailures) failed, \(s.earlyDialogsEnded) early ended, \(left) left")
+        log("cluster: re-homing: \(s.rehomedDialogs) done, \(s.rehomeFailures) failed, \(s.rehomeInterrupted) hung up meanwhile, \(s.earlyDialogsEnded) early ended, \(left) left")
         if left > 0 {
             _ = loop.schedule(afterMilliseconds: 1_000) { [self] in logProgress() }
         } else {

@@ -363,6 +363,7 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
             out["cluster:taken_over_dialogs"] = c.takenOverDialogs
             out["cluster:rehomed_dialogs"] = c.rehomedDialogs
             out["cluster:rehome_failures"] = c.rehomeFailures
+            out["cluster:rehome_interrupted"] = c.rehomeInterrupted
             out["cluster:early_dialogs_ended"] = c.earlyDialogsEnded
             out["cluster:rehome_pending"] = c.rehomePending
             out["cluster:replication_sent"] = c.replicationSent

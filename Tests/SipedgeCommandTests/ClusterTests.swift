@@ -19,9 +19,14 @@ import Testing
         /// Each node keeps its dialogs in a database of its own here (nil: none).
         let databases: URL?
 
-        init(secret: String = "", extra: String = "", databases: Bool = false) throws {
+        /// The transport callers use ("udp", or "tcp": a TCP listener beside the UDP one, same
+        /// port and tag; the farm stays on UDP).
+        let transport: String
+
+        init(secret: String = "", extra: String = "", databases: Bool = false, transport: String = "udp") throws {
             self.secret = secret
             self.extra = extra
+            self.transport = transport
             self.databases = databases ? try Scratch.directory("cluster-db") : nil
         }
 
@@ -34,6 +39,7 @@ import Testing
             \(databases.map { "[database]\npath = \"\($0.path)/node\(n).db\"" } ?? "")
             [dispatcher]
             destinations = ["127.0.0.1:\(uasPort)"]
+            \(transport == "udp" ? "" : "[[listener]]\nproto = \"\(transport)\"\naddress = \"\(Self.ip(n))\"\nport = \(sipPort)\ntag = \"public\"")
             [[listener]]
             proto = "udp"
             address = "\(Self.ip(n))"
@@ -333,7 +339,8 @@ import Testing
         defer { c.stopAll() }
         try c.start(nodes: [1, 2, 3])
         let before = c.tags(2)["node1"]?.epoch ?? 0
-        let load = try CallLoad(c, calls: 20, rate: 40, holdMilliseconds: 60_000)
+        // (Scenarios that take the re-homing re-INVITEs a take-over sends.)
+        let load = try RehomingTests.ScenarioLoad(c, uas: RehomingTests.uasLoop(), uac: RehomingTests.uacLoop(hold: 60_000), calls: 20, rate: 40)
         defer { withExtendedLifetime(load) {} }
         #expect(Self.eventually(within: 3) { c.dialogs(3)?.count == 20 && c.dialogs(2)?.count == 20 }, "replicated")
 
@@ -350,7 +357,7 @@ import Testing
         }, "node 2: \(String(describing: c.tags(2)["node1"])), node 3: \(String(describing: c.tags(3)["node1"]))")
         let holder = c.tags(2)["node1"]?.holder ?? 0
         #expect(holder == 2, "the lowest survivor")
-        #expect(Self.eventually(within: 2) { c.statistic(holder, "cluster:rehomed_dialogs") == 20 }, "the holder carries node 1's 20 dialogs")
+        #expect(Self.eventually(within: 2) { c.statistic(holder, "cluster:rehomed_dialogs") == 20 }, "the holder carries node 1's 20 dialogs and re-homed them: \(load.errors)")
         let pingsBefore = c.statistic(holder, "dialog:pings_sent") ?? 0
         #expect(Self.eventually(within: 3) { (c.statistic(holder, "dialog:pings_sent") ?? 0) >= pingsBefore + 40 }, "and pings them (both legs, each second)")
 
@@ -372,7 +379,8 @@ import Testing
         let c = try Cluster(extra: "[calls]\nping_interval_seconds = 1")
         defer { c.stopAll() }
         try c.start(nodes: [1, 2, 3])
-        let load = try CallLoad(c, calls: 20, rate: 40, holdMilliseconds: 60_000)
+        // (Scenarios that take the re-homing re-INVITEs a take-over sends.)
+        let load = try RehomingTests.ScenarioLoad(c, uas: RehomingTests.uasLoop(), uac: RehomingTests.uacLoop(hold: 60_000), calls: 20, rate: 40)
         defer { withExtendedLifetime(load) {} }
         #expect(Self.eventually(within: 3) { c.dialogs(2)?.count == 20 && c.dialogs(3)?.count == 20 })
         let before = c.tags(1)["node1"]?.epoch ?? 0

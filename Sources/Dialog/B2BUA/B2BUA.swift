@@ -166,10 +166,11 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
 
     func endCall(_ call: Call) {
         guard !call.isEnded else { return }
-        abandonRehoming(call, .failed)
+        abandonRehoming(call, .interrupted)
         // Its pings and refreshes are about a dialog that is gone: no retransmission of them may
-        // go on (toward a forged source that would make us a reflector).
-        stopCarrying(call)
+        // go on (toward a forged source that would make us a reflector). A re-INVITE of ours runs
+        // on: its 2xx must be ACKed.
+        stopCarrying(call, keepingInvites: true)
         table.end(call)
         callsEnded += 1
         var callID = call.record.client.callID
@@ -193,7 +194,7 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
 
     /// The call's timers stop and its own requests (pings, refreshes) end: nothing more is sent
     /// for it from here.
-    func stopCarrying(_ call: Call) {
+    func stopCarrying(_ call: Call, keepingInvites: Bool = false) {
         if let t = call.answerTimer { clock.cancel(t) }
         if let t = call.lifetimeTimer { clock.cancel(t) }
         if let t = call.sessionTimers.client { clock.cancel(t) }
@@ -203,7 +204,7 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
         call.pingTimer = nil
         call.lifetimeTimer = nil
         call.sessionTimers = (nil, nil)
-        for tx in call.ownRequests where !tx.finished { transactions.finish(tx) }
+        for tx in call.ownRequests where !tx.finished && !(keepingInvites && tx.machine.isInvite) { transactions.finish(tx) }
         call.ownRequests = []
     }
 

@@ -2,10 +2,11 @@ import SIPParser
 import Transport
 
 /// What became of a dialog a node took over, told once when it is settled: both legs answered
-/// the re-homing request (`rehomed`), a leg failed it and the call was ended (`failed`), an early
-/// dialog was ended on both sides (`endedEarly`), or the dialog was not carried here after all.
+/// the re-homing request (`rehomed`), a leg failed it and the call was ended (`failed`), the call
+/// ended otherwise before both legs answered (`interrupted`: a BYE), an early dialog was ended on
+/// both sides (`endedEarly`), or the dialog was not carried here after all.
 public enum TakeOverOutcome: Sendable, Equatable {
-    case rehomed, failed, endedEarly, notCarried
+    case rehomed, failed, interrupted, endedEarly, notCarried
 }
 
 /// Re-homing of one call, leg by leg: what is left to do on each, the attempts made, and whom to
@@ -165,6 +166,7 @@ extension B2BUA {
 
     private func rehomeFailed(_ call: Call, except side: DialogRecord.Side, status: Int) {
         statistics.rehomeFailures += 1
+        abandonRehoming(call, .failed)
         hangUp(call, reason: "SIP;cause=\(status);text=\"Re-homing failed\"", except: side)
     }
 
@@ -210,10 +212,11 @@ extension B2BUA {
         let request = inDialogRequest(method, call: call, side: side, cseq: cseq, contact: refreshes, extra: extra,
                                       contentType: contentType.map { ByteView(text: $0) }, body: body)
         let offered = !body.isEmpty
-        let tx = transactions.startClient(request, to: call[side].hop, call: call, side: side, cseq: cseq, purpose: .ownRequest) { [weak self, weak call] response in
-            guard let self, let call else { return }
+        // (The call is held until the answer: a 2xx that comes after the call ended is ACKed all the
+        // same, §13.2.2.4. The transaction lets go of this closure when it ends.)
+        let tx = transactions.startClient(request, to: call[side].hop, call: call, side: side, cseq: cseq, purpose: .ownRequest) { [weak self] response in
+            guard let self else { return }
             if isInvite { call.edgeReinvites -= 1 }
-            guard !call.isEnded else { return }
             let status = response?.statusCode ?? 408
             let success = status >= 200 && status < 300
             if isInvite && success {
@@ -222,6 +225,7 @@ extension B2BUA {
                 if side == .client { call.edgeACKs.client = ack } else { call.edgeACKs.backend = ack }
                 _ = self.sender.send(ack, to: call[side].hop)
             }
+            guard !call.isEnded else { return }
             let target = success && refreshes ? response.flatMap(Self.contactURI) : nil
             let session = success && timed ? response.flatMap { (try? $0.sessionExpires()) ?? nil } : nil
             self.table.update(call) { record in

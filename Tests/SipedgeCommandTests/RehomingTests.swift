@@ -1,0 +1,337 @@
+import Foundation
+import Glibc
+import Testing
+
+/// Re-homing over the wire: three nodes (ClusterTests.Cluster), a SIPp UAC calling node 1 and a
+/// SIPp UAS as the farm, both running scenarios that expect the re-homing re-INVITE and check
+/// its Contact; the UAC then sends its BYE to the Contact it learnt.
+@Suite(.serialized) struct RehomingTests {
+    typealias Cluster = ClusterTests.Cluster
+
+    static let sdp = """
+        v=0
+        o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+        s=-
+        c=IN IP[media_ip_type] [media_ip]
+        t=0 0
+        m=audio [media_port] RTP/AVP 0
+        a=rtpmap:0 PCMU/8000
+
+        """
+
+    /// The Contact of a re-homing request: a survivor's address (127.0.0.12 or .13), never node 1's;
+    /// what the call sends from then on goes there (SIPp would answer the address it first spoke
+    /// to, where RFC 3261 §18.2.2 says the Via's: the same survivor here).
+    /// (A SIPp UAS over TCP answers on the connection a request came on, and cannot move a
+    /// connection other calls share: `setdest: false` there.)
+    static func survivorContact(setdest: Bool = true) -> String {
+        #"<ereg regexp="&lt;sip:[^@>]*@(127\.0\.0\.1[23]):([0-9]+)" search_in="hdr" header="Contact:" check_it="true" assign_to="contact,host,port"/>"#
+            + (setdest ? #"<setdest host="[$host]" port="[$port]" protocol="[transport]"/>"# : "")
+    }
+
+    /// A 200 to the request just received, with an SDP answer.
+    static let okWithSDP = """
+          <send>
+            <![CDATA[
+              SIP/2.0 200 OK
+              [last_Via:]
+              [last_From:]
+              [last_To:]
+              [last_Call-ID:]
+              [last_CSeq:]
+              Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+              Content-Type: application/sdp
+              Content-Length: [len]
+
+              \(sdp)
+            ]]>
+          </send>
+        """
+
+    /// The UAC: INVITE, 200, ACK; then (within `wait` ms) a re-INVITE from a survivor, answered;
+    /// then a BYE sent to the Contact that re-INVITE gave. With `expectReinvite: false` the call
+    /// just hangs up through node 1 after `wait` ms.
+    static func uacScenario(wait: Int, expectReinvite: Bool = true, contactPort: Int? = nil) -> String {
+        // (Over TCP in SIPp's "tn" mode, [local_port] is the call's own connection's port, which
+        // does not listen: the Contact names the port SIPp listens on.)
+        let contactPort = contactPort.map(String.init) ?? "[local_port]"
+        let rehome = expectReinvite ? """
+              <recv request="INVITE" timeout="\(wait)">
+                <action>
+                  \(survivorContact())
+                  <ereg regexp=";tag=([^;> ]+)" search_in="hdr" header="From:" assign_to="x,edgetag"/>
+                </action>
+              </recv>
+            \(okWithSDP)
+              <recv request="ACK"/>
+              <pause milliseconds="1000"/>
+            """ : "<pause milliseconds=\"\(wait)\"/>"
+        let byeURI = expectReinvite ? "sip:edge@[$host]:[$port];transport=[transport]" : "sip:[service]@[remote_ip]:[remote_port];transport=[transport]"
+        let toTag = expectReinvite ? ";tag=[$edgetag]" : "[peer_tag_param]"
+        return """
+            <?xml version="1.0" encoding="ISO-8859-1" ?>
+            <scenario name="a call that is re-homed">
+              <send retrans="500">
+                <![CDATA[
+                  INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+                  Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+                  From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+                  To: <sip:[service]@[remote_ip]:[remote_port]>
+                  Call-ID: [call_id]
+                  CSeq: 1 INVITE
+                  Contact: <sip:sipp@[local_ip]:\(contactPort);transport=[transport]>
+                  Max-Forwards: 70
+                  Content-Type: application/sdp
+                  Content-Length: [len]
+
+                  \(sdp)
+                ]]>
+              </send>
+              <recv response="100" optional="true"/>
+              <recv response="180" optional="true"/>
+              <recv response="200" rtd="true"/>
+              <send>
+                <![CDATA[
+                  ACK [next_url] SIP/2.0
+                  Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+                  From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+                  To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+                  Call-ID: [call_id]
+                  CSeq: 1 ACK
+                  Max-Forwards: 70
+                  Content-Length: 0
+
+                ]]>
+              </send>
+              \(rehome)
+              <send retrans="500">
+                <![CDATA[
+                  BYE \(byeURI) SIP/2.0
+                  Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+                  From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+                  To: <sip:[service]@[remote_ip]:[remote_port]>\(toTag)
+                  Call-ID: [call_id]
+                  CSeq: 3 BYE
+                  Max-Forwards: 70
+                  Content-Length: 0
+
+                ]]>
+              </send>
+              <recv response="200"/>
+              \(expectReinvite ? "<Reference variables=\"contact,x\"/>" : "")
+            </scenario>
+            """
+    }
+
+    /// The UAS (the farm): answers the INVITE (after `answerAfter` ms, ringing meanwhile), then
+    /// expects the re-homing re-INVITE from a survivor (answered with `reinviteStatus`), then a BYE.
+    static func uasScenario(answerAfter: Int = 0, reinviteStatus: Int? = 200, wait: Int = 60_000, udp: Bool = true) -> String {
+        let answerRehome: String
+        switch reinviteStatus {
+        case .some(200):
+            answerRehome = okWithSDP + "\n<recv request=\"ACK\"/>"
+        case .some(let status):
+            answerRehome = """
+                  <send>
+                    <![CDATA[
+                      SIP/2.0 \(status) Refused
+                      [last_Via:]
+                      [last_From:]
+                      [last_To:]
+                      [last_Call-ID:]
+                      [last_CSeq:]
+                      Content-Length: 0
+
+                    ]]>
+                  </send>
+                  <recv request="ACK"/>
+                """
+        case .none:
+            answerRehome = ""
+        }
+        let rehome = reinviteStatus == nil ? "" : """
+              <recv request="INVITE" timeout="\(wait)">
+                <action>\(survivorContact(setdest: udp))</action>
+              </recv>
+              \(answerRehome)
+            """
+        let ring = answerAfter == 0 ? "" : """
+              <send>
+                <![CDATA[
+                  SIP/2.0 180 Ringing
+                  [last_Via:]
+                  [last_From:]
+                  [last_To:];tag=[pid]SIPpTag01[call_number]
+                  [last_Call-ID:]
+                  [last_CSeq:]
+                  Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+                  Content-Length: 0
+
+                ]]>
+              </send>
+              <pause milliseconds="\(answerAfter)"/>
+            """
+        return """
+            <?xml version="1.0" encoding="ISO-8859-1" ?>
+            <scenario name="a farm whose calls are re-homed">
+              <recv request="INVITE"/>
+              \(ring)
+              <send>
+                <![CDATA[
+                  SIP/2.0 200 OK
+                  [last_Via:]
+                  [last_From:]
+                  [last_To:];tag=[pid]SIPpTag01[call_number]
+                  [last_Call-ID:]
+                  [last_CSeq:]
+                  Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+                  Content-Type: application/sdp
+                  Content-Length: [len]
+
+                  \(sdp)
+                ]]>
+              </send>
+              <recv request="ACK"/>
+              \(rehome)
+              <recv request="BYE" timeout="\(wait)"/>
+              <send>
+                <![CDATA[
+                  SIP/2.0 200 OK
+                  [last_Via:]
+                  [last_From:]
+                  [last_To:]
+                  [last_Call-ID:]
+                  [last_CSeq:]
+                  Content-Length: 0
+
+                ]]>
+              </send>
+              \(reinviteStatus == nil ? "" : (udp ? "<Reference variables=\"contact\"/>" : "<Reference variables=\"contact,host,port\"/>"))
+            </scenario>
+            """
+    }
+
+    /// A SIPp UAS for calls that may be re-homed any number of times (from a survivor each time)
+    /// until their BYE.
+    static func uasLoop() -> String {
+        let plain = uasScenario(reinviteStatus: nil)
+        let bye = plain.range(of: "<recv request=\"BYE\" timeout=\"60000\"/>")!
+        return String(plain[..<bye.lowerBound]) + """
+              <label id="wait"/>
+              <recv request="INVITE" optional="true" next="rehome"><action>\(survivorContact())</action></recv>
+              <recv request="BYE"/>
+              <send>
+                <![CDATA[
+                  SIP/2.0 200 OK
+                  [last_Via:]
+                  [last_From:]
+                  [last_To:]
+                  [last_Call-ID:]
+                  [last_CSeq:]
+                  Content-Length: 0
+
+                ]]>
+              </send>
+              <nop next="end"/>
+              <label id="rehome"/>
+            \(okWithSDP)
+              <recv request="ACK" next="wait"/>
+              <label id="end"/>
+              <Reference variables="contact"/>
+            </scenario>
+            """
+    }
+
+    /// A SIPp UAC whose calls accept any number of re-homing re-INVITEs for `hold` ms, then end
+    /// (without a BYE: the test ends them by stopping SIPp).
+    static func uacLoop(hold: Int) -> String {
+        let scenario = uacScenario(wait: hold, expectReinvite: false)
+        let start = scenario.range(of: "<pause milliseconds=\"\(hold)\"/>")!
+        return String(scenario[..<start.lowerBound]) + """
+              <label id="wait"/>
+              <recv request="INVITE" timeout="\(hold)" ontimeout="end"><action>\(survivorContact())</action></recv>
+            \(okWithSDP)
+              <recv request="ACK" next="wait"/>
+              <label id="end"/>
+              <Reference variables="contact"/>
+            </scenario>
+            """
+    }
+
+    /// A SIPp UAS (the farm, over UDP) and UAC (calling node 1, over `transport`: "u1" or "tn") on
+    /// scenarios of their own; both killed, and their directory removed, when it goes.
+    final class ScenarioLoad {
+        let dir: URL
+        let uas: Process
+        let uac: Process
+
+        init(_ c: Cluster, uas uasXML: String, uac uacXML: String, calls: Int, rate: Int, transport: String = "u1", uasCalls: Int? = nil) throws {
+            dir = try Scratch.directory("rehome")
+            try uasXML.write(to: dir.appendingPathComponent("uas.xml"), atomically: true, encoding: .utf8)
+            try uacXML.write(to: dir.appendingPathComponent("uac.xml"), atomically: true, encoding: .utf8)
+            uas = try ClusterTests.sipp(["-sf", "uas.xml", "-aa", "-t", "u1", "-i", "127.0.0.1", "-p", "\(c.uasPort)", "-m", "\(uasCalls ?? calls)",
+                                         "-trace_err", "-error_file", "uas-errors.log"], in: dir)
+            usleep(300_000)
+            uac = try ClusterTests.sipp(["-sf", "uac.xml", "-aa", "-t", transport, "-max_reconnect", "1000", "-reconnect_close", "false", "-reconnect_sleep", "0", "\(Cluster.ip(1)):\(c.sipPort)", "-i", "127.0.0.1",
+                                         "-p", "\(c.uacPort)", "-m", "\(calls)", "-r", "\(rate)", "-timeout", "120s",
+                                         "-max_socket", "1000", "-trace_err", "-error_file", "uac-errors.log"], in: dir)
+        }
+
+        /// What SIPp logged as errors (for a failing test's message).
+        var errors: String {
+            ["uac", "uas"].map { name in
+                let text = (try? String(contentsOf: dir.appendingPathComponent("\(name)-errors.log"), encoding: .utf8)) ?? ""
+                return "\(name): " + String(text.prefix(1_500))
+            }.joined(separator: "\n")
+        }
+
+        deinit {
+            for p in [uac, uas] where p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            Scratch.remove(dir)
+        }
+    }
+
+    /// 200 calls up through node 1, node 1 killed: the node that takes its tag re-INVITEs both legs
+    /// of every call with its own Contact within 2 s; the callers' BYEs to that Contact end them all.
+    func rehomeAfterKill(transport: String, calls: Int = 200) throws {
+        let c = try Cluster(transport: transport)
+        defer { c.stopAll() }
+        try c.start(nodes: [1, 2, 3])
+        let sippTransport = transport == "udp" ? "u1" : "tn"
+        let load = try ScenarioLoad(c, uas: Self.uasScenario(), uac: Self.uacScenario(wait: 60_000, contactPort: c.uacPort), calls: calls, rate: 100, transport: sippTransport)
+        defer { withExtendedLifetime(load) {} }
+        #expect(ClusterTests.eventually(within: 6) { c.dialogs(2)?.count == calls && c.dialogs(3)?.count == calls }, "replicated: \(load.errors)")
+
+        c.kill(1)
+        let killed = Date()
+        var holder = 0
+        let rehomed = ClusterTests.eventually(within: 2) {
+            holder = c.tags(2)["node1"]?.state == "active" ? 2 : c.tags(3)["node1"]?.state == "active" ? 3 : 0
+            return holder != 0 && c.statistic(holder, "cluster:rehomed_dialogs") == calls
+        }
+        let took = Date().timeIntervalSince(killed)
+        #expect(rehomed, "within 2 s of the kill node \(holder) re-homed \(holder == 0 ? 0 : c.statistic(holder, "cluster:rehomed_dialogs") ?? -1) of \(calls) (\(took) s)")
+        ClusterTests.finish(load.uac, within: 20)
+        ClusterTests.finish(load.uas, within: 5)
+        #expect(load.uac.terminationStatus == 0 && load.uas.terminationStatus == 0,
+                "every call re-INVITEd on both legs from a survivor and ended by a BYE to it with 200:\n\(load.errors)")
+        #expect(holder == 0 || c.statistic(holder, "cluster:rehome_failures") == 0)
+        #expect(ClusterTests.eventually(within: 3) { c.dialogs(2)?.isEmpty == true && c.dialogs(3)?.isEmpty == true }, "none left")
+        if holder != 0 {
+            #expect(c.nodes[holder]!.output.contains("cluster: re-homing: \(calls) done, 0 failed, 0 hung up meanwhile, 0 early ended, 0 left"), "progress logged")
+        }
+    }
+
+    @Test(.needsSIPp) func a_killed_nodes_calls_are_reinvited_by_the_survivor_within_2_s_and_end_with_byes_to_it() throws {
+        try rehomeAfterKill(transport: "udp")
+    }
+
+    /// The callers over TCP: their connections to node 1 die with it; the survivor opens new ones
+    /// to the address their Contact gives. (The farm stays on UDP: a SIPp UAS cannot take a call's
+    /// requests over a new TCP connection once the first one is gone. A backend leg over TCP is
+    /// re-homed the same way: `RehomingSpecTests`.)
+    @Test(.needsSIPp, .disabled("SIPp over TCP (-t tn) loses some of the re-INVITEs the survivor sends on new connections (18 of 20, 135 of 200 arrive); to be driven by another TCP peer"))
+    func the_same_over_tcp_with_new_connections_from_the_survivor() throws {
+        try rehomeAfterKill(transport: "tcp", calls: 20)
+    }
+}
