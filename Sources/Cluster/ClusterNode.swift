@@ -77,6 +77,8 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
     /// A paced send of snapshot chunks is scheduled.
     var snapshotTimer = false
     var acting: Set<String> = []
+    /// Tags this node claimed because their holder was down, until it acts for them.
+    private var claimedFromDead: Set<String> = []
     private var takeOvers: [(record: DialogRecord, retag: String?)] = []
     private var takeOverHead = 0
     private var pacing = false
@@ -261,11 +263,11 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
         }
         // A claim is told at once: the others confirm it (and an old holder steps down) sooner.
         if !moves.isEmpty { sendHeartbeat() }
-        // Tags taken from a dead node: its early dialogs too (to end them cleanly on both sides).
-        let fromDead = Set(moves.compactMap { move -> String? in
-            if case let .takeOver(claim, _) = move { return claim.tag }
-            return nil
-        })
+        // Tags taken from a dead node: once acting for one, its early dialogs are taken too (to end
+        // them cleanly on both sides).
+        for move in moves {
+            if case let .takeOver(claim, _) = move { claimedFromDead.insert(claim.tag) }
+        }
         for tag in acting.subtracting(nowActing).sorted() {
             log(tags.holder(of: tag) == settings.nodeID
                 ? "cluster: no majority in sight; node \(settings.nodeID) stops acting for tag \(tag)"
@@ -276,8 +278,9 @@ public final class ClusterNode: DialogStateSink, DatagramReceiver, @unchecked Se
         acting = nowActing
         for tag in gained {
             host?.startActing(for: tag)
+            let fromDead = claimedFromDead.remove(tag) != nil
             let theirs = replicas.records(tagged: tag).filter {
-                ($0.state == .confirmed || ($0.state == .early && fromDead.contains(tag))) && !carried.contains(DialogReplicas.key(of: $0))
+                ($0.state == .confirmed || ($0.state == .early && fromDead)) && !carried.contains(DialogReplicas.key(of: $0))
             }
             if !theirs.isEmpty { log("cluster: acting for tag \(tag): taking \(theirs.count) dialogs over") }
             enqueueTakeOvers(theirs.map { ($0, nil) })

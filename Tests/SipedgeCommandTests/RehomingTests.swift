@@ -51,7 +51,8 @@ import Testing
     /// The UAC: INVITE, 200, ACK; then (within `wait` ms) a re-INVITE from a survivor, answered;
     /// then a BYE sent to the Contact that re-INVITE gave. With `expectReinvite: false` the call
     /// just hangs up through node 1 after `wait` ms.
-    static func uacScenario(wait: Int, expectReinvite: Bool = true, contactPort: Int? = nil) -> String {
+    /// `endedBy`: instead of hanging up, the caller expects the edge's BYE with this Reason cause.
+    static func uacScenario(wait: Int, expectReinvite: Bool = true, contactPort: Int? = nil, byeAfter: Int = 1_000, endedBy: Int? = nil) -> String {
         // (Over TCP in SIPp's "tn" mode, [local_port] is the call's own connection's port, which
         // does not listen: the Contact names the port SIPp listens on.)
         let contactPort = contactPort.map(String.init) ?? "[local_port]"
@@ -63,8 +64,7 @@ import Testing
                 </action>
               </recv>
             \(okWithSDP)
-              <recv request="ACK"/>
-              <pause milliseconds="1000"/>
+              \(endedBy == nil ? "<recv request=\"ACK\"/><pause milliseconds=\"\(byeAfter)\"/>" : "<recv request=\"ACK\" optional=\"true\"/>")
             """ : "<pause milliseconds=\"\(wait)\"/>"
         let byeURI = expectReinvite ? "sip:edge@[$host]:[$port];transport=[transport]" : "sip:[service]@[remote_ip]:[remote_port];transport=[transport]"
         let toTag = expectReinvite ? ";tag=[$edgetag]" : "[peer_tag_param]"
@@ -104,6 +104,8 @@ import Testing
                 ]]>
               </send>
               \(rehome)
+              \(endedBy.map(byeFromEdge) ?? "")
+              \(endedBy == nil ? "" : "<!--")
               <send retrans="500">
                 <![CDATA[
                   BYE \(byeURI) SIP/2.0
@@ -118,14 +120,37 @@ import Testing
                 ]]>
               </send>
               <recv response="200"/>
-              \(expectReinvite ? "<Reference variables=\"contact,x\"/>" : "")
+              \(endedBy == nil ? "" : "-->")
+              \(expectReinvite ? "<Reference variables=\"contact,x\(endedBy == nil ? "" : ",edgetag")\"/>" : "")
             </scenario>
             """
     }
 
+    /// The edge's BYE (its Reason naming `cause`), answered 200.
+    static func byeFromEdge(cause: Int) -> String {
+        """
+          <recv request="BYE" timeout="10000">
+            <action><ereg regexp="cause=\(cause)" search_in="hdr" header="Reason:" check_it="true" assign_to="reason"/></action>
+          </recv>
+          <send>
+            <![CDATA[
+              SIP/2.0 200 OK
+              [last_Via:]
+              [last_From:]
+              [last_To:]
+              [last_Call-ID:]
+              [last_CSeq:]
+              Content-Length: 0
+
+            ]]>
+          </send>
+          <Reference variables="reason"/>
+        """
+    }
+
     /// The UAS (the farm): answers the INVITE (after `answerAfter` ms, ringing meanwhile), then
     /// expects the re-homing re-INVITE from a survivor (answered with `reinviteStatus`), then a BYE.
-    static func uasScenario(answerAfter: Int = 0, reinviteStatus: Int? = 200, wait: Int = 60_000, udp: Bool = true) -> String {
+    static func uasScenario(answerAfter: Int = 0, reinviteStatus: Int? = 200, wait: Int = 60_000, udp: Bool = true, byeExpected: Bool = true) -> String {
         let answerRehome: String
         switch reinviteStatus {
         case .some(200):
@@ -193,6 +218,7 @@ import Testing
               </send>
               <recv request="ACK"/>
               \(rehome)
+              \(byeExpected ? "" : "<!--")
               <recv request="BYE" timeout="\(wait)"/>
               <send>
                 <![CDATA[
@@ -206,6 +232,7 @@ import Testing
 
                 ]]>
               </send>
+              \(byeExpected ? "" : "-->")
               \(reinviteStatus == nil ? "" : (udp ? "<Reference variables=\"contact\"/>" : "<Reference variables=\"contact,host,port\"/>"))
             </scenario>
             """
@@ -320,6 +347,140 @@ import Testing
         if holder != 0 {
             #expect(c.nodes[holder]!.output.contains("cluster: re-homing: \(calls) done, 0 failed, 0 hung up meanwhile, 0 early ended, 0 left"), "progress logged")
         }
+    }
+
+    @Test(.needsSIPp) func a_drained_node_is_stopped_with_no_call_lost() throws {
+        let c = try Cluster()
+        defer { c.stopAll() }
+        try c.start(nodes: [1, 2, 3])
+        // The callers hang up 4 s after they learn the new Contact: after node 1 is gone.
+        let load = try ScenarioLoad(c, uas: Self.uasScenario(), uac: Self.uacScenario(wait: 30_000, byeAfter: 4_000), calls: 100, rate: 100)
+        defer { withExtendedLifetime(load) {} }
+        #expect(ClusterTests.eventually(within: 4) { c.dialogs(2)?.count == 100 }, "replicated: \(load.errors)")
+        let moved = try #require(Self.runMI(c, node: 2, "dlg_rehome", ["tag=node1", "count=100"]))
+        #expect(moved.contains("100"), "sipedge mi dlg_rehome: \(moved)")
+        #expect(ClusterTests.eventually(within: 3) { c.statistic(2, "cluster:rehomed_dialogs") == 100 }, "node 2 re-homed the 100")
+        #expect(ClusterTests.eventually(within: 2) { (c.dialogs(3) ?? [:]).values.filter { $0.hasSuffix("/node2") }.count == 100 }, "every node lists them under node2")
+        c.nodes[1]!.stop()
+        #expect(!c.nodes[1]!.process.isRunning, "node 1 stopped cleanly")
+        ClusterTests.finish(load.uac, within: 15)
+        ClusterTests.finish(load.uas, within: 5)
+        #expect(load.uac.terminationStatus == 0 && load.uas.terminationStatus == 0, "all 100 calls ended with 200 through node 2:\n\(load.errors)")
+        #expect(c.statistic(2, "cluster:rehome_failures") == 0)
+    }
+
+    @Test(.needsSIPp) func calls_still_ringing_when_their_node_dies_are_cancelled_at_the_farm_and_refused_to_the_callers() throws {
+        let c = try Cluster()
+        defer { c.stopAll() }
+        try c.start(nodes: [1, 2, 3])
+        // The farm rings and would answer after 20 s; the callers wait for a final answer.
+        let load = try ScenarioLoad(c, uas: Self.ringingUAS(), uac: Self.uacRefused(), calls: 20, rate: 100)
+        defer { withExtendedLifetime(load) {} }
+        usleep(1_000_000)
+        c.kill(1)
+        ClusterTests.finish(load.uas, within: 6)
+        ClusterTests.finish(load.uac, within: 3)
+        #expect(load.uas.terminationStatus == 0, "the farm got a CANCEL for each of the 20 calls:\n\(load.errors)")
+        #expect(load.uac.terminationStatus == 0, "each caller got 503:\n\(load.errors)")
+        let holder = c.tags(2)["node1"]?.state == "active" ? 2 : 3
+        #expect(c.statistic(holder, "cluster:early_dialogs_ended") == 20)
+        #expect(ClusterTests.eventually(within: 2) { c.dialogs(2)?.isEmpty == true && c.dialogs(3)?.isEmpty == true })
+    }
+
+    @Test(.needsSIPp) func a_farm_that_no_longer_knows_a_call_makes_the_survivor_end_it_with_a_bye_to_the_caller() throws {
+        let c = try Cluster()
+        defer { c.stopAll() }
+        try c.start(nodes: [1, 2, 3])
+        // The farm answers the re-homing re-INVITE 481: the caller gets a BYE with that cause.
+        let load = try ScenarioLoad(c, uas: Self.uasScenario(reinviteStatus: 481, byeExpected: false),
+                                    uac: Self.uacScenario(wait: 30_000, endedBy: 481), calls: 10, rate: 100)
+        defer { withExtendedLifetime(load) {} }
+        #expect(ClusterTests.eventually(within: 3) { c.dialogs(2)?.count == 10 }, "replicated: \(load.errors)")
+        c.kill(1)
+        ClusterTests.finish(load.uac, within: 10)
+        ClusterTests.finish(load.uas, within: 3)
+        #expect(load.uac.terminationStatus == 0 && load.uas.terminationStatus == 0, "each caller got the BYE:\n\(load.errors)")
+        let holder = c.tags(2)["node1"]?.state == "active" ? 2 : 3
+        #expect(c.statistic(holder, "cluster:rehome_failures") == 10)
+        #expect(ClusterTests.eventually(within: 2) { c.dialogs(2)?.isEmpty == true && c.dialogs(3)?.isEmpty == true })
+    }
+
+    /// A farm that rings and waits for a CANCEL (answered 200, the INVITE 487).
+    static func ringingUAS() -> String {
+        """
+        <?xml version="1.0" encoding="ISO-8859-1" ?>
+        <scenario name="a farm that rings until cancelled">
+          <recv request="INVITE"/>
+          <send>
+            <![CDATA[
+              SIP/2.0 180 Ringing
+              [last_Via:]
+              [last_From:]
+              [last_To:];tag=[pid]SIPpTag01[call_number]
+              [last_Call-ID:]
+              [last_CSeq:]
+              Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+              Content-Length: 0
+
+            ]]>
+          </send>
+          <recv request="CANCEL" timeout="20000"/>
+          <send>
+            <![CDATA[
+              SIP/2.0 200 OK
+              [last_Via:]
+              [last_From:]
+              [last_To:]
+              [last_Call-ID:]
+              [last_CSeq:]
+              Content-Length: 0
+
+            ]]>
+          </send>
+        </scenario>
+        """
+    }
+
+    /// Callers whose INVITE must end with a 503.
+    static func uacRefused() -> String {
+        """
+        <?xml version="1.0" encoding="ISO-8859-1" ?>
+        <scenario name="a call refused when its node dies">
+          <send retrans="500">
+            <![CDATA[
+              INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+              Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+              From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+              To: <sip:[service]@[remote_ip]:[remote_port]>
+              Call-ID: [call_id]
+              CSeq: 1 INVITE
+              Contact: <sip:sipp@[local_ip]:[local_port]>
+              Max-Forwards: 70
+              Content-Type: application/sdp
+              Content-Length: [len]
+
+              \(sdp)
+            ]]>
+          </send>
+          <recv response="100" optional="true"/>
+          <recv response="180" optional="true"/>
+          <recv response="503" timeout="10000"/>
+        </scenario>
+        """
+    }
+
+    /// `sipedge mi` run as an operator would, against node `node`'s MI; its output (nil if it failed).
+    static func runMI(_ c: Cluster, node: Int, _ method: String, _ params: [String]) -> String? {
+        let p = Process()
+        p.executableURL = CommandTests.binary
+        p.arguments = ["mi", "--address", "\(Cluster.ip(node)):\(c.miPort)", method] + params
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        guard (try? p.run()) != nil else { return nil }
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return p.terminationStatus == 0 ? text : nil
     }
 
     @Test(.needsSIPp) func a_killed_nodes_calls_are_reinvited_by_the_survivor_within_2_s_and_end_with_byes_to_it() throws {
