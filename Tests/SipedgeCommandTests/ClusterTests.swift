@@ -23,7 +23,11 @@ import Testing
         /// port and tag; the farm stays on UDP).
         let transport: String
 
-        init(secret: String = "", extra: String = "", databases: Bool = false, transport: String = "udp") throws {
+        /// Lines added to each node's `[cluster]` section.
+        let clusterExtra: String
+
+        init(secret: String = "", extra: String = "", databases: Bool = false, transport: String = "udp", cluster: String = "") throws {
+            self.clusterExtra = cluster
             self.secret = secret
             self.extra = extra
             self.transport = transport
@@ -53,6 +57,7 @@ import Testing
             address = "\(Self.ip(n)):\(linkPort)"
             nodes = ["1@\(Self.ip(1)):\(linkPort)", "2@\(Self.ip(2)):\(linkPort)", "3@\(Self.ip(3)):\(linkPort)"]
             sharing_tag = "node\(n)"
+            \(clusterExtra)
             \(secret.isEmpty ? "" : "secret = \"\(secret)\"")
             """
         }
