@@ -179,6 +179,63 @@ import Transport
         #expect(two.sink.records.last?.state == .ended, "every node is told it is over")
     }
 
+    static func nodeTwoWithTCP() -> Stage {
+        nodeTwo { config in
+            config.listeners[.tcp] = [LocalAddress(host: "198.51.100.2", port: 5060, tag: "public"), LocalAddress(host: "10.0.0.2", port: 5060, tag: "farm")]
+        }
+    }
+
+    @Test func a_backend_leg_over_tcp_is_rehomed_over_a_new_connection_to_its_contact() throws {
+        var (record, _, _) = try Self.callOnNodeOne()
+        // Node 1 had opened a connection to the backend from an ephemeral port of its own.
+        record.backend.hop = Hop(.tcp, SocketAddress(ip: "127.0.0.1", port: 5080)!, worker: 1)
+        record.backend.remoteTarget = Array("sip:ast@127.0.0.1:5090;transport=tcp".utf8)
+        let two = Self.nodeTwoWithTCP()
+        let outcome = Self.takeOver(record, on: two)
+        let sent = two.sender.log.filter { $0.message.method == .invite && $0.hop.transport == .tcp }
+        #expect(sent.count == 1)
+        #expect(sent.first?.hop.address == SocketAddress(ip: "127.0.0.1", port: 5090), "the Contact's address, on a new connection")
+        #expect(sent.first?.hop.worker == nil)
+        #expect(sent.first?.message.value(.contact) == "<sip:edge@198.51.100.2:5060;transport=tcp>")
+        _ = outcome
+    }
+
+    @Test func a_phone_over_tcp_that_cannot_be_reached_is_rehomed_when_it_connects_again_or_the_call_ends() throws {
+        var (record, toTag, _) = try Self.callOnNodeOne()
+        record.client.hop = Hop(.tcp, SocketAddress(ip: "192.0.2.10", port: 49_152)!)
+        record.client.remoteTarget = Array("sip:alice@192.0.2.10:5060;transport=tcp".utf8)
+        let two = Self.nodeTwoWithTCP()
+        let outcome = Self.takeOver(record, on: two)
+        let phone = Hop(.tcp, SocketAddress(ip: "192.0.2.10", port: 5060)!)
+        let backendInvite = try #require(two.next(to: Self.backend))
+        two.fromBackend(Stage.response(to: backendInvite, 200, toTag: nil, body: Stage.answerSDP))
+        // Behind NAT, nobody listens where its Contact points: the connection is refused.
+        two.b2bua.unreachable(phone)
+        two.clock.endIteration()
+        #expect(outcome.value == nil && two.b2bua.activeCalls == 1, "the call waits for the phone")
+        // The phone reconnects (from a new port) and sends a request in the dialog: re-homed over it.
+        let reconnected = Hop(.tcp, SocketAddress(ip: "192.0.2.10", port: 49_200)!, worker: 0)
+        two.fromCaller(two.callerRequest("INFO", cseq: 2, toTag: toTag), hop: reconnected)
+        let again = two.sender.log.last { $0.message.method == .invite && $0.hop.address == reconnected.address }
+        #expect(again != nil, "a new re-INVITE over the phone's new connection")
+        if let again { two.fromCaller(Stage.response(to: again.message, 200, toTag: nil, body: Stage.sdp), hop: reconnected) }
+        #expect(outcome.value == .rehomed)
+
+        // Another phone that never comes back: the call ends after the bounded wait.
+        let three = Self.nodeTwoWithTCP()
+        let ended = Self.takeOver(record, on: three)
+        let toBackend = try #require(three.next(to: Self.backend))
+        three.fromBackend(Stage.response(to: toBackend, 200, toTag: nil, body: Stage.answerSDP))
+        three.b2bua.unreachable(phone)
+        three.clock.endIteration()
+        _ = three.unread(to: Self.backend)
+        three.wait(59_000)
+        #expect(ended.value == nil)
+        three.wait(1_100)
+        #expect(three.unread(to: Self.backend).contains { $0.method == .bye }, "ended on the other leg after 60 s")
+        #expect(ended.value == .failed)
+    }
+
     @Test func a_confirmed_record_keeps_no_early_fields() throws {
         let (record, _, _) = try Self.callOnNodeOne()
         #expect(record.clientInviteVias.isEmpty && record.backendInviteBranch.isEmpty && record.backendInviteURI.isEmpty)
