@@ -3,6 +3,7 @@ import Glibc
 import Dialog
 import Logging
 import SIPParser
+import Synchronization
 import Transport
 
 /// The running edge: one loop per worker, every configured listener opened on them (UDP and TCP/TLS
@@ -377,6 +378,28 @@ public final class EdgeServer: @unchecked Sendable {
     /// Ends the dialog with this key (or this client Call-ID) with a BYE on both legs.
     public func endDialog(key: String) -> Bool {
         routing.b2buas.contains { b in (try? b.loop.submitAndWait { b.value.endDialog(key: key) }) ?? false }
+    }
+
+    /// `dlg_send_sequential`: the request goes on the worker carrying the dialog, and the answer is
+    /// waited for (at most Timer B). Nil when no worker here carries a dialog with that id (or a
+    /// re-INVITE of its is under way); else the final status and reason (nil: no answer came).
+    public func sendSequential(callID: String, to side: DialogRecord.Side, method: String, body: B2BUA.SequentialBody,
+                               headers: [(String, String)]) -> (status: Int?, reason: String?)? {
+        let answered = DispatchlessSemaphore()
+        let result = Mutex<(Int?, String?)>((nil, nil))
+        for b in routing.b2buas {
+            let sent = (try? b.loop.submitAndWait {
+                b.value.sendSequential(callID: callID, to: side, method: method, body: body, headers: headers) { status, reason in
+                    result.withLock { $0 = (status, reason) }
+                    answered.signal()
+                }
+            }) ?? false
+            if sent {
+                answered.wait()
+                return result.withLock { $0 }
+            }
+        }
+        return nil
     }
 
     /// Counters summed over the workers.

@@ -2,6 +2,7 @@ import Cluster
 import Dialog
 import Foundation
 import Logging
+import SIPParser
 import Synchronization
 import Transport
 
@@ -22,7 +23,8 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
 
     public static let commands = ["ds_list", "ds_set_state", "ds_reload", "address_reload", "ul_dump", "dlg_list", "dlg_end_dlg",
                                   "get_statistics", "reset_statistics", "which", "version",
-                                  "clusterer_list", "clusterer_list_shtags", "clusterer_shtag_set_active", "dlg_rehome"]
+                                  "clusterer_list", "clusterer_list_shtags", "clusterer_shtag_set_active", "dlg_rehome",
+                                  "dlg_send_sequential"]
 
     /// The cluster's fault switch (`cluster_fault block=2,3`) is a command only when the process
     /// was started with SIPEDGE_TEST_FAULTS=1: tests cut the link with it, operators never can.
@@ -234,6 +236,8 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
             }
             guard edge.endDialog(key: key) else { throw MIError(code: -32602, message: "no confirmed dialog \(key)") }
             return "OK"
+        case "dlg_send_sequential":
+            return try sendSequential(params)
         case "get_statistics":
             return statistics(params)
         case "clusterer_list", "clusterer_list_shtags", "clusterer_shtag_set_active", "dlg_rehome", "cluster_fault":
@@ -246,6 +250,54 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
         default:
             throw MIError(code: -32601, message: "unknown command \(Self.shown(method)); `which` lists them")
         }
+    }
+
+    /// `dlg_send_sequential callid=X [method=INVITE] [mode=caller|callee] [body=none|outbound|inbound|
+    /// custom:TYPE:BODY] [headers=...]` (OpenSIPS's parameters; its challenge modes are not offered):
+    /// answered with the final status and reason once the leg has answered.
+    private func sendSequential(_ params: [String: Any]) throws -> Any {
+        guard let callID = params["callid"] as? String, !callID.isEmpty else {
+            throw MIError(code: -32602, message: "dlg_send_sequential needs callid=CALL-ID (or a dialog_id as dlg_list shows it)")
+        }
+        let method = (params["method"] as? String ?? "INVITE").uppercased()
+        guard SIPMethod(method) != nil, !["ACK", "CANCEL", "BYE"].contains(method) else {
+            throw MIError(code: -32602, message: "method \(Self.shown(method)) cannot be sent this way (dlg_end_dlg ends a call)")
+        }
+        let side: DialogRecord.Side
+        switch params["mode"] as? String ?? "caller" {
+        case "caller": side = .client
+        case "callee": side = .backend
+        case let mode: throw MIError(code: -32602, message: "mode \(Self.shown(mode)): caller or callee (the challenge modes are not offered)")
+        }
+        let body: B2BUA.SequentialBody
+        switch params["body"] as? String ?? "none" {
+        case "none": body = .none
+        case "outbound": body = .outbound
+        case "inbound": body = .inbound
+        case let text where text.hasPrefix("custom:"):
+            let rest = text.dropFirst("custom:".count)
+            guard let colon = rest.firstIndex(of: ":"), !rest[..<colon].isEmpty,
+                  rest[..<colon].allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "/+-.".contains($0)) }) else {
+                throw MIError(code: -32602, message: "body=custom:TYPE:BODY, TYPE a media type such as application/sdp")
+            }
+            body = .custom(contentType: String(rest[..<colon]), body: Array(rest[rest.index(after: colon)...].utf8))
+        case let other: throw MIError(code: -32602, message: "body \(Self.shown(other)): none, outbound, inbound or custom:TYPE:BODY")
+        }
+        var headers: [(String, String)] = []
+        if let text = params["headers"] as? String {
+            guard text.utf8.count <= 2_048 else { throw MIError(code: -32602, message: "headers: at most 2,048 bytes") }
+            for line in text.split(whereSeparator: { $0 == "\r" || $0 == "\n" }) where !line.isEmpty {
+                guard let colon = line.firstIndex(of: ":"), SIPMethod(String(line[..<colon]).trimmingCharacters(in: .whitespaces)) != nil else {
+                    throw MIError(code: -32602, message: "headers: \(Self.shown(String(line))) is not Name: value")
+                }
+                headers.append((String(line[..<colon]).trimmingCharacters(in: .whitespaces), String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)))
+            }
+        }
+        guard let answer = edge.sendSequential(callID: callID, to: side, method: method, body: body, headers: headers) else {
+            throw MIError(code: -32602, message: "no confirmed dialog \(Self.shown(callID)) carried by this node, or a re-INVITE is under way in it")
+        }
+        guard let status = answer.status else { return ["status": 408, "reason": "no answer (Timer B)"] as [String: Any] }
+        return ["status": status, "reason": answer.reason ?? ""] as [String: Any]
     }
 
     /// The cluster's commands, answered on the cluster's loop.

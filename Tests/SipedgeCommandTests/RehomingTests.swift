@@ -407,6 +407,33 @@ import Testing
         #expect(ClusterTests.eventually(within: 2) { c.dialogs(2)?.isEmpty == true && c.dialogs(3)?.isEmpty == true })
     }
 
+    @Test(.needsSIPp) func an_operator_sends_requests_within_a_dialog_by_hand_and_gets_their_answers() throws {
+        let c = try Cluster()
+        defer { c.stopAll() }
+        try c.start(nodes: [1, 2, 3])
+        let load = try ScenarioLoad(c, uas: Self.uasLoop(), uac: Self.uacLoop(hold: 20_000), calls: 3, rate: 10)
+        defer { withExtendedLifetime(load) {} }
+        #expect(ClusterTests.eventually(within: 3) { c.dialogs(2)?.count == 3 }, "replicated: \(load.errors)")
+        let callID = try #require((c.object(1, "dlg_list")["Dialogs"] as? [[String: Any]])?.first
+            .flatMap { ($0["client"] as? [String: Any])?["call_id"] as? String })
+        // The call moves to node 2 (both legs re-INVITEd), which then speaks in it by hand.
+        #expect(c.object(2, "dlg_rehome", ["callid": callID])["queued"] as? Int == 1)
+        #expect(ClusterTests.eventually(within: 2) { c.statistic(2, "cluster:rehomed_dialogs") == 1 })
+        let reinvite = Self.runMI(c, node: 2, "dlg_send_sequential", ["callid=\(callID)", "mode=callee", "body=outbound"])
+        #expect(reinvite?.contains("\"status\" : 200") == true || reinvite?.contains("\"status\":200") == true, "\(reinvite ?? "failed")\n\(load.errors)")
+        let update = c.object(2, "dlg_send_sequential", ["callid": callID, "method": "UPDATE", "mode": "caller"])
+        #expect(update["status"] as? Int == 200, "SIPp answers an UPDATE 200 (-aa): \(update)")
+        let options = c.object(2, "dlg_send_sequential", ["callid": callID, "method": "OPTIONS", "mode": "callee",
+                                                          "headers": "X-Operator: maintenance"])
+        #expect(options["status"] as? Int == 200, "\(options)")
+        // Refused with a reason: modes not offered, BYE, a dialog node 2 does not carry.
+        #expect(c.mi(2, "dlg_send_sequential", ["callid": callID, "mode": "challenge"]) == nil)
+        #expect(c.mi(2, "dlg_send_sequential", ["callid": callID, "method": "BYE"]) == nil)
+        #expect(c.mi(2, "dlg_send_sequential", ["callid": "no-such-call"]) == nil)
+        #expect(c.mi(2, "dlg_send_sequential", ["callid": callID, "headers": "Bad header"]) == nil)
+        #expect(load.uac.isRunning && load.uas.isRunning, "the calls are still up: \(load.errors)")
+    }
+
     /// A farm that rings and waits for a CANCEL (answered 200, the INVITE 487).
     static func ringingUAS() -> String {
         """

@@ -246,6 +246,32 @@ extension B2BUA {
         return true
     }
 
+    /// What a `dlg_send_sequential` request carries: nothing, the SDP last sent on the leg
+    /// (`outbound`), the last one the other leg sent (`inbound`), or a body of the operator's.
+    public enum SequentialBody: Sendable {
+        case none, outbound, inbound
+        case custom(contentType: String, body: [UInt8])
+    }
+
+    /// `dlg_send_sequential`: a request of the edge's own on one leg of the dialog this worker
+    /// carries whose key or client Call-ID is `callID`; `done` gets the final status and reason
+    /// (nil: none came). False when there is no such dialog here or a re-INVITE cannot go now.
+    public func sendSequential(callID: String, to side: DialogRecord.Side, method: String, body: SequentialBody,
+                               headers: [(String, String)], done: @escaping @Sendable (Int?, String?) -> Void) -> Bool {
+        clock.assertInLoop()
+        guard let call = table[callID], call.isConfirmed, call.active else { return false }
+        let (contentType, bytes): (String?, [UInt8])
+        switch body {
+        case .none: (contentType, bytes) = (nil, [])
+        case .outbound: (contentType, bytes) = ("application/sdp", call[side].lastSDPSent)
+        case .inbound: (contentType, bytes) = ("application/sdp", call[side.other].lastSDPReceived)
+        case let .custom(type, body): (contentType, bytes) = (type, body)
+        }
+        return sendSequential(call, side, method: method, body: bytes, contentType: bytes.isEmpty ? nil : contentType, headers: headers) { response in
+            done(response?.statusCode, response?.reasonPhrase?.string)
+        }
+    }
+
     /// A retransmitted 2xx to one of the edge's own re-INVITEs: its ACK was lost, so it goes again.
     func edgeReinviteAnsweredAgain(_ call: Call, _ side: DialogRecord.Side) {
         if let ack = side == .client ? call.edgeACKs.client : call.edgeACKs.backend { _ = sender.send(ack, to: call[side].hop) }

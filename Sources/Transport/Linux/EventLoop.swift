@@ -399,14 +399,14 @@ public protocol IterationEndHandler: AnyObject {
 }
 
 /// A one-shot wait between threads for set-up paths (a mutex-guarded flag and a condition variable).
-final class DispatchlessSemaphore: @unchecked Sendable {
+public final class DispatchlessSemaphore: @unchecked Sendable {
     // @unchecked: `signalled` is touched only with `mutex` held; the pthread objects live in
     // allocated memory, so their addresses never move.
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var signalled = false
 
-    init() {
+    public init() {
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(condition, nil)
     }
@@ -418,14 +418,14 @@ final class DispatchlessSemaphore: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    func signal() {
+    public func signal() {
         pthread_mutex_lock(mutex)
         signalled = true
         pthread_cond_signal(condition)
         pthread_mutex_unlock(mutex)
     }
 
-    func wait() {
+    public func wait() {
         pthread_mutex_lock(mutex)
         while !signalled { pthread_cond_wait(condition, mutex) }
         pthread_mutex_unlock(mutex)
