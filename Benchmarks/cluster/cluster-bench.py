@@ -3,6 +3,7 @@
 Prints, last:
 
   replication: overhead X% CPU per call at 500 cps (3 nodes vs 1), sync of 100000 dialogs in S s, detection D ms
+  rehome: N dialogs in T s after failure detection (D ms detection), P% ended cleanly
 
 X: the CPU (user + system, from /proc) of the node SIPp calls through, per call, over a 500 cps run
 of RUN_SECONDS (15 by default) with two more nodes replicating its dialogs, against the same node
@@ -10,7 +11,13 @@ running alone; three rounds alternating, the median of each. S: a node starting 
 SYNC_DIALOGS (100000) dialogs (made up by the test-only `cluster_fault synthesize=N`, about 1 KB
 each with SDP) pulls them; S is what the new node logs from its request to its last chunk. D: node
 1 is killed (SIGKILL) and node 2's `clusterer_list` is asked every 5 ms until it shows node 1 down
-(down_after_milliseconds = 500, the default). Nodes run on 127.0.0.11-13; SIPp on 127.0.0.1.
+(down_after_milliseconds = 500, the default). Rehome: REHOME_DIALOGS (10000) calls held by SIPp
+through node 1 (rehome-uac.xml, rehome-uas.xml: both expect the survivor's re-INVITE and check its
+Contact); node 1 is killed; D is as above, T runs from then until the node holding node1's tag has
+no dialog left to re-home (both legs answered, `rehome_per_second` = 1000 by default), and P is the
+share of calls both SIPps count successful: re-INVITEd on both legs, then ended by the caller's
+BYE to the survivor's Contact with 200. ONLY=rehome runs that part alone.
+Nodes run on 127.0.0.11-13; SIPp on 127.0.0.1.
 Every load is bounded: rate * RUN_SECONDS calls, SIPp's -timeout.
 """
 import json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time
@@ -19,6 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BINARY = os.path.join(ROOT, ".build/release/sipedge")
 RUN_SECONDS = int(os.environ.get("RUN_SECONDS", "15"))
 SYNC_DIALOGS = int(os.environ.get("SYNC_DIALOGS", "100000"))
+REHOME_DIALOGS = int(os.environ.get("REHOME_DIALOGS", "10000"))
+HERE = os.path.dirname(os.path.abspath(__file__))
 RATE = 500
 SIP, MI, LINK, UAS, UAC = 16060, 16061, 16062, 16070, 16080
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -116,9 +125,85 @@ def load(node, seconds):
     return used / calls * 1000
 
 
+def sipp_counts(path):
+    """(successful, failed) calls from the last line of a SIPp -trace_stat file."""
+    try:
+        with open(path) as f:
+            rows = [line.rstrip("\n").split(";") for line in f if line.strip()]
+        header, last = rows[0], rows[-1]
+        return int(last[header.index("SuccessfulCall(C)")]), int(last[header.index("FailedCall(C)")])
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+
+
+def down_seen(killed, node=2):
+    """ms from `killed` until `node` lists node 1 down (polled every 5 ms), or None in 5 s."""
+    while time.monotonic() - killed < 5:
+        nodes = (mi(node, "clusterer_list") or {}).get("nodes", [])
+        if any(p["node_id"] == 1 and p["state"] == "down" for p in nodes):
+            return (time.monotonic() - killed) * 1000
+        time.sleep(0.005)
+    return None
+
+
+def rehome():
+    """REHOME_DIALOGS calls up through node 1, node 1 killed: how long the survivor takes to
+    re-home them all, and how many then end cleanly."""
+    procs = [start(n) for n in (1, 2, 3)]
+    time.sleep(1.5)
+    n = REHOME_DIALOGS
+    rate = 1000
+    uas = subprocess.Popen(["sipp", "-sf", os.path.join(HERE, "rehome-uas.xml"), "-i", "127.0.0.1", "-p", str(UAS), "-m", str(n),
+                            "-nostdin", "-trace_stat", "-stf", os.path.join(work, "uas.csv"), "-fd", "1"],
+                           cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    uac = subprocess.Popen(["sipp", "-sf", os.path.join(HERE, "rehome-uac.xml"), f"{ip(1)}:{SIP}", "-i", "127.0.0.1", "-p", str(UAC),
+                            "-m", str(n), "-r", str(rate), "-l", str(n), "-timeout", "180s", "-nostdin",
+                            "-trace_stat", "-stf", os.path.join(work, "uac.csv"), "-fd", "1"],
+                           cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # All up and replicated: node 2 lists them all.
+    deadline = time.monotonic() + n / rate + 30
+    while time.monotonic() < deadline and ((mi(2, "dlg_list", limit="1") or {}).get("total", 0) < n):
+        time.sleep(0.2)
+    listed = (mi(2, "dlg_list", limit="1") or {}).get("total", 0)
+    procs[0].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    detection = down_seen(killed)
+    detected = time.monotonic()
+    holder, took = None, None
+    while time.monotonic() - killed < 120:
+        tags = {t["tag"]: t for t in (mi(2, "clusterer_list_shtags") or {}).get("tags", [])}
+        holder = tags.get("node1", {}).get("holder")
+        if holder in (2, 3):
+            stats = mi(holder, "get_statistics", statistics="cluster:") or {}
+            if stats.get("cluster:taken_over_dialogs", 0) >= listed and stats.get("cluster:rehome_pending", 1) == 0:
+                took = time.monotonic() - detected
+                break
+        time.sleep(0.05)
+    stats = mi(holder, "get_statistics", statistics="cluster:") or {} if holder else {}
+    for p in (uac, uas):
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    stop(procs[1:])
+    ok_uac, failed_uac = sipp_counts(os.path.join(work, "uac.csv"))
+    ok_uas, failed_uas = sipp_counts(os.path.join(work, "uas.csv"))
+    clean = min(ok_uac, ok_uas) / n * 100
+    print(f"  ({listed} dialogs listed on node 2 at the kill; holder node {holder}: {stats.get('cluster:rehomed_dialogs')} re-homed, "
+          f"{stats.get('cluster:rehome_failures')} failed, {stats.get('cluster:rehome_interrupted')} hung up meanwhile; "
+          f"SIPp UAC {ok_uac} ok / {failed_uac} failed, UAS {ok_uas} ok / {failed_uas} failed)")
+    if took is None or detection is None:
+        return f"rehome: not finished within 120 s ({stats}); see {work}"
+    return f"rehome: {n} dialogs in {took:.1f} s after failure detection ({detection:.0f} ms detection), {clean:.0f}% ended cleanly"
+
+
 def main():
     if not os.path.exists(BINARY):
         sys.exit("build first: swift build -c release --product sipedge")
+    if os.environ.get("ONLY") == "rehome":
+        print(rehome())
+        return
     alone, clustered = [], []
     for round_ in range(3):
         p = start(1, clustered=False)
@@ -148,20 +233,15 @@ def main():
 
     # Detection: node 1 killed, node 2 asked until it says so.
     one.send_signal(signal.SIGKILL)
-    killed = time.monotonic()
-    detection = None
-    while time.monotonic() - killed < 5:
-        nodes = (mi(2, "clusterer_list") or {}).get("nodes", [])
-        if any(p["node_id"] == 1 and p["state"] == "down" for p in nodes):
-            detection = (time.monotonic() - killed) * 1000
-            break
-        time.sleep(0.005)
+    detection = down_seen(time.monotonic())
     stop([one, two, three])
+    rehomed = rehome()
     if sync is None or sync[0] < SYNC_DIALOGS:
         sys.exit(f"node 2 did not sync {SYNC_DIALOGS} dialogs: {sync}; see {work}/node2.log")
     print(f"replication: overhead {overhead:.0f}% CPU per call at {RATE} cps (3 nodes vs 1), "
           f"sync of {sync[0]} dialogs in {sync[1]:.1f} s, detection {detection:.0f} ms" if detection else
           f"replication: overhead {overhead:.0f}% CPU per call at {RATE} cps (3 nodes vs 1), sync of {sync[0]} dialogs in {sync[1]:.1f} s, detection: not seen in 5 s")
+    print(rehomed)
 
 
 if __name__ == "__main__":
