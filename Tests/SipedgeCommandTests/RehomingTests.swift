@@ -434,6 +434,55 @@ import Testing
         #expect(load.uac.isRunning && load.uas.isRunning, "the calls are still up: \(load.errors)")
     }
 
+    @Test(.enabled(if: CallTests.baresip != nil || CallTests.underCI, "needs baresip"))
+    func two_baresip_phones_keep_talking_when_the_node_carrying_their_call_dies_and_hang_up_through_the_survivor() throws {
+        guard let baresip = CallTests.baresip else {
+            if CallTests.underCI { Issue.record("baresip is not installed (make test installs baresip-core)") }
+            return
+        }
+        let c = try Cluster()
+        defer { c.stopAll() }
+        try c.start(nodes: [1, 2, 3])
+        let dir = try Scratch.directory("rehome-baresip")
+        defer { Scratch.remove(dir) }
+        // Bob is the farm (the dispatcher's destination); Alice calls him through node 1.
+        try CallTests.baresipConfig(dir.appendingPathComponent("alice"), user: "alice", port: c.uacPort, rtp: (c.base + 100)...(c.base + 149))
+        try CallTests.baresipConfig(dir.appendingPathComponent("bob"), user: "bob", port: c.uasPort, rtp: (c.base + 150)...(c.base + 199))
+        let bobLog = dir.appendingPathComponent("bob.log"), aliceLog = dir.appendingPathComponent("alice.log")
+        let run = { (args: [String], log: URL) throws -> Process in
+            FileManager.default.createFile(atPath: log.path, contents: nil)
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: baresip)
+            p.arguments = args
+            p.standardOutput = try FileHandle(forWritingTo: log)
+            p.standardError = p.standardOutput
+            p.standardInput = FileHandle.nullDevice
+            try p.run()
+            return p
+        }
+        let bob = try run(["-f", dir.appendingPathComponent("bob").path, "-t", "16"], bobLog)
+        defer { if bob.isRunning { kill(bob.processIdentifier, SIGKILL) } }
+        usleep(500_000)
+        // Alice talks for 9 s and hangs up as she quits.
+        let alice = try run(["-f", dir.appendingPathComponent("alice").path, "-e", "/dial sip:bob@\(Cluster.ip(1)):\(c.sipPort)", "-t", "9"], aliceLog)
+        defer { if alice.isRunning { kill(alice.processIdentifier, SIGKILL) } }
+        func log(_ url: URL) -> String { (try? String(contentsOf: url, encoding: .utf8)) ?? "" }
+        #expect(ClusterTests.eventually(within: 4) { c.dialogs(2)?.count == 1 }, "the call is up and replicated:\n\(log(aliceLog))")
+        usleep(1_000_000)
+        c.kill(1)
+        #expect(ClusterTests.eventually(within: 3) { c.statistic(2, "cluster:rehomed_dialogs") == 1 || c.statistic(3, "cluster:rehomed_dialogs") == 1 },
+                "both phones took the survivor's re-INVITE (or UPDATE):\nalice:\n\(log(aliceLog))\nbob:\n\(log(bobLog))")
+        for _ in 0..<120 where alice.isRunning { usleep(100_000) }
+        for _ in 0..<30 where !log(bobLog).contains("terminated") { usleep(100_000) }
+        let a = log(aliceLog), b = log(bobLog)
+        // Media is end to end: it never touched node 1, and flowed both ways to the end.
+        let aRates = CallTests.lastBitrates(a), bRates = CallTests.lastBitrates(b)
+        #expect((aRates?.tx ?? 0) > 32_000 && (aRates?.rx ?? 0) > 32_000, "alice sent/received \(String(describing: aRates)) bit/s at the end")
+        #expect((bRates?.tx ?? 0) > 32_000 && (bRates?.rx ?? 0) > 32_000, "bob sent/received \(String(describing: bRates)) bit/s at the end")
+        #expect(b.contains("terminated") && bob.isRunning, "alice's BYE reached bob through the survivor before his own timeout:\n\(b)")
+        #expect(ClusterTests.eventually(within: 2) { c.dialogs(2)?.isEmpty == true && c.dialogs(3)?.isEmpty == true })
+    }
+
     /// A farm that rings and waits for a CANCEL (answered 200, the INVITE 487).
     static func ringingUAS() -> String {
         """
