@@ -150,7 +150,30 @@ import Testing
 
     /// The UAS (the farm): answers the INVITE (after `answerAfter` ms, ringing meanwhile), then
     /// expects the re-homing re-INVITE from a survivor (answered with `reinviteStatus`), then a BYE.
-    static func uasScenario(answerAfter: Int = 0, reinviteStatus: Int? = 200, wait: Int = 60_000, udp: Bool = true, byeExpected: Bool = true) -> String {
+    /// `refusedFirst`: the first re-homing re-INVITE is answered with this (the ACK awaited), and
+    /// the next one as `reinviteStatus` says.
+    static func uasScenario(answerAfter: Int = 0, reinviteStatus: Int? = 200, wait: Int = 60_000, udp: Bool = true, byeExpected: Bool = true,
+                            refusedFirst: Int? = nil) -> String {
+        func refusal(_ status: Int) -> String {
+            """
+                  <send>
+                    <![CDATA[
+                      SIP/2.0 \(status) Refused
+                      [last_Via:]
+                      [last_From:]
+                      [last_To:]
+                      [last_Call-ID:]
+                      [last_CSeq:]
+                      Content-Length: 0
+
+                    ]]>
+                  </send>
+                  <recv request="ACK"/>
+                """
+        }
+        let first = refusedFirst.map { status in
+            "<recv request=\"INVITE\" timeout=\"\(wait)\"><action>\(survivorContact(setdest: udp))</action></recv>" + refusal(status)
+        } ?? ""
         let answerRehome: String
         switch reinviteStatus {
         case .some(200):
@@ -174,7 +197,7 @@ import Testing
         case .none:
             answerRehome = ""
         }
-        let rehome = reinviteStatus == nil ? "" : """
+        let rehome = reinviteStatus == nil ? "" : first + """
               <recv request="INVITE" timeout="\(wait)">
                 <action>\(survivorContact(setdest: udp))</action>
               </recv>
@@ -481,6 +504,30 @@ import Testing
         #expect((bRates?.tx ?? 0) > 32_000 && (bRates?.rx ?? 0) > 32_000, "bob sent/received \(String(describing: bRates)) bit/s at the end")
         #expect(b.contains("terminated") && bob.isRunning, "alice's BYE reached bob through the survivor before his own timeout:\n\(b)")
         #expect(ClusterTests.eventually(within: 2) { c.dialogs(2)?.isEmpty == true && c.dialogs(3)?.isEmpty == true })
+    }
+
+    @Test(.needsSIPp) func a_491_from_the_farm_is_tried_again_after_the_back_off_and_the_calls_go_on() throws {
+        let c = try Cluster()
+        defer { c.stopAll() }
+        try c.start(nodes: [1, 2, 3])
+        // The farm's own re-INVITE crossed ours (it says 491): we made that leg's Call-ID, so we
+        // wait 2.1 to 4 s (RFC 3261 §14.1) and try again; the caller hangs up 5 s after its own.
+        let load = try ScenarioLoad(c, uas: Self.uasScenario(refusedFirst: 491), uac: Self.uacScenario(wait: 30_000, byeAfter: 5_000),
+                                    calls: 10, rate: 100)
+        defer { withExtendedLifetime(load) {} }
+        #expect(ClusterTests.eventually(within: 3) { c.dialogs(2)?.count == 10 }, "replicated: \(load.errors)")
+        c.kill(1)
+        let killed = Date()
+        #expect(ClusterTests.eventually(within: 2) { c.statistic(2, "cluster:taken_over_dialogs") == 10 })
+        usleep(1_500_000)
+        #expect(c.statistic(2, "cluster:rehomed_dialogs") == 0, "nobody re-INVITEs the farm again before 2.1 s")
+        #expect(ClusterTests.eventually(within: 5) { c.statistic(2, "cluster:rehomed_dialogs") == 10 }, "\(load.errors)")
+        let took = Date().timeIntervalSince(killed)
+        #expect(took > 2.1, "after the back-off: \(took) s")
+        ClusterTests.finish(load.uac, within: 10)
+        ClusterTests.finish(load.uas, within: 3)
+        #expect(load.uac.terminationStatus == 0 && load.uas.terminationStatus == 0, "\(load.errors)")
+        #expect(c.statistic(2, "cluster:rehome_failures") == 0)
     }
 
     /// A farm that rings and waits for a CANCEL (answered 200, the INVITE 487).
