@@ -206,6 +206,9 @@ public final class EdgeServer: @unchecked Sendable {
                 summarised(TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits), limits: config.streamLimits,
                                               counts: connectionCounts, tls: $0, receiver: receiver))
             }
+            // Outgoing connections leave from the listeners' own addresses (not a wildcard's).
+            tcp.sourceAddresses = Self.sourceAddresses(config.listeners, .tcp)
+            tls?.sourceAddresses = Self.sourceAddresses(config.listeners, .tls)
             let sender = EdgeSender(worker: loop.index, udp: udpByWorker[loop.index] ?? [], ownUDP: ownUDPByWorker[loop.index], tcp: tcp, tlsAccepted: tlsByWorker[loop.index],
                                     tlsOutgoing: tls, workers: workers)
             senders.append(LoopBound(sender, on: loop))
@@ -378,6 +381,16 @@ public final class EdgeServer: @unchecked Sendable {
     /// Ends the dialog with this key (or this client Call-ID) with a BYE on both legs.
     public func endDialog(key: String) -> Bool {
         routing.b2buas.contains { b in (try? b.loop.submitAndWait { b.value.endDialog(key: key) }) ?? false }
+    }
+
+    /// The first listener address of each family for `proto`, where it names one address.
+    static func sourceAddresses(_ listeners: [ListenerSpec], _ proto: TransportProtocol) -> [SocketAddress] {
+        var out: [SocketAddress] = []
+        for l in listeners where l.proto == proto && l.address.ipString != "0.0.0.0" && l.address.ipString != "::"
+            && !out.contains(where: { $0.kernelFamily == l.address.kernelFamily }) {
+            out.append(l.address)
+        }
+        return out
     }
 
     /// `dlg_send_sequential`: the request goes on the worker carrying the dialog, and the answer is

@@ -184,6 +184,23 @@ final class TestClient {
         #expect(first.allSatisfy { $0.isClosedByPeer() })
     }
 
+    @Test func outgoing_connections_leave_from_the_source_address_given() throws {
+        let (serverLoop, serverTable, listener, _) = try Self.server("127.0.0.1", echo: false)
+        defer { serverLoop.stop() }
+        let clientLoop = try EventLoop()
+        let clientTable = TCPConnectionTable(loop: clientLoop, framer: LengthPrefixFramer(maxFrame: 70_000), receiver: StreamCollector())
+        clientTable.sourceAddresses = [SocketAddress(ip: "127.0.0.12", port: 5060)!]
+        try clientLoop.start()
+        defer { clientLoop.stop() }
+        let bound = LoopBound(clientTable, on: clientLoop)
+        let target = listener.localAddress
+        try clientLoop.submitAndWait { _ = try bound.value.connect(to: target) }
+        #expect(LoopTests.eventually { Self.count(serverTable) == 1 })
+        let server = LoopBound(serverTable, on: serverLoop)
+        let peers = try serverLoop.submitAndWait { server.value.connectionsForTests.map(\.remote.ipString) }
+        #expect(peers == ["127.0.0.12"], "from the listener's address, any port")
+    }
+
     @Test func outgoing_connections_are_reused_and_back_pressure_refuses_sends() throws {
         let (serverLoop, serverTable, listener, _) = try Self.server("127.0.0.1", echo: false)
         defer { serverLoop.stop() }

@@ -111,6 +111,9 @@ public final class TCPConnectionTable {
     /// Open connections on this loop.
     public var count: Int { retained.count }
 
+    /// The open connections (tests).
+    var connectionsForTests: [TCPConnection] { Array(retained.values) }
+
     /// The connection to `remote`, if one is open (or an alias points there).
     public func connection(to remote: SocketAddress) -> TCPConnection? { byAddress[remote] }
 
@@ -120,6 +123,11 @@ public final class TCPConnectionTable {
         connection.aliases.append(address)
     }
 
+    /// The addresses outgoing connections leave from, one per family (port 0: any); none: as
+    /// the kernel routes. A node's listener address, so that a peer that knows it by address (an
+    /// Asterisk identifying its endpoints by IP) recognises a connection from it.
+    public var sourceAddresses: [SocketAddress] = []
+
     /// The open connection to `remote`, or a new outgoing one (bytes sent before it is up are
     /// queued). For TLS, `serverName` is sent as SNI and must be what the certificate names.
     public func connect(to remote: SocketAddress, serverName: String? = nil) throws(TransportError) -> TCPConnection {
@@ -128,6 +136,9 @@ public final class TCPConnectionTable {
         do {
             let socket = try Socket(family: remote.kernelFamily, type: Int32(SOCK_STREAM.rawValue))
             try socket.setOption(Int32(IPPROTO_TCP), TCP_NODELAY, Int32(1), "TCP_NODELAY")
+            if let source = sourceAddresses.first(where: { $0.kernelFamily == remote.kernelFamily }) {
+                try socket.bind(to: source.with(port: 0))
+            }
             let done = try socket.connect(to: remote)
             let session = try tls.map { context throws(TLSError) in
                 try TLSSession(context: context, serverName: serverName ?? remote.ipString)
