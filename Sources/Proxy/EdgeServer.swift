@@ -216,6 +216,9 @@ public final class EdgeServer: @unchecked Sendable {
             b2bua.passOnCancel = { [routing, worker = loop.index] cancel, hop, tag, first in
                 routing.passOnCancel(cancel, from: hop, listenerTag: tag, at: worker, firstWorker: first)
             }
+            b2bua.userRegistered = { [routing] aor, hop in
+                for b in routing.b2buas { b.loop.execute { b.value.registered(addressOfRecord: aor, over: hop) } }
+            }
             routing.b2buas.append(LoopBound(b2bua, on: loop))
         }
         for s in senders { s.value.peers = senders }

@@ -102,12 +102,12 @@ import Testing
         let fd: Int32
         var buffer: [UInt8] = []
 
-        init?(port: Int) {
+        init?(port: Int, host: String = "127.0.0.1") {
             fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             var a = sockaddr_in()
             a.sin_family = sa_family_t(AF_INET)
             a.sin_port = in_port_t(UInt16(port).bigEndian)
-            inet_pton(AF_INET, "127.0.0.1", &a.sin_addr)
+            inet_pton(AF_INET, host, &a.sin_addr)
             let ok = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
             } }

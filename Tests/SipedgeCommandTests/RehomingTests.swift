@@ -530,6 +530,86 @@ import Testing
         #expect(c.statistic(2, "cluster:rehome_failures") == 0)
     }
 
+    /// Phones behind NAT over TCP (their Contact reaches nobody: only their own connection does)
+    /// call through node 1, which dies with their connections. The survivor cannot reach them and
+    /// waits; Alice registers again on it, Bob sends a request in his dialog: each is re-homed over
+    /// that new connection, and each hangs up through the survivor.
+    @Test(.needsSIPp) func phones_behind_nat_over_tcp_are_rehomed_when_they_register_or_speak_again_on_the_survivor() throws {
+        typealias Phone = RegistrarTests.TCPPhone
+        let c = try Cluster(extra: "[registrar]", transport: "tcp")
+        defer { c.stopAll() }
+        try c.start(nodes: [1, 2, 3])
+        let dir = try Scratch.directory("nat-tcp")
+        defer { Scratch.remove(dir) }
+        try Self.uasLoop().write(to: dir.appendingPathComponent("uas.xml"), atomically: true, encoding: .utf8)
+        let uas = try ClusterTests.sipp(["-sf", "uas.xml", "-aa", "-i", "127.0.0.1", "-p", "\(c.uasPort)", "-m", "2"], in: dir)
+        defer { if uas.isRunning { kill(uas.processIdentifier, SIGKILL) } }
+        usleep(300_000)
+        let sdp = "v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0\r\n"
+        func request(_ method: String, _ user: String, to target: String, toTag: String?, cseq: Int, callID: String, body: String = "") -> String {
+            "\(method) \(target) SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bK\(user)\(method)\(cseq)\r\nMax-Forwards: 70\r\n"
+                + "From: <sip:\(user)@127.0.0.1>;tag=\(user)1\r\nTo: <sip:service@\(Cluster.ip(1))>\(toTag.map { ";tag=\($0)" } ?? "")\r\n"
+                + "Call-ID: \(callID)\r\nCSeq: \(cseq) \(method)\r\nContact: <sip:\(user)@127.0.0.1:9;transport=tcp>\r\n"
+                + (body.isEmpty ? "" : "Content-Type: application/sdp\r\n") + "Content-Length: \(body.utf8.count)\r\n\r\n" + body
+        }
+        /// Messages from `phone` until one satisfies `wanted` (at most 10 reads); that one.
+        func next(_ phone: Phone, _ wanted: (String) -> Bool) -> String? {
+            for _ in 0..<10 {
+                guard let m = phone.receive() else { return nil }
+                if wanted(m) { return m }
+            }
+            return nil
+        }
+        // Two calls up through node 1, each phone on a connection of its own.
+        var edgeTag: [String: String] = [:]
+        var firstConnections: [Phone] = []
+        for user in ["alice", "bob"] {
+            let phone = try #require(Phone(port: c.sipPort, host: Cluster.ip(1)))
+            phone.send(request("INVITE", user, to: "sip:service@\(Cluster.ip(1)):\(c.sipPort);transport=tcp", toTag: nil, cseq: 1,
+                               callID: "nat-\(user)", body: sdp))
+            let ok = try #require(next(phone) { $0.hasPrefix("SIP/2.0 200") }, "\(user)'s call answered")
+            let toLine = try #require(ok.split(separator: "\r\n").first { $0.lowercased().hasPrefix("to:") })
+            edgeTag[user] = String(toLine[toLine.range(of: "tag=")!.upperBound...].prefix { $0 != ";" && $0 != ">" })
+            phone.send(request("ACK", user, to: "sip:edge@\(Cluster.ip(1)):\(c.sipPort);transport=tcp", toTag: edgeTag[user], cseq: 1, callID: "nat-\(user)"))
+            firstConnections.append(phone)
+        }
+        #expect(ClusterTests.eventually(within: 3) { c.dialogs(2)?.count == 2 }, "both calls up and replicated")
+        c.kill(1)
+        // The survivor re-homes the farm's legs; the phones' legs wait (their Contact is unreachable).
+        #expect(ClusterTests.eventually(within: 3) { c.statistic(2, "cluster:taken_over_dialogs") == 2 })
+        usleep(500_000)
+        #expect(c.statistic(2, "cluster:rehomed_dialogs") == 0 && c.statistic(2, "cluster:rehome_pending") == 2, "waiting for the phones")
+
+        // Alice registers again, now on node 2: her call is re-homed over that connection.
+        let alice = try #require(Phone(port: c.sipPort, host: Cluster.ip(2)))
+        alice.send("REGISTER sip:\(Cluster.ip(2)):\(c.sipPort) SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKnatreg1\r\n"
+            + "From: <sip:alice@127.0.0.1>;tag=r1\r\nTo: <sip:alice@127.0.0.1>\r\nCall-ID: natreg-1\r\nCSeq: 1 REGISTER\r\n"
+            + "Contact: <sip:alice@127.0.0.1:9;transport=tcp>\r\nExpires: 300\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+        #expect(next(alice) { $0.hasPrefix("SIP/2.0 200") }?.contains("CSeq: 1 REGISTER") == true)
+        let reinviteA = try #require(next(alice) { $0.hasPrefix("INVITE ") }, "re-homed over the new connection")
+        #expect(reinviteA.contains("Contact: <sip:edge@\(Cluster.ip(2)):\(c.sipPort);transport=tcp>") && reinviteA.contains("Call-ID: nat-alice"))
+        alice.send(Phone.answer(reinviteA, "200 OK", body: sdp))
+        #expect(next(alice) { $0.hasPrefix("ACK ") } != nil)
+
+        // Bob speaks in his dialog, on node 2: the same, over his new connection.
+        let bob = try #require(Phone(port: c.sipPort, host: Cluster.ip(2)))
+        bob.send(request("OPTIONS", "bob", to: "sip:edge@\(Cluster.ip(2)):\(c.sipPort);transport=tcp", toTag: edgeTag["bob"], cseq: 2, callID: "nat-bob"))
+        let reinviteB = try #require(next(bob) { $0.hasPrefix("INVITE ") }, "re-homed over the new connection")
+        #expect(reinviteB.contains("Call-ID: nat-bob"))
+        bob.send(Phone.answer(reinviteB, "200 OK", body: sdp))
+        #expect(next(bob) { $0.hasPrefix("ACK ") } != nil)
+        #expect(ClusterTests.eventually(within: 2) { c.statistic(2, "cluster:rehomed_dialogs") == 2 })
+
+        // Both hang up through node 2; the farm gets both BYEs.
+        alice.send(request("BYE", "alice", to: "sip:edge@\(Cluster.ip(2)):\(c.sipPort);transport=tcp", toTag: edgeTag["alice"], cseq: 3, callID: "nat-alice"))
+        bob.send(request("BYE", "bob", to: "sip:edge@\(Cluster.ip(2)):\(c.sipPort);transport=tcp", toTag: edgeTag["bob"], cseq: 3, callID: "nat-bob"))
+        #expect(next(alice) { $0.hasPrefix("SIP/2.0 200") && $0.contains("BYE") } != nil)
+        #expect(next(bob) { $0.hasPrefix("SIP/2.0 200") && $0.contains("BYE") } != nil)
+        ClusterTests.finish(uas, within: 5)
+        #expect(uas.terminationStatus == 0, "the farm saw both calls re-homed and ended")
+        withExtendedLifetime(firstConnections) {}
+    }
+
     /// A farm that rings and waits for a CANCEL (answered 200, the INVITE 487).
     static func ringingUAS() -> String {
         """

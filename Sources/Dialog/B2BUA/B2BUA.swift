@@ -23,6 +23,11 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
     /// kernel queued it on another worker's socket) is offered here with the worker it first
     /// reached; true when another worker takes it, false when every worker has looked (481).
     public var passOnCancel: ((_ cancel: SIPMessage, _ hop: Hop, _ listenerTag: String, _ firstWorker: Int) -> Bool)?
+    /// A user registered (2xx) over a connection: every worker is told (`registered(addressOfRecord:over:)`),
+    /// since a call waiting for that phone to reconnect may live on any of them.
+    public var userRegistered: ((_ addressOfRecord: String, _ hop: Hop) -> Void)?
+    /// Calls whose caller's leg waits for its phone to connect again, by its address of record.
+    var awaitingReconnect: [String: [UInt32]] = [:]
     var ids: ShardedIdentifiers
     /// Client Call-IDs of calls that ended in the last 64*T1 (as their hashes: the process's
     /// Hasher is seeded at random, so no one can make one collide), oldest first: a late copy of

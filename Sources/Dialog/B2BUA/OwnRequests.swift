@@ -12,6 +12,7 @@ extension B2BUA {
         switch registrar.register(request, from: tx.peer) {
         case .answer(let status, let headers):
             respond(tx, status: status, extra: headers)
+            registeredOverConnection(request, tx, status: status)
         case .forward(let upstream):
             forwardRegistration(request, tx, upstream, registrar: registrar)
         }
@@ -42,7 +43,16 @@ extension B2BUA {
             guard let self, self.transactions.server[tx.key] === tx else { return }
             let (status, headers) = registrar.upstreamAnswered(request, from: tx.peer, upstream: up, response: response)
             self.respond(tx, status: status, extra: headers)
+            self.registeredOverConnection(request, tx, status: status)
         })
+    }
+
+    /// A phone registered over its own connection: calls waiting for it to reconnect (after a
+    /// take-over) can reach it now.
+    private func registeredOverConnection(_ request: SIPMessage, _ tx: ServerTxRecord, status: Int) {
+        guard status >= 200, status < 300, tx.peer.transport != .udp, let to = request.firstValue(.to),
+              let aor = Self.addressOfRecord(to.bytes) else { return }
+        if let userRegistered { userRegistered(aor, tx.peer) } else { registered(addressOfRecord: aor, over: tx.peer) }
     }
 
     /// Sends an OPTIONS outside any dialog to `hop` (the dispatcher's probe); `done` gets the final

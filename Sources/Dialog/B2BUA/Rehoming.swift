@@ -117,9 +117,11 @@ extension B2BUA {
             rehomeLeg(call, side, preferInvite: true)
         case nil where call[side].hop.transport != .udp && side == .client:
             // An endpoint that had connected to the old node (a phone behind NAT over TCP or TLS)
-            // cannot be reached until it connects again: its next request re-homes the leg.
+            // cannot be reached until it connects again: its next request, or its registration,
+            // on this node re-homes the leg over that connection.
             let timer = clock.schedule(afterMilliseconds: Self.reconnectWaitMilliseconds, target: self, token: rehomeToken(call, side))
             call.rehoming?[side] = .awaitingReconnect(timer)
+            if let aor = Self.addressOfRecord(call[side].remoteURI) { awaitingReconnect[aor, default: []].append(call.number) }
         case nil, .some(408), .some(481):
             // The endpoint is gone or no longer knows the dialog: the call ends on the other leg.
             rehomeFailed(call, except: side, status: status ?? 408)
@@ -143,7 +145,9 @@ extension B2BUA {
         guard let rehoming = call.rehoming, !call.isEnded else { return }
         switch rehoming[side] {
         case .backingOff: rehomeLeg(call, side)
-        case .awaitingReconnect: rehomeFailed(call, except: side, status: 408)
+        case .awaitingReconnect:
+            stopAwaitingReconnect(call)
+            rehomeFailed(call, except: side, status: 408)
         case .sent, .done: break
         }
     }
@@ -153,7 +157,38 @@ extension B2BUA {
     func reconnected(_ call: Call, _ side: DialogRecord.Side) {
         guard case .awaitingReconnect(let timer)? = call.rehoming?[side] else { return }
         clock.cancel(timer)
+        stopAwaitingReconnect(call)
         rehomeLeg(call, side)
+    }
+
+    private func stopAwaitingReconnect(_ call: Call) {
+        guard let aor = Self.addressOfRecord(call[.client].remoteURI), var numbers = awaitingReconnect[aor] else { return }
+        numbers.removeAll { $0 == call.number }
+        awaitingReconnect[aor] = numbers.isEmpty ? nil : numbers
+    }
+
+    /// A user registered over a connection (on any worker of this node): its calls on this worker
+    /// that wait for their phone to reconnect are re-homed over that connection (`hop`).
+    public func registered(addressOfRecord aor: String, over hop: Hop) {
+        clock.assertInLoop()
+        guard let numbers = awaitingReconnect.removeValue(forKey: aor) else { return }
+        for number in numbers {
+            guard let call = table.byNumber[number], case .awaitingReconnect? = call.rehoming?[.client],
+                  call[.client].hop.transport == hop.transport else { continue }
+            table.update(call) { $0.client.hop = hop }
+            reconnected(call, .client)
+        }
+    }
+
+    /// "user@host" of a From/To value or URI (host in lower case): how a registration and a
+    /// caller's leg are matched.
+    static func addressOfRecord(_ nameAddress: some Collection<UInt8>) -> String? {
+        var bytes = Array(nameAddress)
+        if let open = bytes.firstIndex(of: UInt8(ascii: "<")), let close = bytes[open...].firstIndex(of: UInt8(ascii: ">")) {
+            bytes = Array(bytes[(open + 1)..<close])
+        }
+        guard let uri = try? SIPURI(bytes, 0, bytes.count), let user = uri.user else { return nil }
+        return "\(String(decoding: user.bytes, as: UTF8.self))@\(uri.host.string.lowercased())"
     }
 
     private func legRehomed(_ call: Call, _ side: DialogRecord.Side) {
@@ -176,7 +211,10 @@ extension B2BUA {
         call.rehoming = nil
         for side in [DialogRecord.Side.client, .backend] {
             switch rehoming[side] {
-            case .backingOff(let t), .awaitingReconnect(let t): clock.cancel(t)
+            case .backingOff(let t): clock.cancel(t)
+            case .awaitingReconnect(let t):
+                clock.cancel(t)
+                stopAwaitingReconnect(call)
             case .sent, .done: break
             }
         }
