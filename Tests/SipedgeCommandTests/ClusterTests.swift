@@ -26,8 +26,13 @@ import Testing
         /// Lines added to each node's `[cluster]` section.
         let clusterExtra: String
 
-        init(secret: String = "", extra: String = "", databases: Bool = false, transport: String = "udp", cluster: String = "") throws {
+        /// Where the dispatcher sends calls, given the cluster's first port (by default the SIPp UAS on `uasPort`).
+        let destination: ((_ base: Int) -> String)?
+
+        init(secret: String = "", extra: String = "", databases: Bool = false, transport: String = "udp", cluster: String = "",
+             destination: ((_ base: Int) -> String)? = nil) throws {
             self.clusterExtra = cluster
+            self.destination = destination
             self.secret = secret
             self.extra = extra
             self.transport = transport
@@ -42,7 +47,7 @@ import Testing
             \(extra)
             \(databases.map { "[database]\npath = \"\($0.path)/node\(n).db\"" } ?? "")
             [dispatcher]
-            destinations = ["127.0.0.1:\(uasPort)"]
+            destinations = ["\(destination?(base) ?? "127.0.0.1:\(uasPort)")"]
             \(transport == "udp" ? "" : "[[listener]]\nproto = \"\(transport)\"\naddress = \"\(Self.ip(n))\"\nport = \(sipPort)\ntag = \"public\"")
             [[listener]]
             proto = "udp"

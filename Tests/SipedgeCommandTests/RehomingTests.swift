@@ -343,14 +343,12 @@ import Testing
 
     /// 200 calls up through node 1, node 1 killed: the node that takes its tag re-INVITEs both legs
     /// of every call with its own Contact within 2 s; the callers' BYEs to that Contact end them all.
-    func rehomeAfterKill(transport: String, calls: Int = 200) throws {
-        // (SIPp over TCP leaves requests that reach it back to back on one connection unread: the
-        // survivor sends one re-INVITE per 10 ms there.)
-        let c = try Cluster(transport: transport, cluster: transport == "udp" ? "" : "rehome_per_second = 100")
+    @Test(.needsSIPp) func a_killed_nodes_calls_are_reinvited_by_the_survivor_within_2_s_and_end_with_byes_to_it() throws {
+        let calls = 200
+        let c = try Cluster()
         defer { c.stopAll() }
         try c.start(nodes: [1, 2, 3])
-        let sippTransport = transport == "udp" ? "u1" : "tn"
-        let load = try ScenarioLoad(c, uas: Self.uasScenario(), uac: Self.uacScenario(wait: 60_000, contactPort: c.uacPort), calls: calls, rate: 100, transport: sippTransport)
+        let load = try ScenarioLoad(c, uas: Self.uasScenario(), uac: Self.uacScenario(wait: 60_000), calls: calls, rate: 100)
         defer { withExtendedLifetime(load) {} }
         #expect(ClusterTests.eventually(within: 6) { c.dialogs(2)?.count == calls && c.dialogs(3)?.count == calls }, "replicated: \(load.errors)")
 
@@ -530,6 +528,57 @@ import Testing
         #expect(c.statistic(2, "cluster:rehome_failures") == 0)
     }
 
+    /// Both legs over TCP: the callers (SIPp), and the farm behind a second SIPEdge reached over
+    /// TCP (a SIPp UAS cannot take requests on a new TCP connection). The survivor re-homes the
+    /// backend leg over a new connection to that SIPEdge's Contact, from its own address.
+    @Test(.needsSIPp) func both_legs_over_tcp_are_rehomed_over_new_connections_from_the_survivors_address() throws {
+        let frontIP = "127.0.0.14"
+        // (SIPp over TCP leaves requests that reach it back to back on one connection unread: the
+        // survivor sends one re-INVITE per 10 ms here, 20 calls.)
+        let c = try Cluster(transport: "tcp", cluster: "rehome_per_second = 100", destination: { "sip:\(frontIP):\($0 + 30);transport=tcp" })
+        defer { c.stopAll() }
+        let frontPort = c.base + 30
+        let front = try CallTests.Edge(config: """
+            workers = 2
+            [dispatcher]
+            destinations = ["127.0.0.1:\(c.uasPort)"]
+            [[listener]]
+            proto = "tcp"
+            address = "\(frontIP)"
+            port = \(frontPort)
+            tag = "public"
+            [[listener]]
+            proto = "udp"
+            address = "\(frontIP)"
+            port = \(frontPort)
+            tag = "public"
+            [mi]
+            address = "\(frontIP)"
+            port = \(frontPort + 1)
+            """)
+        defer { front.stop() }
+        #expect(front.waitFor("mi listening"), "\(front.output)")
+        try c.start(nodes: [1, 2, 3])
+        let calls = 20
+        // (The second SIPEdge allows UPDATE: node 2 re-homes its leg with one, which it relays to
+        // the farm; SIPp answers it by itself, -aa.)
+        let load = try ScenarioLoad(c, uas: Self.uasScenario(reinviteStatus: nil), uac: Self.uacScenario(wait: 60_000, contactPort: c.uacPort),
+                                    calls: calls, rate: 100, transport: "tn")
+        defer { withExtendedLifetime(load) {} }
+        #expect(ClusterTests.eventually(within: 4) { c.dialogs(2)?.count == calls }, "replicated: \(load.errors)")
+        c.kill(1)
+        #expect(ClusterTests.eventually(within: 3) { c.statistic(2, "cluster:rehomed_dialogs") == calls },
+                "node 2 re-homed \(c.statistic(2, "cluster:rehomed_dialogs") ?? -1) of \(calls):\n\(load.errors)")
+        // The second SIPEdge now reaches node 2's side of every call over the connection node 2
+        // opened, from node 2's own address.
+        let frontLegs = (MIClient.call(host: frontIP, port: frontPort + 1, method: "dlg_list", params: ["limit": "40"]) as? [String: Any])?["Dialogs"] as? [[String: Any]] ?? []
+        let hops = Set(frontLegs.compactMap { ($0["client"] as? [String: Any])?["hop"] as? String }.map { $0.split(separator: ":").prefix(2).joined(separator: ":") })
+        #expect(frontLegs.count == calls && hops == ["tcp:127.0.0.12"], "\(hops)")
+        ClusterTests.finish(load.uac, within: 15)
+        ClusterTests.finish(load.uas, within: 5)
+        #expect(load.uac.terminationStatus == 0 && load.uas.terminationStatus == 0, "every call re-homed on both legs and ended:\n\(load.errors)")
+    }
+
     /// Phones behind NAT over TCP (their Contact reaches nobody: only their own connection does)
     /// call through node 1, which dies with their connections. The survivor cannot reach them and
     /// waits; Alice registers again on it, Bob sends a request in his dialog: each is re-homed over
@@ -688,16 +737,6 @@ import Testing
         return p.terminationStatus == 0 ? text : nil
     }
 
-    @Test(.needsSIPp) func a_killed_nodes_calls_are_reinvited_by_the_survivor_within_2_s_and_end_with_byes_to_it() throws {
-        try rehomeAfterKill(transport: "udp")
-    }
 
-    /// The callers over TCP: their connections to node 1 die with it; the survivor opens new ones
-    /// to the address their Contact gives. (The farm stays on UDP: a SIPp UAS cannot take a call's
-    /// requests over a new TCP connection once the first one is gone. A backend leg over TCP is
-    /// re-homed the same way: `RehomingSpecTests`.) Fewer calls: SIPp needs them paced over TCP.
-    @Test(.needsSIPp)
-    func the_same_over_tcp_with_new_connections_from_the_survivor() throws {
-        try rehomeAfterKill(transport: "tcp", calls: 20)
-    }
+
 }
