@@ -736,7 +736,4 @@ import Testing
         p.waitUntilExit()
         return p.terminationStatus == 0 ? text : nil
     }
-
-
-
 }
