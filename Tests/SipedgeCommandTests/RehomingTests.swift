@@ -504,6 +504,98 @@ import Testing
         #expect(ClusterTests.eventually(within: 2) { c.dialogs(2)?.isEmpty == true && c.dialogs(3)?.isEmpty == true })
     }
 
+    /// The farm's own re-INVITE crosses the survivor's (glare, RFC 3261 §14.2): the farm answers
+    /// ours 491 and gets 491 for its own; the survivor tries again after the back-off.
+    static func glaringUAS() -> String {
+        let plain = uasScenario(reinviteStatus: nil)
+        let bye = plain.range(of: "<recv request=\"BYE\" timeout=\"60000\"/>")!
+        return String(plain[..<bye.lowerBound]) + """
+              <recv request="INVITE" timeout="30000">
+                <action>
+                  \(survivorContact())
+                  <ereg regexp=";tag=([^;> ]+)" search_in="hdr" header="From:" assign_to="y,edgetag"/>
+                </action>
+              </recv>
+              <send>
+                <![CDATA[
+                  INVITE sip:edge@[$host]:[$port] SIP/2.0
+                  Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+                  Max-Forwards: 70
+                  From: <sip:service@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
+                  To: <sip:sipp@[$host]>;tag=[$edgetag]
+                  Call-ID: [call_id]
+                  CSeq: 10 INVITE
+                  Contact: <sip:sipp@[local_ip]:[local_port]>
+                  Content-Type: application/sdp
+                  Content-Length: [len]
+
+                  \(sdp)
+                ]]>
+              </send>
+              <send>
+                <![CDATA[
+                  SIP/2.0 491 Request Pending
+                  [last_Via:]
+                  [last_From:]
+                  [last_To:]
+                  [last_Call-ID:]
+                  [last_CSeq:]
+                  Content-Length: 0
+
+                ]]>
+              </send>
+              <recv response="100" optional="true"/>
+              <recv response="491"/>
+              <send>
+                <![CDATA[
+                  ACK sip:edge@[$host]:[$port] SIP/2.0
+                  [last_Via:]
+                  Max-Forwards: 70
+                  From: <sip:service@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
+                  To: <sip:sipp@[$host]>;tag=[$edgetag]
+                  Call-ID: [call_id]
+                  CSeq: 10 ACK
+                  Content-Length: 0
+
+                ]]>
+              </send>
+              <recv request="ACK"/>
+              <recv request="INVITE" timeout="10000"/>
+            \(okWithSDP)
+              <recv request="ACK"/>
+              <recv request="BYE" timeout="30000"/>
+              <send>
+                <![CDATA[
+                  SIP/2.0 200 OK
+                  [last_Via:]
+                  [last_From:]
+                  [last_To:]
+                  [last_Call-ID:]
+                  [last_CSeq:]
+                  Content-Length: 0
+
+                ]]>
+              </send>
+              <Reference variables="contact,y"/>
+            </scenario>
+            """
+    }
+
+    @Test(.needsSIPp) func a_reinvite_from_the_farm_that_crosses_the_survivors_is_refused_both_ways_and_the_survivor_tries_again() throws {
+        let c = try Cluster()
+        defer { c.stopAll() }
+        try c.start(nodes: [1, 2, 3])
+        let load = try ScenarioLoad(c, uas: Self.glaringUAS(), uac: Self.uacScenario(wait: 30_000, byeAfter: 5_000), calls: 5, rate: 100)
+        defer { withExtendedLifetime(load) {} }
+        #expect(ClusterTests.eventually(within: 3) { c.dialogs(2)?.count == 5 }, "replicated: \(load.errors)")
+        c.kill(1)
+        #expect(ClusterTests.eventually(within: 7) { c.statistic(2, "cluster:rehomed_dialogs") == 5 }, "\(load.errors)")
+        ClusterTests.finish(load.uac, within: 10)
+        ClusterTests.finish(load.uas, within: 3)
+        #expect(load.uac.terminationStatus == 0 && load.uas.terminationStatus == 0,
+                "the farm's re-INVITE got 491, ours was tried again and every call ended with 200:\n\(load.errors)")
+    }
+
     @Test(.needsSIPp) func a_491_from_the_farm_is_tried_again_after_the_back_off_and_the_calls_go_on() throws {
         let c = try Cluster()
         defer { c.stopAll() }
