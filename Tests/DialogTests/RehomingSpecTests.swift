@@ -114,6 +114,23 @@ import Transport
         #expect(n1 == n2 + 1, "we do not own the caller's Call-ID: within 2 s")
     }
 
+    @Test func rfc3261_14_2_the_farms_reinvite_that_crosses_ours_gets_491_and_ours_goes_again_after_its_491() throws {
+        let (record, _, invite) = try Self.callOnNodeOne()
+        let two = Self.nodeTwo()
+        let outcome = Self.takeOver(record, on: two)
+        let ours = try #require(two.next(to: Self.backend))
+        two.fromBackend(two.backendRequest("INVITE", cseq: 10, on: invite, body: Stage.answerSDP))
+        #expect(two.unread(to: Self.backend).compactMap(\.statusCode) == [100, 491])
+        #expect(two.unread(to: Self.caller).allSatisfy { $0.method == .invite && $0.body.string == Stage.answerSDP }, "nothing relayed to the caller")
+        two.fromBackend(Stage.response(to: ours, 491, toTag: nil))
+        two.wait(4_010)
+        let again = try #require(two.unread(to: Self.backend).first { $0.method == .invite })
+        two.fromBackend(Stage.response(to: again, 200, toTag: nil, body: Stage.answerSDP))
+        let toCaller = try #require(two.sender.log.first { $0.message.method == .invite && $0.hop.address == Self.caller.address }?.message)
+        two.fromCaller(Stage.response(to: toCaller, 200, toTag: nil, body: Stage.sdp))
+        #expect(outcome.value == .rehomed)
+    }
+
     @Test func a_481_to_rehoming_ends_the_call_with_a_bye_and_a_reason_on_the_other_leg() throws {
         let (record, _, _) = try Self.callOnNodeOne()
         let two = Self.nodeTwo()

@@ -8,304 +8,100 @@ import Testing
 @Suite(.serialized) struct RehomingTests {
     typealias Cluster = ClusterTests.Cluster
 
-    static let sdp = """
-        v=0
-        o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-        s=-
-        c=IN IP[media_ip_type] [media_ip]
-        t=0 0
-        m=audio [media_port] RTP/AVP 0
-        a=rtpmap:0 PCMU/8000
-
-        """
+    typealias S = Scenarios
 
     /// The Contact of a re-homing request: a survivor's address (127.0.0.12 or .13), never node 1's;
     /// what the call sends from then on goes there (SIPp would answer the address it first spoke
     /// to, where RFC 3261 §18.2.2 says the Via's: the same survivor here).
-    /// (A SIPp UAS over TCP answers on the connection a request came on, and cannot move a
-    /// connection other calls share: `setdest: false` there.)
-    static func survivorContact(setdest: Bool = true) -> String {
-        #"<ereg regexp="&lt;sip:[^@>]*@(127\.0\.0\.1[23]):([0-9]+)" search_in="hdr" header="Contact:" check_it="true" assign_to="contact,host,port"/>"#
-            + (setdest ? #"<setdest host="[$host]" port="[$port]" protocol="[transport]"/>"# : "")
+    static let survivorContact = #"<ereg regexp="&lt;sip:[^@>]*@(127\.0\.0\.1[23]):([0-9]+)" search_in="hdr" header="Contact:" check_it="true" assign_to="contact,host,port"/>"#
+        + #"<setdest host="[$host]" port="[$port]" protocol="[transport]"/>"#
+
+    /// The re-homing re-INVITE, from a survivor, within `timeout` ms (`extra`: more actions).
+    static func rehomingInvite(timeout: Int, extra: String = "") -> String {
+        "<recv request=\"INVITE\" timeout=\"\(timeout)\"><action>\(survivorContact)\(extra)</action></recv>"
     }
 
-    /// A 200 to the request just received, with an SDP answer.
-    static let okWithSDP = """
-          <send>
-            <![CDATA[
-              SIP/2.0 200 OK
-              [last_Via:]
-              [last_From:]
-              [last_To:]
-              [last_Call-ID:]
-              [last_CSeq:]
-              Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
-              Content-Type: application/sdp
-              Content-Length: [len]
+    /// A 200 to the request just received, with an SDP answer; a plain 200; a refusal and its ACK.
+    static let okWithSDP = S.calleeAnswers("200 OK", tag: false, sdp: true)
+    static let ok = S.calleeAnswers("200 OK", tag: false)
+    static func refused(_ status: Int) -> String { S.calleeAnswers("\(status) Refused", tag: false) + "<recv request=\"ACK\"/>" }
+    /// The edge's tag on the caller's leg, from the re-homing re-INVITE's From.
+    static let edgeTag = #"<ereg regexp=";tag=([^;> ]+)" search_in="hdr" header="From:" assign_to="x,edgetag"/>"#
 
-              \(sdp)
-            ]]>
-          </send>
-        """
-
-    /// The UAC: INVITE, 200, ACK; then (within `wait` ms) a re-INVITE from a survivor, answered;
-    /// then a BYE sent to the Contact that re-INVITE gave. With `expectReinvite: false` the call
-    /// just hangs up through node 1 after `wait` ms.
-    /// `endedBy`: instead of hanging up, the caller expects the edge's BYE with this Reason cause.
-    static func uacScenario(wait: Int, expectReinvite: Bool = true, contactPort: Int? = nil, byeAfter: Int = 1_000, endedBy: Int? = nil) -> String {
+    /// The caller's INVITE (its Contact on `contactPort`), the answer and the ACK.
+    static func callerSetUp(contactPort: Int?) -> [String] {
         // (Over TCP in SIPp's "tn" mode, [local_port] is the call's own connection's port, which
         // does not listen: the Contact names the port SIPp listens on.)
-        let contactPort = contactPort.map(String.init) ?? "[local_port]"
-        let rehome = expectReinvite ? """
-              <recv request="INVITE" timeout="\(wait)">
-                <action>
-                  \(survivorContact())
-                  <ereg regexp=";tag=([^;> ]+)" search_in="hdr" header="From:" assign_to="x,edgetag"/>
-                </action>
-              </recv>
-            \(okWithSDP)
-              \(endedBy == nil ? "<recv request=\"ACK\"/><pause milliseconds=\"\(byeAfter)\"/>" : "<recv request=\"ACK\" optional=\"true\"/>")
-            """ : "<pause milliseconds=\"\(wait)\"/>"
-        let byeURI = expectReinvite ? "sip:edge@[$host]:[$port];transport=[transport]" : "sip:[service]@[remote_ip]:[remote_port];transport=[transport]"
-        let toTag = expectReinvite ? ";tag=[$edgetag]" : "[peer_tag_param]"
-        return """
-            <?xml version="1.0" encoding="ISO-8859-1" ?>
-            <scenario name="a call that is re-homed">
-              <send retrans="500">
-                <![CDATA[
-                  INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-                  Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-                  From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-                  To: <sip:[service]@[remote_ip]:[remote_port]>
-                  Call-ID: [call_id]
-                  CSeq: 1 INVITE
-                  Contact: <sip:sipp@[local_ip]:\(contactPort);transport=[transport]>
-                  Max-Forwards: 70
-                  Content-Type: application/sdp
-                  Content-Length: [len]
-
-                  \(sdp)
-                ]]>
-              </send>
-              <recv response="100" optional="true"/>
-              <recv response="180" optional="true"/>
-              <recv response="200" rtd="true"/>
-              <send>
-                <![CDATA[
-                  ACK [next_url] SIP/2.0
-                  Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-                  From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-                  To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-                  Call-ID: [call_id]
-                  CSeq: 1 ACK
-                  Max-Forwards: 70
-                  Content-Length: 0
-
-                ]]>
-              </send>
-              \(rehome)
-              \(endedBy.map(byeFromEdge) ?? "")
-              \(endedBy == nil ? "" : "<!--")
-              <send retrans="500">
-                <![CDATA[
-                  BYE \(byeURI) SIP/2.0
-                  Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-                  From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-                  To: <sip:[service]@[remote_ip]:[remote_port]>\(toTag)
-                  Call-ID: [call_id]
-                  CSeq: 3 BYE
-                  Max-Forwards: 70
-                  Content-Length: 0
-
-                ]]>
-              </send>
-              <recv response="200"/>
-              \(endedBy == nil ? "" : "-->")
-              \(expectReinvite ? "<Reference variables=\"contact,x\(endedBy == nil ? "" : ",edgetag")\"/>" : "")
-            </scenario>
-            """
+        let invite = S.callerSends("INVITE", cseq: 1, withTag: false, sdp: true)
+        return [contactPort.map { invite.replacingOccurrences(of: "Contact: sip:sipp@[local_ip]:[local_port]", with: "Contact: sip:sipp@[local_ip]:\($0)") } ?? invite,
+                #"<recv response="100" optional="true"/>"#, #"<recv response="180" optional="true"/>"#, #"<recv response="200"/>"#,
+                S.callerSends("ACK", cseq: 1, withTag: true, retransmit: false)]
     }
 
-    /// The edge's BYE (its Reason naming `cause`), answered 200.
-    static func byeFromEdge(cause: Int) -> String {
-        """
-          <recv request="BYE" timeout="10000">
-            <action><ereg regexp="cause=\(cause)" search_in="hdr" header="Reason:" check_it="true" assign_to="reason"/></action>
-          </recv>
-          <send>
-            <![CDATA[
-              SIP/2.0 200 OK
-              [last_Via:]
-              [last_From:]
-              [last_To:]
-              [last_Call-ID:]
-              [last_CSeq:]
-              Content-Length: 0
-
-            ]]>
-          </send>
-          <Reference variables="reason"/>
-        """
+    /// The UAC: INVITE, 200, ACK; then (within `wait` ms) a re-INVITE from a survivor, answered;
+    /// then, `byeAfter` ms later, a BYE sent to the Contact that re-INVITE gave. `endedBy`: instead
+    /// of hanging up, the caller expects the edge's BYE with this Reason cause.
+    static func uacScenario(wait: Int, contactPort: Int? = nil, byeAfter: Int = 1_000, endedBy: Int? = nil) -> String {
+        var steps = callerSetUp(contactPort: contactPort) + [rehomingInvite(timeout: wait, extra: edgeTag), okWithSDP]
+        if let cause = endedBy {
+            // (The edge's BYE may come before its ACK.)
+            steps += [#"<recv request="ACK" optional="true"/>"#,
+                      "<recv request=\"BYE\" timeout=\"10000\"><action><ereg regexp=\"cause=\(cause)\" search_in=\"hdr\" header=\"Reason:\" check_it=\"true\" assign_to=\"reason\"/></action></recv>",
+                      ok, #"<Reference variables="contact,x,edgetag,reason"/>"#]
+        } else {
+            let bye = S.callerSends("BYE", cseq: 3, withTag: false)
+                .replacingOccurrences(of: "BYE sip:service@[remote_ip]:[remote_port]", with: "BYE sip:edge@[$host]:[$port];transport=[transport]")
+                .replacingOccurrences(of: "[remote_port]>\n", with: "[remote_port]>;tag=[$edgetag]\n")
+            steps += [#"<recv request="ACK"/>"#, "<pause milliseconds=\"\(byeAfter)\"/>", bye, #"<recv response="200"/>"#,
+                      #"<Reference variables="contact,x"/>"#]
+        }
+        return S.scenario("a call that is re-homed", steps)
     }
 
     /// The UAS (the farm): answers the INVITE (after `answerAfter` ms, ringing meanwhile), then
-    /// expects the re-homing re-INVITE from a survivor (answered with `reinviteStatus`), then a BYE.
-    /// `refusedFirst`: the first re-homing re-INVITE is answered with this (the ACK awaited), and
-    /// the next one as `reinviteStatus` says.
-    static func uasScenario(answerAfter: Int = 0, reinviteStatus: Int? = 200, wait: Int = 60_000, udp: Bool = true, byeExpected: Bool = true,
+    /// expects the re-homing re-INVITE from a survivor (answered with `reinviteStatus`; none
+    /// expected when nil), then a BYE (unless `byeExpected` is false). `refusedFirst`: the first
+    /// re-homing re-INVITE is answered with this, and the next one as `reinviteStatus` says.
+    static func uasScenario(answerAfter: Int = 0, reinviteStatus: Int? = 200, wait: Int = 60_000, byeExpected: Bool = true,
                             refusedFirst: Int? = nil) -> String {
-        func refusal(_ status: Int) -> String {
-            """
-                  <send>
-                    <![CDATA[
-                      SIP/2.0 \(status) Refused
-                      [last_Via:]
-                      [last_From:]
-                      [last_To:]
-                      [last_Call-ID:]
-                      [last_CSeq:]
-                      Content-Length: 0
-
-                    ]]>
-                  </send>
-                  <recv request="ACK"/>
-                """
+        var steps = farmAnswers(after: answerAfter)
+        if let status = reinviteStatus {
+            if let first = refusedFirst { steps += [rehomingInvite(timeout: wait), refused(first)] }
+            steps += [rehomingInvite(timeout: wait), status == 200 ? okWithSDP + #"<recv request="ACK"/>"# : refused(status),
+                      #"<Reference variables="contact"/>"#]
         }
-        let first = refusedFirst.map { status in
-            "<recv request=\"INVITE\" timeout=\"\(wait)\"><action>\(survivorContact(setdest: udp))</action></recv>" + refusal(status)
-        } ?? ""
-        let answerRehome: String
-        switch reinviteStatus {
-        case .some(200):
-            answerRehome = okWithSDP + "\n<recv request=\"ACK\"/>"
-        case .some(let status):
-            answerRehome = """
-                  <send>
-                    <![CDATA[
-                      SIP/2.0 \(status) Refused
-                      [last_Via:]
-                      [last_From:]
-                      [last_To:]
-                      [last_Call-ID:]
-                      [last_CSeq:]
-                      Content-Length: 0
+        if byeExpected { steps += ["<recv request=\"BYE\" timeout=\"\(wait)\"/>", ok] }
+        return S.scenario("a farm whose calls are re-homed", steps)
+    }
 
-                    ]]>
-                  </send>
-                  <recv request="ACK"/>
-                """
-        case .none:
-            answerRehome = ""
-        }
-        let rehome = reinviteStatus == nil ? "" : first + """
-              <recv request="INVITE" timeout="\(wait)">
-                <action>\(survivorContact(setdest: udp))</action>
-              </recv>
-              \(answerRehome)
-            """
-        let ring = answerAfter == 0 ? "" : """
-              <send>
-                <![CDATA[
-                  SIP/2.0 180 Ringing
-                  [last_Via:]
-                  [last_From:]
-                  [last_To:];tag=[pid]SIPpTag01[call_number]
-                  [last_Call-ID:]
-                  [last_CSeq:]
-                  Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
-                  Content-Length: 0
-
-                ]]>
-              </send>
-              <pause milliseconds="\(answerAfter)"/>
-            """
-        return """
-            <?xml version="1.0" encoding="ISO-8859-1" ?>
-            <scenario name="a farm whose calls are re-homed">
-              <recv request="INVITE"/>
-              \(ring)
-              <send>
-                <![CDATA[
-                  SIP/2.0 200 OK
-                  [last_Via:]
-                  [last_From:]
-                  [last_To:];tag=[pid]SIPpTag01[call_number]
-                  [last_Call-ID:]
-                  [last_CSeq:]
-                  Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
-                  Content-Type: application/sdp
-                  Content-Length: [len]
-
-                  \(sdp)
-                ]]>
-              </send>
-              <recv request="ACK"/>
-              \(rehome)
-              \(byeExpected ? "" : "<!--")
-              <recv request="BYE" timeout="\(wait)"/>
-              <send>
-                <![CDATA[
-                  SIP/2.0 200 OK
-                  [last_Via:]
-                  [last_From:]
-                  [last_To:]
-                  [last_Call-ID:]
-                  [last_CSeq:]
-                  Content-Length: 0
-
-                ]]>
-              </send>
-              \(byeExpected ? "" : "-->")
-              \(reinviteStatus == nil ? "" : (udp ? "<Reference variables=\"contact\"/>" : "<Reference variables=\"contact,host,port\"/>"))
-            </scenario>
-            """
+    /// The farm's INVITE, answered (after `after` ms of ringing), and the ACK.
+    static func farmAnswers(after: Int = 0) -> [String] {
+        [#"<recv request="INVITE"/>"#]
+            + (after == 0 ? [] : [S.calleeAnswers("180 Ringing", tag: true), "<pause milliseconds=\"\(after)\"/>"])
+            + [S.calleeAnswers("200 OK", tag: true, sdp: true), #"<recv request="ACK"/>"#]
     }
 
     /// A SIPp UAS for calls that may be re-homed any number of times (from a survivor each time)
     /// until their BYE.
     static func uasLoop() -> String {
-        let plain = uasScenario(reinviteStatus: nil)
-        let bye = plain.range(of: "<recv request=\"BYE\" timeout=\"60000\"/>")!
-        return String(plain[..<bye.lowerBound]) + """
-              <label id="wait"/>
-              <recv request="INVITE" optional="true" next="rehome"><action>\(survivorContact())</action></recv>
-              <recv request="BYE"/>
-              <send>
-                <![CDATA[
-                  SIP/2.0 200 OK
-                  [last_Via:]
-                  [last_From:]
-                  [last_To:]
-                  [last_Call-ID:]
-                  [last_CSeq:]
-                  Content-Length: 0
-
-                ]]>
-              </send>
-              <nop next="end"/>
-              <label id="rehome"/>
-            \(okWithSDP)
-              <recv request="ACK" next="wait"/>
-              <label id="end"/>
-              <Reference variables="contact"/>
-            </scenario>
-            """
+        S.scenario("a farm whose calls are re-homed, again and again", farmAnswers() + [
+            #"<label id="wait"/>"#,
+            "<recv request=\"INVITE\" optional=\"true\" next=\"rehome\"><action>\(survivorContact)</action></recv>",
+            #"<recv request="BYE"/>"#, ok, #"<nop next="end"/>"#,
+            #"<label id="rehome"/>"#, okWithSDP, #"<recv request="ACK" next="wait"/>"#,
+            #"<label id="end"/>"#, #"<Reference variables="contact"/>"#,
+        ])
     }
 
     /// A SIPp UAC whose calls accept any number of re-homing re-INVITEs for `hold` ms, then end
     /// (without a BYE: the test ends them by stopping SIPp).
     static func uacLoop(hold: Int) -> String {
-        let scenario = uacScenario(wait: hold, expectReinvite: false)
-        let start = scenario.range(of: "<pause milliseconds=\"\(hold)\"/>")!
-        return String(scenario[..<start.lowerBound]) + """
-              <label id="wait"/>
-              <recv request="INVITE" timeout="\(hold)" ontimeout="end"><action>\(survivorContact())</action></recv>
-            \(okWithSDP)
-              <recv request="ACK" next="wait"/>
-              <label id="end"/>
-              <Reference variables="contact"/>
-            </scenario>
-            """
+        S.scenario("a call re-homed again and again", callerSetUp(contactPort: nil) + [
+            #"<label id="wait"/>"#,
+            "<recv request=\"INVITE\" timeout=\"\(hold)\" ontimeout=\"end\"><action>\(survivorContact)</action></recv>",
+            okWithSDP, #"<recv request="ACK" next="wait"/>"#,
+            #"<label id="end"/>"#, #"<Reference variables="contact"/>"#,
+        ])
     }
 
     /// A SIPp UAS (the farm, over UDP) and UAC (calling node 1, over `transport`: "u1" or "tn") on
@@ -315,11 +111,11 @@ import Testing
         let uas: Process
         let uac: Process
 
-        init(_ c: Cluster, uas uasXML: String, uac uacXML: String, calls: Int, rate: Int, transport: String = "u1", uasCalls: Int? = nil) throws {
+        init(_ c: Cluster, uas uasXML: String, uac uacXML: String, calls: Int, rate: Int, transport: String = "u1") throws {
             dir = try Scratch.directory("rehome")
             try uasXML.write(to: dir.appendingPathComponent("uas.xml"), atomically: true, encoding: .utf8)
             try uacXML.write(to: dir.appendingPathComponent("uac.xml"), atomically: true, encoding: .utf8)
-            uas = try ClusterTests.sipp(["-sf", "uas.xml", "-aa", "-t", "u1", "-i", "127.0.0.1", "-p", "\(c.uasPort)", "-m", "\(uasCalls ?? calls)",
+            uas = try ClusterTests.sipp(["-sf", "uas.xml", "-aa", "-t", "u1", "-i", "127.0.0.1", "-p", "\(c.uasPort)", "-m", "\(calls)",
                                          "-trace_err", "-error_file", "uas-errors.log"], in: dir)
             usleep(300_000)
             uac = try ClusterTests.sipp(["-sf", "uac.xml", "-aa", "-t", transport, "-max_reconnect", "1000", "-reconnect_close", "false", "-reconnect_sleep", "0", "\(Cluster.ip(1)):\(c.sipPort)", "-i", "127.0.0.1",
@@ -507,78 +303,47 @@ import Testing
     /// The farm's own re-INVITE crosses the survivor's (glare, RFC 3261 §14.2): the farm answers
     /// ours 491 and gets 491 for its own; the survivor tries again after the back-off.
     static func glaringUAS() -> String {
-        let plain = uasScenario(reinviteStatus: nil)
-        let bye = plain.range(of: "<recv request=\"BYE\" timeout=\"60000\"/>")!
-        return String(plain[..<bye.lowerBound]) + """
-              <recv request="INVITE" timeout="30000">
-                <action>
-                  \(survivorContact())
-                  <ereg regexp=";tag=([^;> ]+)" search_in="hdr" header="From:" assign_to="y,edgetag"/>
-                </action>
-              </recv>
-              <send>
-                <![CDATA[
-                  INVITE sip:edge@[$host]:[$port] SIP/2.0
-                  Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-                  Max-Forwards: 70
-                  From: <sip:service@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
-                  To: <sip:sipp@[$host]>;tag=[$edgetag]
-                  Call-ID: [call_id]
-                  CSeq: 10 INVITE
-                  Contact: <sip:sipp@[local_ip]:[local_port]>
-                  Content-Type: application/sdp
-                  Content-Length: [len]
-
-                  \(sdp)
-                ]]>
-              </send>
-              <send>
-                <![CDATA[
-                  SIP/2.0 491 Request Pending
-                  [last_Via:]
-                  [last_From:]
-                  [last_To:]
-                  [last_Call-ID:]
-                  [last_CSeq:]
-                  Content-Length: 0
-
-                ]]>
-              </send>
-              <recv response="100" optional="true"/>
-              <recv response="491"/>
-              <send>
-                <![CDATA[
-                  ACK sip:edge@[$host]:[$port] SIP/2.0
-                  [last_Via:]
-                  Max-Forwards: 70
-                  From: <sip:service@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
-                  To: <sip:sipp@[$host]>;tag=[$edgetag]
-                  Call-ID: [call_id]
-                  CSeq: 10 ACK
-                  Content-Length: 0
-
-                ]]>
-              </send>
-              <recv request="ACK"/>
-              <recv request="INVITE" timeout="10000"/>
-            \(okWithSDP)
-              <recv request="ACK"/>
-              <recv request="BYE" timeout="30000"/>
-              <send>
-                <![CDATA[
-                  SIP/2.0 200 OK
-                  [last_Via:]
-                  [last_From:]
-                  [last_To:]
-                  [last_Call-ID:]
-                  [last_CSeq:]
-                  Content-Length: 0
-
-                ]]>
-              </send>
-              <Reference variables="contact,y"/>
-            </scenario>
+        // The farm's own requests in its dialog with the survivor (whose tag its re-INVITE gave).
+        func farmSends(_ method: String, via: String, body: Bool) -> String {
             """
+              <send><![CDATA[
+            \(method) sip:edge@[$host]:[$port] SIP/2.0
+            \(via)
+            Max-Forwards: 70
+            From: <sip:service@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
+            To: <sip:sipp@[$host]>;tag=[$edgetag]
+            Call-ID: [call_id]
+            CSeq: 10 \(method)
+            Contact: <sip:sipp@[local_ip]:[local_port]>
+            \(body ? "Content-Type: application/sdp\nContent-Length: [len]\n\n\(S.sdp)" : "Content-Length: 0\n")
+              ]]></send>
+            """
+        }
+        // Ours is held unanswered (its headers kept) until the farm's own has been refused 491
+        // and ACKed; then ours is refused 491 too, and comes again after the back-off.
+        let keep = ["Via", "From", "To", "Call-ID", "CSeq"].map { name in
+            "<ereg regexp=\".*\" search_in=\"hdr\" header=\"\(name):\" assign_to=\"kept\(name.replacingOccurrences(of: "-", with: ""))\"/>"
+        }.joined()
+        let refuseOurs = """
+              <send><![CDATA[
+            SIP/2.0 491 Request Pending
+            Via: [$keptVia]
+            From: [$keptFrom]
+            To: [$keptTo]
+            Call-ID: [$keptCallID]
+            CSeq: [$keptCSeq]
+            Content-Length: 0
+
+              ]]></send>
+            """
+        return S.scenario("a farm whose re-INVITE crosses the survivor's", farmAnswers() + [
+            rehomingInvite(timeout: 30_000, extra: edgeTag + keep),
+            farmSends("INVITE", via: "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]", body: true),
+            #"<recv response="100" optional="true"/>"#, #"<recv response="491"/>"#, farmSends("ACK", via: "[last_Via:]", body: false),
+            refuseOurs, #"<recv request="ACK"/>"#,
+            #"<recv request="INVITE" timeout="10000"/>"#, okWithSDP, #"<recv request="ACK"/>"#,
+            #"<recv request="BYE" timeout="30000"/>"#, ok, #"<Reference variables="contact,x"/>"#,
+        ])
     }
 
     @Test(.needsSIPp) func a_reinvite_from_the_farm_that_crosses_the_survivors_is_refused_both_ways_and_the_survivor_tries_again() throws {
@@ -753,66 +518,19 @@ import Testing
 
     /// A farm that rings and waits for a CANCEL (answered 200, the INVITE 487).
     static func ringingUAS() -> String {
-        """
-        <?xml version="1.0" encoding="ISO-8859-1" ?>
-        <scenario name="a farm that rings until cancelled">
-          <recv request="INVITE"/>
-          <send>
-            <![CDATA[
-              SIP/2.0 180 Ringing
-              [last_Via:]
-              [last_From:]
-              [last_To:];tag=[pid]SIPpTag01[call_number]
-              [last_Call-ID:]
-              [last_CSeq:]
-              Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
-              Content-Length: 0
-
-            ]]>
-          </send>
-          <recv request="CANCEL" timeout="20000"/>
-          <send>
-            <![CDATA[
-              SIP/2.0 200 OK
-              [last_Via:]
-              [last_From:]
-              [last_To:]
-              [last_Call-ID:]
-              [last_CSeq:]
-              Content-Length: 0
-
-            ]]>
-          </send>
-        </scenario>
-        """
+        S.scenario("a farm that rings until cancelled", [
+            #"<recv request="INVITE"/>"#, S.calleeAnswers("180 Ringing", tag: true),
+            #"<recv request="CANCEL" timeout="20000"/>"#, ok,
+        ])
     }
 
     /// Callers whose INVITE must end with a 503.
     static func uacRefused() -> String {
-        """
-        <?xml version="1.0" encoding="ISO-8859-1" ?>
-        <scenario name="a call refused when its node dies">
-          <send retrans="500">
-            <![CDATA[
-              INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-              Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-              From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-              To: <sip:[service]@[remote_ip]:[remote_port]>
-              Call-ID: [call_id]
-              CSeq: 1 INVITE
-              Contact: <sip:sipp@[local_ip]:[local_port]>
-              Max-Forwards: 70
-              Content-Type: application/sdp
-              Content-Length: [len]
-
-              \(sdp)
-            ]]>
-          </send>
-          <recv response="100" optional="true"/>
-          <recv response="180" optional="true"/>
-          <recv response="503" timeout="10000"/>
-        </scenario>
-        """
+        S.scenario("a call refused when its node dies", [
+            S.callerSends("INVITE", cseq: 1, withTag: false, sdp: true),
+            #"<recv response="100" optional="true"/>"#, #"<recv response="180" optional="true"/>"#,
+            #"<recv response="503" timeout="10000"/>"#,
+        ])
     }
 
     /// `sipedge mi` run as an operator would, against node `node`'s MI; its output (nil if it failed).
