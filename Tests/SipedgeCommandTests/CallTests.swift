@@ -502,6 +502,18 @@ import Testing
             .write(to: dir.appendingPathComponent("accounts"), atomically: true, encoding: .utf8)
     }
 
+    /// baresip started with `args`, its output (both streams) in `log`, which must exist.
+    static func startBaresip(_ path: String, _ args: [String], log: URL) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = args
+        p.standardOutput = try FileHandle(forWritingTo: log)
+        p.standardError = p.standardOutput
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        return p
+    }
+
     /// The last "[h:mm:ss] audio=TX/RX (bit/s)" a baresip printed: what it sent and received.
     static func lastBitrates(_ log: String) -> (tx: Int, rx: Int)? {
         guard let range = log.range(of: "audio=", options: .backwards) else { return nil }
@@ -532,16 +544,7 @@ import Testing
         let bobLog = dir.appendingPathComponent("bob.log"), aliceLog = dir.appendingPathComponent("alice.log")
         FileManager.default.createFile(atPath: bobLog.path, contents: nil)
         FileManager.default.createFile(atPath: aliceLog.path, contents: nil)
-        let run = { (args: [String], log: URL) throws -> Process in
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: baresip)
-            p.arguments = args
-            p.standardOutput = try FileHandle(forWritingTo: log)
-            p.standardError = p.standardOutput
-            p.standardInput = FileHandle.nullDevice
-            try p.run()
-            return p
-        }
+        let run = { (args: [String], log: URL) throws -> Process in try Self.startBaresip(baresip, args, log: log) }
         // Bob answers by himself and quits after 12 s at the latest; Alice calls him through the
         // edge (sip:bob@edge), talks for 4 s, and hangs up as she quits.
         let bob = try run(["-f", dir.appendingPathComponent("bob").path, "-t", "12"], bobLog)

@@ -268,14 +268,7 @@ import Testing
         let bobLog = dir.appendingPathComponent("bob.log"), aliceLog = dir.appendingPathComponent("alice.log")
         let run = { (args: [String], log: URL) throws -> Process in
             FileManager.default.createFile(atPath: log.path, contents: nil)
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: baresip)
-            p.arguments = args
-            p.standardOutput = try FileHandle(forWritingTo: log)
-            p.standardError = p.standardOutput
-            p.standardInput = FileHandle.nullDevice
-            try p.run()
-            return p
+            return try CallTests.startBaresip(baresip, args, log: log)
         }
         let bob = try run(["-f", dir.appendingPathComponent("bob").path, "-t", "16"], bobLog)
         defer { if bob.isRunning { kill(bob.processIdentifier, SIGKILL) } }

@@ -164,7 +164,6 @@ extension B2BUA {
         }
         // The built bytes go to the transaction as they are: no copy, no second parse.
         let built = b.finishRequest(contentType: invite.contentType, body: invite.body.bytes)
-        call.backendInvite = (uri: target, branch: built.branch)
         table.update(call) { $0.backendInviteBranch = built.branch }
         transactions.startClient(built, to: destination, call: call, side: .backend, cseq: leg.localCSeq, purpose: .backendInvite)
         return .sent
@@ -181,22 +180,28 @@ extension B2BUA {
         respond(tx, status: 200)
         guard call.record.state == .early else { return }   // answered already: the CANCEL changes nothing
         call.cancelled = true
-        if let sent = call.backendInvite {
-            let leg = call.record.backend
-            let local = localAddress(leg)
-            var b = MessageBuilder(requestLine: "CANCEL", uri: sent.uri)
-            b.via(leg.hop.transport, host: local.host, port: local.port, branch: sent.branch)
-            b.header("Max-Forwards", "70")
-            b.header("From", leg.localURI, tag: leg.localTag)
-            b.header("To", leg.remoteURI)
-            b.header("Call-ID", leg.callID)
-            b.header("CSeq", "\(leg.inviteCSeq) CANCEL")
-            if let reason = request.firstValue(.reason) { b.header("Reason", reason) }
-            transactions.startClient(b.finishRequest(), to: leg.hop, call: nil, purpose: .fireAndForget)
-        }
+        cancelBackendInvite(call.record, reason: request.firstValue(.reason)?.string)
         let bytes = MessageBuilder.response(to: inviteTx.request, status: 487, toTag: call.record.client.localTag)
         transactions.respond(inviteTx, status: 487, bytes: bytes)
         call.clientInvite = nil
+    }
+
+    /// §9.1: a CANCEL for the backend INVITE still unanswered, from what the record keeps of it
+    /// (Request-URI and branch: the same transaction), with the INVITE's Call-ID, From, To and CSeq
+    /// number. From this node or, for a node that died, from the one that took its tag.
+    func cancelBackendInvite(_ record: DialogRecord, reason: String?) {
+        guard !record.backendInviteBranch.isEmpty, !record.backendInviteURI.isEmpty else { return }
+        let leg = record.backend
+        let local = localAddress(leg)
+        var b = MessageBuilder(requestLine: "CANCEL", uri: record.backendInviteURI)
+        b.via(leg.hop.transport, host: local.host, port: local.port, branch: record.backendInviteBranch)
+        b.header("Max-Forwards", "70")
+        b.header("From", leg.localURI, tag: leg.localTag)
+        b.header("To", leg.remoteURI)
+        b.header("Call-ID", leg.callID)
+        b.header("CSeq", "\(leg.inviteCSeq) CANCEL")
+        if let reason { b.header("Reason", reason) }
+        transactions.startClient(b.finishRequest(), to: leg.hop, call: nil, purpose: .fireAndForget)
     }
 
     /// Whether a failed attempt may go to another destination: the backend has not committed
@@ -281,7 +286,6 @@ extension B2BUA {
             if config.maxCallSeconds > 0 {
                 call.lifetimeTimer = clock.schedule(afterMilliseconds: config.maxCallSeconds * 1_000, target: self, token: Self.token(.lifetime, call))
             }
-            call.backendInvite = nil
             call.request = nil   // answered: no more destinations to choose
             if !call.record.lateOffer { sendBackendACK(call) }
             armSessionTimer(call, .backend)

@@ -326,19 +326,7 @@ extension B2BUA {
         record.backend.hop = freshHop(record.backend)
         let call = table.adopt(record, active: true)
         callsStarted += 1
-        let backend = record.backend
-        if !record.backendInviteBranch.isEmpty, !record.backendInviteURI.isEmpty {
-            let local = localAddress(backend)
-            var b = MessageBuilder(requestLine: "CANCEL", uri: record.backendInviteURI)
-            b.via(backend.hop.transport, host: local.host, port: local.port, branch: record.backendInviteBranch)
-            b.header("Max-Forwards", "70")
-            b.header("From", backend.localURI, tag: backend.localTag)
-            b.header("To", backend.remoteURI)
-            b.header("Call-ID", backend.callID)
-            b.header("CSeq", "\(backend.inviteCSeq) CANCEL")
-            b.header("Reason", "SIP;cause=503;text=\"Edge node failed\"")
-            transactions.startClient(b.finishRequest(), to: backend.hop, call: nil, purpose: .fireAndForget)
-        }
+        cancelBackendInvite(record, reason: "SIP;cause=503;text=\"Edge node failed\"")
         if !record.clientInviteVias.isEmpty {
             let client = record.client
             var b = MessageBuilder(status: 503, reason: "Service Unavailable".utf8)

@@ -38,8 +38,6 @@ final class Call {
     var tried: [Int] = []
     var destination: Int?
     var committed = false
-    /// The backend INVITE's Request-URI and Via branch (a CANCEL repeats them, §9.1), until it is answered.
-    var backendInvite: (uri: [UInt8], branch: [UInt8])?
     /// The session interval asked of the current backend (raised by a 422's Min-SE).
     var askedSessionExpires: UInt32 = 0
     /// The client cancelled: a late 2xx from the backend is ACKed and then ended with a BYE.
