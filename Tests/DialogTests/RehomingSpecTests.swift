@@ -172,7 +172,8 @@ import Transport
     }
 
     @Test func rfc3261_9_1_an_early_dialog_of_a_dead_node_is_cancelled_at_the_backend_and_the_caller_gets_503() throws {
-        let one = Stage()
+        // (The caller's Via values are kept in a cluster only: a sharing tag.)
+        let one = Stage { $0.sharingTag = "node1" }
         one.fromCaller(one.invite(extra: "Via: SIP/2.0/UDP 192.0.2.99:5060;branch=z9hG4bK-upstream"))
         let forwarded = try #require(one.next(to: Self.backend))
         one.fromBackend(Stage.response(to: forwarded, 180))

@@ -62,8 +62,9 @@ extension B2BUA {
                                    remoteTarget: [], hop: tx.peer.withoutWorker, listenerTag: local.tag)
         backendLeg.lastSDPSent = offer
         var record = DialogRecord(client: clientLeg, backend: backendLeg, sharingTag: config.sharingTag, startedAt: Self.wallClock())
-        // Should this node die before the call is answered, another answers the caller's INVITE with these.
-        if invite.valueCount(.via) <= 64 { record.clientInviteVias = invite.values(.via).map(\.bytes) }
+        // In a cluster: should this node die before the call is answered, another answers the
+        // caller's INVITE with these.
+        if !config.sharingTag.isEmpty, invite.valueCount(.via) <= 64 { record.clientInviteVias = invite.values(.via).map(\.bytes) }
         let call = table.insert(record)
         call.admitted = config.admission != nil ? tx.peer.address : nil
         call.user = uri.user.map { String(decoding: $0.bytes, as: UTF8.self) } ?? ""
