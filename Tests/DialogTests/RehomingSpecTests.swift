@@ -159,6 +159,20 @@ import Transport
         #expect(outcome.value == .failed)
     }
 
+    @Test func a_refused_rehoming_keeps_the_call_and_counts_as_failed_and_a_refused_update_becomes_a_reinvite() throws {
+        let (record, _, _) = try Self.callOnNodeOne(answerExtra: [("Allow", "INVITE, ACK, BYE, UPDATE")])
+        let two = Self.nodeTwo()
+        let outcome = Self.takeOver(record, on: two)
+        let update = try #require(two.next(to: Self.backend))
+        two.fromBackend(Stage.response(to: update, 501, toTag: nil))
+        let invite = try #require(two.unread(to: Self.backend).first { $0.method == .invite }, "a re-INVITE after the 501")
+        two.fromBackend(Stage.response(to: invite, 200, toTag: nil, body: Stage.answerSDP))
+        let toCaller = try #require(two.next(to: Self.caller))
+        two.fromCaller(Stage.response(to: toCaller, 488, toTag: nil))
+        #expect(outcome.value == .failed && two.b2bua.statistics.rehomeFailures == 1)
+        #expect(two.b2bua.activeCalls == 1 && !two.unread(to: Self.backend).contains { $0.method == .bye }, "the call goes on")
+    }
+
     @Test func a_retransmitted_2xx_to_our_reinvite_is_acked_again() throws {
         let (record, _, _) = try Self.callOnNodeOne()
         let two = Self.nodeTwo()

@@ -1,10 +1,11 @@
 import SIPParser
 import Transport
 
-/// What became of a dialog a node took over, told once when it is settled: both legs answered
-/// the re-homing request (`rehomed`), a leg failed it and the call was ended (`failed`), the call
-/// ended otherwise before both legs answered (`interrupted`: a BYE), an early dialog was ended on
-/// both sides (`endedEarly`), or the dialog was not carried here after all.
+/// What became of a dialog a node took over, told once when it is settled: both legs accepted
+/// the re-homing request (`rehomed`), a leg failed it (`failed`: ended on a 481, 408 or silence;
+/// kept on another refusal, that leg unchanged), the call ended otherwise before both legs
+/// answered (`interrupted`: a BYE), an early dialog was ended on both sides (`endedEarly`), or
+/// the dialog was not carried here after all.
 public enum TakeOverOutcome: Sendable, Equatable {
     case rehomed, failed, interrupted, endedEarly, notCarried
 }
@@ -16,6 +17,8 @@ struct Rehoming {
     var client = LegState.sent
     var backend = LegState.sent
     var attempts: (client: Int, backend: Int) = (0, 0)
+    /// A leg refused the request (other than 481/408): the call goes on, that leg as it was.
+    var refused = false
     var done: ((TakeOverOutcome) -> Void)?
 
     subscript(side: DialogRecord.Side) -> LegState {
@@ -128,6 +131,7 @@ extension B2BUA {
         default:
             // Refused otherwise (a 488, a 500, 491s without end): the dialog stands as it was on
             // that leg; the endpoint still knows it, and pings tell whether it stays.
+            call.rehoming?.refused = true
             legRehomed(call, side)
         }
     }
@@ -195,8 +199,13 @@ extension B2BUA {
         call.rehoming?[side] = .done
         guard let rehoming = call.rehoming, case .done = rehoming.client, case .done = rehoming.backend else { return }
         call.rehoming = nil
-        statistics.dialogsRehomed += 1
-        rehoming.done?(.rehomed)
+        if rehoming.refused {
+            statistics.rehomeFailures += 1
+            rehoming.done?(.failed)
+        } else {
+            statistics.dialogsRehomed += 1
+            rehoming.done?(.rehomed)
+        }
     }
 
     private func rehomeFailed(_ call: Call, except side: DialogRecord.Side, status: Int) {
