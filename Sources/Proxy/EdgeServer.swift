@@ -411,7 +411,8 @@ public final class EdgeServer: @unchecked Sendable {
                 }
             }) ?? false
             if sent {
-                answered.wait()
+                // (The transaction always ends, by Timer B or F at the latest; the bound is a guard.)
+                _ = answered.wait(milliseconds: 40_000)
                 return result.withLock { $0 }
             }
         }

@@ -173,6 +173,25 @@ import Transport
         #expect(two.b2bua.activeCalls == 1 && !two.unread(to: Self.backend).contains { $0.method == .bye }, "the call goes on")
     }
 
+    @Test func a_request_sent_by_hand_is_answered_even_when_its_call_ends_first() throws {
+        let s = Stage()
+        let (tag, _) = try #require(s.establish())
+        final class Answer: @unchecked Sendable { var value: (Int?, String?)?; var count = 0 }
+        let answer = Answer()
+        #expect(s.b2bua.sendSequential(callID: "call-1@192.0.2.10", to: .backend, method: "OPTIONS", body: .none,
+                                       headers: [("X-Operator", "check")]) { answer.value = ($0, $1); answer.count += 1 })
+        s.clock.endIteration()
+        let options = try #require(s.next(to: Self.backend))
+        #expect(options.method == .options && options.text.contains("X-Operator: check\r\n"))
+        // The caller hangs up before the farm answers: whoever waits is told there is no answer.
+        s.fromCaller(s.callerRequest("BYE", cseq: 2, toTag: tag))
+        #expect(answer.count == 1 && answer.value?.0 == nil)
+        s.fromBackend(Stage.response(to: options, 200, toTag: nil))
+        #expect(answer.count == 1, "told once")
+        #expect(!s.b2bua.sendSequential(callID: "call-1@192.0.2.10", to: .backend, method: "OPTIONS", body: .none, headers: []) { _, _ in },
+                "no such call any more")
+    }
+
     @Test func a_retransmitted_2xx_to_our_reinvite_is_acked_again() throws {
         let (record, _, _) = try Self.callOnNodeOne()
         let two = Self.nodeTwo()

@@ -209,7 +209,13 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
         call.pingTimer = nil
         call.lifetimeTimer = nil
         call.sessionTimers = (nil, nil)
-        for tx in call.ownRequests where !tx.finished && !(keepingInvites && tx.machine.isInvite) { transactions.finish(tx) }
+        for tx in call.ownRequests where !tx.finished && !(keepingInvites && tx.machine.isInvite) {
+            // Whoever waits for its answer (an operator's `dlg_send_sequential`) is told there is none.
+            let onFinal = tx.onFinal
+            tx.onFinal = nil
+            transactions.finish(tx)
+            onFinal?(nil)
+        }
         call.ownRequests = []
     }
 

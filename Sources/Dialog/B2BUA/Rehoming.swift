@@ -272,7 +272,11 @@ extension B2BUA {
                 if side == .client { call.edgeACKs.client = ack } else { call.edgeACKs.backend = ack }
                 _ = self.sender.send(ack, to: call[side].hop)
             }
-            guard !call.isEnded else { return }
+            // A call that ended, or that this node no longer carries, changes no more.
+            guard !call.isEnded, call.active, self.table[call.record.key] === call else {
+                done(response)
+                return
+            }
             let target = success && refreshes ? response.flatMap(Self.contactURI) : nil
             let session = success && timed ? response.flatMap { (try? $0.sessionExpires()) ?? nil } : nil
             self.table.update(call) { record in

@@ -6,8 +6,9 @@ extension B2BUA {
     public func stopActing(for tag: String) {
         clock.assertInLoop()
         for call in table.byNumber.values where call.active && !call.isEnded && call.record.sharingTag == tag {
-            stopCarrying(call)
+            abandonRehoming(call, .notCarried)
             table.deactivate(call)
+            stopCarrying(call)
         }
     }
 
@@ -25,6 +26,7 @@ extension B2BUA {
         clock.assertInLoop()
         guard let call = table[key], !call.isEnded else { return }
         abandonRehoming(call, .notCarried)
+        table.deactivate(call)
         stopCarrying(call)
         table.forget(call)
         if let d = call.destination { picker.release(d) }

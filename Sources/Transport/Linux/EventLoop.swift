@@ -430,4 +430,18 @@ public final class DispatchlessSemaphore: @unchecked Sendable {
         while !signalled { pthread_cond_wait(condition, mutex) }
         pthread_mutex_unlock(mutex)
     }
+
+    /// Waits at most `milliseconds`; whether it was signalled.
+    public func wait(milliseconds: Int) -> Bool {
+        var deadline = timespec()
+        clock_gettime(CLOCK_REALTIME, &deadline)
+        let nanoseconds = Int(deadline.tv_nsec) + (milliseconds % 1_000) * 1_000_000
+        deadline.tv_sec += milliseconds / 1_000 + nanoseconds / 1_000_000_000
+        deadline.tv_nsec = nanoseconds % 1_000_000_000
+        pthread_mutex_lock(mutex)
+        while !signalled, pthread_cond_timedwait(condition, mutex, &deadline) == 0 {}
+        let done = signalled
+        pthread_mutex_unlock(mutex)
+        return done
+    }
 }
