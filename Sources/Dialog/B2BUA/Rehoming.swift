@@ -34,7 +34,7 @@ struct Rehoming {
 // address, with a target-refreshing request on each leg (RFC 3261 §12.2): an UPDATE without a body
 // where the leg allows it, else a re-INVITE offering the session description last sent on that
 // leg, as it stands (no media change). Our Contact is this node's address for the leg's listener
-// tag, the CSeq continues the replicated one, the route set is untouched. A 491 is tried again after
+// tag, the CSeq continues the replicated one (past a gap), the route set is untouched. A 491 is tried again after
 // the §14.1 back-off; a 481, a 408 or no answer ends the call on the other leg. An early dialog
 // whose node died is ended on both sides. The same path sends `dlg_send_sequential` requests.
 extension B2BUA {
@@ -43,6 +43,10 @@ extension B2BUA {
     /// How long a leg toward an endpoint that reached the dead node over its own connection (a
     /// phone behind NAT over TCP/TLS) waits for it to reconnect before the call is ended.
     static let reconnectWaitMilliseconds: UInt64 = 60_000
+    /// How far a taken-over leg's CSeq jumps: the node that had it may have sent a request or two
+    /// in its last milliseconds that never reached the replicas, and a CSeq below what the
+    /// endpoint saw gets 500 (§12.2.2); one above it by more than one is fine (same section).
+    static let takeOverCSeqGap: UInt32 = 20
 
     /// Carries a replicated (or restored) dialog from now on, under the sharing tag `retag` when
     /// given, and re-homes it to this node; `done` is told how it ended. An early dialog cannot be
@@ -70,6 +74,8 @@ extension B2BUA {
             if let retag { record.sharingTag = retag }
             // The transactions of the node that had it are gone with it.
             record.reinvite = .none
+            record.client.localCSeq &+= Self.takeOverCSeqGap
+            record.backend.localCSeq &+= Self.takeOverCSeqGap
             record.client.hop = fresh.client
             record.backend.hop = fresh.backend
         }
