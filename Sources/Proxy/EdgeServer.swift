@@ -386,12 +386,15 @@ public final class EdgeServer: @unchecked Sendable {
         routing.b2buas.contains { b in (try? b.loop.submitAndWait { b.value.endDialog(key: key) }) ?? false }
     }
 
-    /// The first listener address of each family for `proto`, where it names one address.
+    /// Per family, the address of the `proto` listeners when they all name that one address (with
+    /// several addresses, or a wildcard, the kernel chooses by its routes).
     static func sourceAddresses(_ listeners: [ListenerSpec], _ proto: TransportProtocol) -> [SocketAddress] {
         var out: [SocketAddress] = []
-        for l in listeners where l.proto == proto && l.address.ipString != "0.0.0.0" && l.address.ipString != "::"
-            && !out.contains(where: { $0.kernelFamily == l.address.kernelFamily }) {
-            out.append(l.address)
+        for family in Set(listeners.map(\.address.kernelFamily)) {
+            let ips = Set(listeners.filter { $0.proto == proto && $0.address.kernelFamily == family }.map(\.address.ipString))
+            guard ips.count == 1, let ip = ips.first, ip != "0.0.0.0", ip != "::",
+                  let address = listeners.first(where: { $0.proto == proto && $0.address.ipString == ip })?.address else { continue }
+            out.append(address)
         }
         return out
     }

@@ -286,11 +286,16 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
         var headers: [(String, String)] = []
         if let text = params["headers"] as? String {
             guard text.utf8.count <= 2_048 else { throw MIError(code: -32602, message: "headers: at most 2,048 bytes") }
+            // (The dialog's own headers are the edge's to write.)
+            let owned: Set<String> = ["via", "v", "from", "f", "to", "t", "call-id", "i", "cseq", "contact", "m", "route", "max-forwards",
+                                      "content-length", "l", "content-type", "c"]
             for line in text.split(whereSeparator: { $0 == "\r" || $0 == "\n" }) where !line.isEmpty {
-                guard let colon = line.firstIndex(of: ":"), SIPMethod(String(line[..<colon]).trimmingCharacters(in: .whitespaces)) != nil else {
-                    throw MIError(code: -32602, message: "headers: \(Self.shown(String(line))) is not Name: value")
+                let name = line.firstIndex(of: ":").map { String(line[..<$0]).trimmingCharacters(in: .whitespaces) } ?? ""
+                // (A header name is a token, as a method name is.)
+                guard let colon = line.firstIndex(of: ":"), SIPMethod(name) != nil, !owned.contains(name.lowercased()) else {
+                    throw MIError(code: -32602, message: "headers: \(Self.shown(String(line))) is not Name: value, or names a header the edge writes")
                 }
-                headers.append((String(line[..<colon]).trimmingCharacters(in: .whitespaces), String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)))
+                headers.append((name, String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)))
             }
         }
         guard let answer = edge.sendSequential(callID: callID, to: side, method: method, body: body, headers: headers) else {

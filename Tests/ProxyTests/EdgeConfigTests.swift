@@ -164,3 +164,19 @@ import Transport
         #expect(throws: Never.self) { _ = try EdgeConfig.parse(Self.minimal + "[[listener]]\nproto = \"tcp\"\naddress = \"0.0.0.0\"\nport = 5070\n", checkingHost: true) }
     }
 }
+
+/// Where outgoing TCP/TLS connections leave from.
+@Suite struct SourceAddressTests {
+    static func listener(_ proto: TransportProtocol, _ ip: String) -> ListenerSpec {
+        ListenerSpec(proto: proto, address: SocketAddress(ip: ip, port: 5060)!, tag: ListenerTag("public")!)
+    }
+
+    @Test func the_one_address_of_a_transports_listeners_per_family_and_none_when_ambiguous_or_wildcard() {
+        let one = [Self.listener(.tcp, "192.0.2.12"), Self.listener(.udp, "192.0.2.99"), Self.listener(.tcp, "2001:db8::12")]
+        #expect(Set(EdgeServer.sourceAddresses(one, .tcp).map(\.ipString)) == ["192.0.2.12", "2001:db8::12"])
+        #expect(EdgeServer.sourceAddresses(one, .tls).isEmpty, "no TLS listener")
+        let two = [Self.listener(.tcp, "192.0.2.12"), Self.listener(.tcp, "198.51.100.12")]
+        #expect(EdgeServer.sourceAddresses(two, .tcp).isEmpty, "two addresses: the kernel's routes choose")
+        #expect(EdgeServer.sourceAddresses([Self.listener(.tcp, "0.0.0.0")], .tcp).isEmpty)
+    }
+}

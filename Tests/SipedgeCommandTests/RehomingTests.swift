@@ -248,6 +248,7 @@ import Testing
         #expect(c.mi(2, "dlg_send_sequential", ["callid": callID, "method": "BYE"]) == nil)
         #expect(c.mi(2, "dlg_send_sequential", ["callid": "no-such-call"]) == nil)
         #expect(c.mi(2, "dlg_send_sequential", ["callid": callID, "headers": "Bad header"]) == nil)
+        #expect(c.mi(2, "dlg_send_sequential", ["callid": callID, "headers": "CSeq: 1 OPTIONS"]) == nil, "the edge writes the dialog's headers")
         #expect(load.uac.isRunning && load.uas.isRunning, "the calls are still up: \(load.errors)")
     }
 

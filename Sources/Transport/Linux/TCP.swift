@@ -136,7 +136,8 @@ public final class TCPConnectionTable {
         do {
             let socket = try Socket(family: remote.kernelFamily, type: Int32(SOCK_STREAM.rawValue))
             try socket.setOption(Int32(IPPROTO_TCP), TCP_NODELAY, Int32(1), "TCP_NODELAY")
-            if let source = sourceAddresses.first(where: { $0.kernelFamily == remote.kernelFamily }) {
+            // (Not a loopback source toward another host, which it could not reach.)
+            if let source = sourceAddresses.first(where: { $0.kernelFamily == remote.kernelFamily }), source.isLoopback == remote.isLoopback {
                 try socket.bind(to: source.with(port: 0))
             }
             let done = try socket.connect(to: remote)
