@@ -34,9 +34,10 @@ struct Rehoming {
 // address, with a target-refreshing request on each leg (RFC 3261 §12.2): an UPDATE without a body
 // where the leg allows it, else a re-INVITE offering the session description last sent on that
 // leg, as it stands (no media change). Our Contact is this node's address for the leg's listener
-// tag, the CSeq continues the replicated one (past a gap), the route set is untouched. A 491 is tried again after
-// the §14.1 back-off; a 481, a 408 or no answer ends the call on the other leg. An early dialog
-// whose node died is ended on both sides. The same path sends `dlg_send_sequential` requests.
+// tag, the CSeq continues the replicated one (past a gap), the route set is untouched. A 491 is
+// tried again after the §14.1 back-off; a 481, a 408 or no answer ends the call on the other leg.
+// An early dialog whose node died is ended on both sides. The same path sends the requests of
+// `dlg_send_sequential`.
 extension B2BUA {
     /// How many times a leg's re-homing request is tried again after a 491.
     static let rehomeRetries = 4

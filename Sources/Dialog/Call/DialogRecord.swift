@@ -122,9 +122,10 @@ public struct DialogRecord: Sendable, Equatable {
     public var lateOffer: Bool
     /// The backend's 2xx was ACKed (a retransmitted 2xx gets the ACK again, rebuilt).
     public var backendAcknowledged: Bool
-    /// While the dialog is early, what another node needs to end it cleanly if this one dies: the
-    /// Via values of the caller's INVITE (to answer it), and the backend INVITE's Request-URI and
-    /// branch (to CANCEL it, RFC 3261 §9.1). Emptied once the call is answered.
+    /// While the dialog is early, what ending it cleanly needs: the backend INVITE's Request-URI
+    /// and branch (to CANCEL it, RFC 3261 §9.1, from this node or another) and, in a cluster, the
+    /// Via values of the caller's INVITE (for another node to answer it if this one dies).
+    /// Emptied once the call is answered.
     public var clientInviteVias: [[UInt8]]
     public var backendInviteURI: [UInt8]
     public var backendInviteBranch: [UInt8]
