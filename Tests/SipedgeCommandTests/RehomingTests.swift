@@ -111,14 +111,15 @@ import Testing
         let uas: Process
         let uac: Process
 
-        init(_ c: Cluster, uas uasXML: String, uac uacXML: String, calls: Int, rate: Int, transport: String = "u1") throws {
+        /// `target`: where the UAC calls (node 1 by default).
+        init(_ c: Cluster, uas uasXML: String, uac uacXML: String, calls: Int, rate: Int, transport: String = "u1", target: String? = nil) throws {
             dir = try Scratch.directory("rehome")
             try uasXML.write(to: dir.appendingPathComponent("uas.xml"), atomically: true, encoding: .utf8)
             try uacXML.write(to: dir.appendingPathComponent("uac.xml"), atomically: true, encoding: .utf8)
             uas = try ClusterTests.sipp(["-sf", "uas.xml", "-aa", "-t", "u1", "-i", "127.0.0.1", "-p", "\(c.uasPort)", "-m", "\(calls)",
                                          "-trace_err", "-error_file", "uas-errors.log"], in: dir)
             usleep(300_000)
-            uac = try ClusterTests.sipp(["-sf", "uac.xml", "-aa", "-t", transport, "-max_reconnect", "1000", "-reconnect_close", "false", "-reconnect_sleep", "0", "\(Cluster.ip(1)):\(c.sipPort)", "-i", "127.0.0.1",
+            uac = try ClusterTests.sipp(["-sf", "uac.xml", "-aa", "-t", transport, "-max_reconnect", "1000", "-reconnect_close", "false", "-reconnect_sleep", "0", "\(target ?? "\(Cluster.ip(1)):\(c.sipPort)")", "-i", "127.0.0.1",
                                          "-p", "\(c.uacPort)", "-m", "\(calls)", "-r", "\(rate)", "-timeout", "120s",
                                          "-max_socket", "1000", "-trace_err", "-error_file", "uac-errors.log"], in: dir)
         }
@@ -379,55 +380,77 @@ import Testing
         #expect(c.statistic(2, "cluster:rehome_failures") == 0)
     }
 
-    /// Both legs over TCP: the callers (SIPp), and the farm behind a second SIPEdge reached over
-    /// TCP (a SIPp UAS cannot take requests on a new TCP connection). The survivor re-homes the
-    /// backend leg over a new connection to that SIPEdge's Contact, from its own address.
+    /// Both legs over TCP, 200 calls: the callers reach node 1 through a SIPEdge of their own (an
+    /// operator's access edge) and the farm is behind another one, both over TCP to the cluster (a
+    /// SIPp over TCP cannot take requests on a new connection, nor many back to back on one).
+    /// Node 1 is killed: node 2 re-homes both legs of every call over new connections it opens to
+    /// those SIPEdges' Contacts, from its own address, within 2 s; the callers' BYEs then end
+    /// every call through node 2.
     @Test(.needsSIPp) func both_legs_over_tcp_are_rehomed_over_new_connections_from_the_survivors_address() throws {
-        let frontIP = "127.0.0.14"
-        // (SIPp over TCP leaves requests that reach it back to back on one connection unread: the
-        // survivor sends one re-INVITE per 10 ms here, 20 calls.)
-        let c = try Cluster(transport: "tcp", cluster: "rehome_per_second = 100", destination: { "sip:\(frontIP):\($0 + 30);transport=tcp" })
+        let (callersIP, farmIP) = ("127.0.0.15", "127.0.0.14")
+        let c = try Cluster(transport: "tcp", destination: { "sip:\(farmIP):\($0 + 30);transport=tcp" })
         defer { c.stopAll() }
-        let frontPort = c.base + 30
-        let front = try CallTests.Edge(config: """
-            workers = 2
-            [dispatcher]
-            destinations = ["127.0.0.1:\(c.uasPort)"]
-            [[listener]]
-            proto = "tcp"
-            address = "\(frontIP)"
-            port = \(frontPort)
-            tag = "public"
-            [[listener]]
-            proto = "udp"
-            address = "\(frontIP)"
-            port = \(frontPort)
-            tag = "public"
-            [mi]
-            address = "\(frontIP)"
-            port = \(frontPort + 1)
-            """)
-        defer { front.stop() }
-        #expect(front.waitFor("mi listening"), "\(front.output)")
+        func front(_ ip: String, port: Int, destination: String) throws -> CallTests.Edge {
+            let edge = try CallTests.Edge(config: """
+                workers = 2
+                [dispatcher]
+                destinations = ["\(destination)"]
+                [[listener]]
+                proto = "tcp"
+                address = "\(ip)"
+                port = \(port)
+                tag = "public"
+                [[listener]]
+                proto = "udp"
+                address = "\(ip)"
+                port = \(port)
+                tag = "public"
+                [mi]
+                address = "\(ip)"
+                port = \(port + 1)
+                """)
+            #expect(edge.waitFor("mi listening"), "\(edge.output)")
+            return edge
+        }
+        let farmFront = try front(farmIP, port: c.base + 30, destination: "127.0.0.1:\(c.uasPort)")
+        defer { farmFront.stop() }
+        let callersFront = try front(callersIP, port: c.base + 40, destination: "sip:\(Cluster.ip(1)):\(c.sipPort);transport=tcp")
+        defer { callersFront.stop() }
         try c.start(nodes: [1, 2, 3])
-        let calls = 20
-        // (The second SIPEdge allows UPDATE: node 2 re-homes its leg with one, which it relays to
-        // the farm; SIPp answers it by itself, -aa.)
-        let load = try ScenarioLoad(c, uas: Self.uasScenario(reinviteStatus: nil), uac: Self.uacScenario(wait: 60_000, contactPort: c.uacPort),
-                                    calls: calls, rate: 100, transport: "tn")
+        let calls = 200
+        // (Both SIPEdges allow UPDATE: node 2 re-homes their legs with one, which they relay to the
+        // SIPps, who answer it by themselves, -aa. The callers hang up 6 s after their 200.)
+        let uac = S.scenario("a call through an access edge", Self.callerSetUp(contactPort: nil) + [
+            #"<pause milliseconds="6000"/>"#, S.callerSends("BYE", cseq: 2, withTag: true), #"<recv response="200"/>"#,
+        ])
+        let load = try ScenarioLoad(c, uas: Self.uasScenario(reinviteStatus: nil), uac: uac, calls: calls, rate: 200,
+                                    target: "\(callersIP):\(c.base + 40)")
         defer { withExtendedLifetime(load) {} }
         #expect(ClusterTests.eventually(within: 4) { c.dialogs(2)?.count == calls }, "replicated: \(load.errors)")
         c.kill(1)
-        #expect(ClusterTests.eventually(within: 3) { c.statistic(2, "cluster:rehomed_dialogs") == calls },
-                "node 2 re-homed \(c.statistic(2, "cluster:rehomed_dialogs") ?? -1) of \(calls):\n\(load.errors)")
-        // The second SIPEdge now reaches node 2's side of every call over the connection node 2
-        // opened, from node 2's own address.
-        let frontLegs = (MIClient.call(host: frontIP, port: frontPort + 1, method: "dlg_list", params: ["limit": "40"]) as? [String: Any])?["Dialogs"] as? [[String: Any]] ?? []
-        let hops = Set(frontLegs.compactMap { ($0["client"] as? [String: Any])?["hop"] as? String }.map { $0.split(separator: ":").prefix(2).joined(separator: ":") })
-        #expect(frontLegs.count == calls && hops == ["tcp:127.0.0.12"], "\(hops)")
+        let killed = Date()
+        #expect(ClusterTests.eventually(within: 2) { c.statistic(2, "cluster:rehomed_dialogs") == calls },
+                "node 2 re-homed \(c.statistic(2, "cluster:rehomed_dialogs") ?? -1) of \(calls) within 2 s:\n\(load.errors)")
+        let took = Date().timeIntervalSince(killed)
+        // Each SIPEdge now reaches node 2's side of every call over a connection node 2 opened,
+        // from node 2's own address.
+        for (name, ip, port, leg) in [("farm's", farmIP, c.base + 31, "client"), ("callers'", callersIP, c.base + 41, "backend")] {
+            var hops: [String: Int] = [:]
+            var offset = 0
+            while let page = MIClient.call(host: ip, port: port, method: "dlg_list", params: ["offset": "\(offset)", "limit": "40"]) as? [String: Any],
+                  let list = page["Dialogs"] as? [[String: Any]], !list.isEmpty {
+                for d in list {
+                    let hop = ((d[leg] as? [String: Any])?["hop"] as? String ?? "").split(separator: ":").prefix(2).joined(separator: ":")
+                    hops[hop, default: 0] += 1
+                }
+                offset += list.count
+            }
+            #expect(hops == ["tcp:127.0.0.12": calls], "the \(name) SIPEdge: \(hops) (\(took) s after the kill)")
+        }
         ClusterTests.finish(load.uac, within: 15)
         ClusterTests.finish(load.uas, within: 5)
-        #expect(load.uac.terminationStatus == 0 && load.uas.terminationStatus == 0, "every call re-homed on both legs and ended:\n\(load.errors)")
+        #expect(load.uac.terminationStatus == 0 && load.uas.terminationStatus == 0, "every call ended with 200 through node 2:\n\(load.errors)")
+        #expect(ClusterTests.eventually(within: 3) { c.dialogs(2)?.isEmpty == true }, "none left")
     }
 
     /// Phones behind NAT over TCP (their Contact reaches nobody: only their own connection does)
