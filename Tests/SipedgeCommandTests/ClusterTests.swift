@@ -23,15 +23,12 @@ import Testing
         /// port and tag; the farm stays on UDP).
         let transport: String
 
-        /// Lines added to each node's `[cluster]` section.
-        let clusterExtra: String
 
         /// Where the dispatcher sends calls, given the cluster's first port (by default the SIPp UAS on `uasPort`).
         let destination: ((_ base: Int) -> String)?
 
-        init(secret: String = "", extra: String = "", databases: Bool = false, transport: String = "udp", cluster: String = "",
+        init(secret: String = "", extra: String = "", databases: Bool = false, transport: String = "udp",
              destination: ((_ base: Int) -> String)? = nil) throws {
-            self.clusterExtra = cluster
             self.destination = destination
             self.secret = secret
             self.extra = extra
@@ -62,7 +59,6 @@ import Testing
             address = "\(Self.ip(n)):\(linkPort)"
             nodes = ["1@\(Self.ip(1)):\(linkPort)", "2@\(Self.ip(2)):\(linkPort)", "3@\(Self.ip(3)):\(linkPort)"]
             sharing_tag = "node\(n)"
-            \(clusterExtra)
             \(secret.isEmpty ? "" : "secret = \"\(secret)\"")
             """
         }

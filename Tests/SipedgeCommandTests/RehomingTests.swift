@@ -28,21 +28,16 @@ import Testing
     /// The edge's tag on the caller's leg, from the re-homing re-INVITE's From.
     static let edgeTag = #"<ereg regexp=";tag=([^;> ]+)" search_in="hdr" header="From:" assign_to="x,edgetag"/>"#
 
-    /// The caller's INVITE (its Contact on `contactPort`), the answer and the ACK.
-    static func callerSetUp(contactPort: Int?) -> [String] {
-        // (Over TCP in SIPp's "tn" mode, [local_port] is the call's own connection's port, which
-        // does not listen: the Contact names the port SIPp listens on.)
-        let invite = S.callerSends("INVITE", cseq: 1, withTag: false, sdp: true)
-        return [contactPort.map { invite.replacingOccurrences(of: "Contact: sip:sipp@[local_ip]:[local_port]", with: "Contact: sip:sipp@[local_ip]:\($0)") } ?? invite,
-                #"<recv response="100" optional="true"/>"#, #"<recv response="180" optional="true"/>"#, #"<recv response="200"/>"#,
-                S.callerSends("ACK", cseq: 1, withTag: true, retransmit: false)]
-    }
+    /// The caller's INVITE, the answer and the ACK.
+    static let callerSetUp = [S.callerSends("INVITE", cseq: 1, withTag: false, sdp: true),
+                              #"<recv response="100" optional="true"/>"#, #"<recv response="180" optional="true"/>"#, #"<recv response="200"/>"#,
+                              S.callerSends("ACK", cseq: 1, withTag: true, retransmit: false)]
 
     /// The UAC: INVITE, 200, ACK; then (within `wait` ms) a re-INVITE from a survivor, answered;
     /// then, `byeAfter` ms later, a BYE sent to the Contact that re-INVITE gave. `endedBy`: instead
     /// of hanging up, the caller expects the edge's BYE with this Reason cause.
-    static func uacScenario(wait: Int, contactPort: Int? = nil, byeAfter: Int = 1_000, endedBy: Int? = nil) -> String {
-        var steps = callerSetUp(contactPort: contactPort) + [rehomingInvite(timeout: wait, extra: edgeTag), okWithSDP]
+    static func uacScenario(wait: Int, byeAfter: Int = 1_000, endedBy: Int? = nil) -> String {
+        var steps = callerSetUp + [rehomingInvite(timeout: wait, extra: edgeTag), okWithSDP]
         if let cause = endedBy {
             // (The edge's BYE may come before its ACK.)
             steps += [#"<recv request="ACK" optional="true"/>"#,
@@ -96,7 +91,7 @@ import Testing
     /// A SIPp UAC whose calls accept any number of re-homing re-INVITEs for `hold` ms, then end
     /// (without a BYE: the test ends them by stopping SIPp).
     static func uacLoop(hold: Int) -> String {
-        S.scenario("a call re-homed again and again", callerSetUp(contactPort: nil) + [
+        S.scenario("a call re-homed again and again", callerSetUp + [
             #"<label id="wait"/>"#,
             "<recv request=\"INVITE\" timeout=\"\(hold)\" ontimeout=\"end\"><action>\(survivorContact)</action></recv>",
             okWithSDP, #"<recv request="ACK" next="wait"/>"#,
@@ -104,24 +99,24 @@ import Testing
         ])
     }
 
-    /// A SIPp UAS (the farm, over UDP) and UAC (calling node 1, over `transport`: "u1" or "tn") on
-    /// scenarios of their own; both killed, and their directory removed, when it goes.
+    /// A SIPp UAS (the farm) and UAC (calling node 1) on scenarios of their own; both killed, and
+    /// their directory removed, when it goes.
     final class ScenarioLoad {
         let dir: URL
         let uas: Process
         let uac: Process
 
         /// `target`: where the UAC calls (node 1 by default).
-        init(_ c: Cluster, uas uasXML: String, uac uacXML: String, calls: Int, rate: Int, transport: String = "u1", target: String? = nil) throws {
+        init(_ c: Cluster, uas uasXML: String, uac uacXML: String, calls: Int, rate: Int, target: String? = nil) throws {
             dir = try Scratch.directory("rehome")
             try uasXML.write(to: dir.appendingPathComponent("uas.xml"), atomically: true, encoding: .utf8)
             try uacXML.write(to: dir.appendingPathComponent("uac.xml"), atomically: true, encoding: .utf8)
             uas = try ClusterTests.sipp(["-sf", "uas.xml", "-aa", "-t", "u1", "-i", "127.0.0.1", "-p", "\(c.uasPort)", "-m", "\(calls)",
                                          "-trace_err", "-error_file", "uas-errors.log"], in: dir)
             usleep(300_000)
-            uac = try ClusterTests.sipp(["-sf", "uac.xml", "-aa", "-t", transport, "-max_reconnect", "1000", "-reconnect_close", "false", "-reconnect_sleep", "0", "\(target ?? "\(Cluster.ip(1)):\(c.sipPort)")", "-i", "127.0.0.1",
+            uac = try ClusterTests.sipp(["-sf", "uac.xml", "-aa", "\(target ?? "\(Cluster.ip(1)):\(c.sipPort)")", "-i", "127.0.0.1",
                                          "-p", "\(c.uacPort)", "-m", "\(calls)", "-r", "\(rate)", "-timeout", "120s",
-                                         "-max_socket", "1000", "-trace_err", "-error_file", "uac-errors.log"], in: dir)
+                                         "-trace_err", "-error_file", "uac-errors.log"], in: dir)
         }
 
         /// What SIPp logged as errors (for a failing test's message).
@@ -420,7 +415,7 @@ import Testing
         let calls = 200
         // (Both SIPEdges allow UPDATE: node 2 re-homes their legs with one, which they relay to the
         // SIPps, who answer it by themselves, -aa. The callers hang up 6 s after their 200.)
-        let uac = S.scenario("a call through an access edge", Self.callerSetUp(contactPort: nil) + [
+        let uac = S.scenario("a call through an access edge", Self.callerSetUp + [
             #"<pause milliseconds="6000"/>"#, S.callerSends("BYE", cseq: 2, withTag: true), #"<recv response="200"/>"#,
         ])
         let load = try ScenarioLoad(c, uas: Self.uasScenario(reinviteStatus: nil), uac: uac, calls: calls, rate: 200,
