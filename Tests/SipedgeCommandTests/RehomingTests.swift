@@ -36,12 +36,12 @@ import Testing
     /// The UAC: INVITE, 200, ACK; then (within `wait` ms) a re-INVITE from a survivor, answered;
     /// then, `byeAfter` ms later, a BYE sent to the Contact that re-INVITE gave. `endedBy`: instead
     /// of hanging up, the caller expects the edge's BYE with this Reason cause.
-    static func uacScenario(wait: Int, byeAfter: Int = 1_000, endedBy: Int? = nil) -> String {
+    static func uacScenario(wait: Int, byeAfter: Int = 1_000, endedBy: Int? = nil, byeWithin: Int = 10_000) -> String {
         var steps = callerSetUp + [rehomingInvite(timeout: wait, extra: edgeTag), okWithSDP]
         if let cause = endedBy {
             // (The edge's BYE may come before its ACK.)
             steps += [#"<recv request="ACK" optional="true"/>"#,
-                      "<recv request=\"BYE\" timeout=\"10000\"><action><ereg regexp=\"cause=\(cause)\" search_in=\"hdr\" header=\"Reason:\" check_it=\"true\" assign_to=\"reason\"/></action></recv>",
+                      "<recv request=\"BYE\" timeout=\"\(byeWithin)\"><action><ereg regexp=\"cause=\(cause)\" search_in=\"hdr\" header=\"Reason:\" check_it=\"true\" assign_to=\"reason\"/></action></recv>",
                       ok, #"<Reference variables="contact,x,edgetag,reason"/>"#]
         } else {
             let bye = S.callerSends("BYE", cseq: 3, withTag: false)
@@ -62,7 +62,9 @@ import Testing
         var steps = farmAnswers(after: answerAfter)
         if let status = reinviteStatus {
             if let first = refusedFirst { steps += [rehomingInvite(timeout: wait), refused(first)] }
-            steps += [rehomingInvite(timeout: wait), status == 200 ? okWithSDP + #"<recv request="ACK"/>"# : refused(status),
+            // (Status 0: the re-INVITE is never answered; the farm stays, silent, past Timer B.)
+            let silent = #"<recv request="CANCEL" timeout="33000" ontimeout="silent"/><label id="silent"/>"#
+            steps += [rehomingInvite(timeout: wait), status == 200 ? okWithSDP + #"<recv request="ACK"/>"# : status == 0 ? silent : refused(status),
                       #"<Reference variables="contact"/>"#]
         }
         if byeExpected { steps += ["<recv request=\"BYE\" timeout=\"\(wait)\"/>", ok] }
@@ -218,6 +220,26 @@ import Testing
         let holder = c.tags(2)["node1"]?.state == "active" ? 2 : 3
         #expect(c.statistic(holder, "cluster:rehome_failures") == 10)
         #expect(ClusterTests.eventually(within: 2) { c.dialogs(2)?.isEmpty == true && c.dialogs(3)?.isEmpty == true })
+    }
+
+    @Test(.needsSIPp) func a_farm_that_never_answers_the_rehoming_makes_the_survivor_end_the_call_at_timer_b() throws {
+        let c = try Cluster()
+        defer { c.stopAll() }
+        try c.start(nodes: [1, 2, 3])
+        let load = try ScenarioLoad(c, uas: Self.uasScenario(reinviteStatus: 0, byeExpected: false),
+                                    uac: Self.uacScenario(wait: 30_000, endedBy: 408, byeWithin: 45_000), calls: 5, rate: 100)
+        defer { withExtendedLifetime(load) {} }
+        #expect(ClusterTests.eventually(within: 3) { c.dialogs(2)?.count == 5 }, "replicated: \(load.errors)")
+        c.kill(1)
+        let killed = Date()
+        #expect(ClusterTests.eventually(within: 3) { c.statistic(2, "cluster:taken_over_dialogs") == 5 })
+        ClusterTests.finish(load.uac, within: 45)
+        let ended = Date().timeIntervalSince(killed)
+        // Timer B (64 * T1 = 32 s) after the re-INVITE, which went within about a second of the kill.
+        #expect(ended > 32 && ended < 36, "the callers' BYE came \(ended) s after the kill")
+        // (The silent farm's own verdict does not matter: SIPp counts its wait as a timeout.)
+        #expect(load.uac.terminationStatus == 0, "each caller got a BYE with cause 408:\n\(load.errors)")
+        #expect(c.statistic(2, "cluster:rehome_failures") == 5)
     }
 
     @Test(.needsSIPp) func an_operator_sends_requests_within_a_dialog_by_hand_and_gets_their_answers() throws {
