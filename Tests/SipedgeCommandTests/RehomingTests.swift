@@ -54,15 +54,15 @@ import Testing
     }
 
     /// The UAS (the farm): answers the INVITE (after `answerAfter` ms, ringing meanwhile), then
-    /// expects the re-homing re-INVITE from a survivor (answered with `reinviteStatus`; none
-    /// expected when nil), then a BYE (unless `byeExpected` is false). `refusedFirst`: the first
+    /// expects the re-homing re-INVITE from a survivor (answered with `reinviteStatus`, 0: never
+    /// answered; none expected when nil), then a BYE (unless `byeExpected` is false). `refusedFirst`: the first
     /// re-homing re-INVITE is answered with this, and the next one as `reinviteStatus` says.
     static func uasScenario(answerAfter: Int = 0, reinviteStatus: Int? = 200, wait: Int = 60_000, byeExpected: Bool = true,
                             refusedFirst: Int? = nil) -> String {
         var steps = farmAnswers(after: answerAfter)
         if let status = reinviteStatus {
             if let first = refusedFirst { steps += [rehomingInvite(timeout: wait), refused(first)] }
-            // (Status 0: the re-INVITE is never answered; the farm stays, silent, past Timer B.)
+            // (Never answered: the farm stays, silent, past Timer B.)
             let silent = #"<recv request="CANCEL" timeout="33000" ontimeout="silent"/><label id="silent"/>"#
             steps += [rehomingInvite(timeout: wait), status == 200 ? okWithSDP + #"<recv request="ACK"/>"# : status == 0 ? silent : refused(status),
                       #"<Reference variables="contact"/>"#]
