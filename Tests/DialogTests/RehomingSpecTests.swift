@@ -230,6 +230,13 @@ import Transport
         #expect(try answer.cseq().method == .invite)
         #expect(outcome.value == .endedEarly && two.b2bua.activeCalls == 0)
         #expect(two.sink.records.last?.state == .ended, "every node is told it is over")
+        // No transaction holds the 503 (its ACK goes to the dead node): it goes twice more, at T1 and 3*T1.
+        two.wait(499)
+        #expect(two.unread(to: Self.caller).isEmpty)
+        two.wait(1_001)
+        #expect(two.unread(to: Self.caller).map(\.statusCode) == [503, 503])
+        two.wait(10_000)
+        #expect(two.unread(to: Self.caller).isEmpty)
     }
 
     static func nodeTwoWithTCP() -> Stage {

@@ -356,11 +356,34 @@ extension B2BUA {
             b.header("Call-ID", client.callID)
             b.header("CSeq", "\(client.inviteCSeq) INVITE")
             b.header("Warning", "399 sipedge \"the edge node carrying the call failed\"")
-            _ = sender.send(b.finish(contentType: nil, body: []), to: client.hop)
+            let answer = b.finish(contentType: nil, body: [])
+            _ = sender.send(answer, to: client.hop)
+            if client.hop.transport == .udp {
+                // No transaction here holds it (its ACK goes to the dead node): it goes twice more,
+                // after T1 and 3*T1, in case one is lost.
+                let again = Resend(bytes: answer, hop: client.hop, sender: sender)
+                clock.schedule(afterMilliseconds: config.timers.t1, target: again, token: 0)
+                clock.schedule(afterMilliseconds: 3 * config.timers.t1, target: again, token: 0)
+            }
         }
         statistics.earlyDialogsEnded += 1
         endCall(call)
     }
+}
+
+/// A message sent again when its timer fires (the loop's timers hold it until then).
+final class Resend: TimerTarget {
+    let bytes: [UInt8]
+    let hop: Hop
+    unowned let sender: any MessageSender
+
+    init(bytes: [UInt8], hop: Hop, sender: any MessageSender) {
+        self.bytes = bytes
+        self.hop = hop
+        self.sender = sender
+    }
+
+    func timerFired(_ token: UInt64) { _ = sender.send(bytes, to: hop) }
 }
 
 extension String {
