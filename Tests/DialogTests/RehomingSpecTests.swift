@@ -133,6 +133,20 @@ import Transport
         #expect(outcome.value == .rehomed)
     }
 
+    @Test func rfc3261_14_2_a_session_refresh_that_crosses_a_rehoming_reinvite_gets_491_too() throws {
+        // A re-INVITE offering the session as it stands only refreshes the caller's session timer:
+        // the edge answers it itself, but not while its own re-INVITE is out on that leg.
+        let one = Stage()
+        let (tag, _) = try #require(one.establish(inviteExtra: "Session-Expires: 90;refresher=uac\nSupported: timer"))
+        let record = try #require(one.sink.records.last)
+        let two = Self.nodeTwo()
+        _ = Self.takeOver(record, on: two)
+        _ = try #require(two.next(to: Self.caller))
+        two.fromCaller(two.callerRequest("INVITE", cseq: 2, toTag: tag, extra: "Session-Expires: 90;refresher=uac\nSupported: timer",
+                                         body: Stage.sdp))
+        #expect(two.unread(to: Self.caller).compactMap(\.statusCode) == [100, 491])
+    }
+
     @Test func a_481_to_rehoming_ends_the_call_with_a_bye_and_a_reason_on_the_other_leg() throws {
         let (record, _, _) = try Self.callOnNodeOne()
         let two = Self.nodeTwo()
