@@ -209,6 +209,23 @@ import Testing
         #expect(farm.edge.output.contains("dispatcher: sip:127.0.0.1:\(farm.uasPort(1)) active -> inactive"))
     }
 
+    /// Issue 16, detection: a destination whose calls' requests are refused (ICMP) is inactive at
+    /// once, long before its next probe.
+    @Test(.needsSIPp) func a_destination_whose_calls_pings_are_refused_is_inactive_before_its_next_probe() throws {
+        guard let farm = try Farm(dispatcher: "algorithm = \"round-robin\"\nprobe_interval_seconds = 60", extra: "[calls]\nping_interval_seconds = 1") else { return }
+        defer { farm.stop() }
+        // Three calls held for 30 s, one on each destination; then destination 1 dies.
+        let uac = try farm.call(3, rate: 10, timeout: 40, wait: false, arguments: ["-d", "30000"])
+        defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
+        usleep(1_000_000)
+        farm.killUAS(1)
+        let killed = Date()
+        #expect(try farm.waitForState(1, "inactive", seconds: 3), "the next ping to it met an ICMP refusal")
+        #expect(Date().timeIntervalSince(killed) < 3, "well before the next probe (60 s)")
+        #expect(try farm.destinations()[farm.uri(0)]?.state == "active" && farm.destinations()[farm.uri(2)]?.state == "active")
+        #expect(farm.edge.output.contains("a call found it unreachable or silent"), "\(farm.edge.output)")
+    }
+
     @Test(.needsSIPp) func draining_through_sipedge_mi_stops_new_calls_while_its_calls_end_normally() throws {
         guard let farm = try Farm(dispatcher: "algorithm = \"round-robin\"") else { return }
         defer { farm.stop() }

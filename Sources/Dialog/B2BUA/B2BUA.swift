@@ -378,6 +378,13 @@ extension B2BUA: TransactionUser {
     }
 
     func timedOut(_ tx: ClientTxRecord) {
+        // A request in a call toward its backend that got no answer (Timer B or F, or the
+        // transport's refusal: ICMP, a refused or reset connection) counts against that
+        // destination, as a failed probe would (the INVITE that sets a call up counts in
+        // `backendInviteTimedOut`).
+        if tx.side == .backend, let call = tx.call, let d = call.destination {
+            if case .backendInvite = tx.purpose {} else { picker.failed(d) }
+        }
         if let onFinal = tx.onFinal {
             tx.onFinal = nil
             onFinal(nil)
