@@ -33,10 +33,7 @@ public struct DestinationSettings: Sendable, Equatable {
     }
 
     /// The canonical "sip:host:port[;transport=x]" form `ds_list` shows and `ds_set_state` takes.
-    public var canonicalURI: String {
-        let host = hop.address.uriHost
-        return "sip:\(host):\(hop.address.port)" + (hop.transport == .udp ? "" : ";transport=\(hop.transport.rawValue)")
-    }
+    public var canonicalURI: String { hop.sipURI }
 }
 
 /// The `[dispatcher]` section: one set of destinations, its algorithm and its probing.
@@ -49,6 +46,11 @@ public struct DispatcherSettings: Sendable, Equatable {
     public var probeFailures = 1
     /// Consecutive answered probes that bring an inactive destination back.
     public var probeSuccesses = 1
+    /// Calls up on a destination that dies are moved to another of the set (issue 16).
+    public var recoverCalls = false
+    /// How many such calls get a new backend leg a second, at most, over the whole edge (read
+    /// from `[dispatcher]`; it paces every set).
+    public var recoverPerSecond = 200
     public var destinations: [DestinationSettings] = []
 
     public init() {}
@@ -92,6 +94,11 @@ public final class Dispatcher: Sendable {
 
     private let shared: Mutex<Shared>
     private let logger: Logger
+    /// Told (this set's index) when a destination goes inactive.
+    private let lost = Mutex<(@Sendable (Int) -> Void)?>(nil)
+
+    /// `handler` is told each destination that goes inactive (failed probes or calls).
+    public func onDestinationLost(_ handler: @escaping @Sendable (Int) -> Void) { lost.withLock { $0 = handler } }
 
     public init(_ settings: DispatcherSettings, logger: Logger) {
         shared = Mutex(Shared(settings: settings, entries: settings.destinations.map { Entry(settings: $0) }))
@@ -190,6 +197,7 @@ public final class Dispatcher: Sendable {
         }
         if let (uri, before, after) = change {
             logger.notice("dispatcher: \(uri) \(before.rawValue) -> \(after.rawValue) (\(why))")
+            if after == .inactive, let handler = lost.withLock({ $0 }) { handler(index) }
         }
     }
 
@@ -341,6 +349,20 @@ public final class Router: DestinationPicker, Sendable {
     private func locate(_ index: Int) -> (Dispatcher, Int)? {
         guard index >= 0, index / Self.stride < sets.count else { return nil }
         return (sets[index / Self.stride], index % Self.stride)
+    }
+
+    public func recovers(_ index: Int) -> Bool { locate(index)?.0.settings.recoverCalls ?? false }
+
+    public func replacement(for index: Int, callID: [UInt8], excluding tried: [Int]) -> CallDestination? {
+        guard let (set, _) = locate(index) else { return nil }
+        let base = index - index % Self.stride
+        let local = tried.filter { $0 >= base && $0 < base + Self.stride }.map { $0 - base }
+        return set.pick(callID: callID, fromUser: [], excluding: local).map { CallDestination(index: base + $0.index, hop: $0.hop) }
+    }
+
+    /// `handler` is told (by the index `pick` uses) each destination of any set that goes inactive.
+    public func onDestinationLost(_ handler: @escaping @Sendable (Int) -> Void) {
+        for (position, set) in sets.enumerated() { set.onDestinationLost { handler(position * Self.stride + $0) } }
     }
 
     public func claim(_ index: Int) { if let (set, i) = locate(index) { set.claim(i) } }

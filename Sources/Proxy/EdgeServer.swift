@@ -193,6 +193,9 @@ public final class EdgeServer: @unchecked Sendable {
                                       pingSeconds: UInt64(config.calls.pingSeconds), picker: router,
                                       admission: sourceLimit, registrar: registrar)
         b2buaConfig.workerUDP = workerUDP.count == workers.count ? workerUDP : []
+        // (Each worker recovers its own calls: its share of the pace, rounded up.)
+        b2buaConfig.recoveriesPerSecond = (config.dispatcher.recoverPerSecond + workers.count - 1) / workers.count
+        b2buaConfig.log = { logger.notice("\($0)") }
         if let cluster = config.cluster { b2buaConfig.sharingTag = cluster.sharingTag }
         var senders: [LoopBound<EdgeSender>] = []
         for loop in workers.loops {
@@ -222,6 +225,10 @@ public final class EdgeServer: @unchecked Sendable {
             routing.b2buas.append(LoopBound(b2bua, on: loop))
         }
         for s in senders { s.value.peers = senders }
+        // A destination gone inactive: every worker recovers its calls there, where the set says so.
+        router.onDestinationLost { [routing] index in
+            for b in routing.b2buas { b.loop.execute { b.value.backendLost(index) } }
+        }
         // The cluster link: every change of every worker's dialogs goes to it, and it says which
         // sharing tags this node acts for.
         if let settings = config.cluster {
@@ -428,6 +435,8 @@ public final class EdgeServer: @unchecked Sendable {
         public var serverTransactions = 0, clientTransactions = 0
         /// What only the node acting for a dialog's tag sends or does: pings, refreshes, time-outs.
         public var pingsSent = 0, sessionRefreshesSent = 0, callsTimedOut = 0
+        /// Calls whose backend died: recoveries begun, done, failed (issue 16).
+        public var recoveriesStarted = 0, recoveriesDone = 0, recoveriesFailed = 0
         /// Messages a worker received for another worker's call and passed on.
         public var handedOver = 0
         public var requests: [String: Int] = [:], replies: [String: Int] = [:]
@@ -448,6 +457,9 @@ public final class EdgeServer: @unchecked Sendable {
             t.pingsSent += part.0.pingsSent
             t.sessionRefreshesSent += part.0.sessionRefreshesSent
             t.callsTimedOut += part.0.callsTimedOut
+            t.recoveriesStarted += part.0.recoveriesStarted
+            t.recoveriesDone += part.0.recoveriesDone
+            t.recoveriesFailed += part.0.recoveriesFailed
             t.replies.merge(part.0.replies, uniquingKeysWith: +)
             t.callsStarted += part.1
             t.callsEnded += part.2

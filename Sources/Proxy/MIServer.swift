@@ -289,7 +289,7 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
             // (The dialog's own headers are the edge's to write.)
             let owned: Set<String> = ["via", "v", "from", "f", "to", "t", "call-id", "i", "cseq", "contact", "m", "route", "max-forwards",
                                       "content-length", "l", "content-type", "c"]
-            for line in text.split(whereSeparator: { $0 == "\r" || $0 == "\n" }) where !line.isEmpty {
+            for line in text.split(whereSeparator: \.isNewline) where !line.isEmpty {
                 let name = line.firstIndex(of: ":").map { String(line[..<$0]).trimmingCharacters(in: .whitespaces) } ?? ""
                 // (A header name is a token, as a method name is.)
                 guard let colon = line.firstIndex(of: ":"), SIPMethod(name) != nil, !owned.contains(name.lowercased()) else {
@@ -390,7 +390,8 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
         }
         return ["dialog_id": r.key, "state": r.state == .confirmed ? "confirmed" : r.state == .early ? "early" : "ended",
                 "version": Int(r.version), "sharing_tag": r.sharingTag, "started": Int(r.startedAt), "answered": Int(r.answeredAt),
-                "ends": Int(r.endsAt), "client": leg(r.client), "backend": leg(r.backend)]
+                "ends": Int(r.endsAt), "client": leg(r.client), "backend": leg(r.backend),
+                "destination": r.backend.hop.sipURI, "recoveries": Int(r.recoveries)]
     }
 
     private func statistics(_ params: [String: Any]) -> [String: Any] {
@@ -414,6 +415,9 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
             "tm:client_transactions": totals.clientTransactions,
         ]
         out["dialog:pings_sent"] = totals.pingsSent
+        out["recovery:recovered_calls"] = totals.recoveriesDone
+        out["recovery:failed_calls"] = totals.recoveriesFailed
+        out["recovery:pending_calls"] = totals.recoveriesStarted - totals.recoveriesDone - totals.recoveriesFailed
         out["dialog:session_refreshes_sent"] = totals.sessionRefreshesSent
         out["dialog:timed_out_dialogs"] = totals.callsTimedOut
         if let cluster = edge.cluster, let c = try? cluster.loop.submitAndWait({ cluster.statistics }) {

@@ -8,8 +8,18 @@ import Transport
 final class RecordingPicker: DestinationPicker, @unchecked Sendable {
     let hops: [Hop]
     private(set) var failures: [Int] = []
+    /// Whether calls are recovered (`recover_calls`), and where to: the first of `hops` not tried.
+    var recovering = false
 
-    init(_ hops: [Hop]) { self.hops = hops }
+    init(_ hops: [Hop], recovering: Bool = false) {
+        self.hops = hops
+        self.recovering = recovering
+    }
+
+    func recovers(_ index: Int) -> Bool { recovering }
+    func replacement(for index: Int, callID: [UInt8], excluding tried: [Int]) -> CallDestination? {
+        hops.indices.first { !tried.contains($0) }.map { CallDestination(index: $0, hop: hops[$0]) }
+    }
 
     func pick(_ call: CallRequest, excluding tried: [Int]) throws(CallRefusal) -> CallDestination? {
         hops.indices.first { !tried.contains($0) }.map { CallDestination(index: $0, hop: hops[$0]) }
@@ -65,5 +75,94 @@ final class RecordingPicker: DestinationPicker, @unchecked Sendable {
         }
         s.wait(33_000)
         #expect(picker.failures.isEmpty)
+    }
+
+    // MARK: - Recovery (issue 16)
+
+    static let other = Stage.backends[1]
+
+    @Test func a_call_whose_backend_dies_gets_a_new_backend_leg_with_the_recovery_headers_and_the_caller_keeps_its_dialog() throws {
+        let picker = RecordingPicker(Stage.backends, recovering: true)
+        let s = Stage { $0.picker = picker; $0.pingSeconds = 30 }
+        let (tag, lost) = try #require(s.establish())
+        s.wait(30_000)
+        _ = s.unread(to: Stage.caller)
+        // The backend's ping is refused (ICMP): the call moves to the other destination.
+        s.b2bua.unreachable(Self.backend)
+        s.clock.endIteration()
+        let invite = try #require(s.next(to: Self.other))
+        #expect(invite.method == .invite && invite.tag(of: .to) == nil)
+        #expect(invite.callID?.string != lost.callID?.string && invite.tag(of: .from)?.string != lost.tag(of: .from)?.string, "a new leg")
+        #expect(invite.text.contains("X-SIPEdge-Recovery-Call-ID: \(lost.callID!.string)\r\n"))
+        #expect(invite.text.contains("X-SIPEdge-Recovery-Age: "))
+        #expect(invite.body.string == Stage.sdp, "the caller's last SDP")
+        #expect(invite.value(.to) == lost.value(.to) && invite.value(.from)?.hasPrefix(lost.value(.from)!.components(separatedBy: ";tag=")[0]) == true)
+        // The new backend answers with the same media: ACKed, and the caller hears nothing.
+        s.fromBackend(Stage.response(to: invite, 200, body: Stage.answerSDP), hop: Self.other)
+        #expect(s.unread(to: Self.other).map(\.method) == [.ack])
+        #expect(s.unread(to: Stage.caller).isEmpty, "no re-INVITE: the media did not move")
+        #expect(s.b2bua.statistics.recoveriesDone == 1)
+        // The caller's BYE ends the call through the new backend.
+        s.fromCaller(s.callerRequest("BYE", cseq: 2, toTag: tag))
+        let bye = try #require(s.next(to: Self.other))
+        #expect(bye.method == .bye && bye.callID?.string == invite.callID?.string && bye.tag(of: .to)?.string == "b1")
+    }
+
+    @Test func a_new_backend_answering_with_other_media_gives_the_caller_one_reinvite_in_its_dialog() throws {
+        let picker = RecordingPicker(Stage.backends, recovering: true)
+        let s = Stage { $0.picker = picker; $0.pingSeconds = 30 }
+        let (tag, _) = try #require(s.establish())
+        s.wait(30_000)
+        _ = s.unread(to: Stage.caller)
+        s.b2bua.unreachable(Self.backend)
+        s.clock.endIteration()
+        let invite = try #require(s.next(to: Self.other))
+        let moved = Stage.answerSDP.replacingOccurrences(of: "m=audio 10000", with: "m=audio 20000")
+        s.fromBackend(Stage.response(to: invite, 200, body: moved), hop: Self.other)
+        let reinvites = s.unread(to: Stage.caller).filter { $0.method == .invite }
+        #expect(reinvites.count == 1 && reinvites.first?.body.string == moved)
+        #expect(reinvites.first?.tag(of: .from)?.string == tag && reinvites.first?.callID?.string == "call-1@192.0.2.10", "the caller's same dialog")
+    }
+
+    @Test func with_no_destination_left_the_caller_gets_a_bye_saying_the_backend_was_lost() throws {
+        let picker = RecordingPicker([Stage.backends[0]], recovering: true)
+        let s = Stage { $0.picker = picker; $0.pingSeconds = 30 }
+        try #require(s.establish() != nil)
+        s.wait(30_000)
+        _ = s.unread(to: Stage.caller)
+        s.b2bua.unreachable(Self.backend)
+        s.clock.endIteration()
+        let bye = try #require(s.unread(to: Stage.caller).first { $0.method == .bye })
+        #expect(bye.value(.reason) == "SIP;cause=503;text=\"backend lost\"")
+        #expect(s.b2bua.activeCalls == 0 && s.b2bua.statistics.recoveriesFailed == 1)
+    }
+
+    @Test func without_recover_calls_a_dead_backend_ends_its_calls_as_before() throws {
+        let picker = RecordingPicker(Stage.backends)
+        let s = Stage { $0.picker = picker; $0.pingSeconds = 30 }
+        try #require(s.establish() != nil)
+        s.wait(30_000)
+        _ = s.unread(to: Stage.caller)
+        s.b2bua.unreachable(Self.backend)
+        s.clock.endIteration()
+        #expect(s.unread(to: Stage.caller).contains { $0.method == .bye && $0.value(.reason) == "SIP;cause=408;text=\"Dialog ping failed\"" })
+        #expect(s.unread(to: Self.other).isEmpty)
+    }
+
+    @Test func recoveries_start_at_the_pace_configured_and_each_gets_its_new_leg() throws {
+        let picker = RecordingPicker(Stage.backends, recovering: true)
+        let s = Stage { $0.picker = picker; $0.recoveriesPerSecond = 200 }
+        for n in 1...5 { try #require(s.establish(callID: "call-\(n)@192.0.2.10") != nil) }
+        _ = s.unread(to: Self.backend)
+        // The dispatcher found destination 0 dead: its five calls, two every 10 ms.
+        s.b2bua.backendLost(0)
+        s.clock.endIteration()
+        var started = [s.unread(to: Self.other).filter { $0.method == .invite }.count]
+        for _ in 0..<3 {
+            s.wait(10)
+            started.append(s.unread(to: Self.other).filter { $0.method == .invite }.count)
+        }
+        #expect(started == [2, 2, 1, 0])
+        #expect(s.b2bua.statistics.recoveriesStarted == 5 && s.b2bua.statistics.recoveriesDone == 0)
     }
 }

@@ -50,9 +50,10 @@ import Transport
             + Self.intLength(record.startedAt) + Self.intLength(record.answeredAt) + Self.intLength(record.endsAt)
         #expect(Array(bytes[offset..<offset + 2]) == [0, 0])
         bytes.removeSubrange(offset..<offset + 2)
-        // Nor the early-dialog fields of format 3 at the end (three empty ones).
-        #expect(Array(bytes.suffix(3)) == [0, 0, 0])
-        bytes.removeLast(3)
+        // Nor the early-dialog fields of format 3 and the recovery count of format 4 at the end
+        // (three empty ones and a zero).
+        #expect(Array(bytes.suffix(4)) == [0, 0, 0, 0])
+        bytes.removeLast(4)
         bytes[0] = 1
         var decoded = try DialogRecord(decoding: bytes)
         decoded.client.hop = record.client.hop
@@ -61,12 +62,27 @@ import Transport
 
     @Test func a_record_of_the_second_format_is_read_with_no_early_fields() throws {
         var bytes = Self.sample().encoded()
-        #expect(Array(bytes.suffix(3)) == [0, 0, 0])
-        bytes.removeLast(3)
+        #expect(Array(bytes.suffix(4)) == [0, 0, 0, 0])
+        bytes.removeLast(4)
         bytes[0] = 2
         var decoded = try DialogRecord(decoding: bytes)
         decoded.client.hop = Self.sample().client.hop
         #expect(decoded == Self.sample())
+    }
+
+    @Test func a_record_of_the_third_format_is_read_with_no_recoveries_and_a_recovered_one_keeps_its_count() throws {
+        var record = Self.sample()
+        var bytes = record.encoded()
+        #expect(bytes.last == 0)
+        bytes.removeLast()
+        bytes[0] = 3
+        var decoded = try DialogRecord(decoding: bytes)
+        decoded.client.hop = record.client.hop
+        #expect(decoded == record)
+        record.recoveries = 300
+        decoded = try DialogRecord(decoding: record.encoded())
+        decoded.client.hop = record.client.hop
+        #expect(decoded.recoveries == 300 && decoded == record)
     }
 
     @Test func an_early_record_keeps_what_ends_it_cleanly_elsewhere() throws {
@@ -81,6 +97,7 @@ import Transport
         // A corrupt count of Via values does not allocate.
         var bytes = record.encoded()
         let tail = 1 + record.clientInviteVias.map { 1 + $0.count }.reduce(0, +) + 1 + record.backendInviteURI.count + 1 + record.backendInviteBranch.count
+            + 1   // the recovery count
         bytes[bytes.count - tail] = 0x7F
         #expect(throws: DialogRecordError(reason: "127 Via values")) { try DialogRecord(decoding: bytes) }
     }

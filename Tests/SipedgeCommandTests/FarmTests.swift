@@ -16,22 +16,26 @@ import Testing
         var uas: [Process?] = [nil, nil, nil]
         var starts = [0, 0, 0]
         let scenarios: [String?]
+        /// How the edge reaches the UAS: "udp" or "tcp".
+        let transport: String
 
         var edgePort: Int { base }
         func uasPort(_ i: Int) -> Int { base + 10 * (i + 1) }
-        func uri(_ i: Int) -> String { "sip:127.0.0.1:\(uasPort(i))" }
+        func uri(_ i: Int) -> String { "sip:127.0.0.1:\(uasPort(i))" + (transport == "udp" ? "" : ";transport=" + transport) }
 
-        init?(dispatcher: String, weights: [Int] = [1, 1, 1], scenarios: [String?] = [nil, nil, nil], extra: String = "",
-              tail: (Int) -> String = { _ in "" }) throws {
+        init?(dispatcher: String, weights: [Int] = [1, 1, 1], priorities: [Int] = [0, 0, 0], scenarios: [String?] = [nil, nil, nil],
+              transport: String = "udp", extra: String = "", tail: (Int) -> String = { _ in "" }) throws {
             guard let sipp = try? CallTests.requireSIPp() else { return nil }
             self.sipp = sipp
             self.scenarios = scenarios
+            self.transport = transport
             dir = try Scratch.directory("farm")
             var chosen: (Int, CallTests.Edge)?
             for _ in 0..<3 where chosen == nil {
                 let base = Scratch.ports()
                 let destinations = (0..<3).map { i in
-                    "[[dispatcher.destination]]\nuri = \"sip:127.0.0.1:\(base + 10 * (i + 1))\"\nweight = \(weights[i])\n"
+                    "[[dispatcher.destination]]\nuri = \"sip:127.0.0.1:\(base + 10 * (i + 1))\(transport == "udp" ? "" : ";transport=" + transport)\"\n"
+                        + "weight = \(weights[i])\npriority = \(priorities[i])\n"
                 }.joined()
                 let edge = try CallTests.Edge(config: """
                     workers = 2
@@ -42,7 +46,7 @@ import Testing
                     [dispatcher]
                     \(dispatcher)
                     \(destinations)
-                    \(CallTests.listeners(port: base, tcp: false))
+                    \(CallTests.listeners(port: base, tcp: transport != "udp"))
                     \(tail(base))
                     """)
                 if edge.waitFor("mi listening udp") { chosen = (base, edge) } else { edge.stop() }
@@ -63,6 +67,7 @@ import Testing
             starts[i] += 1
             var args = scenarios[i] == nil ? ["-sn", "uas"] : ["-sf", "uas\(i).xml"]
             if let s = scenarios[i] { try s.write(to: dir.appendingPathComponent("uas\(i).xml"), atomically: true, encoding: .utf8) }
+            if transport == "tcp" { args += ["-t", "t1"] }
             args += ["-aa", "-i", "127.0.0.1", "-p", "\(uasPort(i))", "-cp", "\(uasPort(i) + 1)", "-nostdin",
                      "-trace_msg", "-message_file", "uas\(i)-\(starts[i]).msg"]
             uas[i] = try CallTests.process(sipp, args, in: dir)
@@ -299,7 +304,7 @@ import Testing
         #expect(try farm.destinations()[farm.uri(2)]?.calls == 2)
         // The file now lists two destinations and allows one call per source.
         try farm.edge.rewrite(farm.edge.config
-            .replacingOccurrences(of: "[[dispatcher.destination]]\nuri = \"\(farm.uri(2))\"\nweight = 1\n", with: "")
+            .replacingOccurrences(of: "[[dispatcher.destination]]\nuri = \"\(farm.uri(2))\"\nweight = 1\npriority = 0\n", with: "")
             + "\n[security]\nmax_calls_per_source = 1\n")
         #expect(try farm.mi(["ds_reload"]).status == 0)
         #expect(try farm.mi(["address_reload"]).status == 0)

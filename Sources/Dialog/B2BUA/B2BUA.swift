@@ -28,6 +28,8 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
     public var userRegistered: ((_ addressOfRecord: String, _ hop: Hop) -> Void)?
     /// Calls whose caller's leg waits for its phone to connect again, by its address of record.
     var awaitingReconnect: [String: [UInt32]] = [:]
+    /// Recoveries waiting for their turn (`recoveriesPerSecond`).
+    var recoveryPace = RecoveryPace()
     var ids: ShardedIdentifiers
     /// Client Call-IDs of calls that ended in the last 64*T1 (as their hashes: the process's
     /// Hasher is seeded at random, so no one can make one collide), oldest first: a late copy of
@@ -172,6 +174,12 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
     func endCall(_ call: Call) {
         guard !call.isEnded else { return }
         abandonRehoming(call, .interrupted)
+        if call.recovery != nil {
+            // Ended before a new backend answered.
+            call.recovery = nil
+            statistics.recoveriesFailed += 1
+            logRecoveryProgress(finished: true)
+        }
         // Its pings and refreshes are about a dialog that is gone: no retransmission of them may
         // go on (toward a forged source that would make us a reflector). A re-INVITE of ours runs
         // on: its 2xx must be ACKed.
@@ -331,6 +339,7 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
     static func token(_ kind: CallTimer, _ call: Call) -> UInt64 { kind.rawValue << 56 | UInt64(call.number) }
 
     public func timerFired(_ token: UInt64) {
+        if token == Self.recoveryPaceToken { return recoveryPaceFired() }
         guard let kind = CallTimer(rawValue: token >> 56), let call = table.byNumber[UInt32(truncatingIfNeeded: token)] else { return }
         switch kind {
         case .lifetime:
@@ -367,7 +376,7 @@ extension B2BUA: TransactionUser {
                     transactions.finish(tx)
                 }
             case .refresh(let side): refreshAnswered(response, tx: tx, call: call, side: side)
-            case .ping: pingAnswered(response, call: call)
+            case .ping(let side): pingAnswered(response, call: call, side: side)
             case .ownRequest:
                 if tx.machine.isInvite, let status = response.statusCode, status >= 200, status < 300, let side = tx.side {
                     edgeReinviteAnsweredAgain(call, side)
@@ -399,10 +408,13 @@ extension B2BUA: TransactionUser {
         guard let call = tx.call else { return }
         switch tx.purpose {
         case .backendInvite: backendInviteTimedOut(call)
-        case .refresh:
+        case .refresh(let side):
             if tx.machine.isInvite { table.update(call) { $0.reinvite = .none } }
+            if side == .backend && startRecovery(call) { return }
             hangUp(call, reason: "SIP;cause=408;text=\"Session refresh failed\"")
-        case .ping:
+        case .ping(let side):
+            // A dead backend's calls are recovered where their set says so (issue 16).
+            if side == .backend && startRecovery(call) { return }
             hangUp(call, reason: "SIP;cause=408;text=\"Dialog ping failed\"")
         case .relay, .fireAndForget, .ownRequest:
             break

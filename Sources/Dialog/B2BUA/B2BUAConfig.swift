@@ -46,6 +46,11 @@ public struct B2BUAConfig: Sendable {
     public var pingSeconds: UInt64
     /// The sharing tag written into new dialog records.
     public var sharingTag: String
+    /// New backend legs for calls whose backend died, at most this many a second on this worker
+    /// (0: no limit).
+    public var recoveriesPerSecond = 0
+    /// Where this worker says how its recoveries are going (a line a second while any is pending).
+    public var log: (@Sendable (String) -> Void)?
     /// Each worker's own UDP address, by worker index (`worker_ports`; empty: none). Legs toward
     /// dispatcher destinations use it, so their answers arrive at the worker that owns the call.
     public var workerUDP: [LocalAddress] = []
@@ -125,6 +130,11 @@ public struct B2BUAStatistics: Sendable, Equatable {
     public internal(set) var dialogsRehomed = 0
     public internal(set) var rehomeFailures = 0
     public internal(set) var earlyDialogsEnded = 0
+    /// Calls whose backend died: recoveries begun, done (a new backend answered) and failed (no
+    /// destination left: the caller got a BYE).
+    public internal(set) var recoveriesStarted = 0
+    public internal(set) var recoveriesDone = 0
+    public internal(set) var recoveriesFailed = 0
 
     public init() {}
 

@@ -70,6 +70,16 @@ public protocol DestinationPicker: AnyObject, Sendable {
     func failed(_ index: Int)
     /// The destination a restored dialog's backend leg goes to, if it is still configured.
     func index(of hop: Hop) -> Int?
+    /// Whether calls up on `index` are moved to another destination when it dies.
+    func recovers(_ index: Int) -> Bool
+    /// Another destination of `index`'s set for a call recovered off it, none of `tried`
+    /// (counted as `pick` counts).
+    func replacement(for index: Int, callID: [UInt8], excluding tried: [Int]) -> CallDestination?
+}
+
+extension DestinationPicker {
+    public func recovers(_ index: Int) -> Bool { false }
+    public func replacement(for index: Int, callID: [UInt8], excluding tried: [Int]) -> CallDestination? { nil }
 }
 
 /// Every destination in turn, none ever marked down: what the edge uses without a dispatcher.

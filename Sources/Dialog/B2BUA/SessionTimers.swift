@@ -134,14 +134,21 @@ extension B2BUA {
     }
 
     /// The peer is there if it answers at all, unless it no longer knows the dialog.
-    func pingAnswered(_ response: SIPMessage, call: Call) {
+    func pingAnswered(_ response: SIPMessage, call: Call, side: DialogRecord.Side) {
         guard let status = response.statusCode, status == 408 || status == 481 else { return }
+        // A backend that no longer knows the call (restarted): recovered where its set says so.
+        if side == .backend && startRecovery(call) { return }
         hangUp(call, reason: "SIP;cause=\(status);text=\"Dialog ping failed\"")
     }
 
     func ping(_ call: Call) {
         call.pingTimer = nil
         guard call.isConfirmed, call.active else { return }
+        if call.recovery != nil {
+            // Its backend leg is being rebuilt: the next round.
+            call.pingTimer = clock.schedule(afterMilliseconds: config.pingSeconds * 1_000, target: self, token: Self.token(.ping, call))
+            return
+        }
         table.update(call) { record in
             record.client.localCSeq += 1
             record.backend.localCSeq += 1

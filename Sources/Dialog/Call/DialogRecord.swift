@@ -129,6 +129,8 @@ public struct DialogRecord: Sendable, Equatable {
     public var clientInviteVias: [[UInt8]]
     public var backendInviteURI: [UInt8]
     public var backendInviteBranch: [UInt8]
+    /// Times the backend leg was rebuilt on another destination after its backend died (issue 16).
+    public var recoveries: UInt32
 
     public init(client: LegRecord, backend: LegRecord, sharingTag: String = "", startedAt: UInt64) {
         self.version = 1
@@ -145,6 +147,7 @@ public struct DialogRecord: Sendable, Equatable {
         self.clientInviteVias = []
         self.backendInviteURI = []
         self.backendInviteBranch = []
+        self.recoveries = 0
     }
 
     /// One leg, by side. The backend leg's hop is the backend destination the call went to.
@@ -175,8 +178,8 @@ public struct DialogRecordError: Error, Sendable, Equatable, CustomStringConvert
 extension DialogRecord {
     /// The format's first byte; a decoder refuses any other but the previous ones (format 1 lacked
     /// the re-INVITE and offer/ACK state, read as none and false; format 2 the early-dialog fields,
-    /// read as empty).
-    public static let formatVersion: UInt8 = 3
+    /// read as empty; format 3 the recovery count, read as 0).
+    public static let formatVersion: UInt8 = 4
     /// The most bytes one string or byte field may claim (a corrupt length must not allocate much).
     static let maxFieldBytes = 65_536
 
@@ -200,6 +203,7 @@ extension DialogRecord {
         for via in clientInviteVias { w.data(via) }
         w.data(backendInviteURI)
         w.data(backendInviteBranch)
+        w.int(UInt64(recoveries))
         return w.bytes
     }
 
@@ -228,6 +232,11 @@ extension DialogRecord {
             inviteURI = try r.data()
             branch = try r.data()
         }
+        var recoveries: UInt64 = 0
+        if format >= 4 {
+            recoveries = try r.int()
+            guard recoveries <= UInt64(UInt32.max) else { throw DialogRecordError(reason: "\(recoveries) recoveries") }
+        }
         guard r.offset == bytes.count else { throw DialogRecordError(reason: "\(bytes.count - r.offset) bytes left over") }
         self.init(client: client, backend: backend, sharingTag: sharingTag, startedAt: startedAt)
         self.version = version
@@ -240,6 +249,7 @@ extension DialogRecord {
         self.clientInviteVias = vias
         self.backendInviteURI = inviteURI
         self.backendInviteBranch = branch
+        self.recoveries = UInt32(recoveries)
     }
 }
 

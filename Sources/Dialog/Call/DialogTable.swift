@@ -54,6 +54,8 @@ final class Call {
     var ownRequests: [ClientTxRecord] = []
     /// Re-homing under way (this node took the call over), leg by leg.
     var rehoming: Rehoming?
+    /// A new backend leg under way (the call's backend died).
+    var recovery: Recovery?
     /// The edge's own re-INVITEs in flight (re-homing, `dlg_send_sequential`), and the ACK of the
     /// last one answered on each leg (sent again if its 2xx is).
     var edgeReinvites = 0

@@ -26,6 +26,11 @@ public struct Hop: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { "\(transport.rawValue):\(address)" }
 
+    /// "sip:host:port[;transport=x]": how `ds_list` names a destination.
+    public var sipURI: String {
+        "sip:\(address.uriHost):\(address.port)" + (transport == .udp ? "" : ";transport=\(transport.rawValue)")
+    }
+
     /// Whether the transport itself retransmits (RFC 3261 §17: no Timer A/E/G over it).
     public var reliability: TransportReliability { transport == .udp ? .unreliable : .reliable }
 

@@ -64,12 +64,15 @@ extension DispatcherSettings {
         d.probeIntervalSeconds = try t.int("probe_interval_seconds", default: d.probeIntervalSeconds, range: 0...3_600)
         d.probeFailures = try t.int("probe_failures", default: d.probeFailures, range: 1...100)
         d.probeSuccesses = try t.int("probe_successes", default: d.probeSuccesses, range: 1...100)
+        d.recoverCalls = try t.bool("recover_calls", default: d.recoverCalls)
+        d.recoverPerSecond = try t.int("recover_per_second", default: d.recoverPerSecond, range: 1...100_000)
         d.destinations = try destinations(&t)
         let base = d
         let extra = try t.tableArray("set") { (e: inout TableReader) throws(ConfigError) -> DispatcherSettings in
             var set = base
             set.setID = try e.int("id", default: nil, range: 2...1_000_000)
             set.algorithm = try algorithm(&e, default: base.algorithm)
+            set.recoverCalls = try e.bool("recover_calls", default: base.recoverCalls)
             set.destinations = try destinations(&e)
             guard !set.destinations.isEmpty else { throw e.error("id", "set \(set.setID) has no destinations") }
             return set

@@ -1,0 +1,197 @@
+import SIPParser
+import Transport
+
+// Recovery off a dead backend (issue 16, DESIGN.md point 4): the caller's leg never moves; only
+// the backend leg is rebuilt. A new INVITE (new Call-ID, tags, CSeq) goes to another destination of
+// the set with the lost leg's From and To URIs, the caller's last SDP and headers naming the call
+// recovered, so the new Asterisk's dialplan can resume it. Its 2xx is ACKed; when the media it
+// answers with differs from what the caller has, the caller gets one re-INVITE in its same dialog.
+// With no destination left, the caller gets a BYE with `Reason: SIP;cause=503;text="backend lost"`.
+extension B2BUA {
+    /// The destination `index` died: this worker's confirmed calls on it are recovered when its set
+    /// says so.
+    public func backendLost(_ index: Int) {
+        clock.assertInLoop()
+        guard picker.recovers(index) else { return }
+        for call in table.byNumber.values where call.destination == index { startRecovery(call, paced: false) }
+        if recoveryPace.timer == nil { recoveryPaceFired() }
+    }
+
+    /// The call's backend failed it (no answer, a refusal by the transport, a 481 or 408 to a
+    /// request within the call): recovered onto another destination when its set says so. False
+    /// when it is not (the caller decides what then).
+    /// (`paced` false: the caller starts the pace once it has queued all its calls.)
+    @discardableResult
+    func startRecovery(_ call: Call, paced: Bool = true) -> Bool {
+        guard call.active, call.isConfirmed, !call.isEnded else { return false }
+        if call.recovery != nil { return true }
+        guard let index = call.destination, picker.recovers(index) else { return false }
+        picker.release(index)
+        call.destination = nil
+        call.recovery = Recovery(lostCallID: call.record.backend.callID, tried: [index])
+        statistics.recoveriesStarted += 1
+        recoveryPace.waiting.append(call.number)
+        if paced && recoveryPace.timer == nil { recoveryPaceFired() }
+        return true
+    }
+
+    static let recoveryPaceToken: UInt64 = .max
+
+    /// A slice of 10 ms: as many waiting recoveries start as `recoveriesPerSecond` allows (the
+    /// first slice at once); a line a second in the log while any is under way.
+    func recoveryPaceFired() {
+        recoveryPace.timer = nil
+        let perSecond = config.recoveriesPerSecond
+        // Credit in thousandths of a recovery: 10 ms earns perSecond * 10 of them.
+        recoveryPace.credit = perSecond == 0 ? .max : min(recoveryPace.credit + perSecond * 10, max(1_000, perSecond * 10))
+        let idle = recoveryPace.head == recoveryPace.waiting.count
+        while recoveryPace.head < recoveryPace.waiting.count, recoveryPace.credit >= 1_000 {
+            let number = recoveryPace.waiting[recoveryPace.head]
+            recoveryPace.head += 1
+            if perSecond > 0 { recoveryPace.credit -= 1_000 }
+            if let call = table.byNumber[number], call.recovery != nil { recoverBackend(call) }
+        }
+        if recoveryPace.head == recoveryPace.waiting.count {
+            recoveryPace.waiting.removeAll(keepingCapacity: false)
+            recoveryPace.head = 0
+        }
+        // The slices go on while they have work, and one more (what comes meanwhile waits its turn).
+        if idle { recoveryPace.credit = 0 } else {
+            recoveryPace.timer = clock.schedule(afterMilliseconds: 10, target: self, token: Self.recoveryPaceToken)
+        }
+        logRecoveryProgress()
+    }
+
+    /// "recovery: worker W: D recovered, F failed, P pending", at most once a second while recoveries
+    /// are pending here, and once when the last ends.
+    func logRecoveryProgress(finished: Bool = false) {
+        guard let log = config.log else { return }
+        let pending = statistics.recoveriesStarted - statistics.recoveriesDone - statistics.recoveriesFailed
+        let now = clock.now
+        guard (pending == 0 && finished) || (pending > 0 && now >= recoveryPace.lastLog + 1_000) else { return }
+        recoveryPace.lastLog = now
+        log("recovery: worker \(clock.index): \(statistics.recoveriesDone) recovered, \(statistics.recoveriesFailed) failed, \(pending) pending"
+            + (pending == 0 ? " (done)" : ""))
+    }
+
+    private func recoverBackend(_ call: Call) {
+        guard var recovery = call.recovery, !call.isEnded else { return }
+        guard let next = picker.replacement(for: recovery.tried[0], callID: Array(recovery.lostCallID.utf8), excluding: recovery.tried) else {
+            call.recovery = nil
+            statistics.recoveriesFailed += 1
+            hangUp(call, reason: "SIP;cause=503;text=\"backend lost\"", except: .backend)
+            logRecoveryProgress(finished: true)
+            return
+        }
+        recovery.tried.append(next.index)
+        call.recovery = recovery
+        call.destination = next.index
+        let destination = byOwnPort(next.hop)
+        let user = (try? SIPURI(Self.uriBytes(of: call.record.backend.remoteURI), 0, Self.uriBytes(of: call.record.backend.remoteURI).count))?
+            .user.map { String(decoding: $0.bytes, as: UTF8.self) } ?? ""
+        let transport = destination.transport == .udp ? "" : ";transport=\(destination.transport.rawValue)"
+        let target = next.requestURI
+            ?? Array("sip:\(user.isEmpty ? "" : user + "@")\(destination.address.uriHost):\(destination.address.port)\(transport)".utf8)
+        let (callID, localTag) = (ids.make(), ids.make())
+        let listenerTag = addresses.address(for: destination.transport).tag
+        table.update(call, newIdentifiers: true) { record in
+            record.backend.callID = callID
+            record.backend.localTag = localTag
+            record.backend.remoteTag = ""
+            record.backend.remoteTarget = target
+            record.backend.routeSet = []
+            record.backend.hop = destination
+            record.backend.listenerTag = listenerTag
+            record.backend.localCSeq = 1
+            record.backend.inviteCSeq = 1
+            record.backend.remoteCSeq = 0
+            record.backend.lastSDPSent = record.client.lastSDPReceived
+            record.backend.sessionInterval = 0
+            record.backend.refresher = .none
+            record.backend.peerAllowsUpdate = false
+            record.backendAcknowledged = false
+        }
+        let leg = call.record.backend
+        var b = MessageBuilder(requestLine: "INVITE", uri: target)
+        via(leg, into: &b)
+        b.header("Max-Forwards", "70")
+        b.header("From", leg.localURI, tag: leg.localTag)
+        b.header("To", leg.remoteURI)
+        b.header("Call-ID", leg.callID)
+        b.cseq(1, "INVITE")
+        contact(leg, into: &b)
+        b.header("Allow", Self.allow)
+        b.header("X-SIPEdge-Recovery-Call-ID", recovery.lostCallID)
+        let age = call.record.answeredAt > 0 ? Self.wallClock() &- call.record.answeredAt : 0
+        b.header("X-SIPEdge-Recovery-Age", "\(age)")
+        let built = b.finishRequest(contentType: leg.lastSDPSent.isEmpty ? nil : Self.sdpType, body: leg.lastSDPSent)
+        transactions.startClient(built, to: destination, call: call, side: .backend, cseq: 1, purpose: .ownRequest) { [weak self] response in
+            guard let self else { return }
+            self.recoveryAnswered(response, call: call)
+        }
+    }
+
+    private func recoveryAnswered(_ response: SIPMessage?, call: Call) {
+        guard call.recovery != nil, !call.isEnded else { return }
+        guard let response, let status = response.statusCode, status >= 200, status < 300, let tag = response.tag(of: .to) else {
+            // (No answer at all has already counted against it, in `timedOut`; a refusal says it is alive.)
+            if let d = call.destination { picker.release(d) }
+            call.destination = nil
+            recoverBackend(call)
+            return
+        }
+        let target = Self.contactURI(of: response)
+        let routeSet = response.values(.recordRoute).map(\.bytes).reversed() as [[UInt8]]
+        let answer = response.body.bytes
+        table.update(call) { record in
+            record.backend.remoteTag = tag.string
+            if let target { record.backend.remoteTarget = target }
+            record.backend.routeSet = routeSet
+            record.backend.lastSDPReceived = answer
+            record.backend.peerAllowsUpdate = Self.allows(response, "UPDATE")
+            record.recoveries &+= 1
+        }
+        sendBackendACK(call)
+        call.recovery = nil
+        statistics.recoveriesDone += 1
+        logRecoveryProgress(finished: true)
+        // The caller keeps its dialog; it hears of the new backend only if the media moved.
+        guard !answer.isEmpty, Self.mediaAddress(answer) != Self.mediaAddress(call.record.client.lastSDPSent) else { return }
+        table.update(call) { $0.client.lastSDPSent = answer }
+        sendSequential(call, .client, method: "INVITE", body: answer, contentType: "application/sdp") { _ in }
+    }
+
+    /// The connection address and first media port of a session description (what a caller's
+    /// media goes to): "c=" and "m=" lines, as written.
+    static func mediaAddress(_ sdp: [UInt8]) -> [Substring] {
+        // (A "\r\n" is one Character: split on newlines, not on "\r" or "\n".)
+        String(decoding: sdp, as: UTF8.self).split(whereSeparator: \.isNewline)
+            .filter { $0.hasPrefix("c=") || $0.hasPrefix("m=") }
+            .map { $0.hasPrefix("m=") ? Substring($0.split(separator: " ").prefix(2).joined(separator: " ")) : $0 }
+    }
+
+    /// The addr-spec inside a name-addr (between < and >), or the value as it is.
+    static func uriBytes(of nameAddress: [UInt8]) -> [UInt8] {
+        guard let open = nameAddress.firstIndex(of: UInt8(ascii: "<")),
+              let close = nameAddress[open...].firstIndex(of: UInt8(ascii: ">")) else { return nameAddress }
+        return Array(nameAddress[(open + 1)..<close])
+    }
+}
+
+/// Recoveries waiting for their slice of `recoveriesPerSecond`, by call number, in order.
+struct RecoveryPace {
+    var waiting: [UInt32] = []
+    var head = 0
+    /// Thousandths of a recovery that may start now.
+    var credit = 0
+    var timer: TimerID?
+    /// When the last progress line was written (loop milliseconds).
+    var lastLog: UInt64 = 0
+}
+
+/// A backend leg being rebuilt: the lost leg's Call-ID (named to the new backend) and the
+/// destinations tried, the lost one first.
+struct Recovery {
+    let lostCallID: String
+    var tried: [Int]
+}

@@ -1,0 +1,129 @@
+import Foundation
+import Glibc
+import Testing
+
+/// Recovery off a dead backend over the wire (issue 16): SIPp callers → the edge → SIPp UAS
+/// "Asterisks" (FarmTests.Farm), the first preferred; it is killed with calls up on it.
+@Suite(.serialized) struct RecoveryTests {
+    typealias Farm = FarmTests.Farm
+    typealias S = Scenarios
+
+    /// The caller's INVITE, the 200 (its To-tag kept as `answertag`) and the ACK.
+    static let callerSetUp = [S.callerSends("INVITE", cseq: 1, withTag: false, sdp: true),
+                              #"<recv response="100" optional="true"/>"#, #"<recv response="180" optional="true"/>"#,
+                              #"<recv response="200"><action><ereg regexp=";tag=([^;> ]+)" search_in="hdr" header="To:" assign_to="x,answertag"/></action></recv>"#,
+                              S.callerSends("ACK", cseq: 1, withTag: true, retransmit: false)]
+
+    /// A caller whose call is recovered: set up, then one re-INVITE in its dialog (same Call-ID:
+    /// SIPp matches it to the call) within `wait` ms, answered; then its BYE, with the tags of the
+    /// answer it got at first, ends the call with a 200 (the edge still knows the dialog by them).
+    static func recoveredCaller(wait: Int) -> String {
+        let bye = S.callerSends("BYE", cseq: 2, withTag: false)
+            .replacingOccurrences(of: "[remote_port]>\n", with: "[remote_port]>;tag=[$answertag]\n")
+        return S.scenario("a caller whose backend dies", callerSetUp + [
+            "<recv request=\"INVITE\" timeout=\"\(wait)\"/>", S.calleeAnswers("200 OK", tag: false, sdp: true), #"<recv request="ACK"/>"#,
+            #"<pause milliseconds="500"/>"#, bye, #"<recv response="200"/>"#, #"<Reference variables="x"/>"#,
+        ])
+    }
+
+    /// A caller whose backend dies with none left: the edge's BYE, with the Reason, within `wait` ms.
+    static func abandonedCaller(wait: Int) -> String {
+        S.scenario("a caller left with no backend", callerSetUp + [
+            "<recv request=\"BYE\" timeout=\"\(wait)\"><action><ereg regexp=\"cause=503;text=.backend lost.\" search_in=\"hdr\" header=\"Reason:\" check_it=\"true\" assign_to=\"reason\"/></action></recv>",
+            S.calleeAnswers("200 OK", tag: false), #"<Reference variables="x,answertag,reason"/>"#,
+        ])
+    }
+
+    /// An Asterisk that takes recovered calls: the INVITE must name the lost call and its age;
+    /// answered with media of its own (port `mediaPort`), then the caller's BYE.
+    static func recoveringFarm(mediaPort: Int) -> String {
+        let check = #"<ereg regexp="[^ ]+" search_in="hdr" header="X-SIPEdge-Recovery-Call-ID:" check_it="true" assign_to="lost"/>"#
+            + #"<ereg regexp="[0-9]+" search_in="hdr" header="X-SIPEdge-Recovery-Age:" check_it="true" assign_to="age"/>"#
+        return S.scenario("an Asterisk taking recovered calls", [
+            "<recv request=\"INVITE\"><action>\(check)</action></recv>",
+            S.calleeAnswers("200 OK", tag: true, sdp: true).replacingOccurrences(of: "[media_port]", with: "\(mediaPort)"),
+            #"<recv request="ACK"/>"#, #"<recv request="BYE" timeout="60000"/>"#, S.calleeAnswers("200 OK", tag: false),
+            #"<Reference variables="lost,age"/>"#,
+        ])
+    }
+
+    /// Values of header `name` in the messages UAS `i` logged.
+    static func values(_ name: String, of farm: Farm, _ i: Int) -> [String] {
+        (1...max(1, farm.starts[i])).flatMap { k -> [String] in
+            let log = (try? String(contentsOf: farm.dir.appendingPathComponent("uas\(i)-\(k).msg"), encoding: .utf8)) ?? ""
+            return log.split(whereSeparator: \.isNewline).filter { $0.hasPrefix(name + ":") }
+                .map { $0.dropFirst(name.count + 1).trimmingCharacters(in: .whitespaces) }
+        }
+    }
+
+    /// What SIPp logged as errors (`-trace_err`) in the farm's directory.
+    static func sippErrors(_ farm: Farm) -> String {
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: farm.dir.path)) ?? []
+        return files.filter { $0.hasSuffix("errors.log") }
+            .compactMap { try? String(contentsOf: farm.dir.appendingPathComponent($0), encoding: .utf8) }.joined().suffix(2_000).description
+    }
+
+    /// `get_statistics statistics=recovery:`, decoded.
+    static func recoveryStatistics(_ farm: Farm) throws -> [String: Int] {
+        let (_, text) = try farm.mi(["get_statistics", "statistics=recovery:"])
+        return (try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Int]) ?? [:]
+    }
+
+    /// `dlg_list`'s total.
+    static func dialogs(_ farm: Farm) throws -> Int {
+        let (_, text) = try farm.mi(["dlg_list", "limit=1"])
+        return ((try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any])?["total"] as? Int ?? -1
+    }
+
+    /// The farm for these tests: UAS 0 preferred, 1 and 2 taking recovered calls; probes every
+    /// 60 s (a dead backend is found by its calls' pings, sent every second).
+    static func farm(transport: String = "udp", recovering: Bool = true) throws -> Farm? {
+        try Farm(dispatcher: "algorithm = \"round-robin\"\nprobe_interval_seconds = 60\nrecover_calls = \(recovering)", priorities: [0, 1, 1],
+                 scenarios: [nil, recoveringFarm(mediaPort: 41_000), recoveringFarm(mediaPort: 42_000)], transport: transport,
+                 extra: "[calls]\nping_interval_seconds = 1")
+    }
+
+    /// 100 calls up on UAS 0, which is killed: each is recovered onto UAS 1 or 2 with the headers
+    /// naming it, the caller gets one re-INVITE in its dialog, and its BYE ends the call there.
+    static func recovers(over transport: String) throws {
+        guard let farm = try farm(transport: transport) else { return }
+        defer { farm.stop() }
+        let uac = try farm.call(100, rate: 100, scenario: recoveredCaller(wait: 20_000), timeout: 40, wait: false, arguments: ["-aa", "-trace_err"])
+        defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
+        #expect(ClusterTests.eventually(within: 10) { (try? dialogs(farm)) == 100 }, "100 calls up")
+        farm.killUAS(0)
+        farm.finish(uac, timeout: 40)
+        #expect(uac.terminationStatus == 0, "every caller got one re-INVITE in its dialog and its BYE was answered\n\(sippErrors(farm))\n\(farm.edge.output.suffix(3_000))")
+        let lost = Set(values("Call-ID", of: farm, 0))
+        let named = values("X-SIPEdge-Recovery-Call-ID", of: farm, 1) + values("X-SIPEdge-Recovery-Call-ID", of: farm, 2)
+        #expect(lost.count == 100 && named.count == 100 && Set(named) == lost, "each lost leg named once: \(named.count) of \(lost.count)")
+        #expect(farm.invites(1) + farm.invites(2) == 100 && farm.invites(1) > 0 && farm.invites(2) > 0, "\(farm.invites(1)), \(farm.invites(2))")
+        #expect(try recoveryStatistics(farm) == ["recovery:recovered_calls": 100, "recovery:failed_calls": 0, "recovery:pending_calls": 0])
+        #expect(try dialogs(farm) == 0)
+        #expect(farm.edge.output.contains("recovered, 0 failed, 0 pending (done)"), "progress in the log")
+    }
+
+    @Test(.needsSIPp) func calls_on_a_killed_asterisk_are_recovered_onto_another_and_end_there() throws {
+        try Self.recovers(over: "udp")
+    }
+
+    @Test(.needsSIPp) func calls_on_a_killed_asterisk_over_tcp_are_recovered_onto_another_and_end_there() throws {
+        try Self.recovers(over: "tcp")
+    }
+
+    @Test(.needsSIPp) func with_no_asterisk_left_each_caller_gets_a_bye_saying_the_backend_was_lost() throws {
+        guard let farm = try Self.farm() else { return }
+        defer { farm.stop() }
+        let uac = try farm.call(20, rate: 50, scenario: Self.abandonedCaller(wait: 20_000), timeout: 30, wait: false, arguments: ["-aa", "-trace_err"])
+        defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
+        #expect(ClusterTests.eventually(within: 10) { (try? Self.dialogs(farm)) == 20 }, "20 calls up: \((try? Self.dialogs(farm)) ?? -1)\n\(farm.edge.output.suffix(2_000))")
+        // The others die first, unnoticed (probes are a minute apart): each recovery finds out.
+        farm.killUAS(1)
+        farm.killUAS(2)
+        farm.killUAS(0)
+        farm.finish(uac, timeout: 30)
+        #expect(uac.terminationStatus == 0, "every caller got the BYE with the Reason\n\(Self.sippErrors(farm))\n\(farm.edge.output.suffix(3_000))")
+        #expect(try Self.dialogs(farm) == 0, "nothing stays in dlg_list")
+        #expect(try Self.recoveryStatistics(farm) == ["recovery:recovered_calls": 0, "recovery:failed_calls": 20, "recovery:pending_calls": 0])
+    }
+}
