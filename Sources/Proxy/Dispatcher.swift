@@ -201,6 +201,11 @@ public final class Dispatcher: Sendable {
         }
     }
 
+    /// The destination named `uri` (as `ds_list` shows it, or as configured).
+    public func index(ofURI uri: String) -> Int? {
+        shared.withLock { s in s.entries.firstIndex { !$0.removed && ($0.settings.canonicalURI == uri || $0.settings.uri == uri) } }
+    }
+
     /// Sets a destination's state by its URI (`ds_set_state`); false when no destination has it.
     public func setState(uri: String, to state: State) -> Bool {
         let found: (String, State)? = shared.withLock { s in
@@ -368,6 +373,11 @@ public final class Router: DestinationPicker, Sendable {
     public func claim(_ index: Int) { if let (set, i) = locate(index) { set.claim(i) } }
     public func release(_ index: Int) { if let (set, i) = locate(index) { set.release(i) } }
     public func failed(_ index: Int) { if let (set, i) = locate(index) { set.failed(i) } }
+
+    /// Every destination (as `pick` indexes them) named `uri`, in any set.
+    public func indices(ofURI uri: String) -> [Int] {
+        sets.enumerated().compactMap { position, set in set.index(ofURI: uri).map { position * Self.stride + $0 } }
+    }
 
     public func index(of hop: Hop) -> Int? {
         for (position, set) in sets.enumerated() {

@@ -388,6 +388,13 @@ public final class EdgeServer: @unchecked Sendable {
         return routing.b2buas.flatMap { b in (try? b.loop.submitAndWait { b.value.dialogRecords() }) ?? [] }
     }
 
+    /// `dlg_recover`: the dialog with this key (or client Call-ID), or every dialog on the
+    /// destination `uri`, moves to another destination of its set; how many began to move.
+    public func recover(key: String?, uri: String?) -> Int {
+        let destinations = uri.map(router.indices(ofURI:)) ?? []
+        return routing.b2buas.reduce(0) { sum, b in sum + ((try? b.loop.submitAndWait { b.value.recover(key: key, destinations: destinations) }) ?? 0) }
+    }
+
     /// Ends the dialog with this key (or this client Call-ID) with a BYE on both legs.
     public func endDialog(key: String) -> Bool {
         routing.b2buas.contains { b in (try? b.loop.submitAndWait { b.value.endDialog(key: key) }) ?? false }

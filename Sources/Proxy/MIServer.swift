@@ -24,7 +24,7 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
     public static let commands = ["ds_list", "ds_set_state", "ds_reload", "address_reload", "ul_dump", "dlg_list", "dlg_end_dlg",
                                   "get_statistics", "reset_statistics", "which", "version",
                                   "clusterer_list", "clusterer_list_shtags", "clusterer_shtag_set_active", "dlg_rehome",
-                                  "dlg_send_sequential"]
+                                  "dlg_send_sequential", "dlg_recover"]
 
     /// The cluster's fault switch (`cluster_fault block=2,3`) is a command only when the process
     /// was started with SIPEDGE_TEST_FAULTS=1: tests cut the link with it, operators never can.
@@ -236,6 +236,18 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
             }
             guard edge.endDialog(key: key) else { throw MIError(code: -32602, message: "no confirmed dialog \(key)") }
             return "OK"
+        case "dlg_recover":
+            // Planned maintenance of a backend: calls move to another destination of their set.
+            if let key = params["callid"] as? String ?? params["dialog_id"] as? String, !key.isEmpty {
+                let moving = edge.recover(key: key, uri: nil)
+                guard moving > 0 else { throw MIError(code: -32602, message: "no confirmed dialog \(Self.shown(key)) (or it is already moving)") }
+                return ["recovering": moving]
+            }
+            guard let uri = params["destination"] as? String, !uri.isEmpty else {
+                throw MIError(code: -32602, message: "dlg_recover needs callid=CALL-ID (or a dialog_id as dlg_list shows it) or destination=sip:HOST:PORT")
+            }
+            guard !edge.router.indices(ofURI: uri).isEmpty else { throw MIError(code: -32602, message: "no destination \(Self.shown(uri))") }
+            return ["recovering": edge.recover(key: nil, uri: uri)]
         case "dlg_send_sequential":
             return try sendSequential(params)
         case "get_statistics":

@@ -165,4 +165,47 @@ final class RecordingPicker: DestinationPicker, @unchecked Sendable {
         #expect(started == [2, 2, 1, 0])
         #expect(s.b2bua.statistics.recoveriesStarted == 5 && s.b2bua.statistics.recoveriesDone == 0)
     }
+
+    @Test func a_planned_move_ends_the_old_backend_leg_once_the_new_one_answers() throws {
+        let picker = RecordingPicker(Stage.backends)   // recover_calls off: the operator asks
+        let s = Stage { $0.picker = picker }
+        let (_, old) = try #require(s.establish())
+        _ = s.unread(to: Self.backend)
+        #expect(s.b2bua.recover(key: nil, destinations: [0]) == 1)
+        s.clock.endIteration()
+        let invite = try #require(s.next(to: Self.other))
+        #expect(invite.method == .invite && s.unread(to: Self.backend).isEmpty, "the old leg stays until the new one answers")
+        s.fromBackend(Stage.response(to: invite, 200, body: Stage.answerSDP), hop: Self.other)
+        #expect(s.unread(to: Self.other).map(\.method) == [.ack])
+        let bye = try #require(s.next(to: Self.backend))
+        #expect(bye.method == .bye && bye.callID?.string == old.callID?.string && bye.value(.reason) == "SIP;cause=200;text=\"Call moved\"")
+        #expect(s.b2bua.dialogRecords().first?.recoveries == 1 && s.b2bua.dialogRecords().first?.backend.callID == invite.callID?.string)
+    }
+
+    @Test func a_planned_move_that_no_destination_takes_leaves_the_call_where_it_was() throws {
+        let picker = RecordingPicker([Stage.backends[0]])
+        let s = Stage { $0.picker = picker }
+        let (tag, old) = try #require(s.establish())
+        _ = s.unread(to: Self.backend)
+        #expect(s.b2bua.recover(key: old.callID?.string, destinations: []) == 1)
+        s.clock.endIteration()
+        #expect(s.unread(to: Stage.caller).isEmpty && s.b2bua.activeCalls == 1)
+        s.fromCaller(s.callerRequest("BYE", cseq: 2, toTag: tag))
+        let bye = try #require(s.next(to: Self.backend))
+        #expect(bye.method == .bye && bye.callID?.string == old.callID?.string, "still on its first backend leg")
+    }
+
+    @Test func the_record_a_recovery_leaves_is_told_to_the_sinks_as_ended() throws {
+        let picker = RecordingPicker(Stage.backends)
+        let sink = RecordingSink()
+        let s = Stage { $0.picker = picker }
+        s.b2bua.add(sink: sink)
+        let (_, old) = try #require(s.establish())
+        let oldKey = try #require(old.callID?.string)
+        #expect(s.b2bua.recover(key: nil, destinations: [0]) == 1)
+        s.clock.endIteration()
+        let newKey = try #require(s.next(to: Self.other)?.callID?.string)
+        #expect(sink.records.contains { $0.key == oldKey && $0.state == .ended }, "no copy stays under the old key")
+        #expect(sink.records.last?.key == newKey && sink.records.last?.state == .confirmed)
+    }
 }

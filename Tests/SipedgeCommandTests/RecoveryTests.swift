@@ -17,12 +17,12 @@ import Testing
     /// A caller whose call is recovered: set up, then one re-INVITE in its dialog (same Call-ID:
     /// SIPp matches it to the call) within `wait` ms, answered; then its BYE, with the tags of the
     /// answer it got at first, ends the call with a 200 (the edge still knows the dialog by them).
-    static func recoveredCaller(wait: Int) -> String {
+    static func recoveredCaller(wait: Int, byeAfter: Int = 500) -> String {
         let bye = S.callerSends("BYE", cseq: 2, withTag: false)
             .replacingOccurrences(of: "[remote_port]>\n", with: "[remote_port]>;tag=[$answertag]\n")
         return S.scenario("a caller whose backend dies", callerSetUp + [
             "<recv request=\"INVITE\" timeout=\"\(wait)\"/>", S.calleeAnswers("200 OK", tag: false, sdp: true), #"<recv request="ACK"/>"#,
-            #"<pause milliseconds="500"/>"#, bye, #"<recv response="200"/>"#, #"<Reference variables="x"/>"#,
+            "<pause milliseconds=\"\(byeAfter)\"/>", bye, #"<recv response="200"/>"#, #"<Reference variables="x"/>"#,
         ])
     }
 
@@ -125,5 +125,42 @@ import Testing
         #expect(uac.terminationStatus == 0, "every caller got the BYE with the Reason\n\(Self.sippErrors(farm))\n\(farm.edge.output.suffix(3_000))")
         #expect(try Self.dialogs(farm) == 0, "nothing stays in dlg_list")
         #expect(try Self.recoveryStatistics(farm) == ["recovery:recovered_calls": 0, "recovery:failed_calls": 20, "recovery:pending_calls": 0])
+    }
+
+    /// `dlg_list`'s dialogs (at most 40).
+    static func dialogList(_ farm: Farm) throws -> [[String: Any]] {
+        let (_, text) = try farm.mi(["dlg_list", "limit=40"])
+        return ((try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any])?["Dialogs"] as? [[String: Any]] ?? []
+    }
+
+    /// Planned maintenance: `dlg_recover` moves one call by its id, then every call left on the
+    /// destination; the Asterisk they leave gets a BYE for each once the new one answered.
+    @Test(.needsSIPp) func dlg_recover_moves_a_call_or_a_destinations_calls_off_a_live_asterisk() throws {
+        guard let farm = try Self.farm(recovering: false) else { return }
+        defer { farm.stop() }
+        let uac = try farm.call(20, rate: 50, scenario: Self.recoveredCaller(wait: 20_000, byeAfter: 4_000), timeout: 40, wait: false,
+                                arguments: ["-aa", "-trace_err"])
+        defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
+        #expect(ClusterTests.eventually(within: 10) { (try? Self.dialogs(farm)) == 20 }, "20 calls up")
+        let first = try #require(try Self.dialogList(farm).first)
+        let id = try #require(first["dialog_id"] as? String)
+        #expect(first["destination"] as? String == farm.uri(0) && first["recoveries"] as? Int == 0)
+        let one = try farm.mi(["dlg_recover", "callid=\(id)"])
+        #expect(one.status == 0 && one.output.contains("\"recovering\" : 1"), "\(one.output)")
+        var moved: [String: Any]?
+        #expect(ClusterTests.eventually(within: 3) {
+            moved = (try? Self.dialogList(farm))?.first { $0["recoveries"] as? Int == 1 }
+            return moved != nil
+        }, "dlg_list counts the move")
+        #expect(moved?["dialog_id"] as? String != id && [farm.uri(1), farm.uri(2)].contains(moved?["destination"] as? String ?? ""),
+                "a new backend leg on another destination: \(moved ?? [:])")
+        let rest = try farm.mi(["dlg_recover", "destination=\(farm.uri(0))"])
+        #expect(rest.status == 0 && rest.output.contains("\"recovering\" : 19"), "\(rest.output)")
+        farm.finish(uac, timeout: 40)
+        #expect(uac.terminationStatus == 0, "every caller got one re-INVITE and ended through its new Asterisk\n\(Self.sippErrors(farm))")
+        let left = (1...farm.starts[0]).map { (try? String(contentsOf: farm.dir.appendingPathComponent("uas0-\($0).msg"), encoding: .utf8)) ?? "" }.joined()
+        #expect(CallTests.CallRun.count("Reason: SIP;cause=200;text=\"Call moved\"", in: left) == 20, "the Asterisk left got a BYE for each")
+        #expect(try Self.recoveryStatistics(farm)["recovery:recovered_calls"] == 20)
+        #expect(try farm.mi(["dlg_recover", "destination=sip:127.0.0.1:1"]).status != 0, "an unknown destination is an error")
     }
 }

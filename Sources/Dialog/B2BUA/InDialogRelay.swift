@@ -174,16 +174,23 @@ extension B2BUA {
     /// state (§12.2.1.1), for a caller that adds more before finishing it.
     func inDialogHead(_ method: String, call: Call, side: DialogRecord.Side, cseq: UInt32, contact withContact: Bool = false,
                       extra: [(String, String)] = []) -> MessageBuilder {
-        // (Each field read in place from the record: no copy of the leg.)
-        var b = MessageBuilder(requestLine: method, uri: call[side].remoteTarget)
-        via(call[side], into: &b)
+        // (The leg is lent from the record in place, not copied.)
+        inDialogHead(method, leg: call[side], cseq: cseq, contact: withContact, extra: extra)
+    }
+
+    /// The head of a request within `leg`'s dialog (also one no call holds any more: a backend
+    /// leg replaced by a recovery).
+    func inDialogHead(_ method: String, leg: LegRecord, cseq: UInt32, contact withContact: Bool = false,
+                      extra: [(String, String)] = []) -> MessageBuilder {
+        var b = MessageBuilder(requestLine: method, uri: leg.remoteTarget)
+        via(leg, into: &b)
         b.header("Max-Forwards", "70")
-        for route in call[side].routeSet { b.header("Route", route) }
-        b.header("From", call[side].localURI, tag: call[side].localTag)
-        b.header("To", call[side].remoteURI, tag: call[side].remoteTag)
-        b.header("Call-ID", call[side].callID)
+        for route in leg.routeSet { b.header("Route", route) }
+        b.header("From", leg.localURI, tag: leg.localTag)
+        b.header("To", leg.remoteURI, tag: leg.remoteTag)
+        b.header("Call-ID", leg.callID)
         b.cseq(cseq, method)
-        if withContact { contact(call[side], into: &b) }
+        if withContact { contact(leg, into: &b) }
         for (name, value) in extra { b.header(name, value) }
         return b
     }

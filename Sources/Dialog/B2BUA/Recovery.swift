@@ -17,18 +17,32 @@ extension B2BUA {
         if recoveryPace.timer == nil { recoveryPaceFired() }
     }
 
+    /// `dlg_recover` (planned maintenance of a backend): the confirmed call whose record key or
+    /// client Call-ID is `key`, or every confirmed call on one of `destinations`, moves to another
+    /// destination of its set now, whatever the set's `recover_calls`. The backend it leaves is
+    /// alive: its leg gets a BYE once the new one answered; if no other destination answers, the
+    /// call stays where it was. How many calls began to move.
+    public func recover(key: String?, destinations: [Int]) -> Int {
+        clock.assertInLoop()
+        let calls = key.map { table[$0].map { [$0] } ?? [] } ?? table.byNumber.values.filter { c in c.destination.map(destinations.contains) ?? false }
+        let started = calls.filter { startRecovery($0, planned: true, paced: false) }.count
+        if started > 0, recoveryPace.timer == nil { recoveryPaceFired() }
+        return started
+    }
+
     /// The call's backend failed it (no answer, a refusal by the transport, a 481 or 408 to a
     /// request within the call): recovered onto another destination when its set says so. False
     /// when it is not (the caller decides what then).
-    /// (`paced` false: the caller starts the pace once it has queued all its calls.)
+    /// (`planned`: asked by the operator, the backend alive; `paced` false: the caller starts the
+    /// pace once it has queued all its calls.)
     @discardableResult
-    func startRecovery(_ call: Call, paced: Bool = true) -> Bool {
+    func startRecovery(_ call: Call, planned: Bool = false, paced: Bool = true) -> Bool {
         guard call.active, call.isConfirmed, !call.isEnded else { return false }
-        if call.recovery != nil { return true }
-        guard let index = call.destination, picker.recovers(index) else { return false }
+        if call.recovery != nil { return !planned }
+        guard let index = call.destination, planned || picker.recovers(index) else { return false }
         picker.release(index)
         call.destination = nil
-        call.recovery = Recovery(lostCallID: call.record.backend.callID, tried: [index])
+        call.recovery = Recovery(lostCallID: call.record.backend.callID, tried: [index], replaced: planned ? call.record.backend : nil)
         statistics.recoveriesStarted += 1
         recoveryPace.waiting.append(call.number)
         if paced && recoveryPace.timer == nil { recoveryPaceFired() }
@@ -79,7 +93,14 @@ extension B2BUA {
         guard let next = picker.replacement(for: recovery.tried[0], callID: Array(recovery.lostCallID.utf8), excluding: recovery.tried) else {
             call.recovery = nil
             statistics.recoveriesFailed += 1
-            hangUp(call, reason: "SIP;cause=503;text=\"backend lost\"", except: .backend)
+            if let old = recovery.replaced {
+                // Planned, and no other destination took it: it stays on the backend it has.
+                table.update(call, newIdentifiers: true) { $0.backend = old }
+                picker.claim(recovery.tried[0])
+                call.destination = recovery.tried[0]
+            } else {
+                hangUp(call, reason: "SIP;cause=503;text=\"backend lost\"", except: .backend)
+            }
             logRecoveryProgress(finished: true)
             return
         }
@@ -152,6 +173,11 @@ extension B2BUA {
             record.recoveries &+= 1
         }
         sendBackendACK(call)
+        if let old = call.recovery?.replaced {
+            // The backend it left is alive (`dlg_recover`): its channel ends.
+            var bye = inDialogHead("BYE", leg: old, cseq: old.localCSeq &+ 1, extra: [("Reason", "SIP;cause=200;text=\"Call moved\"")])
+            transactions.startClient(bye.finishRequest(), to: old.hop, call: nil, purpose: .fireAndForget)
+        }
         call.recovery = nil
         statistics.recoveriesDone += 1
         logRecoveryProgress(finished: true)
@@ -194,4 +220,7 @@ struct RecoveryPace {
 struct Recovery {
     let lostCallID: String
     var tried: [Int]
+    /// The leg replaced, when its backend is alive (`dlg_recover`): it gets a BYE once the new
+    /// one answered, or comes back if none does.
+    var replaced: LegRecord? = nil
 }

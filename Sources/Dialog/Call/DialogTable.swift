@@ -109,6 +109,9 @@ final class DialogTable {
     /// `flush` works through, swapped with it so that neither is reallocated).
     private var changed: [Call] = []
     private var flushing: [Call] = []
+    /// Records whose key a call left (its backend leg was rebuilt: a new Call-ID), as ended
+    /// versions: the next `flush` tells the sinks, so no copy stays under the old key.
+    private var retired: [DialogRecord] = []
     /// Told when the first change after a `flush` is made (to have `flush` run at the iteration's end).
     var firstChange: () -> Void = {}
 
@@ -166,8 +169,13 @@ final class DialogTable {
     /// attempt), so the call moves in the indexes; any other change must leave them as they are.
     func update(_ call: Call, newIdentifiers: Bool = false, _ change: (inout DialogRecord) -> Void) {
         if newIdentifiers { unindex(call) }
+        let before = newIdentifiers && call.record.state == .confirmed ? call.record : nil
         change(&call.record)
         if newIdentifiers { index(call) }
+        if var gone = before, gone.key != call.record.key, !retired.contains(where: { $0.key == gone.key }) {
+            gone.state = .ended
+            retired.append(gone)
+        }
         assert(newIdentifiers || call.isEnded || byTag[call.record.client.localTag] === call, "identifiers changed outside a new-identifiers update")
         markChanged(call)
     }
@@ -175,6 +183,11 @@ final class DialogTable {
     /// Each call changed since the last flush gets its next version, which every sink is told.
     func flush() {
         guard !changed.isEmpty else { return }
+        for var gone in retired where byCallID[gone.key] == nil {
+            gone.version &+= 1
+            for sink in sinks { sink.dialogChanged(gone) }
+        }
+        retired.removeAll()
         swap(&changed, &flushing)
         for call in flushing {
             call.changed = false
