@@ -3,7 +3,7 @@ SWIFT ?= swift
 CONFIG ?= conf/sipedge.toml
 SECONDS ?= 600
 
-.PHONY: run build test deps bench bench-parser bench-transport bench-calls bench-dialogs bench-cluster fuzz clean
+.PHONY: run build test deps bench bench-parser bench-transport bench-calls bench-dialogs bench-cluster bench-recovery fuzz clean
 
 run: build
 	.build/release/sipedge run --config $(CONFIG)
@@ -20,7 +20,7 @@ test: deps
 	SWIFT=$(SWIFT) scripts/run-tests.sh
 	Models/check.sh
 
-bench: bench-parser bench-transport bench-calls bench-dialogs bench-cluster
+bench: bench-parser bench-transport bench-calls bench-dialogs bench-cluster bench-recovery
 
 bench-parser:
 	scripts/install-deps.sh bench
@@ -41,6 +41,10 @@ bench-dialogs:
 # What the cluster costs (CPU per call with two replicas), a 100,000-dialog sync, and failure detection.
 bench-cluster:
 	Benchmarks/cluster-bench.sh
+
+# Calls moved off a killed Asterisk onto another (1,000 of them): detection and the move.
+bench-recovery:
+	Benchmarks/recovery-bench.sh
 
 # libFuzzer over parse + typed access + serialize, seeded from ../shared/corpus: make fuzz SECONDS=600
 fuzz:

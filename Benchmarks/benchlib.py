@@ -1,5 +1,5 @@
-"""What the call benchmarks (calls/, dialogs/) share: SIPEdge started on a small config in front of
-one backend, and every process they started stopped again."""
+"""What the benchmarks share: SIPEdge started on a small config in front of one backend, every
+process they started stopped again (calls/, dialogs/), and SIPp's counts (cluster/, recovery/)."""
 import contextlib, os, shutil, signal, subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +42,17 @@ def stop_all(procs):
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def sipp_counts(path):
+    """(successful, failed) calls from the last line of a SIPp -trace_stat file."""
+    try:
+        with open(path) as f:
+            rows = [line.rstrip("\n").split(";") for line in f if line.strip()]
+        header, last = rows[0], rows[-1]
+        return int(last[header.index("SuccessfulCall(C)")]), int(last[header.index("FailedCall(C)")])
+    except (OSError, ValueError, IndexError):
+        return 0, 0
 
 
 @contextlib.contextmanager

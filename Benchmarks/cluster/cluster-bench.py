@@ -22,6 +22,9 @@ Every load is bounded: rate * RUN_SECONDS calls, SIPp's -timeout.
 """
 import json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchlib import sipp_counts  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BINARY = os.path.join(ROOT, ".build/release/sipedge")
 RUN_SECONDS = int(os.environ.get("RUN_SECONDS", "15"))
@@ -123,17 +126,6 @@ def load(node, seconds):
     if uac.returncode != 0:
         print(f"  (SIPp exit status {uac.returncode}: some calls failed)")
     return used / calls * 1000
-
-
-def sipp_counts(path):
-    """(successful, failed) calls from the last line of a SIPp -trace_stat file."""
-    try:
-        with open(path) as f:
-            rows = [line.rstrip("\n").split(";") for line in f if line.strip()]
-        header, last = rows[0], rows[-1]
-        return int(last[header.index("SuccessfulCall(C)")]), int(last[header.index("FailedCall(C)")])
-    except (OSError, ValueError, IndexError):
-        return 0, 0
 
 
 def down_seen(killed, node=2):

@@ -48,8 +48,8 @@ public struct DispatcherSettings: Sendable, Equatable {
     public var probeSuccesses = 1
     /// Calls up on a destination that dies are moved to another of the set (issue 16).
     public var recoverCalls = false
-    /// How many such calls get a new backend leg a second, at most, over the whole edge (read
-    /// from `[dispatcher]`; it paces every set).
+    /// How many such calls get a new backend leg a second, at most (read from `[dispatcher]`; it
+    /// paces every set): each worker moves its own calls at its share, this over the workers.
     public var recoverPerSecond = 200
     public var destinations: [DestinationSettings] = []
 
