@@ -1,6 +1,6 @@
 """What the benchmarks share: SIPEdge started on a small config in front of one backend, every
-process they started stopped again (calls/, dialogs/), and SIPp's counts (cluster/, recovery/)."""
-import contextlib, os, shutil, signal, subprocess
+process they started stopped again (calls/, dialogs/), the MI and SIPp's counts (cluster/, recovery/)."""
+import contextlib, json, os, shutil, signal, socket, subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,6 +42,19 @@ def stop_all(procs):
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def mi(host, port, method, **params):
+    """A JSON-RPC request to SIPEdge's MI at host:port: its result, or None if nothing answered."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    try:
+        s.sendto(json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1}).encode(), (host, port))
+        return json.loads(s.recv(65536)).get("result")
+    except OSError:
+        return None
+    finally:
+        s.close()
 
 
 def sipp_counts(path):

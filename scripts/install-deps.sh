@@ -9,8 +9,8 @@ set -euo pipefail
 packages=(libssl-dev libsctp-dev libsqlite3-dev)
 case "${1:-test}" in
     build) ;;
-    test) packages+=(sip-tester openssl baresip-core iproute2 spin gcc) ;;
-    bench) packages+=(sip-tester openssl baresip-core libosip2-dev valgrind kamailio) ;;
+    test) packages+=(sip-tester openssl baresip-core iproute2 spin gcc rtpengine-daemon) ;;
+    bench) packages+=(sip-tester openssl baresip-core rtpengine-daemon libosip2-dev valgrind kamailio) ;;
     *) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
 esac
 

@@ -20,10 +20,10 @@ BYE to the survivor's Contact with 200. ONLY=rehome runs that part alone.
 Nodes run on 127.0.0.11-13; SIPp on 127.0.0.1.
 Every load is bounded: rate * RUN_SECONDS calls, SIPp's -timeout.
 """
-import json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time
+import os, re, signal, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchlib import sipp_counts  # noqa: E402
+from benchlib import mi as benchlib_mi, sipp_counts  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BINARY = os.path.join(ROOT, ".build/release/sipedge")
@@ -82,15 +82,7 @@ def start(n, clustered=True):
 
 
 def mi(n, method, **params):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(2)
-    try:
-        s.sendto(json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1}).encode(), (ip(n), MI))
-        return json.loads(s.recv(65536)).get("result")
-    except OSError:
-        return None
-    finally:
-        s.close()
+    return benchlib_mi(ip(n), MI, method, **params)
 
 
 def stop(procs):

@@ -14,10 +14,10 @@ it, and SIPp's calls from one port all land on one worker). Then each caller's B
 the line before the last gives the share of calls both SIPps count successful.
 Everything on 127.0.0.1; every load bounded (SIPp -m and -timeout, polls with deadlines).
 """
-import json, os, signal, socket, subprocess, sys, tempfile, time
+import os, signal, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchlib import ROOT, sipp_counts, stop_all  # noqa: E402
+from benchlib import ROOT, mi as benchlib_mi, sipp_counts, stop_all  # noqa: E402
 
 CALLS = int(os.environ.get("RECOVERY_CALLS", "1000"))
 PER_SECOND = int(os.environ.get("RECOVER_PER_SECOND", "1000"))
@@ -28,15 +28,7 @@ work = tempfile.mkdtemp(prefix="sipedge-bench-recovery-")
 
 
 def mi(method, **params):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(2)
-    try:
-        s.sendto(json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1}).encode(), ("127.0.0.1", MI))
-        return json.loads(s.recv(65536)).get("result")
-    except OSError:
-        return None
-    finally:
-        s.close()
+    return benchlib_mi("127.0.0.1", MI, method, **params)
 
 
 def state_of(port):

@@ -198,6 +198,9 @@ public final class EdgeServer: @unchecked Sendable {
         b2buaConfig.log = { logger.notice("\($0)") }
         if let cluster = config.cluster { b2buaConfig.sharingTag = cluster.sharingTag }
         var senders: [LoopBound<EdgeSender>] = []
+        // Media anchoring: each worker speaks to the rtpengines over a socket of its own.
+        let engines = config.media.map { RTPEngines($0, log: { logger.notice("\($0)") }) }
+        var mediaClients: [LoopBound<RTPEngineClient>] = []
         for loop in workers.loops {
             let receiver = inbound[loop.index]
             let tcp = tcpByWorker[loop.index] ?? summarised(TCPConnectionTable(loop: loop, framer: SIPStreamFraming(limits: config.parserLimits),
@@ -216,6 +219,15 @@ public final class EdgeServer: @unchecked Sendable {
                                     tlsOutgoing: tls, workers: workers)
             senders.append(LoopBound(sender, on: loop))
             let b2bua = B2BUA(clock: loop, config: b2buaConfig, sender: sender)
+            if let engines {
+                do {
+                    let client = try RTPEngineClient(loop: loop, engines: engines)
+                    b2bua.media = client
+                    mediaClients.append(LoopBound(client, on: loop))
+                } catch {
+                    throw ListenerError(listener: "media", reason: "cannot open a socket toward rtpengine: \(error)", underlying: error)
+                }
+            }
             b2bua.passOnCancel = { [routing, worker = loop.index] cancel, hop, tag, first in
                 routing.passOnCancel(cancel, from: hop, listenerTag: tag, at: worker, firstWorker: first)
             }
@@ -225,6 +237,10 @@ public final class EdgeServer: @unchecked Sendable {
             routing.b2buas.append(LoopBound(b2bua, on: loop))
         }
         for s in senders { s.value.peers = senders }
+        self.mediaClients = mediaClients
+        if let engines {
+            logger.info("media: anchored on rtpengine \(engines.instances.map { "\($0.address) (weight \($0.weight))" }.joined(separator: ", "))")
+        }
         // A destination gone inactive: every worker recovers its calls there, where the set says so.
         router.onDestinationLost { [routing] index in
             for b in routing.b2buas { b.loop.execute { b.value.backendLost(index) } }
@@ -280,6 +296,8 @@ public final class EdgeServer: @unchecked Sendable {
     }
 
     private let routing: CallRouting
+    /// Each worker's rtpengine client (none without `[media]`).
+    private let mediaClients: [LoopBound<RTPEngineClient>]
     /// This node's part in a cluster (nil: it runs alone).
     public let cluster: ClusterNode?
     /// What the cluster drives the workers through (kept here: the node holds it weakly).
@@ -327,6 +345,8 @@ public final class EdgeServer: @unchecked Sendable {
         }
         let first = workers.loops[0]
         first.execute { Self.returnFreedMemory(every: 30_000, on: first) }
+        // Every 5 s, each rtpengine is asked for a pong: one that gives none is skipped by new calls.
+        if let client = mediaClients.first { first.execute { client.value.ping(every: 5) } }
         if summary.intervalMilliseconds > 0 { first.execute { [summary] in Self.flushSummary(summary, on: first) } }
         if let registrar, let sender = senders.first {
             first.execute { Self.tendLocations(registrar, sender: sender, every: UInt64(registrar.settings.keepaliveSeconds) * 1_000) }

@@ -81,15 +81,22 @@ final class RecordingPicker: DestinationPicker, @unchecked Sendable {
 
     static let other = Stage.backends[1]
 
-    @Test func a_call_whose_backend_dies_gets_a_new_backend_leg_with_the_recovery_headers_and_the_caller_keeps_its_dialog() throws {
-        let picker = RecordingPicker(Stage.backends, recovering: true)
+    /// A call up on backend 0 (pings every 30 s) whose ping the transport refuses: its backend is
+    /// dead. The stage, the edge's tag toward the caller and the INVITE the lost backend got.
+    static func callWhoseBackendDies(_ picker: RecordingPicker) throws -> (Stage, String, SIPMessage) {
         let s = Stage { $0.picker = picker; $0.pingSeconds = 30 }
         let (tag, lost) = try #require(s.establish())
         s.wait(30_000)
         _ = s.unread(to: Stage.caller)
-        // The backend's ping is refused (ICMP): the call moves to the other destination.
         s.b2bua.unreachable(Self.backend)
         s.clock.endIteration()
+        return (s, tag, lost)
+    }
+
+    @Test func a_call_whose_backend_dies_gets_a_new_backend_leg_with_the_recovery_headers_and_the_caller_keeps_its_dialog() throws {
+        let picker = RecordingPicker(Stage.backends, recovering: true)
+        // The backend's ping is refused (ICMP): the call moves to the other destination.
+        let (s, tag, lost) = try Self.callWhoseBackendDies(picker)
         let invite = try #require(s.next(to: Self.other))
         #expect(invite.method == .invite && invite.tag(of: .to) == nil)
         #expect(invite.callID?.string != lost.callID?.string && invite.tag(of: .from)?.string != lost.tag(of: .from)?.string, "a new leg")
@@ -110,12 +117,7 @@ final class RecordingPicker: DestinationPicker, @unchecked Sendable {
 
     @Test func a_new_backend_answering_with_other_media_gives_the_caller_one_reinvite_in_its_dialog() throws {
         let picker = RecordingPicker(Stage.backends, recovering: true)
-        let s = Stage { $0.picker = picker; $0.pingSeconds = 30 }
-        let (tag, _) = try #require(s.establish())
-        s.wait(30_000)
-        _ = s.unread(to: Stage.caller)
-        s.b2bua.unreachable(Self.backend)
-        s.clock.endIteration()
+        let (s, tag, _) = try Self.callWhoseBackendDies(picker)
         let invite = try #require(s.next(to: Self.other))
         let moved = Stage.answerSDP.replacingOccurrences(of: "m=audio 10000", with: "m=audio 20000")
         s.fromBackend(Stage.response(to: invite, 200, body: moved), hop: Self.other)
@@ -126,12 +128,7 @@ final class RecordingPicker: DestinationPicker, @unchecked Sendable {
 
     @Test func with_no_destination_left_the_caller_gets_a_bye_saying_the_backend_was_lost() throws {
         let picker = RecordingPicker([Stage.backends[0]], recovering: true)
-        let s = Stage { $0.picker = picker; $0.pingSeconds = 30 }
-        try #require(s.establish() != nil)
-        s.wait(30_000)
-        _ = s.unread(to: Stage.caller)
-        s.b2bua.unreachable(Self.backend)
-        s.clock.endIteration()
+        let (s, _, _) = try Self.callWhoseBackendDies(picker)
         let bye = try #require(s.unread(to: Stage.caller).first { $0.method == .bye })
         #expect(bye.value(.reason) == "SIP;cause=503;text=\"backend lost\"")
         #expect(s.b2bua.activeCalls == 0 && s.b2bua.statistics.recoveriesFailed == 1)
@@ -139,12 +136,7 @@ final class RecordingPicker: DestinationPicker, @unchecked Sendable {
 
     @Test func without_recover_calls_a_dead_backend_ends_its_calls_as_before() throws {
         let picker = RecordingPicker(Stage.backends)
-        let s = Stage { $0.picker = picker; $0.pingSeconds = 30 }
-        try #require(s.establish() != nil)
-        s.wait(30_000)
-        _ = s.unread(to: Stage.caller)
-        s.b2bua.unreachable(Self.backend)
-        s.clock.endIteration()
+        let (s, _, _) = try Self.callWhoseBackendDies(picker)
         #expect(s.unread(to: Stage.caller).contains { $0.method == .bye && $0.value(.reason) == "SIP;cause=408;text=\"Dialog ping failed\"" })
         #expect(s.unread(to: Self.other).isEmpty)
     }
@@ -207,5 +199,16 @@ final class RecordingPicker: DestinationPicker, @unchecked Sendable {
         let newKey = try #require(s.next(to: Self.other)?.callID?.string)
         #expect(sink.records.contains { $0.key == oldKey && $0.state == .ended }, "no copy stays under the old key")
         #expect(sink.records.last?.key == newKey && sink.records.last?.state == .confirmed)
+    }
+
+    @Test func rfc3261_9_1_a_caller_that_hangs_up_while_its_new_backend_rings_has_that_invite_cancelled() throws {
+        let picker = RecordingPicker(Stage.backends, recovering: true)
+        let (s, tag, _) = try Self.callWhoseBackendDies(picker)
+        let invite = try #require(s.next(to: Self.other))
+        s.fromCaller(s.callerRequest("BYE", cseq: 2, toTag: tag))
+        let toOther = s.unread(to: Self.other)
+        #expect(toOther.map(\.method) == [.cancel], "a CANCEL, no BYE outside a dialog")
+        #expect(toOther.first?.topViaBranch?.string == invite.topViaBranch?.string && toOther.first?.callID?.string == invite.callID?.string)
+        #expect(s.b2bua.activeCalls == 0 && s.b2bua.statistics.recoveriesFailed == 1)
     }
 }

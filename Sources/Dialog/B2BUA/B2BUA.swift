@@ -30,6 +30,8 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
     var awaitingReconnect: [String: [UInt32]] = [:]
     /// Recoveries waiting for their turn (`recoveriesPerSecond`).
     var recoveryPace = RecoveryPace()
+    /// Where calls' media is anchored (rtpengine; nil: media flows end to end).
+    public var media: (any MediaRelay)?
     var ids: ShardedIdentifiers
     /// Client Call-IDs of calls that ended in the last 64*T1 (as their hashes: the process's
     /// Hasher is seeded at random, so no one can make one collide), oldest first: a late copy of
@@ -174,8 +176,10 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
     func endCall(_ call: Call) {
         guard !call.isEnded else { return }
         abandonRehoming(call, .interrupted)
+        releaseMedia(call)
         if call.recovery != nil {
-            // Ended before a new backend answered.
+            // Ended before a new backend answered: its INVITE is cancelled (§9.1).
+            cancelBackendInvite(call.record, reason: "SIP;cause=487;text=\"Call ended\"")
             call.recovery = nil
             statistics.recoveriesFailed += 1
             logRecoveryProgress(finished: true)
@@ -201,7 +205,10 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
     /// Ends a confirmed call with a BYE on each leg but `except` (the one that hung up).
     func hangUp(_ call: Call, reason: String?, except: DialogRecord.Side? = nil) {
         guard !call.isEnded else { return }
-        for side in [DialogRecord.Side.backend, .client] where side != except { sendBYE(call, side, reason: reason) }
+        // (A backend leg being rebuilt has no dialog yet: `endCall` cancels its INVITE.)
+        for side in [DialogRecord.Side.backend, .client] where side != except && !(side == .backend && call.recovery != nil) {
+            sendBYE(call, side, reason: reason)
+        }
         endCall(call)
     }
 

@@ -75,6 +75,22 @@ extension B2BUA {
         call.clientInvite = tx
         tx.call = call
         callsStarted += 1
+        if media != nil, Self.isSDP(invite) {
+            // The backend is offered the relay's address for the caller's media.
+            clock.schedule(atLeastMilliseconds: Self.tryingDelayMilliseconds, target: self, token: Self.token(.trying, call))
+            throughMedia(call, offer, offer: true, from: .client) { [weak self] sdp in
+                guard let self, !call.cancelled, call.clientInvite != nil else { return self?.endCall(call) ?? () }
+                self.table.update(call) { $0.backend.lastSDPSent = sdp }
+                self.sendOn(call)
+            }
+            return
+        }
+        sendOn(call)
+    }
+
+    /// The new call's INVITE goes to its first destination, or the caller hears why not.
+    private func sendOn(_ call: Call) {
+        guard let tx = call.clientInvite else { return }
         switch tryNextBackend(call) {
         case .sent:
             // (A few milliseconds late does not matter here: the timers of many calls share a wake-up.)
@@ -163,8 +179,9 @@ extension B2BUA {
             // ours (attended transfer through the edge); else as written (the backend answers 481).
             b.header("Replaces", translatedReplaces(replaces.string)?.value ?? replaces.string)
         }
-        // The built bytes go to the transaction as they are: no copy, no second parse.
-        let built = b.finishRequest(contentType: invite.contentType, body: invite.body.bytes)
+        // The built bytes go to the transaction as they are: no copy, no second parse. (The body
+        // is the caller's, or the relay's in its place.)
+        let built = b.finishRequest(contentType: invite.contentType, body: call.record.backend.lastSDPSent)
         table.update(call) { $0.backendInviteBranch = built.branch }
         transactions.startClient(built, to: destination, call: call, side: .backend, cseq: leg.localCSeq, purpose: .backendInvite)
         return .sent
@@ -228,8 +245,18 @@ extension B2BUA {
         }
     }
 
-    /// A response to the backend INVITE, passed up by its client transaction.
-    func backendInviteResponse(_ response: SIPMessage, call: Call) {
+    /// A response to the backend INVITE, passed up by its client transaction. With media
+    /// anchored, a description in it goes through the relay first (`body`: the relay's).
+    func backendInviteResponse(_ response: SIPMessage, call: Call, body relayed: [UInt8]? = nil) {
+        if relayed == nil, call.mediaAnchored {
+            if call.mediaWaiting != nil { return afterMedia(call) { [weak self] in self?.backendInviteResponse(response, call: call) } }
+            if Self.isSDP(response), !call.cancelled, !call.isConfirmed, (response.statusCode ?? 0) < 300 {
+                return throughMedia(call, response.body.bytes, offer: false, from: .backend) { [weak self] sdp in
+                    self?.backendInviteResponse(response, call: call, body: sdp)
+                }
+            }
+        }
+        let body = relayed ?? response.body.bytes
         if call.cancelled {
             cancelledCallAnswered(response, call: call)
             return
@@ -253,7 +280,7 @@ extension B2BUA {
         if status >= 200 || response.tag(of: .to) != nil { call.committed = true }
         let answered = status >= 200 && status < 300
         let tag = response.tag(of: .to)?.string
-        if status < 300 && tag != nil || !response.body.isEmpty || answered {
+        if status < 300 && tag != nil || !body.isEmpty || answered {
             let target = Self.contactURI(of: response)
             let routeSet = response.values(.recordRoute).map(\.bytes).reversed() as [[UInt8]]
             let now = Self.wallClock()
@@ -263,7 +290,7 @@ extension B2BUA {
                     if let target { record.backend.remoteTarget = target }
                     record.backend.routeSet = routeSet
                 }
-                if !response.body.isEmpty { record.carry(response.body.bytes, from: .backend) }
+                if !body.isEmpty { record.carry(body, from: .backend) }
                 guard answered else { return }
                 record.state = .confirmed
                 record.answeredAt = now
@@ -279,7 +306,7 @@ extension B2BUA {
                 if config.maxCallSeconds > 0 { record.endsAt = now + config.maxCallSeconds }
                 // Late offer (the caller's INVITE had no SDP): the backend's ACK carries the
                 // caller's answer, so it waits for the caller's ACK.
-                record.lateOffer = tx.request.body.isEmpty && !response.body.isEmpty
+                record.lateOffer = tx.request.body.isEmpty && !body.isEmpty
             }
         }
         var extra: [(String, String)] = []
@@ -302,7 +329,7 @@ extension B2BUA {
         if status < 300 { b.header("Allow", Self.allow) }
         Self.copySessionHeaders(from: response, into: &b, addTimer: false)
         b.header("Server", "SIPEdge")
-        let bytes = b.finish(contentType: response.contentType, body: response.body.bytes)
+        let bytes = b.finish(contentType: response.contentType, body: body)
         transactions.respond(tx, status: status, bytes: bytes)
         if answered {
             call.answer = bytes

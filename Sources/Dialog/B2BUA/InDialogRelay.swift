@@ -73,8 +73,19 @@ extension B2BUA {
 
     /// Any other in-dialog request (re-INVITE, UPDATE, INFO, NOTIFY, MESSAGE, REFER, OPTIONS...)
     /// goes to the other leg as that leg's own request; its response comes back the same way.
-    func relay(_ request: SIPMessage, _ tx: ServerTxRecord, call: Call, from side: DialogRecord.Side) {
+    func relay(_ request: SIPMessage, _ tx: ServerTxRecord, call: Call, from side: DialogRecord.Side, body relayed: [UInt8]? = nil) {
         guard let method = request.method, let name = request.methodBytes?.string else { return }
+        if relayed == nil, call.mediaAnchored {
+            // With media anchored, an offer (re-INVITE, UPDATE) or answer (PRACK) goes through the relay.
+            if call.mediaWaiting != nil { return afterMedia(call) { [weak self] in self?.relay(request, tx, call: call, from: side) } }
+            if Self.isSDP(request), method == .invite || method == .update || method == .prack {
+                if method == .invite { transactions.sendTrying(tx) }
+                return throughMedia(call, request.body.bytes, offer: method != .prack, from: side) { [weak self] sdp in
+                    self?.relay(request, tx, call: call, from: side, body: sdp)
+                }
+            }
+        }
+        let body = relayed ?? request.body.bytes
         let refreshesTarget = Self.refreshesTarget(method)
         let timed = method == .invite || method == .update
         if method == .invite {
@@ -95,7 +106,7 @@ extension B2BUA {
             }
             if method == .invite { record.reinvite = .relayed(from: side) }
             record[other].localCSeq += 1
-            if !request.body.isEmpty { record.carry(request.body.bytes, from: side) }
+            if !body.isEmpty { record.carry(body, from: side) }
         }
         var extra: [(String, String)] = []
         if method == .prack, let rack = request.firstValue(.rack) {
@@ -118,14 +129,27 @@ extension B2BUA {
                 }
             }
         }
-        let bytes = built.finishRequest(contentType: request.contentType, body: request.body.bytes)
+        let bytes = built.finishRequest(contentType: request.contentType, body: body)
         transactions.startClient(bytes, to: call[other].hop, call: call, side: other, cseq: call[other].localCSeq, origin: tx)
     }
 
     /// The other leg answered a relayed request: the answer goes back to the leg that asked.
-    func relayResponse(_ response: SIPMessage, clientTx: ClientTxRecord, origin: ServerTxRecord) {
+    func relayResponse(_ response: SIPMessage, clientTx: ClientTxRecord, origin: ServerTxRecord, body relayed: [UInt8]? = nil) {
         guard let status = response.statusCode, status > 100 else { return }
         let method = origin.request.method
+        if relayed == nil, let call = clientTx.call, let answering = clientTx.side, call.mediaAnchored {
+            if call.mediaWaiting != nil {
+                return afterMedia(call) { [weak self] in self?.relayResponse(response, clientTx: clientTx, origin: origin) }
+            }
+            // The answer to an offer relayed (re-INVITE, UPDATE), or an offer in a reliable provisional.
+            if Self.isSDP(response), status < 300, origin.machine.state == .proceeding || method != .invite,
+               method == .invite || method == .update {
+                return throughMedia(call, response.body.bytes, offer: false, from: answering) { [weak self] sdp in
+                    self?.relayResponse(response, clientTx: clientTx, origin: origin, body: sdp)
+                }
+            }
+        }
+        let body = relayed ?? response.body.bytes
         let refreshes = method.map(Self.refreshesTarget) ?? false
         let timed = method == .invite || method == .update
         var extra: [(String, String)] = []
@@ -145,7 +169,7 @@ extension B2BUA {
             let success = status >= 200 && status < 300
             let target = refreshes && success ? Self.contactURI(of: response) : nil
             let session = timed && success ? ((try? response.sessionExpires()) ?? nil) : nil
-            if status >= 200 || !response.body.isEmpty {
+            if status >= 200 || !body.isEmpty {
                 table.update(call) { record in
                     if method == .invite && status >= 200 { record.reinvite = .none }
                     if let target { record[answering].remoteTarget = target }
@@ -153,7 +177,7 @@ extension B2BUA {
                         record[answering].sessionInterval = session.seconds
                         record[answering].refresher = session.refresher == .uas ? .peer : .edge
                     }
-                    if !response.body.isEmpty { record.carry(response.body.bytes, from: answering) }
+                    if !body.isEmpty { record.carry(body, from: answering) }
                 }
             }
             if timed && success {
@@ -167,7 +191,7 @@ extension B2BUA {
                                             contact: ourContact, extraHeaders: extra)
         Self.copySessionHeaders(from: response, into: &b, addTimer: false)
         b.header("Server", "SIPEdge")
-        transactions.respond(origin, status: status, bytes: b.finish(contentType: response.contentType, body: response.body.bytes))
+        transactions.respond(origin, status: status, bytes: b.finish(contentType: response.contentType, body: body))
     }
 
     /// The request line and dialog headers of a request within a leg's dialog, from the leg's own

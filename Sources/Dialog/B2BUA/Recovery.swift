@@ -126,7 +126,8 @@ extension B2BUA {
             record.backend.localCSeq = 1
             record.backend.inviteCSeq = 1
             record.backend.remoteCSeq = 0
-            record.backend.lastSDPSent = record.client.lastSDPReceived
+            // (With media anchored, the relay's side of it, as the lost backend had it.)
+            if !call.mediaAnchored { record.backend.lastSDPSent = record.client.lastSDPReceived }
             record.backend.sessionInterval = 0
             record.backend.refresher = .none
             record.backend.peerAllowsUpdate = false
@@ -146,6 +147,11 @@ extension B2BUA {
         let age = call.record.answeredAt > 0 ? Self.wallClock() &- call.record.answeredAt : 0
         b.header("X-SIPEdge-Recovery-Age", "\(age)")
         let built = b.finishRequest(contentType: leg.lastSDPSent.isEmpty ? nil : Self.sdpType, body: leg.lastSDPSent)
+        // (What a CANCEL needs, should the call end before the new backend answers.)
+        table.update(call) { record in
+            record.backendInviteURI = target
+            record.backendInviteBranch = built.branch
+        }
         transactions.startClient(built, to: destination, call: call, side: .backend, cseq: 1, purpose: .ownRequest) { [weak self] response in
             guard let self else { return }
             self.recoveryAnswered(response, call: call)
@@ -171,6 +177,8 @@ extension B2BUA {
             record.backend.lastSDPReceived = answer
             record.backend.peerAllowsUpdate = Self.allows(response, "UPDATE")
             record.recoveries &+= 1
+            record.backendInviteURI = []
+            record.backendInviteBranch = []
         }
         sendBackendACK(call)
         if let old = call.recovery?.replaced {
@@ -181,10 +189,21 @@ extension B2BUA {
         call.recovery = nil
         statistics.recoveriesDone += 1
         logRecoveryProgress(finished: true)
-        // The caller keeps its dialog; it hears of the new backend only if the media moved.
-        guard !answer.isEmpty, Self.mediaAddress(answer) != Self.mediaAddress(call.record.client.lastSDPSent) else { return }
-        table.update(call) { $0.client.lastSDPSent = answer }
-        sendSequential(call, .client, method: "INVITE", body: answer, contentType: "application/sdp") { _ in }
+        guard !answer.isEmpty else { return }
+        if call.mediaAnchored {
+            // Only the relay's backend side changes: what the caller sends to stays.
+            throughMedia(call, answer, offer: false, from: .backend) { [weak self] sdp in self?.tellCallerOfMedia(call, sdp) }
+        } else {
+            tellCallerOfMedia(call, answer)
+        }
+    }
+
+    /// The caller keeps its dialog; it hears of the new backend (one re-INVITE) only if the media
+    /// it should send to moved.
+    private func tellCallerOfMedia(_ call: Call, _ sdp: [UInt8]) {
+        guard Self.mediaAddress(sdp) != Self.mediaAddress(call.record.client.lastSDPSent) else { return }
+        table.update(call) { $0.client.lastSDPSent = sdp }
+        sendSequential(call, .client, method: "INVITE", body: sdp, contentType: "application/sdp") { _ in }
     }
 
     /// The connection address and first media port of a session description (what a caller's

@@ -57,6 +57,18 @@ public struct EdgeConfig: Sendable, Equatable {
     public var registrar: RegistrarSettings?
     /// Membership of a cluster of edges (nil: this node runs alone).
     public var cluster: ClusterSettings?
+    /// Media anchoring through rtpengine (nil: media flows end to end).
+    public var media: MediaSettings?
+
+    /// The `[media]` section: the rtpengine instances calls' media is anchored on.
+    public struct MediaSettings: Sendable, Equatable {
+        /// Each instance's ng control address and weight (new calls spread in proportion).
+        public var rtpengines: [(address: SocketAddress, weight: Int)]
+
+        public static func == (a: MediaSettings, b: MediaSettings) -> Bool {
+            a.rtpengines.count == b.rtpengines.count && zip(a.rtpengines, b.rtpengines).allSatisfy { $0.address == $1.address && $0.weight == $1.weight }
+        }
+    }
 
     /// The `[security]` section.
     public struct SecuritySettings: Sendable, Equatable {
@@ -151,6 +163,7 @@ extension EdgeConfig {
         let databasePath = database?.path
         let tls = try reader.table("tls", TLSFiles.init(reading:))
         let cluster = try reader.table("cluster", ClusterSettings.init(reading:))
+        let media = try reader.table("media", MediaSettings.init(reading:))
         let listeners = try reader.tableArray("listener", ListenerSpec.init(reading:))
         guard !listeners.isEmpty else { throw ConfigError(line: nil, key: "listener", message: "at least one [[listener]] is required") }
         for (j, spec) in listeners.enumerated() where spec.address.port != 0 {
@@ -196,6 +209,7 @@ extension EdgeConfig {
                           streamLimits: streamLimits, dispatcher: dispatcher, extraSets: extraSets, routes: routes, calls: calls, databasePath: databasePath, mi: mi, security: security, registrar: registrar)
         config.coalesceMicroseconds = coalesce
         config.cluster = cluster
+        config.media = media
         config.logSummarySeconds = logSummary
         if let database { config.databaseWriteIntervalMilliseconds = database.interval }
         return config

@@ -248,3 +248,29 @@ extension ClusterSettings {
         return SocketAddress(ip: ip, port: Int(port))
     }
 }
+
+extension EdgeConfig.MediaSettings {
+    /// `rtpengine = ["127.0.0.1:2223", "udp:10.0.0.7:2223=2"]`: each instance's ng address (IP:PORT,
+    /// an optional "udp:" as Kamailio writes it) and an optional "=WEIGHT" (1 by default).
+    init(reading t: inout TableReader) throws(ConfigError) {
+        rtpengines = []
+        for entry in try t.stringArray("rtpengine") {
+            var text = Substring(entry)
+            if text.hasPrefix("udp:") { text = text.dropFirst(4) }
+            var weight = 1
+            if let eq = text.lastIndex(of: "=") {
+                guard let w = Int(text[text.index(after: eq)...]), (1...1_000).contains(w) else {
+                    throw t.error("rtpengine", "\"\(entry)\": the weight after = is a number in 1...1000")
+                }
+                weight = w
+                text = text[..<eq]
+            }
+            guard let (host, port) = EdgeConfig.hostPort(String(text)), let port, port != 0,
+                  let address = SocketAddress(ip: host.hasPrefix("[") ? String(host.dropFirst().dropLast()) : host, port: Int(port)) else {
+                throw t.error("rtpengine", "\"\(entry)\" is not IP:PORT (an rtpengine's --listen-ng address), with an optional =WEIGHT")
+            }
+            rtpengines.append((address, weight))
+        }
+        guard !rtpengines.isEmpty else { throw t.error("rtpengine", "lists at least one rtpengine (IP:PORT of its --listen-ng)") }
+    }
+}
