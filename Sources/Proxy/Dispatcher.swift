@@ -258,6 +258,21 @@ public final class Dispatcher: Sendable {
         prober.loop.execute { [self] in self.probeRound(prober, every: interval) }
     }
 
+    /// A probe now of the destination `hop` names, if it is one of this set's and active (its
+    /// connection closed: is it still there?).
+    public func probeNow(_ hop: Hop, from prober: LoopBound<B2BUA>) {
+        guard settings.probeIntervalSeconds > 0, let index = index(of: hop),
+              shared.withLock({ $0.entries[index].state == .active }) else { return }
+        let target = shared.withLock { $0.entries[index].settings.hop }
+        prober.loop.execute { [self] in
+            prober.value.probe(target) { [self] status in
+                let alive = status.map { $0 < 500 && $0 != 408 } ?? false
+                self.probeResult(index, alive: alive, why: status.map { "probe after its connection closed answered \($0)" }
+                                 ?? "its connection closed and a probe was not answered")
+            }
+        }
+    }
+
     private func probeRound(_ prober: LoopBound<B2BUA>, every interval: UInt64) {
         _ = prober.loop.schedule(afterMilliseconds: interval) { [self] in
             let targets = shared.withLock { s in s.entries.indices.filter { !s.entries[$0].removed }.map { ($0, s.entries[$0].settings.hop) } }

@@ -241,6 +241,10 @@ public final class EdgeServer: @unchecked Sendable {
         if let engines {
             logger.info("media: anchored on rtpengine \(engines.instances.map { "\($0.address) (weight \($0.weight))" }.joined(separator: ", "))")
         }
+        // A connection to a destination closed: probed at once (a dead Asterisk's are closed by its kernel).
+        if let prober = routing.b2buas.first {
+            routing.connectionClosed = { [router] hop in for set in router.sets { set.probeNow(hop, from: prober) } }
+        }
         // A destination gone inactive: every worker recovers its calls there, where the set says so.
         router.onDestinationLost { [routing] index in
             for b in routing.b2buas { b.loop.execute { b.value.backendLost(index) } }

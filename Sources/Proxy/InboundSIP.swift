@@ -12,6 +12,9 @@ import Transport
 final class CallRouting: @unchecked Sendable {
     let workers: WorkerGroup
     var b2buas: [LoopBound<B2BUA>] = []
+    /// Told each TCP/TLS peer whose connection closed (a dispatcher destination among them is
+    /// probed at once: an Asterisk killed closes its connections, a kernel's help in milliseconds).
+    var connectionClosed: (@Sendable (Hop) -> Void)?
 
     init(workers: WorkerGroup) { self.workers = workers }
 
@@ -199,6 +202,7 @@ final class InboundSIP: DatagramReceiver, StreamReceiver, SCTPReceiver, Sendable
 
     /// A connection that failed (refused, reset, cut off) fails what was waiting on it at once.
     func closed(_ connection: TCPConnection, reason: String?) {
+        routing.connectionClosed?(Hop(connection.isSecure ? .tls : .tcp, connection.remote))
         guard let reason else { return }
         if summary.admit("connection closed", from: connection.remote) {
             logger.info("\(connection.isSecure ? "tls" : "tcp"): \(connection.remote) closed: \(reason)")

@@ -77,10 +77,10 @@ import Testing
 
     /// The farm for these tests: UAS 0 preferred, 1 and 2 taking recovered calls; probes every
     /// 60 s (a dead backend is found by its calls' pings, sent every second).
-    static func farm(transport: String = "udp", recovering: Bool = true) throws -> Farm? {
+    static func farm(transport: String = "udp", recovering: Bool = true, pingSeconds: Int = 1) throws -> Farm? {
         try Farm(dispatcher: "algorithm = \"round-robin\"\nprobe_interval_seconds = 60\nrecover_calls = \(recovering)", priorities: [0, 1, 1],
                  scenarios: [nil, recoveringFarm(mediaPort: 41_000), recoveringFarm(mediaPort: 42_000)], transport: transport,
-                 extra: "[calls]\nping_interval_seconds = 1")
+                 extra: "[calls]\nping_interval_seconds = \(pingSeconds)")
     }
 
     /// 100 calls up on UAS 0, which is killed: each is recovered onto UAS 1 or 2 with the headers
@@ -109,6 +109,23 @@ import Testing
 
     @Test(.needsSIPp) func calls_on_a_killed_asterisk_over_tcp_are_recovered_onto_another_and_end_there() throws {
         try Self.recovers(over: "tcp")
+    }
+
+    /// Detection with the kernel's help: an Asterisk killed has its TCP connections closed by its
+    /// kernel; the edge probes it at once (refused), long before a ping (60 s) or probe (60 s).
+    @Test(.needsSIPp) func over_tcp_a_killed_asterisk_is_found_dead_by_its_closed_connection_not_at_its_next_probe() throws {
+        guard let farm = try Self.farm(transport: "tcp", pingSeconds: 60) else { return }
+        defer { farm.stop() }
+        let uac = try farm.call(10, rate: 50, scenario: Self.recoveredCaller(wait: 10_000), timeout: 20, wait: false, arguments: ["-aa", "-trace_err"])
+        defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
+        #expect(ClusterTests.eventually(within: 5) { (try? Self.dialogs(farm)) == 10 }, "10 calls up")
+        farm.killUAS(0)
+        let killed = Date()
+        #expect(try farm.waitForState(0, "inactive", seconds: 5), "\(farm.edge.output.suffix(1_500))")
+        #expect(Date().timeIntervalSince(killed) < 5, "long before its next probe or ping (60 s)")
+        #expect(farm.edge.output.contains("its connection closed and a probe was not answered"))
+        farm.finish(uac, timeout: 20)
+        #expect(uac.terminationStatus == 0, "each call recovered and ended\n\(Self.sippErrors(farm))")
     }
 
     @Test(.needsSIPp) func with_no_asterisk_left_each_caller_gets_a_bye_saying_the_backend_was_lost() throws {
