@@ -25,7 +25,7 @@ import Testing
             }
             self.ngPort = ngPort
             log = dir.appendingPathComponent("rtpengine-\(ngPort).log")
-            FileManager.default.createFile(atPath: log.path, contents: nil)
+            _ = FileManager.default.createFile(atPath: log.path, contents: nil)
             let p = Process()
             p.executableURL = URL(fileURLWithPath: path)
             p.arguments = ["--config-file=none", "--interface=127.0.0.1", "--listen-ng=127.0.0.1:\(ngPort)", "--foreground", "--log-stderr",
@@ -61,8 +61,13 @@ import Testing
         /// From a query: for each endpoint port that rtpengine talks to, its own local port there.
         static func localPorts(_ query: String) -> [Int: Int] {
             var out: [Int: Int] = [:]
-            let pattern = #/10:local porti(\d+)e.*?8:endpointd6:family4:IPv47:address9:127\.0\.0\.14:porti(\d+)e/#
-            for m in query.matches(of: pattern.dotMatchesNewlines()) { out[Int(m.2)!] = Int(m.1)! }
+            // Stream by stream (each starts with its local port), its endpoint within it.
+            for stream in query.components(separatedBy: "10:local porti").dropFirst() {
+                guard let local = stream.prefixMatch(of: #/(\d+)e/#).flatMap({ Int($0.1) }),
+                      let endpoint = stream.firstMatch(of: #/8:endpointd6:family4:IPv47:address9:127\.0\.0\.14:porti(\d+)e/#)
+                      .flatMap({ Int($0.1) }) else { continue }
+                out[endpoint] = local
+            }
             return out
         }
 
@@ -151,7 +156,7 @@ import Testing
         let query = try #require(engine.query(callID: callID), "rtpengine knows the call by the caller's Call-ID")
         let ports = RTPEngine.localPorts(query)
         let towardCaller = try #require(ports[callerMedia], "rtpengine talks to the caller's media port: \(query.prefix(1_500))")
-        let towardCallee = try #require(ports[calleeMedia], "and to the Asterisk's")
+        let towardCallee = try #require(ports[calleeMedia], "and to the Asterisk's: \(query.prefix(3_000))")
         // RTP both ways, through rtpengine's ports.
         for n in 0..<5 { caller.send(sequence: UInt16(n), to: towardCaller) }
         #expect(callee.received(within: 500) >= 3, "the caller's RTP reaches the Asterisk through rtpengine")

@@ -286,7 +286,7 @@ import Testing
         try CallTests.baresipConfig(dir.appendingPathComponent("bob"), user: "bob", port: c.uasPort, rtp: (c.base + 150)...(c.base + 199))
         let bobLog = dir.appendingPathComponent("bob.log"), aliceLog = dir.appendingPathComponent("alice.log")
         let run = { (args: [String], log: URL) throws -> Process in
-            FileManager.default.createFile(atPath: log.path, contents: nil)
+            _ = FileManager.default.createFile(atPath: log.path, contents: nil)
             return try CallTests.startBaresip(baresip, args, log: log)
         }
         let bob = try run(["-f", dir.appendingPathComponent("bob").path, "-t", "16"], bobLog)

@@ -76,22 +76,33 @@ extension B2BUA {
         tx.call = call
         callsStarted += 1
         if media != nil, Self.isSDP(invite) {
-            // The backend is offered the relay's address for the caller's media.
+            // The backend is offered the relay's address for the caller's media; a call the
+            // routing refuses never reaches the relay.
+            var first: CallDestination?
+            do throws(CallRefusal) {
+                if let request = call.request { first = try picker.pick(request, excluding: []) }
+            } catch {
+                return sendOn(call, .refused(error))
+            }
+            guard let first else { return sendOn(call, .exhausted) }
             clock.schedule(atLeastMilliseconds: Self.tryingDelayMilliseconds, target: self, token: Self.token(.trying, call))
             throughMedia(call, offer, offer: true, from: .client) { [weak self] sdp in
-                guard let self, !call.cancelled, call.clientInvite != nil else { return self?.endCall(call) ?? () }
+                guard let self, !call.cancelled, call.clientInvite != nil else {
+                    self?.picker.release(first.index)
+                    return self?.endCall(call) ?? ()
+                }
                 self.table.update(call) { $0.backend.lastSDPSent = sdp }
-                self.sendOn(call)
+                self.sendOn(call, self.tryNextBackend(call, picked: first))
             }
             return
         }
-        sendOn(call)
+        sendOn(call, tryNextBackend(call))
     }
 
-    /// The new call's INVITE goes to its first destination, or the caller hears why not.
-    private func sendOn(_ call: Call) {
+    /// The new call's first attempt went out, or the caller hears why not.
+    private func sendOn(_ call: Call, _ attempt: Attempt) {
         guard let tx = call.clientInvite else { return }
-        switch tryNextBackend(call) {
+        switch attempt {
         case .sent:
             // (A few milliseconds late does not matter here: the timers of many calls share a wake-up.)
             clock.schedule(atLeastMilliseconds: Self.tryingDelayMilliseconds, target: self, token: Self.token(.trying, call))
@@ -114,8 +125,9 @@ extension B2BUA {
 
     /// Sends the call's INVITE to the next destination the picker offers (or again to the same one,
     /// after a 422), as a fresh backend leg (own Call-ID, tag, branch).
+    /// (`picked`: the destination already chosen for this attempt.)
     @discardableResult
-    func tryNextBackend(_ call: Call, sameDestination: Bool = false) -> Attempt {
+    func tryNextBackend(_ call: Call, sameDestination: Bool = false, picked: CallDestination? = nil) -> Attempt {
         guard let tx = call.clientInvite, let request = call.request else { return .exhausted }
         let invite = tx.request
         let destination: Hop
@@ -125,11 +137,13 @@ extension B2BUA {
         } else {
             if let previous = call.destination { picker.release(previous) }
             call.destination = nil
-            let choice: CallDestination?
-            do throws(CallRefusal) {
-                choice = try picker.pick(request, excluding: call.tried)
-            } catch {
-                return .refused(error)
+            var choice = picked
+            if choice == nil {
+                do throws(CallRefusal) {
+                    choice = try picker.pick(request, excluding: call.tried)
+                } catch {
+                    return .refused(error)
+                }
             }
             guard let choice else { return .exhausted }
             // A dispatcher destination (an Asterisk) is reached by this worker's own port; a phone

@@ -95,7 +95,11 @@ extension B2BUA {
             statistics.recoveriesFailed += 1
             if let old = recovery.replaced {
                 // Planned, and no other destination took it: it stays on the backend it has.
-                table.update(call, newIdentifiers: true) { $0.backend = old }
+                table.update(call, newIdentifiers: true) { record in
+                    record.backend = old
+                    record.backendInviteURI = []
+                    record.backendInviteBranch = []
+                }
                 picker.claim(recovery.tried[0])
                 call.destination = recovery.tried[0]
             } else {
