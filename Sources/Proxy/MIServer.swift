@@ -403,7 +403,8 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
         return ["dialog_id": r.key, "state": r.state == .confirmed ? "confirmed" : r.state == .early ? "early" : "ended",
                 "version": Int(r.version), "sharing_tag": r.sharingTag, "started": Int(r.startedAt), "answered": Int(r.answeredAt),
                 "ends": Int(r.endsAt), "client": leg(r.client), "backend": leg(r.backend),
-                "destination": r.backend.hop.sipURI, "recoveries": Int(r.recoveries)]
+                "destination": r.backend.hop.sipURI, "recoveries": Int(r.recoveries),
+                "variables": Dictionary(r.variables.map { ($0.name, $0.value) }, uniquingKeysWith: { $1 })]
     }
 
     private func statistics(_ params: [String: Any]) -> [String: Any] {

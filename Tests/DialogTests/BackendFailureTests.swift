@@ -211,4 +211,27 @@ final class RecordingPicker: DestinationPicker, @unchecked Sendable {
         #expect(toOther.first?.topViaBranch?.string == invite.topViaBranch?.string && toOther.first?.callID?.string == invite.callID?.string)
         #expect(s.b2bua.activeCalls == 0 && s.b2bua.statistics.recoveriesFailed == 1)
     }
+
+    @Test func what_the_backend_asks_to_keep_is_given_to_the_next_one_and_to_no_one_else() throws {
+        let picker = RecordingPicker(Stage.backends, recovering: true)
+        let s = Stage { $0.picker = picker; $0.pingSeconds = 30 }
+        s.fromCaller(s.invite())
+        let first = try #require(s.next(to: Self.backend))
+        s.fromBackend(Stage.response(to: first, 200, extra: [("X-SIPEdge-Var-Queue", "support"), ("X-SIPEdge-Var-Agent", "7")], body: Stage.answerSDP))
+        let ok = try #require(s.unread(to: Stage.caller).first { $0.statusCode == 200 })
+        #expect(!ok.text.lowercased().contains("x-sipedge-var"), "the caller never sees them")
+        let tag = try #require(ok.tag(of: .to)?.string)
+        s.fromCaller(s.callerRequest("ACK", cseq: 1, toTag: tag))
+        // Later, in a request of its own, the backend changes one and drops the other.
+        s.fromBackend(s.backendRequest("INFO", cseq: 2, on: first, extra: "X-SIPEdge-Var-Queue: sales\r\nX-SIPEdge-Var-Agent: "))
+        let info = try #require(s.unread(to: Stage.caller).first { $0.method == .info })
+        #expect(!info.text.lowercased().contains("x-sipedge-var"))
+        #expect(s.b2bua.dialogRecords().first?.variables == [DialogVariable(name: "Queue", value: "sales")])
+        _ = s.unread(to: Self.backend)
+        s.wait(30_000)
+        s.b2bua.unreachable(Self.backend)
+        s.clock.endIteration()
+        let invite = try #require(s.next(to: Self.other))
+        #expect(invite.text.contains("X-SIPEdge-Var-Queue: sales\r\n") && !invite.text.contains("Agent"))
+    }
 }

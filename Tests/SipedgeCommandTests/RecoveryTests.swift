@@ -36,16 +36,26 @@ import Testing
 
     /// An Asterisk that takes recovered calls: the INVITE must name the lost call and its age;
     /// answered with media of its own (port `mediaPort`), then the caller's BYE.
-    static func recoveringFarm(mediaPort: Int) -> String {
+    static func recoveringFarm(mediaPort: Int, variable: Bool = false) -> String {
         let check = #"<ereg regexp="[^ ]+" search_in="hdr" header="X-SIPEdge-Recovery-Call-ID:" check_it="true" assign_to="lost"/>"#
             + #"<ereg regexp="[0-9]+" search_in="hdr" header="X-SIPEdge-Recovery-Age:" check_it="true" assign_to="age"/>"#
+            + (variable ? #"<ereg regexp="sales" search_in="hdr" header="X-SIPEdge-Var-Queue:" check_it="true" assign_to="queue"/>"# : "")
         return S.scenario("an Asterisk taking recovered calls", [
             "<recv request=\"INVITE\"><action>\(check)</action></recv>",
             S.calleeAnswers("200 OK", tag: true, sdp: true).replacingOccurrences(of: "[media_port]", with: "\(mediaPort)"),
             #"<recv request="ACK"/>"#, #"<recv request="BYE" timeout="60000"/>"#, S.calleeAnswers("200 OK", tag: false),
-            #"<Reference variables="lost,age"/>"#,
+            variable ? #"<Reference variables="lost,age,queue"/>"# : #"<Reference variables="lost,age"/>"#,
         ])
     }
+
+    /// The preferred Asterisk: answers with a variable for the edge to keep (`X-SIPEdge-Var-Queue:
+    /// sales`), then takes the BYE if it lives that long.
+    static let variableKeepingFarm = S.scenario("an Asterisk that keeps a variable on its calls", [
+        #"<recv request="INVITE"/>"#,
+        S.calleeAnswers("200 OK", tag: true, sdp: true)
+            .replacingOccurrences(of: "Contact: <sip:[local_ip]:[local_port]>", with: "Contact: <sip:[local_ip]:[local_port]>\nX-SIPEdge-Var-Queue: sales"),
+        #"<recv request="ACK"/>"#, #"<recv request="BYE" timeout="60000"/>"#, S.calleeAnswers("200 OK", tag: false),
+    ])
 
     /// Values of header `name` in the messages UAS `i` logged.
     static func values(_ name: String, of farm: Farm, _ i: Int) -> [String] {
@@ -79,7 +89,8 @@ import Testing
     /// 60 s (a dead backend is found by its calls' pings, sent every second).
     static func farm(transport: String = "udp", recovering: Bool = true, pingSeconds: Int = 1) throws -> Farm? {
         try Farm(dispatcher: "algorithm = \"round-robin\"\nprobe_interval_seconds = 60\nrecover_calls = \(recovering)", priorities: [0, 1, 1],
-                 scenarios: [nil, recoveringFarm(mediaPort: 41_000), recoveringFarm(mediaPort: 42_000)], transport: transport,
+                 scenarios: [variableKeepingFarm, recoveringFarm(mediaPort: 41_000, variable: true), recoveringFarm(mediaPort: 42_000, variable: true)],
+                 transport: transport,
                  extra: "[calls]\nping_interval_seconds = \(pingSeconds)")
     }
 
@@ -97,6 +108,11 @@ import Testing
         let lost = Set(values("Call-ID", of: farm, 0))
         let named = values("X-SIPEdge-Recovery-Call-ID", of: farm, 1) + values("X-SIPEdge-Recovery-Call-ID", of: farm, 2)
         #expect(lost.count == 100 && named.count == 100 && Set(named) == lost, "each lost leg named once: \(named.count) of \(lost.count)")
+        // (SIPp's own header checks pass a header that is missing: the logs are read instead.)
+        let ages = values("X-SIPEdge-Recovery-Age", of: farm, 1) + values("X-SIPEdge-Recovery-Age", of: farm, 2)
+        #expect(ages.count == 100 && ages.allSatisfy { Int($0).map { (0...60).contains($0) } == true }, "\(ages.prefix(5))")
+        let kept = values("X-SIPEdge-Var-Queue", of: farm, 1) + values("X-SIPEdge-Var-Queue", of: farm, 2)
+        #expect(kept.count == 100 && kept.allSatisfy { $0 == "sales" }, "the variable the first Asterisk set reaches the next: \(kept.count)")
         #expect(farm.invites(1) + farm.invites(2) == 100 && farm.invites(1) > 0 && farm.invites(2) > 0, "\(farm.invites(1)), \(farm.invites(2))")
         #expect(try recoveryStatistics(farm) == ["recovery:recovered_calls": 100, "recovery:failed_calls": 0, "recovery:pending_calls": 0])
         #expect(try dialogs(farm) == 0)

@@ -293,6 +293,7 @@ extension B2BUA {
         }
         if status >= 200 || response.tag(of: .to) != nil { call.committed = true }
         let answered = status >= 200 && status < 300
+        if status < 300 { keepVariables(from: response, call: call) }
         let tag = response.tag(of: .to)?.string
         if status < 300 && tag != nil || !body.isEmpty || answered {
             let target = Self.contactURI(of: response)

@@ -86,6 +86,7 @@ extension B2BUA {
             }
         }
         let body = relayed ?? request.body.bytes
+        if side == .backend { keepVariables(from: request, call: call) }
         let refreshesTarget = Self.refreshesTarget(method)
         let timed = method == .invite || method == .update
         if method == .invite {
@@ -167,6 +168,7 @@ extension B2BUA {
                 _ = sender.send(ack, to: call[answering].hop)
             }
             let success = status >= 200 && status < 300
+            if answering == .backend { keepVariables(from: response, call: call) }
             let target = refreshes && success ? Self.contactURI(of: response) : nil
             let session = timed && success ? ((try? response.sessionExpires()) ?? nil) : nil
             if status >= 200 || !body.isEmpty {

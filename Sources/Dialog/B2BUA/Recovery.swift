@@ -150,6 +150,8 @@ extension B2BUA {
         b.header("X-SIPEdge-Recovery-Call-ID", recovery.lostCallID)
         let age = call.record.answeredAt > 0 ? Self.wallClock() &- call.record.answeredAt : 0
         b.header("X-SIPEdge-Recovery-Age", "\(age)")
+        // What the lost backend asked the edge to keep, so the new one can resume the call.
+        for v in call.record.variables { b.header("X-SIPEdge-Var-\(v.name)", v.value) }
         let built = b.finishRequest(contentType: leg.lastSDPSent.isEmpty ? nil : Self.sdpType, body: leg.lastSDPSent)
         // (What a CANCEL needs, should the call end before the new backend answers.)
         table.update(call) { record in
@@ -185,6 +187,7 @@ extension B2BUA {
             record.backendInviteBranch = []
         }
         sendBackendACK(call)
+        keepVariables(from: response, call: call)
         if let old = call.recovery?.replaced {
             // The backend it left is alive (`dlg_recover`): its channel ends.
             var bye = inDialogHead("BYE", leg: old, cseq: old.localCSeq &+ 1, extra: [("Reason", "SIP;cause=200;text=\"Call moved\"")])
@@ -208,6 +211,29 @@ extension B2BUA {
         guard Self.mediaAddress(sdp) != Self.mediaAddress(call.record.client.lastSDPSent) else { return }
         table.update(call) { $0.client.lastSDPSent = sdp }
         sendSequential(call, .client, method: "INVITE", body: sdp, contentType: "application/sdp") { _ in }
+    }
+
+    static let variablePrefix = Array("x-sipedge-var-".utf8)
+
+    /// `X-SIPEdge-Var-NAME: value` headers in a message from the backend (its answer, its requests
+    /// in the dialog) are kept on the dialog, the last value of a name winning (an empty one
+    /// removes it), at most `DialogVariable.maxCount` of them; they cross to no one else.
+    func keepVariables(from message: SIPMessage, call: Call) {
+        var found: [DialogVariable] = []
+        for i in 0..<message.headerCount {
+            let (name, _, value) = message.header(at: i)
+            guard name.count > Self.variablePrefix.count, name.count - Self.variablePrefix.count <= DialogVariable.maxNameBytes,
+                  value.count <= DialogVariable.maxValueBytes,
+                  name.withUnsafeBytes({ b in Self.variablePrefix.indices.allSatisfy { b[$0] | 0x20 == Self.variablePrefix[$0] | 0x20 } }) else { continue }
+            found.append(DialogVariable(name: String(name.string.dropFirst(Self.variablePrefix.count)), value: value.string))
+        }
+        guard !found.isEmpty else { return }
+        table.update(call) { record in
+            for v in found {
+                record.variables.removeAll { $0.name.lowercased() == v.name.lowercased() }
+                if !v.value.isEmpty, record.variables.count < DialogVariable.maxCount { record.variables.append(v) }
+            }
+        }
     }
 
     /// The connection address and first media port of a session description (what a caller's

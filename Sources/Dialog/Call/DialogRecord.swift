@@ -131,6 +131,9 @@ public struct DialogRecord: Sendable, Equatable {
     public var backendInviteBranch: [UInt8]
     /// Times the backend leg was rebuilt on another destination after its backend died (issue 16).
     public var recoveries: UInt32
+    /// What the backend asked the edge to keep for the call (`X-SIPEdge-Var-NAME: value` in its
+    /// answer or its requests): given back to the Asterisk a recovery moves the call to.
+    public var variables: [DialogVariable]
 
     public init(client: LegRecord, backend: LegRecord, sharingTag: String = "", startedAt: UInt64) {
         self.version = 1
@@ -148,6 +151,7 @@ public struct DialogRecord: Sendable, Equatable {
         self.backendInviteURI = []
         self.backendInviteBranch = []
         self.recoveries = 0
+        self.variables = []
     }
 
     /// One leg, by side. The backend leg's hop is the backend destination the call went to.
@@ -168,6 +172,21 @@ public struct DialogRecord: Sendable, Equatable {
     public var key: String { backend.callID }
 }
 
+/// A name and value the backend keeps on a dialog (`X-SIPEdge-Var-NAME: value`).
+public struct DialogVariable: Sendable, Equatable {
+    public var name: String
+    public var value: String
+    /// What a backend can make a dialog hold: this many variables, names and values this long.
+    public static let maxCount = 16
+    public static let maxNameBytes = 64
+    public static let maxValueBytes = 256
+
+    public init(name: String, value: String) {
+        self.name = name
+        self.value = value
+    }
+}
+
 /// Why a dialog record's bytes could not be decoded.
 public struct DialogRecordError: Error, Sendable, Equatable, CustomStringConvertible {
     public let reason: String
@@ -178,8 +197,8 @@ public struct DialogRecordError: Error, Sendable, Equatable, CustomStringConvert
 extension DialogRecord {
     /// The format's first byte; a decoder refuses any other but the previous ones (format 1 lacked
     /// the re-INVITE and offer/ACK state, read as none and false; format 2 the early-dialog fields,
-    /// read as empty; format 3 the recovery count, read as 0).
-    public static let formatVersion: UInt8 = 4
+    /// read as empty; format 3 the recovery count, read as 0; format 4 the variables, read as none).
+    public static let formatVersion: UInt8 = 5
     /// The most bytes one string or byte field may claim (a corrupt length must not allocate much).
     static let maxFieldBytes = 65_536
 
@@ -204,6 +223,11 @@ extension DialogRecord {
         w.data(backendInviteURI)
         w.data(backendInviteBranch)
         w.int(UInt64(recoveries))
+        w.int(UInt64(variables.count))
+        for v in variables {
+            w.string(v.name)
+            w.string(v.value)
+        }
         return w.bytes
     }
 
@@ -237,6 +261,12 @@ extension DialogRecord {
             recoveries = try r.int()
             guard recoveries <= UInt64(UInt32.max) else { throw DialogRecordError(reason: "\(recoveries) recoveries") }
         }
+        var variables: [DialogVariable] = []
+        if format >= 5 {
+            let count = try r.int()
+            guard count <= UInt64(DialogVariable.maxCount) else { throw DialogRecordError(reason: "\(count) variables") }
+            for _ in 0..<count { variables.append(DialogVariable(name: try r.string(), value: try r.string())) }
+        }
         guard r.offset == bytes.count else { throw DialogRecordError(reason: "\(bytes.count - r.offset) bytes left over") }
         self.init(client: client, backend: backend, sharingTag: sharingTag, startedAt: startedAt)
         self.version = version
@@ -250,6 +280,7 @@ extension DialogRecord {
         self.backendInviteURI = inviteURI
         self.backendInviteBranch = branch
         self.recoveries = UInt32(recoveries)
+        self.variables = variables
     }
 }
 
