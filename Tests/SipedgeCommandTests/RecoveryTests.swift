@@ -147,7 +147,8 @@ import Testing
     @Test(.needsSIPp) func with_no_asterisk_left_each_caller_gets_a_bye_saying_the_backend_was_lost() throws {
         guard let farm = try Self.farm() else { return }
         defer { farm.stop() }
-        let uac = try farm.call(20, rate: 50, scenario: Self.abandonedCaller(wait: 20_000), timeout: 30, wait: false, arguments: ["-aa", "-trace_err"])
+        let uac = try farm.call(20, rate: 50, scenario: Self.abandonedCaller(wait: 20_000), timeout: 30, wait: false,
+                                arguments: ["-aa", "-trace_err", "-trace_msg", "-message_file", "abandoned-uac.msg"])
         defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
         #expect(ClusterTests.eventually(within: 10) { (try? Self.dialogs(farm)) == 20 }, "20 calls up: \((try? Self.dialogs(farm)) ?? -1)\n\(farm.edge.output.suffix(2_000))")
         // The others die first, unnoticed (probes are a minute apart): each recovery finds out.
@@ -157,6 +158,8 @@ import Testing
         farm.finish(uac, timeout: 30)
         #expect(uac.terminationStatus == 0, "every caller got the BYE with the Reason\n\(Self.sippErrors(farm))\n\(farm.edge.output.suffix(3_000))")
         #expect(try Self.dialogs(farm) == 0, "nothing stays in dlg_list")
+        let log = (try? String(contentsOf: farm.dir.appendingPathComponent("abandoned-uac.msg"), encoding: .utf8)) ?? ""
+        #expect(CallTests.CallRun.count("Reason: SIP;cause=503;text=\"backend lost\"", in: log) == 20, "each BYE says why")
         #expect(try Self.recoveryStatistics(farm) == ["recovery:recovered_calls": 0, "recovery:failed_calls": 20, "recovery:pending_calls": 0])
     }
 

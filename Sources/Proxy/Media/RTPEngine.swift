@@ -60,7 +60,9 @@ public final class RTPEngineClient: MediaRelay, DatagramReceiver {
     /// Which instance holds each call's session (by the caller's Call-ID).
     private var sessions: [String: Int] = [:]
     private var counter: UInt64 = 0
-    private let worker: Int
+    /// The start of this client's cookies: its worker and a random number (a reply is taken only
+    /// from the instance asked, with a cookie no one off the path can guess).
+    private let cookiePrefix: String
     static let resendMilliseconds: UInt64 = 500
     static let sends = 3
 
@@ -74,7 +76,7 @@ public final class RTPEngineClient: MediaRelay, DatagramReceiver {
     public init(loop: EventLoop, engines: RTPEngines) throws(SystemError) {
         self.loop = loop
         self.engines = engines
-        worker = loop.index
+        cookiePrefix = "\(loop.index)\(String(UInt64.random(in: 0...UInt64.max), radix: 36))_"
         let any = SocketAddress(ip: engines.instances.first?.address.family == .inet6 ? "::1" : "127.0.0.1", port: 0)!
         endpoint = try UDPEndpoint(loop: loop, bindTo: Self.localAddress(toward: engines.instances.first?.address) ?? any,
                                    reusePort: false, batchSize: 4, receiveBufferBytes: 1 << 20, receiver: self)
@@ -144,7 +146,7 @@ public final class RTPEngineClient: MediaRelay, DatagramReceiver {
             return done(nil)
         }
         counter &+= 1
-        let cookie = "\(worker)_\(counter)"
+        let cookie = cookiePrefix + String(counter, radix: 36)
         let bytes = Array("\(cookie) ".utf8) + request.encoded()
         pending[cookie] = Pending(instance: target, bytes: bytes, sent: 1, done: { [weak self] reply in
             guard let self else { return }
