@@ -115,6 +115,35 @@ final class RecordingPicker: DestinationPicker, @unchecked Sendable {
         #expect(bye.method == .bye && bye.callID?.string == invite.callID?.string && bye.tag(of: .to)?.string == "b1")
     }
 
+    @Test func rfc4028_10_the_lost_legs_session_timer_does_not_end_the_call_while_a_new_leg_is_built() throws {
+        let picker = RecordingPicker(Stage.backends, recovering: true)
+        let s = Stage { $0.picker = picker; $0.pingSeconds = 30 }
+        // The backend refreshes its leg (90 s): without a refresh by 60 s, the call would end.
+        let (tag, lost) = try #require(s.establish(answerExtra: [("Session-Expires", "90;refresher=uas"), ("Require", "timer")]))
+        s.wait(30_000)
+        _ = s.unread(to: Stage.caller)
+        _ = s.unread(to: Self.backend)
+        s.b2bua.unreachable(Self.backend)
+        s.clock.endIteration()
+        let invite = try #require(s.next(to: Self.other))
+        s.fromBackend(Stage.response(to: invite, 180), hop: Self.other)
+        s.wait(31_000)
+        // (The caller's leg is pinged as before; it answers.)
+        for ping in s.unread(to: Stage.caller) {
+            #expect(ping.method == .options, "no BYE while the new backend rings")
+            s.fromCaller(Stage.response(to: ping, 200, toTag: nil))
+        }
+        #expect(s.b2bua.activeCalls == 1)
+        s.fromBackend(Stage.response(to: invite, 200, body: Stage.answerSDP), hop: Self.other)
+        #expect(s.unread(to: Self.other).map(\.method) == [.ack])
+        // The leg left gets a BYE, in case its backend was not dead after all.
+        let bye = try #require(s.unread(to: Self.backend).first { $0.method == .bye })
+        #expect(bye.callID?.string == lost.callID?.string && bye.value(.reason) == "SIP;cause=503;text=\"backend lost\"")
+        #expect(s.unread(to: Stage.caller).isEmpty && s.b2bua.activeCalls == 1)
+        s.fromCaller(s.callerRequest("BYE", cseq: 2, toTag: tag))
+        #expect(s.next(to: Self.other)?.method == .bye)
+    }
+
     @Test func a_new_backend_answering_with_other_media_gives_the_caller_one_reinvite_in_its_dialog() throws {
         let picker = RecordingPicker(Stage.backends, recovering: true)
         let (s, tag, _) = try Self.callWhoseBackendDies(picker)

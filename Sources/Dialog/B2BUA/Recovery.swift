@@ -42,7 +42,10 @@ extension B2BUA {
         guard let index = call.destination, planned || picker.recovers(index) else { return false }
         picker.release(index)
         call.destination = nil
-        call.recovery = Recovery(lostCallID: call.record.backend.callID, tried: [index], replaced: planned ? call.record.backend : nil)
+        call.recovery = Recovery(tried: [index], lost: call.record.backend, planned: planned)
+        // The lost leg's session timer stays quiet while its replacement is built: a dead backend
+        // never ends the caller's call by itself (the caller's leg keeps its own timers).
+        if let t = call.sessionTimers.backend { clock.cancel(t); call.sessionTimers.backend = nil }
         statistics.recoveriesStarted += 1
         recoveryPace.waiting.append(call.number)
         if paced && recoveryPace.timer == nil { recoveryPaceFired() }
@@ -90,18 +93,19 @@ extension B2BUA {
 
     private func recoverBackend(_ call: Call) {
         guard var recovery = call.recovery, !call.isEnded else { return }
-        guard let next = picker.replacement(for: recovery.tried[0], callID: Array(recovery.lostCallID.utf8), excluding: recovery.tried) else {
+        guard let next = picker.replacement(for: recovery.tried[0], callID: Array(recovery.lost.callID.utf8), excluding: recovery.tried) else {
             call.recovery = nil
             statistics.recoveriesFailed += 1
-            if let old = recovery.replaced {
+            if recovery.planned {
                 // Planned, and no other destination took it: it stays on the backend it has.
                 table.update(call, newIdentifiers: true) { record in
-                    record.backend = old
+                    record.backend = recovery.lost
                     record.backendInviteURI = []
                     record.backendInviteBranch = []
                 }
                 picker.claim(recovery.tried[0])
                 call.destination = recovery.tried[0]
+                armSessionTimer(call, .backend)
             } else {
                 hangUp(call, reason: "SIP;cause=503;text=\"backend lost\"", except: .backend)
             }
@@ -147,7 +151,7 @@ extension B2BUA {
         b.cseq(1, "INVITE")
         contact(leg, into: &b)
         b.header("Allow", Self.allow)
-        b.header("X-SIPEdge-Recovery-Call-ID", recovery.lostCallID)
+        b.header("X-SIPEdge-Recovery-Call-ID", recovery.lost.callID)
         let age = call.record.answeredAt > 0 ? Self.wallClock() &- call.record.answeredAt : 0
         b.header("X-SIPEdge-Recovery-Age", "\(age)")
         // What the lost backend asked the edge to keep, so the new one can resume the call.
@@ -188,9 +192,13 @@ extension B2BUA {
         }
         sendBackendACK(call)
         keepVariables(from: response, call: call)
-        if let old = call.recovery?.replaced {
-            // The backend it left is alive (`dlg_recover`): its channel ends.
-            var bye = inDialogHead("BYE", leg: old, cseq: old.localCSeq &+ 1, extra: [("Reason", "SIP;cause=200;text=\"Call moved\"")])
+        if let recovery = call.recovery {
+            // The leg left gets a BYE nobody waits for: a backend moved from on purpose
+            // (`dlg_recover`) ends its channel; one thought dead that was not (a lost probe, a
+            // network split) does not keep a channel the caller has left.
+            let old = recovery.lost
+            let reason = recovery.planned ? "SIP;cause=200;text=\"Call moved\"" : "SIP;cause=503;text=\"backend lost\""
+            var bye = inDialogHead("BYE", leg: old, cseq: old.localCSeq &+ 1, extra: [("Reason", reason)])
             transactions.startClient(bye.finishRequest(), to: old.hop, call: nil, purpose: .fireAndForget)
         }
         call.recovery = nil
@@ -264,12 +272,13 @@ struct RecoveryPace {
     var lastLog: UInt64 = 0
 }
 
-/// A backend leg being rebuilt: the lost leg's Call-ID (named to the new backend) and the
-/// destinations tried, the lost one first.
+/// A backend leg being rebuilt: the destinations tried, the lost one first, and the leg lost (its
+/// Call-ID is named to the new backend).
 struct Recovery {
-    let lostCallID: String
     var tried: [Int]
-    /// The leg replaced, when its backend is alive (`dlg_recover`): it gets a BYE once the new
-    /// one answered, or comes back if none does.
-    var replaced: LegRecord? = nil
+    /// The leg replaced: it gets a BYE once the new one answered.
+    let lost: LegRecord
+    /// Asked by the operator (`dlg_recover`), the backend alive: when no other destination
+    /// answers, the lost leg comes back.
+    let planned: Bool
 }
