@@ -230,7 +230,7 @@ final class RecordingPicker: DestinationPicker, @unchecked Sendable {
         #expect(sink.records.last?.key == newKey && sink.records.last?.state == .confirmed)
     }
 
-    @Test func rfc3261_9_1_a_caller_that_hangs_up_while_its_new_backend_rings_has_that_invite_cancelled() throws {
+    @Test func rfc3261_9_1_a_caller_that_hangs_up_while_its_new_backend_rings_has_that_invite_cancelled_and_a_crossing_2xx_ended() throws {
         let picker = RecordingPicker(Stage.backends, recovering: true)
         let (s, tag, _) = try Self.callWhoseBackendDies(picker)
         let invite = try #require(s.next(to: Self.other))
@@ -239,6 +239,12 @@ final class RecordingPicker: DestinationPicker, @unchecked Sendable {
         #expect(toOther.map(\.method) == [.cancel], "a CANCEL, no BYE outside a dialog")
         #expect(toOther.first?.topViaBranch?.string == invite.topViaBranch?.string && toOther.first?.callID?.string == invite.callID?.string)
         #expect(s.b2bua.activeCalls == 0 && s.b2bua.statistics.recoveriesFailed == 1)
+        // The new backend's 2xx crossed the CANCEL: ACKed, then ended with a BYE.
+        s.fromBackend(Stage.response(to: invite, 200, body: Stage.answerSDP), hop: Self.other)
+        let after = s.unread(to: Self.other)
+        #expect(after.map(\.method) == [.ack, .bye])
+        #expect(after.allSatisfy { $0.callID?.string == invite.callID?.string && $0.tag(of: .to)?.string == "b1" })
+        #expect(s.unread(to: Stage.caller).allSatisfy { $0.method != .invite }, "the caller hears nothing of it")
     }
 
     @Test func what_the_backend_asks_to_keep_is_given_to_the_next_one_and_to_no_one_else() throws {

@@ -169,7 +169,10 @@ extension B2BUA {
     }
 
     private func recoveryAnswered(_ response: SIPMessage?, call: Call) {
-        guard call.recovery != nil, !call.isEnded else { return }
+        guard call.recovery != nil, !call.isEnded else {
+            if call.isEnded, let response { recoveryAnsweredTooLate(response, leg: call.record.backend) }
+            return
+        }
         guard let response, let status = response.statusCode, status >= 200, status < 300, let tag = response.tag(of: .to) else {
             // (No answer at all has already counted against it, in `timedOut`; a refusal says it is alive.)
             if let d = call.destination { picker.release(d) }
@@ -211,6 +214,20 @@ extension B2BUA {
         } else {
             tellCallerOfMedia(call, answer)
         }
+    }
+
+    /// A 2xx that crossed the CANCEL sent when the caller hung up (§9.1: the CANCEL came too
+    /// late for it): ACKed and followed by a BYE, so the new backend keeps no channel.
+    private func recoveryAnsweredTooLate(_ response: SIPMessage, leg new: LegRecord) {
+        guard let status = response.statusCode, status >= 200, status < 300, let tag = response.tag(of: .to) else { return }
+        var leg = new
+        leg.remoteTag = tag.string
+        if let target = Self.contactURI(of: response) { leg.remoteTarget = target }
+        leg.routeSet = response.values(.recordRoute).map(\.bytes).reversed()
+        var ack = inDialogHead("ACK", leg: leg, cseq: leg.inviteCSeq)
+        _ = sender.send(ack.finishRequest().bytes, to: leg.hop)
+        var bye = inDialogHead("BYE", leg: leg, cseq: leg.localCSeq &+ 1)
+        transactions.startClient(bye.finishRequest(), to: leg.hop, call: nil, purpose: .fireAndForget)
     }
 
     /// The caller keeps its dialog; it hears of the new backend (one re-INVITE) only if the media
