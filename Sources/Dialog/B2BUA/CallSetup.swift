@@ -123,6 +123,34 @@ extension B2BUA {
         case refused(CallRefusal)
     }
 
+    /// Where a new backend INVITE goes: a dispatcher destination (an Asterisk) by this worker's own
+    /// port, a phone or a trusted caller's target by the listener it knows; its Request-URI is the
+    /// destination's own, or `user` at the destination's address.
+    func route(_ choice: CallDestination, user: String) -> (hop: Hop, target: [UInt8]) {
+        let destination = choice.index >= 0 ? byOwnPort(choice.hop) : choice.hop
+        if let uri = choice.requestURI { return (destination, uri) }
+        let transport = destination.transport == .udp ? "" : ";transport=\(destination.transport.rawValue)"
+        let host = "\(destination.address.uriHost):\(destination.address.port)"
+        return (destination, Array("sip:\(user.isEmpty ? "" : user + "@")\(host)\(transport)".utf8))
+    }
+
+    /// The call's backend leg starts afresh toward `destination`: its own Call-ID and tag, no
+    /// dialog yet; `more` sets what else the attempt needs, in the same change of the record.
+    func renewBackendLeg(_ call: Call, to destination: Hop, target: [UInt8], _ more: (inout DialogRecord) -> Void) {
+        let (callID, localTag) = (ids.make(), ids.make())
+        let listenerTag = addresses.address(for: destination.transport).tag
+        table.update(call, newIdentifiers: true) { record in
+            record.backend.callID = callID
+            record.backend.localTag = localTag
+            record.backend.remoteTag = ""
+            record.backend.remoteTarget = target
+            record.backend.routeSet = []
+            record.backend.hop = destination
+            record.backend.listenerTag = listenerTag
+            more(&record)
+        }
+    }
+
     /// Sends the call's INVITE to the next destination the picker offers (or again to the same one,
     /// after a 422), as a fresh backend leg (own Call-ID, tag, branch).
     /// (`picked`: the destination already chosen for this attempt.)
@@ -146,29 +174,11 @@ extension B2BUA {
                 }
             }
             guard let choice else { return .exhausted }
-            // A dispatcher destination (an Asterisk) is reached by this worker's own port; a phone
-            // or a trusted caller's target by the listener it knows.
-            destination = choice.index >= 0 ? byOwnPort(choice.hop) : choice.hop
+            (destination, target) = route(choice, user: call.user)
             call.tried.append(choice.index)
             call.destination = choice.index
-            if let uri = choice.requestURI {
-                target = uri
-            } else {
-                let host = destination.address.uriHost
-                let transport = destination.transport == .udp ? "" : ";transport=\(destination.transport.rawValue)"
-                target = Array("sip:\(call.user.isEmpty ? "" : call.user + "@")\(host):\(destination.address.port)\(transport)".utf8)
-            }
         }
-        let (callID, localTag) = (ids.make(), ids.make())
-        let listenerTag = addresses.address(for: destination.transport).tag
-        table.update(call, newIdentifiers: true) { record in
-            record.backend.callID = callID
-            record.backend.localTag = localTag
-            record.backend.remoteTag = ""
-            record.backend.remoteTarget = target
-            record.backend.routeSet = []
-            record.backend.hop = destination
-            record.backend.listenerTag = listenerTag
+        renewBackendLeg(call, to: destination, target: target) { record in
             record.backend.inviteCSeq = record.backend.localCSeq
             record.backendInviteURI = target
         }

@@ -115,22 +115,10 @@ extension B2BUA {
         recovery.tried.append(next.index)
         call.recovery = recovery
         call.destination = next.index
-        let destination = byOwnPort(next.hop)
-        let user = (try? SIPURI(Self.uriBytes(of: call.record.backend.remoteURI), 0, Self.uriBytes(of: call.record.backend.remoteURI).count))?
-            .user.map { String(decoding: $0.bytes, as: UTF8.self) } ?? ""
-        let transport = destination.transport == .udp ? "" : ";transport=\(destination.transport.rawValue)"
-        let target = next.requestURI
-            ?? Array("sip:\(user.isEmpty ? "" : user + "@")\(destination.address.uriHost):\(destination.address.port)\(transport)".utf8)
-        let (callID, localTag) = (ids.make(), ids.make())
-        let listenerTag = addresses.address(for: destination.transport).tag
-        table.update(call, newIdentifiers: true) { record in
-            record.backend.callID = callID
-            record.backend.localTag = localTag
-            record.backend.remoteTag = ""
-            record.backend.remoteTarget = target
-            record.backend.routeSet = []
-            record.backend.hop = destination
-            record.backend.listenerTag = listenerTag
+        let toURI = Self.uriBytes(of: call.record.backend.remoteURI)
+        let user = (try? SIPURI(toURI, 0, toURI.count))?.user.map { String(decoding: $0.bytes, as: UTF8.self) } ?? ""
+        let (destination, target) = route(next, user: user)
+        renewBackendLeg(call, to: destination, target: target) { record in
             record.backend.localCSeq = 1
             record.backend.inviteCSeq = 1
             record.backend.remoteCSeq = 0
