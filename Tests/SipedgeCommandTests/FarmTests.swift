@@ -33,7 +33,7 @@ import Testing
             var chosen: (Int, CallTests.Edge)?
             for _ in 0..<3 where chosen == nil {
                 let base = Scratch.ports()
-                let destinations = (0..<3).map { i in
+                let destinations = scenarios.indices.map { i in
                     "[[dispatcher.destination]]\nuri = \"sip:127.0.0.1:\(base + 10 * (i + 1))\(transport == "udp" ? "" : ";transport=" + transport)\"\n"
                         + "weight = \(weights[i])\npriority = \(priorities[i])\n"
                 }.joined()
@@ -58,7 +58,7 @@ import Testing
             self.base = base
             self.edge = edge
             miAddress = edge.bound("mi listening udp")!
-            for i in 0..<3 { try startUAS(i) }
+            for i in scenarios.indices { try startUAS(i) }
             usleep(300_000)
         }
 
@@ -144,7 +144,7 @@ import Testing
         }
 
         func stop() {
-            for i in 0..<3 { killUAS(i) }
+            for i in scenarios.indices { killUAS(i) }
             edge.stop()
         }
 

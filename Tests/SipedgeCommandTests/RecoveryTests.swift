@@ -85,19 +85,21 @@ import Testing
         return ((try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any])?["total"] as? Int ?? -1
     }
 
-    /// The farm for these tests: UAS 0 preferred, 1 and 2 taking recovered calls; probes every
-    /// 60 s (a dead backend is found by its calls' pings, sent every second).
-    static func farm(transport: String = "udp", recovering: Bool = true, pingSeconds: Int = 1) throws -> Farm? {
-        try Farm(dispatcher: "algorithm = \"round-robin\"\nprobe_interval_seconds = 60\nrecover_calls = \(recovering)", priorities: [0, 1, 1],
-                 scenarios: [variableKeepingFarm, recoveringFarm(mediaPort: 41_000, variable: true), recoveringFarm(mediaPort: 42_000, variable: true)],
+    /// The farm for these tests: UAS 0 preferred, the others (1, or 1 and 2) taking recovered
+    /// calls; probes every 60 s (a dead backend is found by its calls' pings, sent every second).
+    static func farm(asterisks: Int = 3, transport: String = "udp", recovering: Bool = true, pingSeconds: Int = 1) throws -> Farm? {
+        try Farm(dispatcher: "algorithm = \"round-robin\"\nprobe_interval_seconds = 60\nrecover_calls = \(recovering)",
+                 priorities: [0] + Array(repeating: 1, count: asterisks - 1),
+                 scenarios: [variableKeepingFarm] + (1..<asterisks).map { recoveringFarm(mediaPort: 40_000 + 1_000 * $0, variable: true) },
                  transport: transport,
                  extra: "[calls]\nping_interval_seconds = \(pingSeconds)")
     }
 
-    /// 100 calls up on UAS 0, which is killed: each is recovered onto UAS 1 or 2 with the headers
-    /// naming it, the caller gets one re-INVITE in its dialog, and its BYE ends the call there.
+    /// The set-up: two Asterisks, the first preferred. 100 calls up on UAS 0, which is
+    /// killed: each is recovered onto UAS 1 with the headers naming it, the caller gets one
+    /// re-INVITE in its dialog, and its BYE ends the call there.
     static func recovers(over transport: String) throws {
-        guard let farm = try farm(transport: transport) else { return }
+        guard let farm = try farm(asterisks: 2, transport: transport) else { return }
         defer { farm.stop() }
         let uac = try farm.call(100, rate: 100, scenario: recoveredCaller(wait: 20_000), timeout: 40, wait: false, arguments: ["-aa", "-trace_err"])
         defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
@@ -106,14 +108,14 @@ import Testing
         farm.finish(uac, timeout: 40)
         #expect(uac.terminationStatus == 0, "every caller got one re-INVITE in its dialog and its BYE was answered\n\(sippErrors(farm))\n\(farm.edge.output.suffix(3_000))")
         let lost = Set(values("Call-ID", of: farm, 0))
-        let named = values("X-SIPEdge-Recovery-Call-ID", of: farm, 1) + values("X-SIPEdge-Recovery-Call-ID", of: farm, 2)
+        let named = values("X-SIPEdge-Recovery-Call-ID", of: farm, 1)
         #expect(lost.count == 100 && named.count == 100 && Set(named) == lost, "each lost leg named once: \(named.count) of \(lost.count)")
         // (SIPp's own header checks pass a header that is missing: the logs are read instead.)
-        let ages = values("X-SIPEdge-Recovery-Age", of: farm, 1) + values("X-SIPEdge-Recovery-Age", of: farm, 2)
+        let ages = values("X-SIPEdge-Recovery-Age", of: farm, 1)
         #expect(ages.count == 100 && ages.allSatisfy { Int($0).map { (0...60).contains($0) } == true }, "\(ages.prefix(5))")
-        let kept = values("X-SIPEdge-Var-Queue", of: farm, 1) + values("X-SIPEdge-Var-Queue", of: farm, 2)
+        let kept = values("X-SIPEdge-Var-Queue", of: farm, 1)
         #expect(kept.count == 100 && kept.allSatisfy { $0 == "sales" }, "the variable the first Asterisk set reaches the next: \(kept.count)")
-        #expect(farm.invites(1) + farm.invites(2) == 100 && farm.invites(1) > 0 && farm.invites(2) > 0, "\(farm.invites(1)), \(farm.invites(2))")
+        #expect(farm.invites(1) == 100, "\(farm.invites(1))")
         #expect(try recoveryStatistics(farm) == ["recovery:recovered_calls": 100, "recovery:failed_calls": 0, "recovery:pending_calls": 0])
         #expect(try dialogs(farm) == 0)
         #expect(farm.edge.output.contains("recovered, 0 failed, 0 pending (done)"), "progress in the log")
