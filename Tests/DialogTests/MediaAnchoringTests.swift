@@ -150,4 +150,30 @@ final class RecordingRelay: MediaRelay {
         #expect(s.unread(to: Stage.caller).filter { $0.method == .invite }.isEmpty, "the caller keeps sending to the relay: no re-INVITE")
         #expect(s.b2bua.statistics.recoveriesDone == 1)
     }
+
+    @Test func a_call_taken_over_by_another_worker_or_node_stays_anchored_and_its_end_deletes_the_session() throws {
+        let first = RecordingRelay()
+        first.immediate = true
+        let one = Self.stage(first)
+        let (tag, _) = try #require(one.establish())
+        let record = try #require(one.b2bua.dialogRecords().first)
+        #expect(record.mediaAnchored, "the record says so: replicated and stored with the call")
+        // Another node takes the call over (or this one restarts): its relay client has never
+        // heard of the session, but the record tells it the relay holds one.
+        let second = RecordingRelay()
+        second.immediate = true
+        let two = Self.stage(second)
+        two.b2bua.adopt(record, active: true)
+        let hold = Stage.sdp + "a=sendonly\r\n"
+        two.fromCaller(two.callerRequest("INVITE", cseq: 2, toTag: tag, body: hold))
+        let offer = try #require(second.requests.first)
+        #expect(offer.kind == "offer" && offer.session.established && offer.session.fromTag == "a1" && offer.sdp == hold)
+        let reinvite = try #require(two.unread(to: Self.backend).first { $0.method == .invite })
+        #expect(reinvite.body.string == RecordingRelay.relaySDP(port: 30_002), "the backend gets the relay's side")
+        two.fromBackend(Stage.response(to: reinvite, 200, body: Stage.answerSDP))
+        #expect(second.requests.last?.kind == "answer")
+        two.fromCaller(two.callerRequest("ACK", cseq: 2, toTag: tag))
+        two.fromCaller(two.callerRequest("BYE", cseq: 3, toTag: tag))
+        #expect(second.deletes.count == 1 && second.deletes.first?.established == true && second.deletes.first?.callID == "call-1@192.0.2.10")
+    }
 }

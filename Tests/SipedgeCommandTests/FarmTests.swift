@@ -11,7 +11,7 @@ import Testing
         let dir: URL
         let base: Int
         let edge: CallTests.Edge
-        let miAddress: String
+        private(set) var miAddress: String
         let sipp: String
         var uas: [Process?] = [nil, nil, nil]
         var starts = [0, 0, 0]
@@ -105,6 +105,16 @@ import Testing
             for _ in 0..<(timeout * 10 + 50) where p.isRunning { usleep(100_000) }
             if p.isRunning { kill(p.processIdentifier, SIGKILL) }
             p.waitUntilExit()
+        }
+
+        /// SIGKILL of the edge, then the same config again; its MI port (0 in the config) is new.
+        func killAndRestartEdge() throws -> Bool {
+            try edge.killAndRestart()
+            guard edge.waitFor("mi listening udp"),
+                  let line = edge.output.split(whereSeparator: \.isNewline).last(where: { $0.contains("mi listening udp") }),
+                  let word = line.split(separator: " ").first(where: { $0.hasPrefix("127.0.0.1:") }) else { return false }
+            miAddress = String(word)
+            return true
         }
 
         /// `sipedge mi ARGS` against this edge: exit status and what it printed.

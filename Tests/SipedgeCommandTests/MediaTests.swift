@@ -124,9 +124,10 @@ import Testing
     }
 
     /// The Farm with `[media]` on `engines` (ng ports relative to the farm's base), UAS 0 preferred.
-    static func farm(engines: @escaping (Int) -> [String], scenarios: [String?], extraDispatcher: String = "", ping: Bool = false) throws -> Farm? {
+    static func farm(engines: @escaping (Int) -> [String], scenarios: [String?], extraDispatcher: String = "", ping: Bool = false,
+                     database: String? = nil) throws -> Farm? {
         try Farm(dispatcher: "algorithm = \"round-robin\"\nprobe_interval_seconds = 60\n\(extraDispatcher)", priorities: [0, 1, 1], scenarios: scenarios,
-                 extra: ping ? "[calls]\nping_interval_seconds = 1" : "",
+                 extra: (ping ? "[calls]\nping_interval_seconds = 1\n" : "") + (database.map { "[database]\npath = \"\($0)\"\n" } ?? ""),
                  tail: { base in "[media]\nrtpengine = [\(engines(base).map { "\"\($0)\"" }.joined(separator: ", "))]" })
     }
 
@@ -214,5 +215,46 @@ import Testing
         #expect(ports.count >= 5 && ports.allSatisfy { (farm.base + 100...farm.base + 199).contains($0) }, "every answer's media is the live rtpengine's: \(ports)")
         #expect(farm.edge.output.contains("does not answer: skipped for 10 s"), "\(farm.edge.output.suffix(1_500))")
         #expect(CallTests.CallRun.count("Received command 'offer'", in: engine.output) == 5)
+    }
+
+    /// A call's media session outlives the process that made it: after a restart (as after a
+    /// take-over by another node) the record says the call is anchored, and the edge finds the
+    /// instance holding it with `query`. The calls' sessions are made on instance A while B (which
+    /// their Call-IDs would go to, by weight) is not there yet; after the restart both are.
+    @Test(.needsSIPp) func after_a_restart_the_edges_calls_stay_anchored_are_recovered_through_rtpengine_and_their_sessions_deleted() throws {
+        let db = Scratch.file("media-dialogs", "db").path
+        defer { for suffix in ["", "-wal", "-shm"] { unlink(db + suffix) } }
+        guard let farm = try Self.farm(engines: { ["127.0.0.1:\($0 + 60)=1", "127.0.0.1:\($0 + 61)=1000"] },
+                                       scenarios: [nil, RecoveryTests.recoveringFarm(mediaPort: 41_000)],
+                                       extraDispatcher: "recover_calls = true", ping: true, database: db) else { return }
+        defer { farm.stop() }
+        guard let engine = try RTPEngine(ngPort: farm.base + 60, mediaPorts: (farm.base + 100)...(farm.base + 199), in: farm.dir) else { return }
+        defer { engine.stop() }
+        // (Any re-INVITE would be unexpected: SIPp would fail that call.)
+        let uac = try farm.call(5, rate: 20, scenario: Self.caller(mediaPort: farm.base + 50, hold: 8_000), timeout: 30, wait: false,
+                                arguments: ["-aa", "-trace_err"])
+        defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
+        #expect(ClusterTests.eventually(within: 5) { (try? RecoveryTests.dialogs(farm)) == 5 }, "5 calls up")
+        let callIDs = try RecoveryTests.dialogList(farm).compactMap { ($0["client"] as? [String: Any])?["call_id"] as? String }
+        #expect(callIDs.count == 5)
+        guard let other = try RTPEngine(ngPort: farm.base + 61, mediaPorts: (farm.base + 200)...(farm.base + 299), in: farm.dir) else { return }
+        defer { other.stop() }
+        usleep(300_000)   // (the database writes behind)
+        #expect(try farm.killAndRestartEdge(), "\(farm.edge.output.suffix(1_500))")
+        #expect(ClusterTests.eventually(within: 5) { (try? RecoveryTests.dialogs(farm)) == 5 }, "the calls restored")
+        farm.killUAS(0)
+        #expect(ClusterTests.eventually(within: 5) { (try? RecoveryTests.recoveryStatistics(farm))?["recovery:recovered_calls"] == 5 },
+                "every call recovered: \((try? RecoveryTests.recoveryStatistics(farm)) ?? [:])\n\(farm.edge.output.suffix(2_000))")
+        for callID in callIDs {
+            let ports = RTPEngine.localPorts(engine.query(callID: callID) ?? "")
+            #expect(ports[41_000] != nil, "rtpengine sends the call's backend media to the new Asterisk: \(ports)")
+        }
+        farm.finish(uac, timeout: 30)
+        #expect(uac.terminationStatus == 0, "no caller got a re-INVITE, each ended its call\n\(RecoveryTests.sippErrors(farm))\n\(farm.edge.output.suffix(2_000))")
+        #expect(ClusterTests.eventually(within: 3) { callIDs.allSatisfy { engine.query(callID: $0)?.contains("6:result5:error") == true } },
+                "each session deleted with its call")
+        #expect(callIDs.allSatisfy { other.query(callID: $0)?.contains("6:result5:error") == true }, "none was ever on B")
+        let refusals = farm.edge.output.split(whereSeparator: \.isNewline).filter { $0.contains("media: rtpengine") && $0.contains("refused") }
+        #expect(refusals.isEmpty, "rtpengine took every request: \(refusals.prefix(3))")
     }
 }

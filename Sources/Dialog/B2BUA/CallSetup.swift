@@ -272,7 +272,7 @@ extension B2BUA {
     /// A response to the backend INVITE, passed up by its client transaction. With media
     /// anchored, a description in it goes through the relay first (`body`: the relay's).
     func backendInviteResponse(_ response: SIPMessage, call: Call, body relayed: [UInt8]? = nil) {
-        if relayed == nil, call.mediaAnchored {
+        if relayed == nil, call.record.mediaAnchored {
             if call.mediaWaiting != nil { return afterMedia(call) { [weak self] in self?.backendInviteResponse(response, call: call) } }
             if Self.isSDP(response), !call.cancelled, !call.isConfirmed, (response.statusCode ?? 0) < 300 {
                 return throughMedia(call, response.body.bytes, offer: false, from: .backend) { [weak self] sdp in

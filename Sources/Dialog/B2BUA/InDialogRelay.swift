@@ -75,7 +75,7 @@ extension B2BUA {
     /// goes to the other leg as that leg's own request; its response comes back the same way.
     func relay(_ request: SIPMessage, _ tx: ServerTxRecord, call: Call, from side: DialogRecord.Side, body relayed: [UInt8]? = nil) {
         guard let method = request.method, let name = request.methodBytes?.string else { return }
-        if relayed == nil, call.mediaAnchored {
+        if relayed == nil, call.record.mediaAnchored {
             // With media anchored, an offer (re-INVITE, UPDATE) or answer (PRACK) goes through the relay.
             if call.mediaWaiting != nil { return afterMedia(call) { [weak self] in self?.relay(request, tx, call: call, from: side) } }
             if Self.isSDP(request), method == .invite || method == .update || method == .prack {
@@ -138,7 +138,7 @@ extension B2BUA {
     func relayResponse(_ response: SIPMessage, clientTx: ClientTxRecord, origin: ServerTxRecord, body relayed: [UInt8]? = nil) {
         guard let status = response.statusCode, status > 100 else { return }
         let method = origin.request.method
-        if relayed == nil, let call = clientTx.call, let answering = clientTx.side, call.mediaAnchored {
+        if relayed == nil, let call = clientTx.call, let answering = clientTx.side, call.record.mediaAnchored {
             if call.mediaWaiting != nil {
                 return afterMedia(call) { [weak self] in self?.relayResponse(response, clientTx: clientTx, origin: origin) }
             }

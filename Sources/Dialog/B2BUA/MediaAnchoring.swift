@@ -19,11 +19,15 @@ public struct MediaSession: Equatable, Sendable {
     /// The party whose offer this is (or whose offer is being answered), and the other.
     public var fromTag: String
     public var toTag: String
+    /// The relay took an offer for it before (maybe from another node or worker, before a
+    /// take-over or a restart): it holds the session already.
+    public var established: Bool
 
-    public init(callID: String, fromTag: String, toTag: String) {
+    public init(callID: String, fromTag: String, toTag: String, established: Bool = false) {
         self.callID = callID
         self.fromTag = fromTag
         self.toTag = toTag
+        self.established = established
     }
 }
 
@@ -36,7 +40,8 @@ extension B2BUA {
     /// The session for a description from `side` (an offer, or an answer to `side.other`'s offer).
     func mediaSession(_ call: Call, offerFrom side: DialogRecord.Side) -> MediaSession {
         let caller = call.record.client.remoteTag, edge = call.record.client.localTag
-        return MediaSession(callID: call.record.client.callID, fromTag: side == .client ? caller : edge, toTag: side == .client ? edge : caller)
+        return MediaSession(callID: call.record.client.callID, fromTag: side == .client ? caller : edge, toTag: side == .client ? edge : caller,
+                            established: call.record.mediaAnchored)
     }
 
     /// Whether a body is a session description the relay should see.
@@ -65,7 +70,7 @@ extension B2BUA {
                 if result != nil { self.media?.delete(session) }
                 return
             }
-            if result != nil { call.mediaAnchored = true }
+            if result != nil, !call.record.mediaAnchored { self.table.update(call) { $0.mediaAnchored = true } }
             then(result ?? sdp)
             // What waited runs now, unless it (or `then`) gave the relay another description.
             while !queued.isEmpty {
@@ -77,10 +82,10 @@ extension B2BUA {
         if offer { media.offer(session, sdp: sdp, done: done) } else { media.answer(session, sdp: sdp, done: done) }
     }
 
-    /// The call ended: the relay forgets its media.
+    /// The call ended here: the relay forgets its media (a passive copy's end is not this node's
+    /// to tell).
     func releaseMedia(_ call: Call) {
-        guard call.mediaAnchored, let media else { return }
-        call.mediaAnchored = false
+        guard call.record.mediaAnchored, call.active, let media else { return }
         media.delete(mediaSession(call, offerFrom: .client))
     }
 }

@@ -123,7 +123,7 @@ extension B2BUA {
             record.backend.inviteCSeq = 1
             record.backend.remoteCSeq = 0
             // (With media anchored, the relay's side of it, as the lost backend had it.)
-            if !call.mediaAnchored { record.backend.lastSDPSent = record.client.lastSDPReceived }
+            if !record.mediaAnchored { record.backend.lastSDPSent = record.client.lastSDPReceived }
             record.backend.sessionInterval = 0
             record.backend.refresher = .none
             record.backend.peerAllowsUpdate = false
@@ -196,7 +196,7 @@ extension B2BUA {
         statistics.recoveriesDone += 1
         logRecoveryProgress(finished: true)
         guard !answer.isEmpty else { return }
-        if call.mediaAnchored {
+        if call.record.mediaAnchored {
             // Only the relay's backend side changes: what the caller sends to stays.
             throughMedia(call, answer, offer: false, from: .backend) { [weak self] sdp in self?.tellCallerOfMedia(call, sdp) }
         } else {

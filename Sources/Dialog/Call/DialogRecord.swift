@@ -122,6 +122,9 @@ public struct DialogRecord: Sendable, Equatable {
     public var lateOffer: Bool
     /// The backend's 2xx was ACKed (a retransmitted 2xx gets the ACK again, rebuilt).
     public var backendAcknowledged: Bool
+    /// Its media goes through the relay (rtpengine), which holds a session for it: whichever node
+    /// or worker carries the call goes on giving it the call's descriptions and ends it.
+    public var mediaAnchored: Bool
     /// While the dialog is early, what ending it cleanly needs: the backend INVITE's Request-URI
     /// and branch (to CANCEL it, RFC 3261 §9.1, from this node or another) and, in a cluster, the
     /// Via values of the caller's INVITE (for another node to answer it if this one dies).
@@ -147,6 +150,7 @@ public struct DialogRecord: Sendable, Equatable {
         self.reinvite = .none
         self.lateOffer = false
         self.backendAcknowledged = false
+        self.mediaAnchored = false
         self.clientInviteVias = []
         self.backendInviteURI = []
         self.backendInviteBranch = []
@@ -197,8 +201,9 @@ public struct DialogRecordError: Error, Sendable, Equatable, CustomStringConvert
 extension DialogRecord {
     /// The format's first byte; a decoder refuses any other but the previous ones (format 1 lacked
     /// the re-INVITE and offer/ACK state, read as none and false; format 2 the early-dialog fields,
-    /// read as empty; format 3 the recovery count, read as 0; format 4 the variables, read as none).
-    public static let formatVersion: UInt8 = 5
+    /// read as empty; format 3 the recovery count, read as 0; format 4 the variables, read as none;
+    /// format 5 the media-anchored flag, read as false).
+    public static let formatVersion: UInt8 = 6
     /// The most bytes one string or byte field may claim (a corrupt length must not allocate much).
     static let maxFieldBytes = 65_536
 
@@ -215,7 +220,7 @@ extension DialogRecord {
         w.int(answeredAt)
         w.int(endsAt)
         w.int(UInt64(reinvite.code))
-        w.int((lateOffer ? 1 : 0) | (backendAcknowledged ? 2 : 0))
+        w.int((lateOffer ? 1 : 0) | (backendAcknowledged ? 2 : 0) | (mediaAnchored ? 4 : 0))
         w.leg(client)
         w.leg(backend)
         w.int(UInt64(clientInviteVias.count))
@@ -245,7 +250,7 @@ extension DialogRecord {
             guard let pending = PendingReinvite(code: try r.int()) else { throw DialogRecordError(reason: "bad re-INVITE state") }
             reinvite = pending
             flags = try r.int()
-            guard flags & ~3 == 0 else { throw DialogRecordError(reason: "bad flags \(flags)") }
+            guard flags & ~(format >= 6 ? 7 : 3) == 0 else { throw DialogRecordError(reason: "bad flags \(flags)") }
         }
         let client = try r.leg(), backend = try r.leg()
         var vias: [[UInt8]] = [], inviteURI: [UInt8] = [], branch: [UInt8] = []
@@ -276,6 +281,7 @@ extension DialogRecord {
         self.reinvite = reinvite
         self.lateOffer = flags & 1 != 0
         self.backendAcknowledged = flags & 2 != 0
+        self.mediaAnchored = flags & 4 != 0
         self.clientInviteVias = vias
         self.backendInviteURI = inviteURI
         self.backendInviteBranch = branch

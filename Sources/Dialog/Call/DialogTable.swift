@@ -56,8 +56,6 @@ final class Call {
     var rehoming: Rehoming?
     /// A new backend leg under way (the call's backend died).
     var recovery: Recovery?
-    /// Its media goes through the relay (`B2BUA.media`), which holds a session for it.
-    var mediaAnchored = false
     /// While the relay works on one of its session descriptions: what came for it meanwhile.
     var mediaWaiting: [() -> Void]?
     /// The edge's own re-INVITEs in flight (re-homing, `dlg_send_sequential`), and the ACK of the

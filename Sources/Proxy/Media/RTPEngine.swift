@@ -90,22 +90,53 @@ public final class RTPEngineClient: MediaRelay, DatagramReceiver {
     // MARK: - MediaRelay (loop thread)
 
     public func offer(_ session: MediaSession, sdp: [UInt8], done: @escaping ([UInt8]?) -> Void) {
-        let instance = sessions[session.callID]
         let request = Self.command("offer", session, sdp: sdp, toTag: false)
-        send(request, callID: session.callID, to: instance, tried: []) { reply in done(Self.sdp(of: reply)) }
+        holder(of: session) { [weak self] instance in
+            self?.send(request, callID: session.callID, to: instance, tried: []) { reply in done(Self.sdp(of: reply)) }
+        }
     }
 
     public func answer(_ session: MediaSession, sdp: [UInt8], done: @escaping ([UInt8]?) -> Void) {
         let request = Self.command("answer", session, sdp: sdp, toTag: true)
-        send(request, callID: session.callID, to: sessions[session.callID], tried: []) { reply in done(Self.sdp(of: reply)) }
+        holder(of: session) { [weak self] instance in
+            self?.send(request, callID: session.callID, to: instance, tried: []) { reply in done(Self.sdp(of: reply)) }
+        }
     }
 
     public func delete(_ session: MediaSession) {
-        guard let instance = sessions.removeValue(forKey: session.callID) else { return }
         // (No delete-delay: the call is over on both legs once the edge says so.)
         let request = Bencode.dict([("command", .string("delete")), ("call-id", .string(session.callID)), ("from-tag", .string(session.fromTag)),
                                     ("delete-delay", .int(0))])
-        send(request, callID: nil, to: instance, tried: []) { _ in }
+        holder(of: session) { [weak self] instance in
+            guard let self, let instance else { return }
+            self.sessions[session.callID] = nil
+            self.send(request, callID: nil, to: instance, tried: []) { _ in }
+        }
+    }
+
+    /// The instance holding `session` (nil: none yet, a new session's offer chooses one). One this
+    /// worker has not talked to about it (the call was taken over from another node, or restored
+    /// after a restart) is found by asking the instances with `query`, the one its Call-ID would
+    /// be given first.
+    private func holder(of session: MediaSession, found: @escaping (Int?) -> Void) {
+        if let known = sessions[session.callID] { return found(known) }
+        guard session.established else { return found(nil) }
+        let first = engines.choose(hash: Dispatcher.hash(session.callID.utf8), excluding: [], now: loop.now)
+        let order = (first.map { [$0] } ?? []) + engines.instances.indices.filter { $0 != first }
+        locate(session.callID, in: order[...], found: found)
+    }
+
+    private func locate(_ callID: String, in order: ArraySlice<Int>, found: @escaping (Int?) -> Void) {
+        guard let instance = order.first else { return found(nil) }
+        let query = Bencode.dict([("command", .string("query")), ("call-id", .string(callID))])
+        send(query, callID: nil, to: instance, tried: [instance]) { [weak self] reply in
+            guard let self else { return }
+            if reply?["result"]?.text == "ok" {
+                self.sessions[callID] = instance
+                return found(instance)
+            }
+            self.locate(callID, in: order.dropFirst(), found: found)
+        }
     }
 
     /// `ping` to every instance (marks each in use or not), every `seconds`; from one worker.
@@ -154,7 +185,7 @@ public final class RTPEngineClient: MediaRelay, DatagramReceiver {
                 // No answer: the next instance, if there is one not tried.
                 return self.send(request, callID: callID, to: nil, tried: tried + [target], done: done)
             }
-            if let reply, reply["result"]?.text != "ok", reply["result"]?.text != "pong" {
+            if let reply, reply["result"]?.text != "ok", reply["result"]?.text != "pong", request["command"]?.text != "query" {
                 self.engines.report("media: rtpengine \(self.engines.instances[target].address) refused \(request["command"]?.text ?? "?"): "
                                     + (reply["error-reason"]?.text ?? "no reason given"))
             } else if reply != nil, let callID, self.sessions[callID] == nil {
