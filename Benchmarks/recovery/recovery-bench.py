@@ -109,8 +109,10 @@ port = {MI}
         time.sleep(2.2)   # B writes its statistics every second (-fd 1): its last calls are in
         ok_uac, failed_uac = sipp_counts(os.path.join(work, "uac.csv"))
         ok_uas, failed_uas = sipp_counts(os.path.join(work, "uas.csv"))
+        # (SIPp's statistics file can miss the last call or two; its exit status counts them all:
+        # 0 when every call passed.)
         print(f"  ({up} calls up at the kill; {stats.get('recovery:recovered_calls')} recovered, {stats.get('recovery:failed_calls')} failed; "
-              f"SIPp UAC {ok_uac} ok / {failed_uac} failed, UAS B {ok_uas} ok / {failed_uas} failed: "
+              f"SIPp UAC exit {uac.returncode}, {ok_uac} ok / {failed_uac} failed, UAS B {ok_uas} ok / {failed_uas} failed: "
               f"{min(ok_uac, ok_uas) / CALLS * 100:.0f}% ended cleanly through B)")
         if moved is None or detection is None:
             print(f"recovery: not finished within 120 s ({stats}); see {work}")
