@@ -203,6 +203,21 @@ final class RecordingPicker: DestinationPicker, @unchecked Sendable {
         #expect(s.b2bua.dialogRecords().first?.recoveries == 1 && s.b2bua.dialogRecords().first?.backend.callID == invite.callID?.string)
     }
 
+    @Test func rfc3261_15_a_caller_that_hangs_up_during_a_planned_move_ends_both_backend_legs() throws {
+        let picker = RecordingPicker(Stage.backends)
+        let s = Stage { $0.picker = picker }
+        let (tag, old) = try #require(s.establish())
+        _ = s.unread(to: Self.backend)
+        #expect(s.b2bua.recover(key: nil, destinations: [0]) == 1)
+        s.clock.endIteration()
+        let invite = try #require(s.next(to: Self.other))
+        s.fromCaller(s.callerRequest("BYE", cseq: 2, toTag: tag))
+        #expect(s.unread(to: Self.other).map(\.method) == [.cancel], "the new leg's INVITE is cancelled")
+        let bye = try #require(s.next(to: Self.backend), "the live Asterisk it was leaving keeps no channel")
+        #expect(bye.method == .bye && bye.callID?.string == old.callID?.string && bye.callID?.string != invite.callID?.string)
+        #expect(s.b2bua.activeCalls == 0)
+    }
+
     @Test func a_planned_move_that_no_destination_takes_leaves_the_call_where_it_was() throws {
         let picker = RecordingPicker([Stage.backends[0]])
         let s = Stage { $0.picker = picker }

@@ -177,9 +177,11 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
         guard !call.isEnded else { return }
         abandonRehoming(call, .interrupted)
         releaseMedia(call)
-        if call.recovery != nil {
-            // Ended before a new backend answered: its INVITE is cancelled (§9.1).
+        if let recovery = call.recovery {
+            // Ended before a new backend answered: its INVITE is cancelled (§9.1), and the leg it
+            // was to replace ends too (alive, when the move was planned).
             cancelBackendInvite(call.record, reason: "SIP;cause=487;text=\"Call ended\"")
+            endLostLeg(recovery, reason: nil)
             call.recovery = nil
             statistics.recoveriesFailed += 1
             logRecoveryProgress(finished: true)

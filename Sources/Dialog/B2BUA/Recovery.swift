@@ -184,13 +184,7 @@ extension B2BUA {
         sendBackendACK(call)
         keepVariables(from: response, call: call)
         if let recovery = call.recovery {
-            // The leg left gets a BYE nobody waits for: a backend moved from on purpose
-            // (`dlg_recover`) ends its channel; one thought dead that was not (a lost probe, a
-            // network split) does not keep a channel the caller has left.
-            let old = recovery.lost
-            let reason = recovery.planned ? "SIP;cause=200;text=\"Call moved\"" : "SIP;cause=503;text=\"backend lost\""
-            var bye = inDialogHead("BYE", leg: old, cseq: old.localCSeq &+ 1, extra: [("Reason", reason)])
-            transactions.startClient(bye.finishRequest(), to: old.hop, call: nil, purpose: .fireAndForget)
+            endLostLeg(recovery, reason: recovery.planned ? "SIP;cause=200;text=\"Call moved\"" : "SIP;cause=503;text=\"backend lost\"")
         }
         call.recovery = nil
         statistics.recoveriesDone += 1
@@ -202,6 +196,15 @@ extension B2BUA {
         } else {
             tellCallerOfMedia(call, answer)
         }
+    }
+
+    /// The leg a recovery left gets a BYE nobody waits for: a backend moved from on purpose
+    /// (`dlg_recover`) ends its channel; one thought dead that was not (a lost probe, a network
+    /// split) keeps no channel the call has left.
+    func endLostLeg(_ recovery: Recovery, reason: String?) {
+        let old = recovery.lost
+        var bye = inDialogHead("BYE", leg: old, cseq: old.localCSeq &+ 1, extra: reason.map { [("Reason", $0)] } ?? [])
+        transactions.startClient(bye.finishRequest(), to: old.hop, call: nil, purpose: .fireAndForget)
     }
 
     /// A 2xx that crossed the CANCEL sent when the caller hung up (§9.1: the CANCEL came too
