@@ -11,6 +11,9 @@ public enum DispatchAlgorithm: String, Sendable, CaseIterable {
     case hashCallID = "hash-callid"
     case hashFromUser = "hash-from-user"
     case leastCalls = "least-calls"
+    /// The first active destination in the order written (OpenSIPS's algorithm 8): the others
+    /// stand by, taking calls only while those before them are out.
+    case first
 }
 
 /// One destination of a dispatcher set as configured.
@@ -141,6 +144,8 @@ public final class Dispatcher: Sendable {
                 let tied = eligible.filter { s.entries[$0].activeCalls == fewest }
                 chosen = tied[s.next % tied.count]
                 s.next &+= 1
+            case .first:
+                chosen = eligible[0]
             }
             s.entries[chosen].activeCalls += 1
             return (chosen, s.entries[chosen].settings.hop)

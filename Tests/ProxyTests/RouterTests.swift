@@ -40,6 +40,18 @@ import Transport
         #expect(throws: CallRefusal(status: 403, reason: "no route for this call")) { try empty.pick(Self.call(from: "198.51.100.7"), excluding: []) }
     }
 
+    @Test func the_first_algorithm_sends_every_call_to_the_first_active_destination_as_written() throws {
+        var settings = DispatcherSettings()
+        settings.algorithm = .first
+        settings.destinations = [5082, 5080, 5081].map { DestinationSettings(hop: Hop(.udp, SocketAddress(ip: "10.0.0.9", port: $0)!), uri: "10.0.0.9:\($0)") }
+        let set = Dispatcher(settings, logger: Logger(label: "test"))
+        let picks = (0..<4).compactMap { _ in set.pick(callID: Array("c\(Int.random(in: 0...999))".utf8), fromUser: [], excluding: [])?.hop.address.port }
+        #expect(picks == [5082, 5082, 5082, 5082])
+        #expect(set.pick(callID: [], fromUser: [], excluding: [0])?.hop.address.port == 5080, "failover: the next as written")
+        #expect(set.setState(uri: "sip:10.0.0.9:5082", to: .inactive))
+        #expect(set.pick(callID: [], fromUser: [], excluding: [])?.hop.address.port == 5080)
+    }
+
     @Test func trusted_callers_go_to_their_request_uri_or_a_registered_user() throws {
         let direct = try #require(try router.pick(Self.call(from: "192.0.2.9", host: "203.0.113.5", port: 5070), excluding: []))
         #expect(direct.hop == Hop(.udp, SocketAddress(ip: "203.0.113.5", port: 5070)!) && direct.requestURI != nil)

@@ -87,19 +87,21 @@ import Testing
 
     /// The farm for these tests: UAS 0 preferred, the others (1, or 1 and 2) taking recovered
     /// calls; probes every 60 s (a dead backend is found by its calls' pings, sent every second).
-    static func farm(asterisks: Int = 3, transport: String = "udp", recovering: Bool = true, pingSeconds: Int = 1) throws -> Farm? {
-        try Farm(dispatcher: "algorithm = \"round-robin\"\nprobe_interval_seconds = 60\nrecover_calls = \(recovering)",
-                 priorities: [0] + Array(repeating: 1, count: asterisks - 1),
+    /// (`first`: UAS 0 is preferred by the `first` algorithm, not by priority.)
+    static func farm(asterisks: Int = 3, first: Bool = false, transport: String = "udp", recovering: Bool = true, pingSeconds: Int = 1) throws -> Farm? {
+        try Farm(dispatcher: "algorithm = \"\(first ? "first" : "round-robin")\"\nprobe_interval_seconds = 60\nrecover_calls = \(recovering)",
+                 priorities: [0] + Array(repeating: first ? 0 : 1, count: asterisks - 1),
                  scenarios: [variableKeepingFarm] + (1..<asterisks).map { recoveringFarm(mediaPort: 40_000 + 1_000 * $0, variable: true) },
                  transport: transport,
                  extra: "[calls]\nping_interval_seconds = \(pingSeconds)")
     }
 
-    /// The issue's set-up: two Asterisks, the first preferred. 100 calls up on UAS 0, which is
-    /// killed: each is recovered onto UAS 1 with the headers naming it, the caller gets one
-    /// re-INVITE in its dialog, and its BYE ends the call there.
+    /// The issue's set-up: two Asterisks, the first preferred (by priority over UDP, by the
+    /// `first` algorithm over TCP). 100 calls up on UAS 0, which is killed: each is recovered
+    /// onto UAS 1 with the headers naming it, the caller gets one re-INVITE in its dialog, and
+    /// its BYE ends the call there.
     static func recovers(over transport: String) throws {
-        guard let farm = try farm(asterisks: 2, transport: transport) else { return }
+        guard let farm = try farm(asterisks: 2, first: transport == "tcp", transport: transport) else { return }
         defer { farm.stop() }
         let uac = try farm.call(100, rate: 100, scenario: recoveredCaller(wait: 20_000), timeout: 40, wait: false, arguments: ["-aa", "-trace_err"])
         defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
