@@ -144,6 +144,37 @@ final class RecordingPicker: DestinationPicker, @unchecked Sendable {
         #expect(s.next(to: Self.other)?.method == .bye)
     }
 
+    @Test func rfc3261_9_1_a_recovery_left_half_built_by_a_node_that_died_is_finished_by_the_node_taking_over() throws {
+        let picker = RecordingPicker(Stage.backends, recovering: true)
+        let (one, tag, lost) = try Self.callWhoseBackendDies(picker)
+        let halfBuilt = try #require(one.next(to: Self.other))
+        let record = try #require(one.sink.records.last)
+        #expect(record.recoveringFrom == lost.callID?.string && record.backend.remoteTag.isEmpty, "the record says a recovery is under way")
+        // Node 1 dies before the new backend answers; node 2 takes the call over.
+        let two = RehomingSpecTests.nodeTwo { $0.picker = RecordingPicker(Stage.backends, recovering: true); $0.pingSeconds = 30 }
+        let outcome = RehomingSpecTests.takeOver(record, on: two)
+        let toOther = two.unread(to: Self.other)
+        #expect(toOther.map(\.method) == [.cancel, .invite], "node 1's INVITE cancelled, a new one sent")
+        #expect(toOther.first?.topViaBranch?.string == halfBuilt.topViaBranch?.string)
+        let invite = try #require(toOther.last)
+        #expect(invite.callID?.string != halfBuilt.callID?.string)
+        #expect(invite.text.contains("X-SIPEdge-Recovery-Call-ID: \(lost.callID!.string)\r\n"), "still naming the call recovered")
+        #expect(two.unread(to: Self.backend).isEmpty, "the lost leg is not re-homed")
+        // The caller's leg is re-homed as in any take-over.
+        let toCaller = try #require(two.next(to: Stage.caller))
+        #expect(toCaller.method == .invite && toCaller.callID?.string == "call-1@192.0.2.10")
+        two.fromCaller(Stage.response(to: toCaller, 200, toTag: nil, body: Stage.sdp))
+        #expect(outcome.value == .rehomed)
+        two.fromBackend(Stage.response(to: invite, 200, body: Stage.answerSDP), hop: Self.other)
+        #expect(two.unread(to: Self.other).map(\.method) == [.ack])
+        #expect(two.b2bua.statistics.recoveriesDone == 1)
+        let after = try #require(two.b2bua.dialogRecords().first)
+        #expect(after.recoveringFrom.isEmpty && after.recoveries == 1 && after.backend.callID == invite.callID?.string)
+        two.fromCaller(two.callerRequest("BYE", cseq: 2, toTag: tag))
+        let bye = try #require(two.unread(to: Self.other).first { $0.method == .bye })
+        #expect(bye.callID?.string == invite.callID?.string && bye.tag(of: .to)?.string == "b1")
+    }
+
     @Test func a_new_backend_answering_with_other_media_gives_the_caller_one_reinvite_in_its_dialog() throws {
         let picker = RecordingPicker(Stage.backends, recovering: true)
         let (s, tag, _) = try Self.callWhoseBackendDies(picker)

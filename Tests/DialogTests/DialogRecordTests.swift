@@ -50,10 +50,11 @@ import Transport
             + Self.intLength(record.startedAt) + Self.intLength(record.answeredAt) + Self.intLength(record.endsAt)
         #expect(Array(bytes[offset..<offset + 2]) == [0, 0])
         bytes.removeSubrange(offset..<offset + 2)
-        // Nor the early-dialog fields of format 3, the recovery count of format 4 and the variables
-        // of format 5 at the end (three empty ones and two zeros).
-        #expect(Array(bytes.suffix(5)) == [0, 0, 0, 0, 0])
-        bytes.removeLast(5)
+        // Nor the early-dialog fields of format 3, the recovery count of format 4, the variables
+        // of format 5 and the Call-ID recovered from of format 6 at the end (three empty ones,
+        // two zeros and an empty one).
+        #expect(Array(bytes.suffix(6)) == [0, 0, 0, 0, 0, 0])
+        bytes.removeLast(6)
         bytes[0] = 1
         var decoded = try DialogRecord(decoding: bytes)
         decoded.client.hop = record.client.hop
@@ -62,8 +63,8 @@ import Transport
 
     @Test func a_record_of_the_second_format_is_read_with_no_early_fields() throws {
         var bytes = Self.sample().encoded()
-        #expect(Array(bytes.suffix(5)) == [0, 0, 0, 0, 0])
-        bytes.removeLast(5)
+        #expect(Array(bytes.suffix(6)) == [0, 0, 0, 0, 0, 0])
+        bytes.removeLast(6)
         bytes[0] = 2
         var decoded = try DialogRecord(decoding: bytes)
         decoded.client.hop = Self.sample().client.hop
@@ -73,8 +74,8 @@ import Transport
     @Test func a_record_of_the_third_format_is_read_with_no_recoveries_and_a_recovered_one_keeps_its_count() throws {
         var record = Self.sample()
         var bytes = record.encoded()
-        #expect(Array(bytes.suffix(2)) == [0, 0])
-        bytes.removeLast(2)
+        #expect(Array(bytes.suffix(3)) == [0, 0, 0])
+        bytes.removeLast(3)
         bytes[0] = 3
         var decoded = try DialogRecord(decoding: bytes)
         decoded.client.hop = record.client.hop
@@ -97,7 +98,7 @@ import Transport
         // A corrupt count of Via values does not allocate.
         var bytes = record.encoded()
         let tail = 1 + record.clientInviteVias.map { 1 + $0.count }.reduce(0, +) + 1 + record.backendInviteURI.count + 1 + record.backendInviteBranch.count
-            + 2   // the recovery count, the variables
+            + 3   // the recovery count, the variables, the Call-ID recovered from
         bytes[bytes.count - tail] = 0x7F
         #expect(throws: DialogRecordError(reason: "127 Via values")) { try DialogRecord(decoding: bytes) }
     }
@@ -105,7 +106,7 @@ import Transport
     @Test func a_record_of_the_fourth_format_is_read_with_no_variables_and_variables_survive_the_encoding() throws {
         var record = Self.sample()
         var bytes = record.encoded()
-        bytes.removeLast()
+        bytes.removeLast(2)
         bytes[0] = 4
         var decoded = try DialogRecord(decoding: bytes)
         decoded.client.hop = record.client.hop
@@ -116,11 +117,11 @@ import Transport
         #expect(decoded.variables == record.variables)
         // A corrupt count does not allocate.
         bytes = Self.sample().encoded()
-        bytes[bytes.count - 1] = 0x7F
+        bytes[bytes.count - 2] = 0x7F
         #expect(throws: DialogRecordError(reason: "127 variables")) { try DialogRecord(decoding: bytes) }
     }
 
-    @Test func a_record_of_the_fifth_format_is_read_as_not_anchored_and_the_anchored_flag_survives_the_encoding() throws {
+    @Test func a_record_of_the_fifth_format_is_read_as_not_anchored_and_not_recovering_and_both_survive_the_encoding() throws {
         var record = Self.sample()
         record.mediaAnchored = true
         var bytes = record.encoded()
@@ -132,10 +133,15 @@ import Transport
         #expect(throws: DialogRecordError(reason: "bad flags \(flags)")) { try DialogRecord(decoding: bytes) }
         record.mediaAnchored = false
         bytes = record.encoded()
+        #expect(bytes.last == 0, "no recovery under way: an empty Call-ID")
+        bytes.removeLast()
         bytes[0] = 5
         var decoded = try DialogRecord(decoding: bytes)
         decoded.client.hop = record.client.hop
         #expect(decoded == record)
+        record.recoveringFrom = "lost-leg@10.0.0.1"
+        decoded = try DialogRecord(decoding: record.encoded())
+        #expect(decoded.recoveringFrom == "lost-leg@10.0.0.1")
     }
 
     @Test func a_record_survives_its_encoding_field_for_field() throws {

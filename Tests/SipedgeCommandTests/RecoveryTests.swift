@@ -203,4 +203,42 @@ import Testing
         #expect(try Self.recoveryStatistics(farm)["recovery:recovered_calls"] == 20)
         #expect(try farm.mi(["dlg_recover", "destination=sip:127.0.0.1:1"]).status != 0, "an unknown destination is an error")
     }
+
+    /// An Asterisk slow to take recovered calls: rings, answers 4 s later.
+    static let slowRecoveringFarm = S.scenario("an Asterisk slow to take recovered calls", [
+        #"<recv request="INVITE"/>"#, S.calleeAnswers("180 Ringing", tag: true),
+        #"<pause milliseconds="4000"/>"#,
+        S.calleeAnswers("200 OK", tag: true, sdp: true).replacingOccurrences(of: "[media_port]", with: "41000"),
+        #"<recv request="ACK"/>"#, #"<recv request="BYE" timeout="60000"/>"#, S.calleeAnswers("200 OK", tag: false),
+    ])
+
+    /// The edge dies while its new backend legs ring; restarted on its database, it cancels those
+    /// INVITEs and sends new ones naming the same lost calls, and the calls go on.
+    @Test(.needsSIPp) func a_recovery_cut_short_by_the_edges_death_is_finished_after_its_restart() throws {
+        let db = Scratch.file("recovery-dialogs", "db").path
+        defer { for suffix in ["", "-wal", "-shm"] { unlink(db + suffix) } }
+        guard let farm = try Farm(dispatcher: "algorithm = \"first\"\nprobe_interval_seconds = 60\nrecover_calls = true", priorities: [0, 0],
+                                  scenarios: [nil, Self.slowRecoveringFarm],
+                                  extra: "[calls]\nping_interval_seconds = 1\n[database]\npath = \"\(db)\"\n") else { return }
+        defer { farm.stop() }
+        let uac = try farm.call(5, rate: 20, scenario: Self.recoveredCaller(wait: 30_000), timeout: 50, wait: false, arguments: ["-aa", "-trace_err"])
+        defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
+        #expect(ClusterTests.eventually(within: 10) { (try? Self.dialogs(farm)) == 5 }, "5 calls up")
+        farm.killUAS(0)
+        #expect(ClusterTests.eventually(within: 5) { (try? Self.recoveryStatistics(farm))?["recovery:pending_calls"] == 5 },
+                "5 recoveries under way: \((try? Self.recoveryStatistics(farm)) ?? [:])")
+        usleep(500_000)   // (the database writes every 100 ms)
+        #expect(try farm.killAndRestartEdge(), "\(farm.edge.output.suffix(1_500))")
+        #expect(ClusterTests.eventually(within: 10) { (try? Self.recoveryStatistics(farm))?["recovery:recovered_calls"] == 5 },
+                "the restarted edge finished them: \((try? Self.recoveryStatistics(farm)) ?? [:])\n\(farm.edge.output.suffix(2_000))")
+        farm.finish(uac, timeout: 50)
+        #expect(uac.terminationStatus == 0, "every caller got one re-INVITE in its dialog and its BYE was answered\n\(Self.sippErrors(farm))")
+        let lost = Set(Self.values("Call-ID", of: farm, 0))
+        let named = Self.values("X-SIPEdge-Recovery-Call-ID", of: farm, 1)
+        #expect(lost.count == 5 && named.count == 10 && Set(named) == lost, "each lost call named by the INVITE cancelled and by the new one: \(named.count)")
+        let log = (1...farm.starts[1]).map { (try? String(contentsOf: farm.dir.appendingPathComponent("uas1-\($0).msg"), encoding: .utf8)) ?? "" }.joined()
+        // (At least once each: this SIPp, pausing, answers none, so they are sent again.)
+        #expect(CallTests.CallRun.count("CANCEL sip:", in: log) >= 5, "the INVITEs of the edge that died are cancelled")
+        #expect(try Self.dialogs(farm) == 0)
+    }
 }

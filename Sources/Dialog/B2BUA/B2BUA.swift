@@ -299,6 +299,7 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
         if config.pingSeconds > 0 {
             call.pingTimer = clock.schedule(afterMilliseconds: config.pingSeconds * 1_000, target: self, token: Self.token(.ping, call))
         }
+        resumeRecovery(call)
     }
 
     /// A restart's dialogs: each is adopted and carried at once.

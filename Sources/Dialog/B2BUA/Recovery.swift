@@ -42,7 +42,7 @@ extension B2BUA {
         guard let index = call.destination, planned || picker.recovers(index) else { return false }
         picker.release(index)
         call.destination = nil
-        call.recovery = Recovery(tried: [index], lost: call.record.backend, planned: planned)
+        call.recovery = Recovery(tried: [index], lostCallID: call.record.backend.callID, lost: call.record.backend, planned: planned)
         // The lost leg's session timer stays quiet while its replacement is built: a dead backend
         // never ends the caller's call by itself (the caller's leg keeps its own timers).
         if let t = call.sessionTimers.backend { clock.cancel(t); call.sessionTimers.backend = nil }
@@ -50,6 +50,33 @@ extension B2BUA {
         recoveryPace.waiting.append(call.number)
         if paced && recoveryPace.timer == nil { recoveryPaceFired() }
         return true
+    }
+
+    /// A call whose new backend leg another process was building when it died (a take-over, a
+    /// restart): that INVITE is cancelled (§9.1: its branch is on the record) and the leg is built
+    /// again, first toward the destination it went to, naming the call it recovers as before.
+    func resumeRecovery(_ call: Call) {
+        guard call.isConfirmed, call.recovery == nil, !call.record.recoveringFrom.isEmpty, call.record.backend.remoteTag.isEmpty else { return }
+        cancelBackendInvite(call.record, reason: "SIP;cause=487;text=\"Recovery resumed\"")
+        let index = call.destination ?? picker.index(of: call.record.backend.hop)
+        if let index { picker.release(index) }
+        call.destination = nil
+        var recovery = Recovery(tried: index.map { [$0] } ?? [], lostCallID: call.record.recoveringFrom, lost: nil)
+        if let index {
+            recovery.first = CallDestination(index: index, hop: call.record.backend.hop,
+                                             requestURI: call.record.backendInviteURI.isEmpty ? nil : call.record.backendInviteURI)
+        }
+        call.recovery = recovery
+        statistics.recoveriesStarted += 1
+        if index == nil {
+            // (Its destination is not one of ours any more: nowhere to begin.)
+            call.recovery = nil
+            statistics.recoveriesFailed += 1
+            hangUp(call, reason: "SIP;cause=503;text=\"backend lost\"", except: .backend)
+            return
+        }
+        recoveryPace.waiting.append(call.number)
+        if recoveryPace.timer == nil { recoveryPaceFired() }
     }
 
     static let recoveryPaceToken: UInt64 = .max
@@ -93,13 +120,14 @@ extension B2BUA {
 
     private func recoverBackend(_ call: Call) {
         guard var recovery = call.recovery, !call.isEnded else { return }
-        guard let next = picker.replacement(for: recovery.tried[0], callID: Array(recovery.lost.callID.utf8), excluding: recovery.tried) else {
+        guard let next = recovery.first.take() ?? picker.replacement(for: recovery.tried[0], callID: Array(recovery.lostCallID.utf8), excluding: recovery.tried) else {
             call.recovery = nil
             statistics.recoveriesFailed += 1
-            if recovery.planned {
+            if recovery.planned, let lost = recovery.lost {
                 // Planned, and no other destination took it: it stays on the backend it has.
                 table.update(call, newIdentifiers: true) { record in
-                    record.backend = recovery.lost
+                    record.backend = lost
+                    record.recoveringFrom = ""
                     record.backendInviteURI = []
                     record.backendInviteBranch = []
                 }
@@ -119,6 +147,7 @@ extension B2BUA {
         let user = (try? SIPURI(toURI, 0, toURI.count))?.user.map { String(decoding: $0.bytes, as: UTF8.self) } ?? ""
         let (destination, target) = route(next, user: user)
         renewBackendLeg(call, to: destination, target: target) { record in
+            record.recoveringFrom = recovery.lostCallID
             record.backend.localCSeq = 1
             record.backend.inviteCSeq = 1
             record.backend.remoteCSeq = 0
@@ -139,7 +168,7 @@ extension B2BUA {
         b.cseq(1, "INVITE")
         contact(leg, into: &b)
         b.header("Allow", Self.allow)
-        b.header("X-SIPEdge-Recovery-Call-ID", recovery.lost.callID)
+        b.header("X-SIPEdge-Recovery-Call-ID", recovery.lostCallID)
         let age = call.record.answeredAt > 0 ? Self.wallClock() &- call.record.answeredAt : 0
         b.header("X-SIPEdge-Recovery-Age", "\(age)")
         // What the lost backend asked the edge to keep, so the new one can resume the call.
@@ -178,6 +207,7 @@ extension B2BUA {
             record.backend.lastSDPReceived = answer
             record.backend.peerAllowsUpdate = Self.allows(response, "UPDATE")
             record.recoveries &+= 1
+            record.recoveringFrom = ""
             record.backendInviteURI = []
             record.backendInviteBranch = []
         }
@@ -202,7 +232,7 @@ extension B2BUA {
     /// (`dlg_recover`) ends its channel; one thought dead that was not (a lost probe, a network
     /// split) keeps no channel the call has left.
     func endLostLeg(_ recovery: Recovery, reason: String?) {
-        let old = recovery.lost
+        guard let old = recovery.lost else { return }
         var bye = inDialogHead("BYE", leg: old, cseq: old.localCSeq &+ 1, extra: reason.map { [("Reason", $0)] } ?? [])
         transactions.startClient(bye.finishRequest(), to: old.hop, call: nil, purpose: .fireAndForget)
     }
@@ -284,9 +314,13 @@ struct RecoveryPace {
 /// Call-ID is named to the new backend).
 struct Recovery {
     var tried: [Int]
-    /// The leg replaced: it gets a BYE once the new one answered.
-    let lost: LegRecord
+    let lostCallID: String
+    /// The leg replaced, when this node knew it: it gets a BYE once the new one answered. (A
+    /// recovery resumed after a take-over or a restart knows only its Call-ID.)
+    let lost: LegRecord?
     /// Asked by the operator (`dlg_recover`), the backend alive: when no other destination
     /// answers, the lost leg comes back.
-    let planned: Bool
+    var planned = false
+    /// Where to try first (a resumed recovery: where the INVITE of the node that began it went).
+    var first: CallDestination? = nil
 }

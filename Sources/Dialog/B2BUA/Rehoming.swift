@@ -60,7 +60,8 @@ extension B2BUA {
             return
         }
         adopt(record, active: true)
-        guard let call = table[record.key], call.active, !call.isEnded else {
+        // (By the caller's Call-ID: a recovery resumed on activation gives the backend leg a new one.)
+        guard let call = table[record.client.callID], call.active, !call.isEnded else {
             done?(.notCarried)
             return
         }
@@ -70,18 +71,24 @@ extension B2BUA {
             done?(.notCarried)
             return
         }
+        // (A backend leg the dead node was rebuilding is being built afresh from here: it has no
+        // dialog to re-home.)
+        let rebuilding = call.recovery != nil
         let fresh = (client: freshHop(call[.client]), backend: freshHop(call[.backend]))
         table.update(call) { record in
             if let retag { record.sharingTag = retag }
             // The transactions of the node that had it are gone with it.
             record.reinvite = .none
             record.client.localCSeq &+= Self.takeOverCSeqGap
-            record.backend.localCSeq &+= Self.takeOverCSeqGap
             record.client.hop = fresh.client
-            record.backend.hop = fresh.backend
+            if !rebuilding {
+                record.backend.localCSeq &+= Self.takeOverCSeqGap
+                record.backend.hop = fresh.backend
+            }
         }
         call.rehoming = Rehoming(done: done)
-        for side in [DialogRecord.Side.client, .backend] { rehomeLeg(call, side) }
+        rehomeLeg(call, .client)
+        if rebuilding { legRehomed(call, .backend) } else { rehomeLeg(call, .backend) }
     }
 
     /// The hop toward a leg's endpoint from this node: over UDP as it was; over a connection, a new

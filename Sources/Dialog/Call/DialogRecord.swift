@@ -137,6 +137,10 @@ public struct DialogRecord: Sendable, Equatable {
     /// What the backend asked the edge to keep for the call (`X-SIPEdge-Var-NAME: value` in its
     /// answer or its requests): given back to the Asterisk a recovery moves the call to.
     public var variables: [DialogVariable]
+    /// While a new backend leg is being built (the backend died): the lost leg's Call-ID, so
+    /// that whoever carries the call next (after a take-over or a restart) can finish the
+    /// recovery and name the call it recovers. Empty otherwise.
+    public var recoveringFrom: String
 
     public init(client: LegRecord, backend: LegRecord, sharingTag: String = "", startedAt: UInt64) {
         self.version = 1
@@ -156,6 +160,7 @@ public struct DialogRecord: Sendable, Equatable {
         self.backendInviteBranch = []
         self.recoveries = 0
         self.variables = []
+        self.recoveringFrom = ""
     }
 
     /// One leg, by side. The backend leg's hop is the backend destination the call went to.
@@ -202,7 +207,8 @@ extension DialogRecord {
     /// The format's first byte; a decoder refuses any other but the previous ones (format 1 lacked
     /// the re-INVITE and offer/ACK state, read as none and false; format 2 the early-dialog fields,
     /// read as empty; format 3 the recovery count, read as 0; format 4 the variables, read as none;
-    /// format 5 the media-anchored flag, read as false).
+    /// format 5 the media-anchored flag and the Call-ID a recovery comes from, read as false and
+    /// empty).
     public static let formatVersion: UInt8 = 6
     /// The most bytes one string or byte field may claim (a corrupt length must not allocate much).
     static let maxFieldBytes = 65_536
@@ -233,6 +239,7 @@ extension DialogRecord {
             w.string(v.name)
             w.string(v.value)
         }
+        w.string(recoveringFrom)
         return w.bytes
     }
 
@@ -272,6 +279,7 @@ extension DialogRecord {
             guard count <= UInt64(DialogVariable.maxCount) else { throw DialogRecordError(reason: "\(count) variables") }
             for _ in 0..<count { variables.append(DialogVariable(name: try r.string(), value: try r.string())) }
         }
+        let recoveringFrom = format >= 6 ? try r.string() : ""
         guard r.offset == bytes.count else { throw DialogRecordError(reason: "\(bytes.count - r.offset) bytes left over") }
         self.init(client: client, backend: backend, sharingTag: sharingTag, startedAt: startedAt)
         self.version = version
@@ -287,6 +295,7 @@ extension DialogRecord {
         self.backendInviteBranch = branch
         self.recoveries = UInt32(recoveries)
         self.variables = variables
+        self.recoveringFrom = recoveringFrom
     }
 }
 
