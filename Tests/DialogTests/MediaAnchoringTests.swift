@@ -176,4 +176,30 @@ final class RecordingRelay: MediaRelay {
         two.fromCaller(two.callerRequest("BYE", cseq: 3, toTag: tag))
         #expect(second.deletes.count == 1 && second.deletes.first?.established == true && second.deletes.first?.callID == "call-1@192.0.2.10")
     }
+
+    @Test func rfc3264_a_late_offer_from_the_backend_goes_through_the_relay_and_so_does_the_callers_answer_in_its_ack() throws {
+        let relay = RecordingRelay()
+        let s = Self.stage(relay)
+        s.fromCaller(s.invite(body: ""))
+        let invite = try #require(s.next(to: Self.backend))
+        #expect(invite.body.isEmpty && relay.requests.isEmpty, "no offer yet: the backend makes it")
+        s.fromBackend(Stage.response(to: invite, 200, body: Stage.answerSDP))
+        let offer = try #require(relay.requests.first)
+        let edgeTag = try #require(offer.session.fromTag == "a1" ? nil : offer.session.fromTag)
+        #expect(offer.kind == "offer" && offer.sdp == Stage.answerSDP && offer.session.toTag == "a1", "the backend's offer, from the edge's side")
+        relay.reply(RecordingRelay.relaySDP(port: 30_000))
+        let ok = try #require(s.unread(to: Stage.caller).first { $0.statusCode == 200 })
+        #expect(ok.body.string == RecordingRelay.relaySDP(port: 30_000) && ok.tag(of: .to)?.string == edgeTag)
+        #expect(s.unread(to: Self.backend).isEmpty, "the backend's ACK waits for the caller's answer")
+        s.fromCaller(s.callerRequest("ACK", cseq: 1, toTag: edgeTag, body: Stage.sdp))
+        let answer = try #require(relay.requests.last)
+        #expect(answer.kind == "answer" && answer.sdp == Stage.sdp && answer.session.fromTag == edgeTag && answer.session.toTag == "a1")
+        #expect(s.unread(to: Self.backend).isEmpty, "nor before the relay answers")
+        relay.reply(RecordingRelay.relaySDP(port: 30_002))
+        let ack = try #require(s.next(to: Self.backend))
+        #expect(ack.method == .ack && ack.body.string == RecordingRelay.relaySDP(port: 30_002))
+        #expect(s.b2bua.dialogRecords().first?.mediaAnchored == true)
+        s.fromCaller(s.callerRequest("BYE", cseq: 2, toTag: edgeTag))
+        #expect(relay.deletes.count == 1)
+    }
 }

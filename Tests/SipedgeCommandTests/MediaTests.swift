@@ -87,6 +87,16 @@ import Testing
         ])
     }
 
+    /// A caller whose INVITE has no SDP (late offer): its answer, media at `port`, goes in its ACK.
+    static func lateOfferCaller(mediaPort port: Int, hold: Int) -> String {
+        S.scenario("a caller making a late offer", [
+            S.callerSends("INVITE", cseq: 1, withTag: false, sdp: false),
+            #"<recv response="100" optional="true"/>"#, #"<recv response="180" optional="true"/>"#, #"<recv response="200"/>"#,
+            S.callerSends("ACK", cseq: 1, withTag: true, sdp: true, retransmit: false).replacingOccurrences(of: "[media_port]", with: "\(port)"),
+            "<pause milliseconds=\"\(hold)\"/>", S.callerSends("BYE", cseq: 2, withTag: true), #"<recv response="200"/>"#,
+        ])
+    }
+
     /// An Asterisk with media at `port`: answers, then the BYE.
     static func callee(mediaPort port: Int) -> String {
         S.scenario("an Asterisk whose media is anchored", [
@@ -173,6 +183,43 @@ import Testing
         #expect(uacLog.contains("m=audio \(towardCaller) ") && !uacLog.contains("m=audio \(calleeMedia) "), "the 200's SDP is rtpengine's")
         #expect(ClusterTests.eventually(within: 3) { engine.query(callID: callID)?.contains("6:result5:error") == true },
                 "the session is deleted with the call: \(engine.query(callID: callID) ?? "")")
+    }
+
+    @Test(.needsSIPp) func a_late_offer_goes_through_rtpengine_from_the_asterisks_200_to_the_callers_ack_and_rtp_flows_through_it() throws {
+        guard let farm = try Self.farm(engines: { ["127.0.0.1:\($0 + 60)"] }, scenarios: [nil, nil, nil]) else { return }
+        defer { farm.stop() }
+        let (callerMedia, calleeMedia) = (farm.base + 50, farm.base + 52)
+        farm.killUAS(0)
+        try Self.callee(mediaPort: calleeMedia).write(to: farm.dir.appendingPathComponent("uas0.xml"), atomically: true, encoding: .utf8)
+        let uas = try CallTests.process(farm.sipp, ["-sf", "uas0.xml", "-aa", "-i", "127.0.0.1", "-p", "\(farm.uasPort(0))", "-nostdin",
+                                                    "-m", "1", "-trace_msg", "-message_file", "late-uas.msg"], in: farm.dir)
+        defer { if uas.isRunning { kill(uas.processIdentifier, SIGKILL) } }
+        guard let engine = try RTPEngine(ngPort: farm.base + 60, mediaPorts: (farm.base + 100)...(farm.base + 199), in: farm.dir) else { return }
+        defer { engine.stop() }
+        let caller = try RTPSocket(port: callerMedia), callee = try RTPSocket(port: calleeMedia)
+        let uac = try farm.call(1, rate: 1, scenario: Self.lateOfferCaller(mediaPort: callerMedia, hold: 4_000), timeout: 20, wait: false,
+                                arguments: ["-trace_msg", "-message_file", "late-uac.msg"])
+        defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
+        #expect(ClusterTests.eventually(within: 5) { (try? RecoveryTests.dialogs(farm)) == 1 }, "the call is up\n\(farm.edge.output)")
+        let callID = try #require(try Self.callerCallID(farm))
+        var ports: [Int: Int] = [:]
+        #expect(ClusterTests.eventually(within: 3) {
+            ports = RTPEngine.localPorts(engine.query(callID: callID) ?? "")
+            return ports[callerMedia] != nil && ports[calleeMedia] != nil
+        }, "rtpengine knows both sides once the ACK's answer went through it: \(ports)")
+        let towardCaller = try #require(ports[callerMedia]), towardCallee = try #require(ports[calleeMedia])
+        for n in 0..<5 { caller.send(sequence: UInt16(n), to: towardCaller) }
+        #expect(callee.received(within: 500) >= 3, "the caller's RTP reaches the Asterisk through rtpengine")
+        for n in 0..<5 { callee.send(sequence: UInt16(100 + n), to: towardCallee) }
+        #expect(caller.received(within: 500) >= 3, "the Asterisk's RTP reaches the caller through rtpengine")
+        farm.finish(uac, timeout: 20)
+        #expect(uac.terminationStatus == 0, "\(farm.edge.output.suffix(2_000))")
+        farm.finish(uas, timeout: 5)
+        let uasLog = (try? String(contentsOf: farm.dir.appendingPathComponent("late-uas.msg"), encoding: .utf8)) ?? ""
+        let uacLog = (try? String(contentsOf: farm.dir.appendingPathComponent("late-uac.msg"), encoding: .utf8)) ?? ""
+        #expect(uacLog.contains("m=audio \(towardCaller) ") && !uacLog.contains("m=audio \(calleeMedia) "), "the 200's offer is rtpengine's")
+        #expect(uasLog.contains("m=audio \(towardCallee) ") && !uasLog.contains("m=audio \(callerMedia) "), "the ACK's answer is rtpengine's")
+        #expect(ClusterTests.eventually(within: 3) { engine.query(callID: callID)?.contains("6:result5:error") == true }, "deleted on BYE")
     }
 
     @Test(.needsSIPp) func with_media_anchored_a_recovered_call_sends_the_caller_no_reinvite() throws {

@@ -270,12 +270,15 @@ extension B2BUA {
     }
 
     /// A response to the backend INVITE, passed up by its client transaction. With media
-    /// anchored, a description in it goes through the relay first (`body`: the relay's).
+    /// anchored, a description in it goes through the relay first (`body`: the relay's): the
+    /// answer to the caller's offer, or, when the caller's INVITE had none (late offer), the
+    /// backend's offer, which anchors the call.
     func backendInviteResponse(_ response: SIPMessage, call: Call, body relayed: [UInt8]? = nil) {
-        if relayed == nil, call.record.mediaAnchored {
+        let lateOffer = media != nil && call.clientInvite?.request.body.isEmpty == true
+        if relayed == nil, call.record.mediaAnchored || lateOffer {
             if call.mediaWaiting != nil { return afterMedia(call) { [weak self] in self?.backendInviteResponse(response, call: call) } }
             if Self.isSDP(response), !call.cancelled, !call.isConfirmed, (response.statusCode ?? 0) < 300 {
-                return throughMedia(call, response.body.bytes, offer: false, from: .backend) { [weak self] sdp in
+                return throughMedia(call, response.body.bytes, offer: lateOffer, from: .backend) { [weak self] sdp in
                     self?.backendInviteResponse(response, call: call, body: sdp)
                 }
             }
@@ -421,9 +424,18 @@ extension B2BUA {
             call.pingTimer = clock.schedule(afterMilliseconds: config.pingSeconds * 1_000, target: self, token: Self.token(.ping, call))
         }
         if call.answer != nil, !call.record.backendAcknowledged, call.isConfirmed {
-            // Late offer: the caller's ACK carries the answer to the backend's offer.
-            if !ack.body.isEmpty { table.update(call) { $0.carry(ack.body.bytes, from: .client) } }
-            sendBackendACK(call)
+            // Late offer: the caller's ACK carries the answer to the backend's offer (through the
+            // relay when the offer went through it).
+            if !ack.body.isEmpty, call.record.mediaAnchored, media != nil {
+                throughMedia(call, ack.body.bytes, offer: false, from: .client) { [weak self] sdp in
+                    guard let self else { return }
+                    self.table.update(call) { $0.carry(sdp, from: .client) }
+                    self.sendBackendACK(call)
+                }
+            } else {
+                if !ack.body.isEmpty { table.update(call) { $0.carry(ack.body.bytes, from: .client) } }
+                sendBackendACK(call)
+            }
         }
         call.answer = nil
         call.clientInvite = nil
