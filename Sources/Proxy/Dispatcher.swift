@@ -52,7 +52,7 @@ public struct DispatcherSettings: Sendable, Equatable {
     /// Calls up on a destination that dies are moved to another of the set (issue 16).
     public var recoverCalls = false
     /// How many such calls get a new backend leg a second, at most (read from `[dispatcher]`; it
-    /// paces every set): each worker moves its own calls at its share, this over the workers.
+    /// paces every set): each worker moves its own calls, from one budget they share.
     public var recoverPerSecond = 200
     public var destinations: [DestinationSettings] = []
 

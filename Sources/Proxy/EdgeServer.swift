@@ -193,8 +193,8 @@ public final class EdgeServer: @unchecked Sendable {
                                       pingSeconds: UInt64(config.calls.pingSeconds), picker: router,
                                       admission: sourceLimit, registrar: registrar)
         b2buaConfig.workerUDP = workerUDP.count == workers.count ? workerUDP : []
-        // (Each worker recovers its own calls: its share of the pace, rounded up.)
-        b2buaConfig.recoveriesPerSecond = (config.dispatcher.recoverPerSecond + workers.count - 1) / workers.count
+        // (Each worker recovers its own calls, from one budget: the pace holds wherever they are.)
+        b2buaConfig.recoveryBudget = RecoveryBudget(perSecond: config.dispatcher.recoverPerSecond)
         b2buaConfig.log = { logger.notice("\($0)") }
         if let cluster = config.cluster { b2buaConfig.sharingTag = cluster.sharingTag }
         var senders: [LoopBound<EdgeSender>] = []

@@ -218,6 +218,26 @@ final class RecordingPicker: DestinationPicker, @unchecked Sendable {
         #expect(s.b2bua.statistics.recoveriesStarted == 5 && s.b2bua.statistics.recoveriesDone == 0)
     }
 
+    @Test func recoveries_on_two_workers_share_one_pace() throws {
+        let budget = RecoveryBudget(perSecond: 200)
+        let workers = (0..<2).map { _ in Stage { $0.picker = RecordingPicker(Stage.backends, recovering: true); $0.recoveryBudget = budget } }
+        for s in workers {
+            for n in 1...3 { try #require(s.establish(callID: "call-\(n)@192.0.2.10") != nil) }
+            _ = s.unread(to: Self.backend)
+        }
+        for s in workers {
+            s.b2bua.backendLost(0)
+            s.clock.endIteration()
+        }
+        func started() -> Int { workers.map { $0.unread(to: Self.other).filter { $0.method == .invite }.count }.reduce(0, +) }
+        var counts = [started()]
+        for _ in 0..<3 {
+            for s in workers { s.wait(10) }
+            counts.append(started())
+        }
+        #expect(counts == [2, 2, 2, 0], "200 a second over both workers, not each")
+    }
+
     @Test func a_planned_move_ends_the_old_backend_leg_once_the_new_one_answers() throws {
         let picker = RecordingPicker(Stage.backends)   // recover_calls off: the operator asks
         let s = Stage { $0.picker = picker }

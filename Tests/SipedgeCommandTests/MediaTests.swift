@@ -147,27 +147,33 @@ import Testing
         return (dialogs.first?["client"] as? [String: Any])?["call_id"] as? String
     }
 
-    @Test(.needsSIPp) func sdp_goes_through_rtpengine_rtp_flows_through_it_and_the_session_is_deleted_on_bye() throws {
+    /// One call through the edge and the real rtpengine, the caller's scenario made for its media
+    /// port: rtpengine learns both sides, RTP crosses it both ways, each side is told rtpengine's
+    /// ports and never the other's, and the session goes with the BYE. (`name`: of the logs.)
+    static func callThroughRTPEngine(_ name: String, caller scenario: (Int) -> String) throws {
         guard let farm = try Self.farm(engines: { ["127.0.0.1:\($0 + 60)"] }, scenarios: [nil, nil, nil]) else { return }
         defer { farm.stop() }
         let (callerMedia, calleeMedia) = (farm.base + 50, farm.base + 52)
         farm.killUAS(0)
         try Self.callee(mediaPort: calleeMedia).write(to: farm.dir.appendingPathComponent("uas0.xml"), atomically: true, encoding: .utf8)
         let uas = try CallTests.process(farm.sipp, ["-sf", "uas0.xml", "-aa", "-i", "127.0.0.1", "-p", "\(farm.uasPort(0))", "-nostdin",
-                                                    "-m", "1", "-trace_msg", "-message_file", "media-uas.msg"], in: farm.dir)
+                                                    "-m", "1", "-trace_msg", "-message_file", "\(name)-uas.msg"], in: farm.dir)
         defer { if uas.isRunning { kill(uas.processIdentifier, SIGKILL) } }
         guard let engine = try RTPEngine(ngPort: farm.base + 60, mediaPorts: (farm.base + 100)...(farm.base + 199), in: farm.dir) else { return }
         defer { engine.stop() }
         let caller = try RTPSocket(port: callerMedia), callee = try RTPSocket(port: calleeMedia)
-        let uac = try farm.call(1, rate: 1, scenario: Self.caller(mediaPort: callerMedia, hold: 4_000), timeout: 20, wait: false,
-                                arguments: ["-trace_msg", "-message_file", "media-uac.msg"])
+        let uac = try farm.call(1, rate: 1, scenario: scenario(callerMedia), timeout: 20, wait: false,
+                                arguments: ["-trace_msg", "-message_file", "\(name)-uac.msg"])
         defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
         #expect(ClusterTests.eventually(within: 5) { (try? RecoveryTests.dialogs(farm)) == 1 }, "the call is up\n\(farm.edge.output)")
         let callID = try #require(try Self.callerCallID(farm))
-        let query = try #require(engine.query(callID: callID), "rtpengine knows the call by the caller's Call-ID")
+        var query = ""
+        #expect(ClusterTests.eventually(within: 3) {
+            query = engine.query(callID: callID) ?? ""
+            return RTPEngine.localPorts(query)[callerMedia] != nil && RTPEngine.localPorts(query)[calleeMedia] != nil
+        }, "rtpengine knows the call by the caller's Call-ID, with both sides' media ports: \(query.prefix(3_000))")
         let ports = RTPEngine.localPorts(query)
-        let towardCaller = try #require(ports[callerMedia], "rtpengine talks to the caller's media port: \(query.prefix(1_500))")
-        let towardCallee = try #require(ports[calleeMedia], "and to the Asterisk's: \(query.prefix(3_000))")
+        let towardCaller = try #require(ports[callerMedia]), towardCallee = try #require(ports[calleeMedia])
         // RTP both ways, through rtpengine's ports.
         for n in 0..<5 { caller.send(sequence: UInt16(n), to: towardCaller) }
         #expect(callee.received(within: 500) >= 3, "the caller's RTP reaches the Asterisk through rtpengine")
@@ -177,49 +183,22 @@ import Testing
         #expect(uac.terminationStatus == 0, "\(farm.edge.output.suffix(2_000))")
         farm.finish(uas, timeout: 5)
         // What each side was told: rtpengine's ports, never the other's own.
-        let uasLog = (try? String(contentsOf: farm.dir.appendingPathComponent("media-uas.msg"), encoding: .utf8)) ?? ""
-        let uacLog = (try? String(contentsOf: farm.dir.appendingPathComponent("media-uac.msg"), encoding: .utf8)) ?? ""
-        #expect(uasLog.contains("m=audio \(towardCallee) ") && !uasLog.contains("m=audio \(callerMedia) "), "the INVITE's SDP is rtpengine's")
-        #expect(uacLog.contains("m=audio \(towardCaller) ") && !uacLog.contains("m=audio \(calleeMedia) "), "the 200's SDP is rtpengine's")
+        let uasLog = (try? String(contentsOf: farm.dir.appendingPathComponent("\(name)-uas.msg"), encoding: .utf8)) ?? ""
+        let uacLog = (try? String(contentsOf: farm.dir.appendingPathComponent("\(name)-uac.msg"), encoding: .utf8)) ?? ""
+        #expect(uasLog.contains("m=audio \(towardCallee) ") && !uasLog.contains("m=audio \(callerMedia) "), "the Asterisk's SDP is rtpengine's")
+        #expect(uacLog.contains("m=audio \(towardCaller) ") && !uacLog.contains("m=audio \(calleeMedia) "), "the caller's SDP is rtpengine's")
         #expect(ClusterTests.eventually(within: 3) { engine.query(callID: callID)?.contains("6:result5:error") == true },
                 "the session is deleted with the call: \(engine.query(callID: callID) ?? "")")
     }
 
+    @Test(.needsSIPp) func sdp_goes_through_rtpengine_rtp_flows_through_it_and_the_session_is_deleted_on_bye() throws {
+        try Self.callThroughRTPEngine("media") { Self.caller(mediaPort: $0, hold: 4_000) }
+    }
+
+    /// The caller's INVITE has no SDP: the Asterisk's offer in its 200 and the caller's answer in
+    /// its ACK go through rtpengine.
     @Test(.needsSIPp) func a_late_offer_goes_through_rtpengine_from_the_asterisks_200_to_the_callers_ack_and_rtp_flows_through_it() throws {
-        guard let farm = try Self.farm(engines: { ["127.0.0.1:\($0 + 60)"] }, scenarios: [nil, nil, nil]) else { return }
-        defer { farm.stop() }
-        let (callerMedia, calleeMedia) = (farm.base + 50, farm.base + 52)
-        farm.killUAS(0)
-        try Self.callee(mediaPort: calleeMedia).write(to: farm.dir.appendingPathComponent("uas0.xml"), atomically: true, encoding: .utf8)
-        let uas = try CallTests.process(farm.sipp, ["-sf", "uas0.xml", "-aa", "-i", "127.0.0.1", "-p", "\(farm.uasPort(0))", "-nostdin",
-                                                    "-m", "1", "-trace_msg", "-message_file", "late-uas.msg"], in: farm.dir)
-        defer { if uas.isRunning { kill(uas.processIdentifier, SIGKILL) } }
-        guard let engine = try RTPEngine(ngPort: farm.base + 60, mediaPorts: (farm.base + 100)...(farm.base + 199), in: farm.dir) else { return }
-        defer { engine.stop() }
-        let caller = try RTPSocket(port: callerMedia), callee = try RTPSocket(port: calleeMedia)
-        let uac = try farm.call(1, rate: 1, scenario: Self.lateOfferCaller(mediaPort: callerMedia, hold: 4_000), timeout: 20, wait: false,
-                                arguments: ["-trace_msg", "-message_file", "late-uac.msg"])
-        defer { if uac.isRunning { kill(uac.processIdentifier, SIGKILL) } }
-        #expect(ClusterTests.eventually(within: 5) { (try? RecoveryTests.dialogs(farm)) == 1 }, "the call is up\n\(farm.edge.output)")
-        let callID = try #require(try Self.callerCallID(farm))
-        var ports: [Int: Int] = [:]
-        #expect(ClusterTests.eventually(within: 3) {
-            ports = RTPEngine.localPorts(engine.query(callID: callID) ?? "")
-            return ports[callerMedia] != nil && ports[calleeMedia] != nil
-        }, "rtpengine knows both sides once the ACK's answer went through it: \(ports)")
-        let towardCaller = try #require(ports[callerMedia]), towardCallee = try #require(ports[calleeMedia])
-        for n in 0..<5 { caller.send(sequence: UInt16(n), to: towardCaller) }
-        #expect(callee.received(within: 500) >= 3, "the caller's RTP reaches the Asterisk through rtpengine")
-        for n in 0..<5 { callee.send(sequence: UInt16(100 + n), to: towardCallee) }
-        #expect(caller.received(within: 500) >= 3, "the Asterisk's RTP reaches the caller through rtpengine")
-        farm.finish(uac, timeout: 20)
-        #expect(uac.terminationStatus == 0, "\(farm.edge.output.suffix(2_000))")
-        farm.finish(uas, timeout: 5)
-        let uasLog = (try? String(contentsOf: farm.dir.appendingPathComponent("late-uas.msg"), encoding: .utf8)) ?? ""
-        let uacLog = (try? String(contentsOf: farm.dir.appendingPathComponent("late-uac.msg"), encoding: .utf8)) ?? ""
-        #expect(uacLog.contains("m=audio \(towardCaller) ") && !uacLog.contains("m=audio \(calleeMedia) "), "the 200's offer is rtpengine's")
-        #expect(uasLog.contains("m=audio \(towardCallee) ") && !uasLog.contains("m=audio \(callerMedia) "), "the ACK's answer is rtpengine's")
-        #expect(ClusterTests.eventually(within: 3) { engine.query(callID: callID)?.contains("6:result5:error") == true }, "deleted on BYE")
+        try Self.callThroughRTPEngine("late") { Self.lateOfferCaller(mediaPort: $0, hold: 4_000) }
     }
 
     @Test(.needsSIPp) func with_media_anchored_a_recovered_call_sends_the_caller_no_reinvite() throws {

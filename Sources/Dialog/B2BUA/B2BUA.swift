@@ -28,8 +28,9 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
     public var userRegistered: ((_ addressOfRecord: String, _ hop: Hop) -> Void)?
     /// Calls whose caller's leg waits for its phone to connect again, by its address of record.
     var awaitingReconnect: [String: [UInt32]] = [:]
-    /// Recoveries waiting for their turn (`recoveriesPerSecond`).
+    /// Recoveries waiting for their turn, and how many may start a second.
     var recoveryPace = RecoveryPace()
+    let recoveryBudget: RecoveryBudget
     /// Where calls' media is anchored (rtpengine; nil: media flows end to end).
     public var media: (any MediaRelay)?
     var ids: ShardedIdentifiers
@@ -63,6 +64,7 @@ public final class B2BUA: TimerTarget, IterationEndHandler {
         self.sender = sender
         self.picker = config.picker ?? RoundRobinDestinations(config.backends)
         self.ids = ShardedIdentifiers(worker: clock.index)
+        self.recoveryBudget = config.recoveryBudget ?? RecoveryBudget(perSecond: config.recoveriesPerSecond)
         self.transactions = TransactionLayer(clock: clock, timers: config.timers, sender: sender)
         transactions.user = self
         table.firstChange = { [unowned self] in self.clock.atEndOfIteration(self) }

@@ -47,8 +47,10 @@ public struct B2BUAConfig: Sendable {
     /// The sharing tag written into new dialog records.
     public var sharingTag: String
     /// New backend legs for calls whose backend died, at most this many a second on this worker
-    /// (0: no limit).
+    /// (0: no limit), unless the workers share `recoveryBudget`.
     public var recoveriesPerSecond = 0
+    /// The edge's pace of recoveries, shared by its workers (`recover_per_second`).
+    public var recoveryBudget: RecoveryBudget?
     /// Where this worker says how its recoveries are going (a line a second while any is pending).
     public var log: (@Sendable (String) -> Void)?
     /// Each worker's own UDP address, by worker index (`worker_ports`; empty: none). Legs toward

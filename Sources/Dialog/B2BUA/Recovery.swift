@@ -1,4 +1,5 @@
 import SIPParser
+import Synchronization
 import Transport
 
 // Recovery off a dead backend (issue 16, DESIGN.md point 4): the caller's leg never moves; only
@@ -81,18 +82,16 @@ extension B2BUA {
 
     static let recoveryPaceToken: UInt64 = .max
 
-    /// A slice of 10 ms: as many waiting recoveries start as `recoveriesPerSecond` allows (the
-    /// first slice at once); a line a second in the log while any is under way.
+    /// A slice of 10 ms: as many waiting recoveries start as the budget allows (the first slice
+    /// at once); a line a second in the log while any is under way.
     func recoveryPaceFired() {
         recoveryPace.timer = nil
-        let perSecond = config.recoveriesPerSecond
-        // Credit in thousandths of a recovery: 10 ms earns perSecond * 10 of them.
-        recoveryPace.credit = perSecond == 0 ? .max : min(recoveryPace.credit + perSecond * 10, max(1_000, perSecond * 10))
         let idle = recoveryPace.head == recoveryPace.waiting.count
-        while recoveryPace.head < recoveryPace.waiting.count, recoveryPace.credit >= 1_000 {
+        var allowed = recoveryBudget.take(recoveryPace.waiting.count - recoveryPace.head, now: clock.now)
+        while recoveryPace.head < recoveryPace.waiting.count, allowed > 0 {
             let number = recoveryPace.waiting[recoveryPace.head]
             recoveryPace.head += 1
-            if perSecond > 0 { recoveryPace.credit -= 1_000 }
+            allowed -= 1
             if let call = table.byNumber[number], call.recovery != nil { recoverBackend(call) }
         }
         if recoveryPace.head == recoveryPace.waiting.count {
@@ -100,9 +99,7 @@ extension B2BUA {
             recoveryPace.head = 0
         }
         // The slices go on while they have work, and one more (what comes meanwhile waits its turn).
-        if idle { recoveryPace.credit = 0 } else {
-            recoveryPace.timer = clock.schedule(afterMilliseconds: 10, target: self, token: Self.recoveryPaceToken)
-        }
+        if !idle { recoveryPace.timer = clock.schedule(afterMilliseconds: 10, target: self, token: Self.recoveryPaceToken) }
         logRecoveryProgress()
     }
 
@@ -303,11 +300,34 @@ extension B2BUA {
 struct RecoveryPace {
     var waiting: [UInt32] = []
     var head = 0
-    /// Thousandths of a recovery that may start now.
-    var credit = 0
     var timer: TimerID?
     /// When the last progress line was written (loop milliseconds).
     var lastLog: UInt64 = 0
+}
+
+/// How many new backend legs may start a second, over every worker that shares it: each takes
+/// what it starts from one budget, so the edge keeps its pace wherever the calls are.
+public final class RecoveryBudget: Sendable {
+    public let perSecond: Int
+    /// Thousandths of a recovery that may start, and when (loop milliseconds) it was last earned.
+    private let credit = Mutex<(thousandths: Int, at: UInt64)>((0, 0))
+
+    /// `perSecond` 0: no limit.
+    public init(perSecond: Int) { self.perSecond = perSecond }
+
+    /// How many of `wanted` recoveries may start at `now`: each millisecond earns `perSecond`
+    /// thousandths, up to 10 ms worth (at least one recovery) saved.
+    public func take(_ wanted: Int, now: UInt64) -> Int {
+        guard perSecond > 0 else { return wanted }
+        return credit.withLock { c in
+            let earned = now > c.at ? Int(min(now - c.at, 1_000)) * perSecond : 0
+            c.thousandths = min(c.thousandths + earned, max(1_000, perSecond * 10))
+            c.at = max(c.at, now)
+            let granted = min(wanted, c.thousandths / 1_000)
+            c.thousandths -= granted * 1_000
+            return granted
+        }
+    }
 }
 
 /// A backend leg being rebuilt: the destinations tried, the lost one first, and the leg lost (its
