@@ -466,8 +466,8 @@ public final class EdgeServer: @unchecked Sendable {
         public var serverTransactions = 0, clientTransactions = 0
         /// What only the node acting for a dialog's tag sends or does: pings, refreshes, time-outs.
         public var pingsSent = 0, sessionRefreshesSent = 0, callsTimedOut = 0
-        /// Calls whose backend died: recoveries begun, done, failed (issue 16).
-        public var recoveriesStarted = 0, recoveriesDone = 0, recoveriesFailed = 0
+        /// Calls whose backend died: recoveries done, failed, and still under way (issue 16).
+        public var recoveriesDone = 0, recoveriesFailed = 0, recoveriesPending = 0
         /// Messages a worker received for another worker's call and passed on.
         public var handedOver = 0
         public var requests: [String: Int] = [:], replies: [String: Int] = [:]
@@ -488,7 +488,7 @@ public final class EdgeServer: @unchecked Sendable {
             t.pingsSent += part.0.pingsSent
             t.sessionRefreshesSent += part.0.sessionRefreshesSent
             t.callsTimedOut += part.0.callsTimedOut
-            t.recoveriesStarted += part.0.recoveriesStarted
+            t.recoveriesPending += part.0.recoveriesPending
             t.recoveriesDone += part.0.recoveriesDone
             t.recoveriesFailed += part.0.recoveriesFailed
             t.replies.merge(part.0.replies, uniquingKeysWith: +)

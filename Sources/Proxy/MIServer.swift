@@ -430,7 +430,7 @@ public final class MIServer: DatagramReceiver, @unchecked Sendable {
         out["dialog:pings_sent"] = totals.pingsSent
         out["recovery:recovered_calls"] = totals.recoveriesDone
         out["recovery:failed_calls"] = totals.recoveriesFailed
-        out["recovery:pending_calls"] = totals.recoveriesStarted - totals.recoveriesDone - totals.recoveriesFailed
+        out["recovery:pending_calls"] = totals.recoveriesPending
         out["dialog:session_refreshes_sent"] = totals.sessionRefreshesSent
         out["dialog:timed_out_dialogs"] = totals.callsTimedOut
         if let cluster = edge.cluster, let c = try? cluster.loop.submitAndWait({ cluster.statistics }) {

@@ -175,6 +175,22 @@ final class RecordingPicker: DestinationPicker, @unchecked Sendable {
         #expect(bye.callID?.string == invite.callID?.string && bye.tag(of: .to)?.string == "b1")
     }
 
+    @Test func a_recovery_stops_when_another_node_carries_the_call_and_resumes_when_this_one_does_again() throws {
+        let picker = RecordingPicker(Stage.backends, recovering: true)
+        let (s, _, lost) = try Self.callWhoseBackendDies(picker)
+        let first = try #require(s.next(to: Self.other))
+        s.b2bua.stopActing(for: "")
+        #expect(s.b2bua.statistics.recoveriesPending == 0 && s.b2bua.statistics.recoveriesHandedOver == 1)
+        s.wait(40_000)
+        #expect(s.unread(to: Self.other).isEmpty && s.unread(to: Stage.caller).isEmpty, "a passive copy sends nothing, even when the INVITE goes unanswered")
+        s.b2bua.startActing(for: "")
+        let toOther = s.unread(to: Self.other)
+        #expect(toOther.map(\.method) == [.cancel, .invite], "the INVITE left unanswered cancelled, a new one sent")
+        #expect(toOther.first?.topViaBranch?.string == first.topViaBranch?.string)
+        #expect(toOther.last?.text.contains("X-SIPEdge-Recovery-Call-ID: \(lost.callID!.string)\r\n") == true)
+        #expect(s.b2bua.statistics.recoveriesPending == 1)
+    }
+
     @Test func a_new_backend_answering_with_other_media_gives_the_caller_one_reinvite_in_its_dialog() throws {
         let picker = RecordingPicker(Stage.backends, recovering: true)
         let (s, tag, _) = try Self.callWhoseBackendDies(picker)

@@ -80,6 +80,15 @@ extension B2BUA {
         if recoveryPace.timer == nil { recoveryPaceFired() }
     }
 
+    /// Another node carries the call now (its tag moved): a recovery under way here stops; the
+    /// record tells the new holder where it stands (`resumeRecovery`).
+    func handOverRecovery(_ call: Call) {
+        guard call.recovery != nil else { return }
+        call.recovery = nil
+        statistics.recoveriesHandedOver += 1
+        logRecoveryProgress(finished: true)
+    }
+
     static let recoveryPaceToken: UInt64 = .max
 
     /// A slice of 10 ms: as many waiting recoveries start as the budget allows (the first slice
@@ -107,7 +116,7 @@ extension B2BUA {
     /// are pending here, and once when the last ends.
     func logRecoveryProgress(finished: Bool = false) {
         guard let log = config.log else { return }
-        let pending = statistics.recoveriesStarted - statistics.recoveriesDone - statistics.recoveriesFailed
+        let pending = statistics.recoveriesPending
         let now = clock.now
         guard (pending == 0 && finished) || (pending > 0 && now >= recoveryPace.lastLog + 1_000) else { return }
         recoveryPace.lastLog = now
@@ -176,9 +185,15 @@ extension B2BUA {
             record.backendInviteURI = target
             record.backendInviteBranch = built.branch
         }
-        transactions.startClient(built, to: destination, call: call, side: .backend, cseq: 1, purpose: .ownRequest) { [weak self] response in
+        let tx = transactions.startClient(built, to: destination, call: call, side: .backend, cseq: 1, purpose: .ownRequest) { [weak self] response in
             guard let self else { return }
             self.recoveryAnswered(response, call: call)
+        }
+        // (One of the call's own requests: it stops with the call's carriage, when another node
+        // takes the call; an ended call's runs on, for a 2xx crossing its CANCEL.)
+        if let tx {
+            call.ownRequests.removeAll { $0.finished }
+            call.ownRequests.append(tx)
         }
     }
 

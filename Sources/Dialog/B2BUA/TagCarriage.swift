@@ -7,6 +7,7 @@ extension B2BUA {
         clock.assertInLoop()
         for call in table.byNumber.values where call.active && !call.isEnded && call.record.sharingTag == tag {
             abandonRehoming(call, .notCarried)
+            handOverRecovery(call)
             table.deactivate(call)
             stopCarrying(call)
         }
@@ -26,6 +27,7 @@ extension B2BUA {
         clock.assertInLoop()
         guard let call = table[key], !call.isEnded else { return }
         abandonRehoming(call, .notCarried)
+        handOverRecovery(call)
         table.deactivate(call)
         stopCarrying(call)
         table.forget(call)
