@@ -59,23 +59,17 @@ extension B2BUA {
     func resumeRecovery(_ call: Call) {
         guard call.isConfirmed, call.recovery == nil, !call.record.recoveringFrom.isEmpty, call.record.backend.remoteTag.isEmpty else { return }
         cancelBackendInvite(call.record, reason: "SIP;cause=487;text=\"Recovery resumed\"")
-        let index = call.destination ?? picker.index(of: call.record.backend.hop)
-        if let index { picker.release(index) }
-        call.destination = nil
-        var recovery = Recovery(tried: index.map { [$0] } ?? [], lostCallID: call.record.recoveringFrom, lost: nil)
-        if let index {
-            recovery.first = CallDestination(index: index, hop: call.record.backend.hop,
-                                             requestURI: call.record.backendInviteURI.isEmpty ? nil : call.record.backendInviteURI)
-        }
-        call.recovery = recovery
         statistics.recoveriesStarted += 1
-        if index == nil {
-            // (Its destination is not one of ours any more: nowhere to begin.)
-            call.recovery = nil
+        // (The destination it went to was claimed for the call on activation.)
+        guard let index = call.destination else {
+            // Not one of our destinations any more: nowhere to begin.
             statistics.recoveriesFailed += 1
             hangUp(call, reason: "SIP;cause=503;text=\"backend lost\"", except: .backend)
             return
         }
+        let uri = call.record.backendInviteURI
+        call.recovery = Recovery(tried: [index], lostCallID: call.record.recoveringFrom, lost: nil,
+                                 first: CallDestination(index: index, hop: call.record.backend.hop, requestURI: uri.isEmpty ? nil : uri))
         recoveryPace.waiting.append(call.number)
         if recoveryPace.timer == nil { recoveryPaceFired() }
     }
