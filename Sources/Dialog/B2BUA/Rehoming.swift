@@ -60,8 +60,9 @@ extension B2BUA {
             return
         }
         adopt(record, active: true)
-        // (By the caller's Call-ID: a recovery resumed on activation gives the backend leg a new one.)
-        guard let call = table[record.client.callID], call.active, !call.isEnded else {
+        // (Else by the caller's Call-ID: a recovery resumed on activation gives the backend leg a
+        // new one.)
+        guard let call = table[record.key] ?? table[record.client.callID], call.active, !call.isEnded else {
             done?(.notCarried)
             return
         }
