@@ -207,14 +207,16 @@ public final class Dispatcher: Sendable {
     }
 
     /// The destination named `uri` (as `ds_list` shows it, or as configured).
-    public func index(ofURI uri: String) -> Int? {
-        shared.withLock { s in s.entries.firstIndex { !$0.removed && ($0.settings.canonicalURI == uri || $0.settings.uri == uri) } }
+    public func index(ofURI uri: String) -> Int? { shared.withLock { Self.position(of: uri, in: $0) } }
+
+    private static func position(of uri: String, in s: Shared) -> Int? {
+        s.entries.firstIndex { !$0.removed && ($0.settings.canonicalURI == uri || $0.settings.uri == uri) }
     }
 
     /// Sets a destination's state by its URI (`ds_set_state`); false when no destination has it.
     public func setState(uri: String, to state: State) -> Bool {
         let found: (String, State)? = shared.withLock { s in
-            guard let i = s.entries.firstIndex(where: { !$0.removed && ($0.settings.canonicalURI == uri || $0.settings.uri == uri) }) else { return nil }
+            guard let i = Self.position(of: uri, in: s) else { return nil }
             let before = s.entries[i].state
             s.entries[i].state = state
             s.entries[i].failures = 0

@@ -133,7 +133,7 @@ public struct B2BUAStatistics: Sendable, Equatable {
     public internal(set) var rehomeFailures = 0
     public internal(set) var earlyDialogsEnded = 0
     /// Calls whose backend died: recoveries begun, done (a new backend answered), failed (no
-    /// destination left: the caller got a BYE) and handed over (another node carries the call
+    /// destination left: the caller got a BYE; or the call ended first) and handed over (another node carries the call
     /// now, and finishes the recovery from its record).
     public internal(set) var recoveriesStarted = 0
     public internal(set) var recoveriesDone = 0
